@@ -1,0 +1,96 @@
+//! The OCI Distribution Spec v1.1 registry that `slipway server` embeds.
+//!
+//! [`Registry::open`] binds the content store ([`store::FsStore`]), the
+//! repository metadata ([`meta`]) and authentication ([`auth`]) under one
+//! data directory; [`Registry::router`] is the axum router serving `/v2/` and
+//! the Docker token endpoint `/token`. [`gc::collect`] removes blobs no
+//! manifest references, safely alongside a running server.
+//!
+//! ```ignore
+//! let reg = Registry::open(RegistryConfig::new(data_dir)).await?;
+//! axum::serve(listener, reg.router()).await?;
+//! ```
+
+pub mod auth;
+pub mod error;
+pub mod gc;
+mod handlers;
+mod lock;
+pub mod meta;
+pub mod names;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use store::{BlobStore, FsStore};
+
+pub use auth::{Auth, AuthConfig};
+pub use error::{Code, RegistryError};
+
+/// Largest manifest accepted on push (the spec asks registries to accept at least 4 MiB).
+pub const DEFAULT_MAX_MANIFEST_BYTES: usize = 4 << 20;
+
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    pub data: PathBuf,
+    pub auth: AuthConfig,
+    pub max_manifest_bytes: usize,
+}
+
+impl RegistryConfig {
+    pub fn new(data: impl Into<PathBuf>) -> Self {
+        RegistryConfig {
+            data: data.into(),
+            auth: AuthConfig::default(),
+            max_manifest_bytes: DEFAULT_MAX_MANIFEST_BYTES,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    #[error("opening the blob store: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("opening the token database: {0}")]
+    Auth(#[from] auth::AuthError),
+}
+
+/// A registry over one data directory.
+pub struct Registry {
+    pub(crate) store: Arc<dyn BlobStore>,
+    pub(crate) meta: meta::Meta,
+    pub(crate) auth: Auth,
+    pub(crate) config: RegistryConfig,
+    pub(crate) lock: lock::GcLock,
+}
+
+impl Registry {
+    pub async fn open(config: RegistryConfig) -> Result<Arc<Registry>, OpenError> {
+        let store = FsStore::open(config.data.join("store")).await?;
+        Ok(Arc::new(Registry {
+            store: Arc::new(store),
+            meta: meta::Meta::new(&config.data),
+            auth: Auth::open(&config.data, config.auth.clone())?,
+            lock: lock::GcLock::new(&config.data),
+            config,
+        }))
+    }
+
+    pub fn auth(&self) -> &Auth {
+        &self.auth
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.config.data
+    }
+
+    pub fn store(&self) -> &Arc<dyn BlobStore> {
+        &self.store
+    }
+
+    /// The `/v2/` and `/token` routes.
+    pub fn router(self: &Arc<Self>) -> axum::Router {
+        handlers::router(self.clone())
+    }
+}

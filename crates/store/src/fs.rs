@@ -1,0 +1,438 @@
+//! The filesystem back end. Uploads are hashed while they stream in, so a
+//! commit costs one `fsync` and one `rename`, not a second read; the running
+//! hash state lives in memory and is rebuilt from the file if the process
+//! restarted in between.
+
+use std::collections::HashMap;
+use std::io::SeekFrom;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use oci::{Algorithm, Digest, Digester};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+use crate::layout;
+use crate::{BlobInfo, BlobRead, BlobStore, ByteStream, Result, StoreError};
+
+const IO_BUF: usize = 1 << 20;
+
+struct UploadState {
+    size: u64,
+    /// sha256 of the first `size` bytes; `None` when it must be recomputed
+    /// from the file (after a restart or a failed write).
+    hasher: Option<Digester>,
+}
+
+type UploadSlot = Arc<tokio::sync::Mutex<Option<UploadState>>>;
+
+pub struct FsStore {
+    root: PathBuf,
+    uploads: Mutex<HashMap<String, UploadSlot>>,
+}
+
+impl FsStore {
+    /// Open (creating if needed) a store rooted at `root`.
+    pub async fn open(root: impl Into<PathBuf>) -> Result<FsStore> {
+        let root = root.into();
+        for dir in [layout::blobs_dir(&root), layout::uploads_dir(&root)] {
+            tokio::fs::create_dir_all(&dir)
+                .await
+                .map_err(StoreError::io(format!("creating {}", dir.display())))?;
+        }
+        Ok(FsStore {
+            root,
+            uploads: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn upload_path(&self, id: &str) -> Result<PathBuf> {
+        layout::upload_path(&self.root, id).ok_or_else(|| StoreError::UploadUnknown(id.into()))
+    }
+
+    fn slot(&self, id: &str) -> UploadSlot {
+        let mut map = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(id.to_owned()).or_default().clone()
+    }
+
+    fn forget(&self, id: &str) {
+        let mut map = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(id);
+    }
+
+    /// The upload's state, loaded from disk when this process has none.
+    async fn load_state(&self, path: &Path, id: &str) -> Result<UploadState> {
+        match tokio::fs::metadata(path).await {
+            Ok(m) => Ok(UploadState {
+                size: m.len(),
+                hasher: None,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(StoreError::UploadUnknown(id.into()))
+            }
+            Err(e) => Err(StoreError::io(format!("reading upload {id}"))(e)),
+        }
+    }
+}
+
+async fn hash_file(path: &Path, algorithm: Algorithm) -> Result<Digest> {
+    let ctx = || format!("hashing {}", path.display());
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .map_err(StoreError::io(ctx()))?;
+    let mut digester = Digester::new(algorithm);
+    let mut buf = vec![0u8; IO_BUF];
+    loop {
+        let n = file.read(&mut buf).await.map_err(StoreError::io(ctx()))?;
+        if n == 0 {
+            break;
+        }
+        digester.update(&buf[..n]);
+    }
+    Ok(digester.finish())
+}
+
+async fn sync_dir(dir: &Path) -> Result<()> {
+    let d = dir.to_owned();
+    tokio::task::spawn_blocking(move || std::fs::File::open(&d).and_then(|f| f.sync_all()))
+        .await
+        .map_err(|e| StoreError::io(format!("syncing {}", dir.display()))(e.into()))?
+        .map_err(StoreError::io(format!("syncing {}", dir.display())))
+}
+
+fn modified(meta: &std::fs::Metadata) -> SystemTime {
+    meta.modified().unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+#[async_trait]
+impl BlobStore for FsStore {
+    async fn stat(&self, digest: &Digest) -> Result<Option<BlobInfo>> {
+        let path = layout::blob_path(&self.root, digest);
+        match tokio::fs::metadata(&path).await {
+            Ok(m) => Ok(Some(BlobInfo {
+                digest: digest.clone(),
+                size: m.len(),
+                modified: modified(&m),
+            })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io(format!("stat {}", path.display()))(e)),
+        }
+    }
+
+    async fn open(&self, digest: &Digest, range: Option<(u64, Option<u64>)>) -> Result<BlobRead> {
+        let path = layout::blob_path(&self.root, digest);
+        let mut file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::BlobUnknown(digest.clone()));
+            }
+            Err(e) => return Err(StoreError::io(format!("opening {}", path.display()))(e)),
+        };
+        let size = file
+            .metadata()
+            .await
+            .map_err(StoreError::io(format!("stat {}", path.display())))?
+            .len();
+        let (start, len) = match range {
+            None => (0, size),
+            Some((start, end)) => {
+                let end = end.unwrap_or(size.saturating_sub(1)).min(size.saturating_sub(1));
+                if start >= size || end < start {
+                    return Err(StoreError::RangeNotSatisfiable {
+                        start,
+                        end,
+                        size,
+                    });
+                }
+                (start, end - start + 1)
+            }
+        };
+        if start > 0 {
+            file.seek(SeekFrom::Start(start))
+                .await
+                .map_err(StoreError::io(format!("seeking {}", path.display())))?;
+        }
+        Ok(BlobRead {
+            size,
+            len,
+            reader: Box::pin(file.take(len)),
+        })
+    }
+
+    async fn delete(&self, digest: &Digest) -> Result<bool> {
+        let path = layout::blob_path(&self.root, digest);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(StoreError::io(format!("removing {}", path.display()))(e)),
+        }
+    }
+
+    async fn touch(&self, digest: &Digest) -> Result<()> {
+        let path = layout::blob_path(&self.root, digest);
+        tokio::task::spawn_blocking(move || {
+            std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_modified(SystemTime::now()))
+        })
+        .await
+        .map_err(|e| StoreError::io("touching blob")(e.into()))?
+        .map_err(StoreError::io(format!("touching {digest}")))
+    }
+
+    async fn list(&self) -> Result<Vec<BlobInfo>> {
+        let root = layout::blobs_dir(&self.root);
+        tokio::task::spawn_blocking(move || list_blobs(&root))
+            .await
+            .map_err(|e| StoreError::io("listing blobs")(e.into()))?
+    }
+
+    async fn upload_create(&self) -> Result<String> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let path = self.upload_path(&id)?;
+        tokio::fs::File::create(&path)
+            .await
+            .map_err(StoreError::io(format!("creating {}", path.display())))?;
+        *self.slot(&id).lock().await = Some(UploadState {
+            size: 0,
+            hasher: Some(Digester::new(Algorithm::Sha256)),
+        });
+        Ok(id)
+    }
+
+    async fn upload_size(&self, id: &str) -> Result<u64> {
+        let path = self.upload_path(id)?;
+        let slot = self.slot(id);
+        let guard = slot.lock().await;
+        match &*guard {
+            Some(s) => Ok(s.size),
+            None => {
+                drop(guard);
+                let res = self.load_state(&path, id).await.map(|s| s.size);
+                if res.is_err() {
+                    self.forget(id);
+                }
+                res
+            }
+        }
+    }
+
+    async fn upload_append(&self, id: &str, offset: u64, mut body: ByteStream) -> Result<u64> {
+        let path = self.upload_path(id)?;
+        let slot = self.slot(id);
+        let mut guard = slot.lock().await;
+        let mut state = match guard.take() {
+            Some(s) => s,
+            None => match self.load_state(&path, id).await {
+                Ok(s) => s,
+                Err(e) => {
+                    drop(guard);
+                    self.forget(id);
+                    return Err(e);
+                }
+            },
+        };
+        if offset != state.size {
+            let expected = state.size;
+            *guard = Some(state);
+            return Err(StoreError::OffsetMismatch {
+                expected,
+                got: offset,
+            });
+        }
+        let file = tokio::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .await;
+        let file = match file {
+            Ok(f) => f,
+            Err(e) => {
+                *guard = Some(state);
+                return Err(StoreError::io(format!("opening {}", path.display()))(e));
+            }
+        };
+        let mut out = tokio::io::BufWriter::with_capacity(IO_BUF, file);
+        let mut failure = None;
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                Ok(bytes) => {
+                    if let Err(e) = out.write_all(&bytes).await {
+                        failure = Some(StoreError::io(format!("writing {}", path.display()))(e));
+                        break;
+                    }
+                    if let Some(h) = &mut state.hasher {
+                        h.update(&bytes);
+                    }
+                    state.size += bytes.len() as u64;
+                }
+                Err(source) => {
+                    failure = Some(StoreError::Body {
+                        written: state.size - offset,
+                        source,
+                    });
+                    break;
+                }
+            }
+        }
+        let flushed = out.flush().await;
+        if failure.is_none() {
+            if let Err(e) = flushed {
+                failure = Some(StoreError::io(format!("writing {}", path.display()))(e));
+            }
+        }
+        match failure {
+            None => {
+                let size = state.size;
+                *guard = Some(state);
+                Ok(size)
+            }
+            Some(err) => {
+                // What reached the file is unknown after a failed write, so
+                // resynchronise from disk; the client can ask and resume.
+                *guard = None;
+                Err(err)
+            }
+        }
+    }
+
+    async fn upload_commit(&self, id: &str, expected: &Digest) -> Result<u64> {
+        let path = self.upload_path(id)?;
+        let slot = self.slot(id);
+        let mut guard = slot.lock().await;
+        let state = match guard.take() {
+            Some(s) => s,
+            None => match self.load_state(&path, id).await {
+                Ok(s) => s,
+                Err(e) => {
+                    drop(guard);
+                    self.forget(id);
+                    return Err(e);
+                }
+            },
+        };
+        let actual = match state.hasher {
+            Some(h) if h.algorithm() == expected.algorithm() => h.finish(),
+            _ => hash_file(&path, expected.algorithm()).await?,
+        };
+        let cleanup = || async {
+            let _ = tokio::fs::remove_file(&path).await;
+        };
+        if &actual != expected {
+            cleanup().await;
+            drop(guard);
+            self.forget(id);
+            return Err(StoreError::DigestMismatch {
+                expected: expected.clone(),
+                actual,
+            });
+        }
+        let target = layout::blob_path(&self.root, expected);
+        let result = async {
+            if tokio::fs::try_exists(&target).await.unwrap_or(false) {
+                // Same digest, same bytes: keep the published copy.
+                cleanup().await;
+                return self.touch(expected).await;
+            }
+            let file = tokio::fs::File::open(&path)
+                .await
+                .map_err(StoreError::io(format!("opening {}", path.display())))?;
+            file.sync_all()
+                .await
+                .map_err(StoreError::io(format!("syncing {}", path.display())))?;
+            drop(file);
+            let dir = target.parent().unwrap_or(&self.root).to_owned();
+            tokio::fs::create_dir_all(&dir)
+                .await
+                .map_err(StoreError::io(format!("creating {}", dir.display())))?;
+            // A concurrent commit of the same digest may win the race; rename
+            // replaces identical bytes atomically, so either outcome is right.
+            tokio::fs::rename(&path, &target)
+                .await
+                .map_err(StoreError::io(format!("publishing {}", target.display())))?;
+            sync_dir(&dir).await
+        }
+        .await;
+        drop(guard);
+        self.forget(id);
+        result.map(|()| state.size)
+    }
+
+    async fn upload_cancel(&self, id: &str) -> Result<()> {
+        let path = self.upload_path(id)?;
+        let slot = self.slot(id);
+        let guard = slot.lock().await;
+        let res = match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(StoreError::UploadUnknown(id.into()))
+            }
+            Err(e) => Err(StoreError::io(format!("removing {}", path.display()))(e)),
+        };
+        drop(guard);
+        self.forget(id);
+        res
+    }
+
+    async fn purge_uploads(&self, before: SystemTime) -> Result<usize> {
+        let dir = layout::uploads_dir(&self.root);
+        let mut entries = tokio::fs::read_dir(&dir)
+            .await
+            .map_err(StoreError::io(format!("listing {}", dir.display())))?;
+        let mut purged = 0;
+        while let Some(e) = entries
+            .next_entry()
+            .await
+            .map_err(StoreError::io(format!("listing {}", dir.display())))?
+        {
+            let Ok(meta) = e.metadata().await else { continue };
+            if modified(&meta) < before && tokio::fs::remove_file(e.path()).await.is_ok() {
+                if let Some(name) = e.file_name().to_str() {
+                    self.forget(name);
+                }
+                purged += 1;
+            }
+        }
+        Ok(purged)
+    }
+}
+
+fn list_blobs(root: &Path) -> Result<Vec<BlobInfo>> {
+    let mut out = Vec::new();
+    let read = |p: &Path| {
+        std::fs::read_dir(p).map_err(StoreError::io(format!("listing {}", p.display())))
+    };
+    for alg in read(root)? {
+        let alg = alg.map_err(StoreError::io("listing blobs"))?;
+        let Some(alg_name) = alg.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        for fan in read(&alg.path())? {
+            let fan = fan.map_err(StoreError::io("listing blobs"))?;
+            for blob in read(&fan.path())? {
+                let blob = blob.map_err(StoreError::io("listing blobs"))?;
+                let name = blob.file_name();
+                let Some(hex) = name.to_str() else { continue };
+                // Ignore anything that is not a well-formed blob name.
+                let Ok(digest) = format!("{alg_name}:{hex}").parse::<Digest>() else {
+                    continue;
+                };
+                let meta = blob
+                    .metadata()
+                    .map_err(StoreError::io(format!("stat {}", blob.path().display())))?;
+                out.push(BlobInfo {
+                    digest,
+                    size: meta.len(),
+                    modified: modified(&meta),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
