@@ -122,7 +122,10 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-async fn open_registry(data: &Path, public_url: Option<String>) -> Result<std::sync::Arc<Registry>> {
+async fn open_registry(
+    data: &Path,
+    public_url: Option<String>,
+) -> Result<std::sync::Arc<Registry>> {
     std::fs::create_dir_all(data)
         .with_context(|| format!("creating data directory {}", data.display()))?;
     let mut config = RegistryConfig::new(data);
@@ -160,14 +163,14 @@ async fn shutdown() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            Ok(t) => t,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},
@@ -180,7 +183,10 @@ async fn shutdown() {
 
 async fn gc(data: &Path, grace: Duration, dry_run: bool) -> Result<()> {
     if !registry::gc::is_data_dir(data) {
-        anyhow::bail!("{} is not a slipway data directory (no store/ in it)", data.display());
+        anyhow::bail!(
+            "{} is not a slipway data directory (no store/ in it)",
+            data.display()
+        );
     }
     let reg = open_registry(data, None).await?;
     let opts = registry::gc::GcOptions {

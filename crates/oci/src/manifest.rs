@@ -279,7 +279,9 @@ mod tests {
             ),
         ];
         for (body, ct, want) in cases {
-            let err = Manifest::parse(body.as_bytes(), *ct).unwrap_err().to_string();
+            let err = Manifest::parse(body.as_bytes(), *ct)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(want), "{body}: got {err:?}, want {want:?}");
         }
         let err = Manifest::parse(image("").as_bytes(), Some(media_type::OCI_INDEX))

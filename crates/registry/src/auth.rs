@@ -134,7 +134,10 @@ pub enum Principal {
     /// An admin API token: everything.
     Admin { subject: String },
     /// A scoped credential: only the listed accesses (`name` may end in `*`).
-    Scoped { subject: String, grants: Vec<Access> },
+    Scoped {
+        subject: String,
+        grants: Vec<Access>,
+    },
 }
 
 impl Principal {
@@ -452,8 +455,11 @@ impl Auth {
         if why == "insufficient_scope" {
             value.push_str(",error=\"insufficient_scope\"");
         }
-        RegistryError::new(Code::Unauthorized, format!("authentication required: {why}"))
-            .with_header(header::WWW_AUTHENTICATE, &value)
+        RegistryError::new(
+            Code::Unauthorized,
+            format!("authentication required: {why}"),
+        )
+        .with_header(header::WWW_AUTHENTICATE, &value)
     }
 
     /// Authorize a `/v2/` request that needs every access in `needed`.

@@ -86,7 +86,9 @@ pub async fn collect(reg: &Registry, opts: &GcOptions) -> Result<GcReport> {
             }
         }
     }
-    let cutoff = started.checked_sub(opts.grace).unwrap_or(SystemTime::UNIX_EPOCH);
+    let cutoff = started
+        .checked_sub(opts.grace)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
     let mut deleted: HashSet<Digest> = HashSet::new();
     for blob in reg.store.list().await? {
         if marked.contains(&blob.digest) || blob.modified >= cutoff {

@@ -158,32 +158,41 @@ async fn handle(
     // Clients may percent-encode the `:` of a digest; nothing else in a
     // valid path needs escaping, so that is the only decoding done.
     let path = uri.path().replace("%3A", ":").replace("%3a", ":");
-    let route = parse_route(&path)
-        .ok_or_else(|| RegistryError::new(Code::Unsupported, "no such endpoint").with_status(StatusCode::NOT_FOUND))?;
+    let route = parse_route(&path).ok_or_else(|| {
+        RegistryError::new(Code::Unsupported, "no such endpoint").with_status(StatusCode::NOT_FOUND)
+    })?;
     let q = query_pairs(uri);
     for access in needed(&route, method, &q) {
         if access.kind == "repository" {
             validate_name(&access.name)?;
         }
     }
-    reg.auth.authorize(headers, &needed(&route, method, &q))?;
+    let principal = reg.auth.authorize(headers, &needed(&route, method, &q))?;
     let m = method.clone();
     match (route, m) {
-        (Route::Base, Method::GET | Method::HEAD) => Ok(json_response(StatusCode::OK, &serde_json::json!({}))),
+        (Route::Base, Method::GET | Method::HEAD) => {
+            Ok(json_response(StatusCode::OK, &serde_json::json!({})))
+        }
         (Route::Catalog, Method::GET) => catalog(reg, &q).await,
         (Route::Tags(name), Method::GET) => tags_list(reg, name, &q).await,
         (Route::Manifest(name, r), Method::GET | Method::HEAD) => {
             get_manifest(reg, name, r, headers, method == Method::HEAD).await
         }
-        (Route::Manifest(name, r), Method::PUT) => put_manifest(reg, name, r, headers, body).await,
+        (Route::Manifest(name, r), Method::PUT) => {
+            put_manifest(reg, name, r, &q, headers, body).await
+        }
         (Route::Manifest(name, r), Method::DELETE) => delete_manifest(reg, name, r).await,
         (Route::Blob(name, d), Method::GET | Method::HEAD) => {
             get_blob(reg, name, d, headers, method == Method::HEAD).await
         }
         (Route::Blob(name, d), Method::DELETE) => delete_blob(reg, name, d).await,
-        (Route::Uploads(name), Method::POST) => start_upload(reg, name, &q, body).await,
-        (Route::Upload(name, id), Method::PATCH) => patch_upload(reg, name, id, headers, body).await,
-        (Route::Upload(name, id), Method::PUT) => finish_upload(reg, name, id, &q, headers, body).await,
+        (Route::Uploads(name), Method::POST) => start_upload(reg, name, &q, &principal, body).await,
+        (Route::Upload(name, id), Method::PATCH) => {
+            patch_upload(reg, name, id, headers, body).await
+        }
+        (Route::Upload(name, id), Method::PUT) => {
+            finish_upload(reg, name, id, &q, headers, body).await
+        }
         (Route::Upload(name, id), Method::GET) => upload_status(reg, name, id).await,
         (Route::Upload(name, id), Method::DELETE) => cancel_upload(reg, name, id).await,
         (Route::Referrers(name, d), Method::GET) => referrers(reg, name, d, &q).await,
@@ -216,7 +225,10 @@ fn empty(status: StatusCode) -> Response {
 }
 
 fn body_stream(body: Body) -> ByteStream {
-    Box::pin(TryStreamExt::map_err(body.into_data_stream(), std::io::Error::other))
+    Box::pin(TryStreamExt::map_err(
+        body.into_data_stream(),
+        std::io::Error::other,
+    ))
 }
 
 fn blob_location(name: &str, d: &Digest) -> String {
@@ -260,7 +272,13 @@ fn parse_range(h: &HeaderMap, size: u64) -> Result<Option<(u64, Option<u64>)>> {
     Ok(Some((start, end)))
 }
 
-async fn get_blob(reg: &Reg, name: &str, digest: &str, h: &HeaderMap, head: bool) -> Result<Response> {
+async fn get_blob(
+    reg: &Reg,
+    name: &str,
+    digest: &str,
+    h: &HeaderMap,
+    head: bool,
+) -> Result<Response> {
     let d = parse_digest(digest)?;
     let unknown = || RegistryError::new(Code::BlobUnknown, format!("blob {d} is not in {name}"));
     if !reg.meta.has_blob(name, &d).await {
@@ -286,7 +304,11 @@ async fn get_blob(reg: &Reg, name: &str, digest: &str, h: &HeaderMap, head: bool
         if let Some((start, _)) = range {
             *r.status_mut() = StatusCode::PARTIAL_CONTENT;
             let end = start + len - 1;
-            set(&mut r, header::CONTENT_RANGE, &format!("bytes {start}-{end}/{size}"));
+            set(
+                &mut r,
+                header::CONTENT_RANGE,
+                &format!("bytes {start}-{end}/{size}"),
+            );
         }
         r
     };
@@ -318,21 +340,39 @@ fn blob_created(name: &str, d: &Digest) -> Response {
 
 fn upload_accepted(status: StatusCode, name: &str, id: &str, size: u64) -> Response {
     let mut r = empty(status);
-    set(&mut r, header::LOCATION, &format!("/v2/{name}/blobs/uploads/{id}"));
-    set(&mut r, header::RANGE, &format!("0-{}", size.saturating_sub(1)));
+    set(
+        &mut r,
+        header::LOCATION,
+        &format!("/v2/{name}/blobs/uploads/{id}"),
+    );
+    set(
+        &mut r,
+        header::RANGE,
+        &format!("0-{}", size.saturating_sub(1)),
+    );
     set(&mut r, DOCKER_UPLOAD_UUID, id);
     r
 }
 
-async fn start_upload(reg: &Reg, name: &str, q: &[(String, String)], body: Body) -> Result<Response> {
+async fn start_upload(
+    reg: &Reg,
+    name: &str,
+    q: &[(String, String)],
+    principal: &auth::Principal,
+    body: Body,
+) -> Result<Response> {
     if let Some(mount) = query_get(q, "mount") {
         let d = parse_digest(mount)?;
-        if let Some(from) = query_get(q, "from") {
-            if reg.meta.has_blob(from, &d).await && reg.store.stat(&d).await?.is_some() {
-                reg.store.touch(&d).await?;
-                reg.meta.link_blob(name, &d).await?;
-                return Ok(blob_created(name, &d));
-            }
+        let mountable = match query_get(q, "from") {
+            Some(from) => reg.meta.has_blob(from, &d).await,
+            // Without a source, mount from any repository the caller may
+            // pull, so a mount never reveals a blob the caller could not read.
+            None => readable_anywhere(reg, principal, &d).await?,
+        };
+        if mountable && reg.store.stat(&d).await?.is_some() {
+            reg.store.touch(&d).await?;
+            reg.meta.link_blob(name, &d).await?;
+            return Ok(blob_created(name, &d));
         }
         // Not mountable: the spec says to fall back to an upload session.
     } else if let Some(digest) = query_get(q, "digest") {
@@ -349,6 +389,17 @@ async fn start_upload(reg: &Reg, name: &str, q: &[(String, String)], body: Body)
     let id = reg.store.upload_create().await?;
     reg.meta.add_upload(name, &id).await?;
     Ok(upload_accepted(StatusCode::ACCEPTED, name, &id, 0))
+}
+
+async fn readable_anywhere(reg: &Reg, principal: &auth::Principal, d: &Digest) -> Result<bool> {
+    for repo in reg.meta.repositories().await? {
+        if principal.allows("repository", &repo, Action::Pull.as_str())
+            && reg.meta.has_blob(&repo, d).await
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 async fn owned_upload(reg: &Reg, name: &str, id: &str) -> Result<()> {
@@ -371,7 +422,10 @@ fn chunk_start(h: &HeaderMap) -> Result<Option<u64>> {
         return Ok(None);
     };
     let bad = || RegistryError::new(Code::RangeInvalid, format!("invalid Content-Range {v:?}"));
-    let spec = v.trim().trim_start_matches("bytes").trim_start_matches(['=', ' ']);
+    let spec = v
+        .trim()
+        .trim_start_matches("bytes")
+        .trim_start_matches(['=', ' ']);
     let spec = spec.split('/').next().unwrap_or(spec);
     let (a, b) = spec.split_once('-').ok_or_else(bad)?;
     let start: u64 = a.trim().parse().map_err(|_| bad())?;
@@ -395,10 +449,19 @@ async fn append_chunk(reg: &Reg, id: &str, h: &HeaderMap, body: Body) -> Result<
         Some(s) => s,
         None => reg.store.upload_size(id).await?,
     };
-    Ok(reg.store.upload_append(id, offset, body_stream(body)).await?)
+    Ok(reg
+        .store
+        .upload_append(id, offset, body_stream(body))
+        .await?)
 }
 
-async fn patch_upload(reg: &Reg, name: &str, id: &str, h: &HeaderMap, body: Body) -> Result<Response> {
+async fn patch_upload(
+    reg: &Reg,
+    name: &str,
+    id: &str,
+    h: &HeaderMap,
+    body: Body,
+) -> Result<Response> {
     owned_upload(reg, name, id).await?;
     let size = append_chunk(reg, id, h, body).await?;
     Ok(upload_accepted(StatusCode::ACCEPTED, name, id, size))
@@ -421,7 +484,10 @@ async fn finish_upload(
 ) -> Result<Response> {
     owned_upload(reg, name, id).await?;
     let d = parse_digest(query_get(q, "digest").ok_or_else(|| {
-        RegistryError::new(Code::DigestInvalid, "the digest query parameter is required")
+        RegistryError::new(
+            Code::DigestInvalid,
+            "the digest query parameter is required",
+        )
     })?)?;
     if has_body(h) {
         append_chunk(reg, id, h, body).await?;
@@ -452,7 +518,10 @@ async fn cancel_upload(reg: &Reg, name: &str, id: &str) -> Result<Response> {
 // ------------------------------------------------------------ manifests
 
 fn manifest_unknown(name: &str, r: &str) -> RegistryError {
-    RegistryError::new(Code::ManifestUnknown, format!("manifest {r} is not in {name}"))
+    RegistryError::new(
+        Code::ManifestUnknown,
+        format!("manifest {r} is not in {name}"),
+    )
 }
 
 /// Whether the `Accept` headers admit `media_type`. No `Accept` admits all.
@@ -482,7 +551,11 @@ fn accepts(h: &HeaderMap, media_type: &str) -> bool {
 async fn resolve(reg: &Reg, name: &str, r: &str) -> Result<Digest> {
     match names::parse_reference(r)? {
         Reference::Digest(d) => Ok(d),
-        Reference::Tag(t) => reg.meta.tag(name, &t).await?.ok_or_else(|| manifest_unknown(name, r)),
+        Reference::Tag(t) => reg
+            .meta
+            .tag(name, &t)
+            .await?
+            .ok_or_else(|| manifest_unknown(name, r)),
     }
 }
 
@@ -496,7 +569,13 @@ async fn read_small(reg: &Reg, d: &Digest) -> Result<Bytes> {
     Ok(Bytes::from(buf))
 }
 
-async fn get_manifest(reg: &Reg, name: &str, r: &str, h: &HeaderMap, head: bool) -> Result<Response> {
+async fn get_manifest(
+    reg: &Reg,
+    name: &str,
+    r: &str,
+    h: &HeaderMap,
+    head: bool,
+) -> Result<Response> {
     let d = resolve(reg, name, r).await?;
     let media_type = reg
         .meta
@@ -510,7 +589,11 @@ async fn get_manifest(reg: &Reg, name: &str, r: &str, h: &HeaderMap, head: bool)
         ));
     }
     let mut resp = if head {
-        let info = reg.store.stat(&d).await?.ok_or_else(|| manifest_unknown(name, r))?;
+        let info = reg
+            .store
+            .stat(&d)
+            .await?
+            .ok_or_else(|| manifest_unknown(name, r))?;
         let mut resp = Response::new(Body::empty());
         set(&mut resp, header::CONTENT_LENGTH, &info.size.to_string());
         resp
@@ -526,16 +609,40 @@ async fn get_manifest(reg: &Reg, name: &str, r: &str, h: &HeaderMap, head: bool)
     Ok(resp)
 }
 
-async fn put_manifest(reg: &Reg, name: &str, r: &str, h: &HeaderMap, body: Body) -> Result<Response> {
+async fn put_manifest(
+    reg: &Reg,
+    name: &str,
+    r: &str,
+    q: &[(String, String)],
+    h: &HeaderMap,
+    body: Body,
+) -> Result<Response> {
     let reference = names::parse_reference(r)?;
+    // `?tag=` parameters tag a manifest pushed by digest (distribution-spec 1.1 dev).
+    let mut tags: Vec<String> = Vec::new();
+    if let Reference::Tag(t) = &reference {
+        tags.push(t.clone());
+    }
+    for (_, t) in q.iter().filter(|(k, _)| k == "tag") {
+        if !names::is_tag(t) {
+            return Err(RegistryError::new(
+                Code::ManifestInvalid,
+                format!("invalid tag {t:?}"),
+            ));
+        }
+        tags.push(t.clone());
+    }
     let limit = reg.config.max_manifest_bytes;
     let bytes = http_body_util::Limited::new(body, limit)
         .collect()
         .await
         .map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
-                RegistryError::new(Code::SizeInvalid, format!("manifest is larger than {limit} bytes"))
-                    .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+                RegistryError::new(
+                    Code::SizeInvalid,
+                    format!("manifest is larger than {limit} bytes"),
+                )
+                .with_status(StatusCode::PAYLOAD_TOO_LARGE)
             } else {
                 RegistryError::new(Code::ManifestInvalid, format!("reading manifest: {e}"))
             }
@@ -571,20 +678,37 @@ async fn put_manifest(reg: &Reg, name: &str, r: &str, h: &HeaderMap, body: Body)
         }
     }
     for m in manifest.required_manifests() {
-        if reg.meta.manifest_media_type(name, &m.digest).await?.is_none() {
+        if reg
+            .meta
+            .manifest_media_type(name, &m.digest)
+            .await?
+            .is_none()
+        {
             return Err(RegistryError::new(
                 Code::ManifestBlobUnknown,
-                format!("manifest {} referenced by the index is not in {name}", m.digest),
+                format!(
+                    "manifest {} referenced by the index is not in {name}",
+                    m.digest
+                ),
             ));
         }
     }
     let size = bytes.len() as u64;
     reg.store.put(algorithm, bytes).await?;
-    reg.meta.link_manifest(name, &digest, &manifest.media_type).await?;
-    if let Reference::Tag(t) = &reference {
+    reg.meta
+        .link_manifest(name, &digest, &manifest.media_type)
+        .await?;
+    for t in &tags {
         reg.meta.set_tag(name, t, &digest).await?;
     }
     let mut resp = empty(StatusCode::CREATED);
+    if matches!(reference, Reference::Digest(_)) && !tags.is_empty() {
+        set(
+            &mut resp,
+            HeaderName::from_static("oci-tag"),
+            &tags.join(", "),
+        );
+    }
     if let Some(subject) = &manifest.subject {
         let desc = Descriptor {
             media_type: manifest.media_type.clone(),
@@ -599,7 +723,11 @@ async fn put_manifest(reg: &Reg, name: &str, r: &str, h: &HeaderMap, body: Body)
         reg.meta.add_referrer(name, &subject.digest, &desc).await?;
         set(&mut resp, OCI_SUBJECT, &subject.digest.to_string());
     }
-    set(&mut resp, header::LOCATION, &format!("/v2/{name}/manifests/{digest}"));
+    set(
+        &mut resp,
+        header::LOCATION,
+        &format!("/v2/{name}/manifests/{digest}"),
+    );
     set(&mut resp, DOCKER_CONTENT_DIGEST, &digest.to_string());
     Ok(resp)
 }
@@ -618,7 +746,9 @@ async fn delete_manifest(reg: &Reg, name: &str, r: &str) -> Result<Response> {
                 .await?
                 .ok_or_else(|| manifest_unknown(name, r))?;
             if let Ok(bytes) = read_small(reg, &d).await {
-                if let Ok(Some(subject)) = Manifest::parse(&bytes, Some(&media_type)).map(|m| m.subject) {
+                if let Ok(Some(subject)) =
+                    Manifest::parse(&bytes, Some(&media_type)).map(|m| m.subject)
+                {
                     reg.meta.remove_referrer(name, &subject.digest, &d).await?;
                 }
             }
@@ -634,7 +764,11 @@ async fn delete_manifest(reg: &Reg, name: &str, r: &str) -> Result<Response> {
 // -------------------------------------------------------------- listing
 
 /// Apply `n`/`last` pagination; returns the page and the `Link` for the next one.
-fn paginate(all: Vec<String>, q: &[(String, String)], base: &str) -> Result<(Vec<String>, Option<String>)> {
+fn paginate(
+    all: Vec<String>,
+    q: &[(String, String)],
+    base: &str,
+) -> Result<(Vec<String>, Option<String>)> {
     let last = query_get(q, "last");
     let n = match query_get(q, "n") {
         None => None,
@@ -668,7 +802,10 @@ async fn tags_list(reg: &Reg, name: &str, q: &[(String, String)]) -> Result<Resp
         RegistryError::new(Code::NameUnknown, format!("repository {name} is not known"))
     })?;
     let (page, link) = paginate(tags, q, &format!("/v2/{name}/tags/list"))?;
-    let mut resp = json_response(StatusCode::OK, &serde_json::json!({"name": name, "tags": page}));
+    let mut resp = json_response(
+        StatusCode::OK,
+        &serde_json::json!({"name": name, "tags": page}),
+    );
     if let Some(l) = link {
         set(&mut resp, header::LINK, &l);
     }
@@ -685,11 +822,21 @@ async fn catalog(reg: &Reg, q: &[(String, String)]) -> Result<Response> {
     Ok(resp)
 }
 
-async fn referrers(reg: &Reg, name: &str, digest: &str, q: &[(String, String)]) -> Result<Response> {
+async fn referrers(
+    reg: &Reg,
+    name: &str,
+    digest: &str,
+    q: &[(String, String)],
+) -> Result<Response> {
     let subject = parse_digest(digest)?;
     let mut list = Vec::new();
     for desc in reg.meta.referrers(name, &subject).await? {
-        if reg.meta.manifest_media_type(name, &desc.digest).await?.is_some() {
+        if reg
+            .meta
+            .manifest_media_type(name, &desc.digest)
+            .await?
+            .is_some()
+        {
             list.push(desc);
         }
     }
@@ -714,7 +861,13 @@ async fn referrers(reg: &Reg, name: &str, digest: &str, q: &[(String, String)]) 
 
 /// The Docker token endpoint: trade an API token (Basic, or an OAuth2
 /// password grant) for a short-lived bearer token holding the granted scopes.
-async fn token(State(reg): State<Reg>, method: Method, uri: Uri, headers: HeaderMap, body: Body) -> Response {
+async fn token(
+    State(reg): State<Reg>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let mut params = query_pairs(&uri);
     if method == Method::POST {
         match http_body_util::Limited::new(body, 64 << 10).collect().await {
@@ -734,9 +887,15 @@ async fn token(State(reg): State<Reg>, method: Method, uri: Uri, headers: Header
     let principal = auth::token_request_password(&headers, form_password)
         .and_then(|p| reg.auth.verify_api_token(&p));
     let Some(principal) = principal else {
-        return RegistryError::new(Code::Unauthorized, "a valid API token is required as the password")
-            .with_header(header::WWW_AUTHENTICATE, &format!("Basic realm=\"{}\"", reg.auth.config().service))
-            .into_response();
+        return RegistryError::new(
+            Code::Unauthorized,
+            "a valid API token is required as the password",
+        )
+        .with_header(
+            header::WWW_AUTHENTICATE,
+            &format!("Basic realm=\"{}\"", reg.auth.config().service),
+        )
+        .into_response();
     };
     let wanted = auth::parse_scopes(
         params
@@ -772,8 +931,14 @@ mod tests {
             parse_route("/v2/a/manifests/x/manifests/v1"),
             Some(Route::Manifest("a/manifests/x", "v1"))
         );
-        assert_eq!(parse_route("/v2/a/blobs/uploads/"), Some(Route::Uploads("a")));
-        assert_eq!(parse_route("/v2/a/blobs/uploads/123"), Some(Route::Upload("a", "123")));
+        assert_eq!(
+            parse_route("/v2/a/blobs/uploads/"),
+            Some(Route::Uploads("a"))
+        );
+        assert_eq!(
+            parse_route("/v2/a/blobs/uploads/123"),
+            Some(Route::Upload("a", "123"))
+        );
         assert_eq!(
             parse_route(&format!("/v2/a/blobs/{d}")),
             Some(Route::Blob("a", d))
@@ -789,10 +954,16 @@ mod tests {
     fn accept_negotiation() {
         let mut h = HeaderMap::new();
         assert!(accepts(&h, oci::media_type::OCI_INDEX));
-        h.insert(header::ACCEPT, HeaderValue::from_static(oci::media_type::DOCKER_MANIFEST));
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static(oci::media_type::DOCKER_MANIFEST),
+        );
         assert!(!accepts(&h, oci::media_type::OCI_INDEX));
         assert!(accepts(&h, oci::media_type::DOCKER_MANIFEST));
-        h.append(header::ACCEPT, HeaderValue::from_static("application/vnd.oci.image.index.v1+json;q=0.5"));
+        h.append(
+            header::ACCEPT,
+            HeaderValue::from_static("application/vnd.oci.image.index.v1+json;q=0.5"),
+        );
         assert!(accepts(&h, oci::media_type::OCI_INDEX));
     }
 

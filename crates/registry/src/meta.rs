@@ -114,7 +114,9 @@ impl Meta {
     }
 
     fn referrers_dir(&self, name: &str, subject: &Digest) -> PathBuf {
-        self.repo(name).join("_referrers").join(digest_file(subject))
+        self.repo(name)
+            .join("_referrers")
+            .join(digest_file(subject))
     }
 
     fn upload_path(&self, name: &str, id: &str) -> PathBuf {
@@ -216,7 +218,12 @@ impl Meta {
         Ok(out)
     }
 
-    pub async fn add_referrer(&self, name: &str, subject: &Digest, desc: &Descriptor) -> Result<()> {
+    pub async fn add_referrer(
+        &self,
+        name: &str,
+        subject: &Digest,
+        desc: &Descriptor,
+    ) -> Result<()> {
         let p = self
             .referrers_dir(name, subject)
             .join(digest_file(&desc.digest));

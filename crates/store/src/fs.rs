@@ -142,13 +142,11 @@ impl BlobStore for FsStore {
         let (start, len) = match range {
             None => (0, size),
             Some((start, end)) => {
-                let end = end.unwrap_or(size.saturating_sub(1)).min(size.saturating_sub(1));
+                let end = end
+                    .unwrap_or(size.saturating_sub(1))
+                    .min(size.saturating_sub(1));
                 if start >= size || end < start {
-                    return Err(StoreError::RangeNotSatisfiable {
-                        start,
-                        end,
-                        size,
-                    });
+                    return Err(StoreError::RangeNotSatisfiable { start, end, size });
                 }
                 (start, end - start + 1)
             }
@@ -247,10 +245,7 @@ impl BlobStore for FsStore {
                 got: offset,
             });
         }
-        let file = tokio::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .await;
+        let file = tokio::fs::OpenOptions::new().append(true).open(&path).await;
         let file = match file {
             Ok(f) => f,
             Err(e) => {
@@ -391,7 +386,9 @@ impl BlobStore for FsStore {
             .await
             .map_err(StoreError::io(format!("listing {}", dir.display())))?
         {
-            let Ok(meta) = e.metadata().await else { continue };
+            let Ok(meta) = e.metadata().await else {
+                continue;
+            };
             if modified(&meta) < before && tokio::fs::remove_file(e.path()).await.is_ok() {
                 if let Some(name) = e.file_name().to_str() {
                     self.forget(name);
@@ -405,9 +402,8 @@ impl BlobStore for FsStore {
 
 fn list_blobs(root: &Path) -> Result<Vec<BlobInfo>> {
     let mut out = Vec::new();
-    let read = |p: &Path| {
-        std::fs::read_dir(p).map_err(StoreError::io(format!("listing {}", p.display())))
-    };
+    let read =
+        |p: &Path| std::fs::read_dir(p).map_err(StoreError::io(format!("listing {}", p.display())));
     for alg in read(root)? {
         let alg = alg.map_err(StoreError::io("listing blobs"))?;
         let Some(alg_name) = alg.file_name().to_str().map(str::to_owned) else {
