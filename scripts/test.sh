@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (.ci/run calls this).
+#
+# Installs what the tests need when it is missing: Debian packages (skopeo,
+# buildah, umoci, docker-registry, busybox-static), Go peers built from their
+# modules (crane, the OCI distribution-spec conformance suite) cached under
+# $SLIPWAY_CACHE, and cargo-nextest. Then: fmt, clippy, every test.
+# Tests start and stop their own servers, on loopback only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CACHE=${SLIPWAY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/slipway-test}
+PEERS="$CACHE/bin"
+mkdir -p "$PEERS"
+
+CRANE_VERSION=v0.22.1
+CONFORMANCE_VERSION=v0.0.0-20260831232431-97274622c111
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_packages=(skopeo buildah umoci docker-registry busybox-static uidmap)
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  as_root apt-get update -qq
+  # Installing docker-registry must not start a registry on :5000 here.
+  as_root env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq --no-install-recommends "${missing[@]}" containers-common >/dev/null
+fi
+
+if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
+  export PATH="/usr/local/go/bin:$PATH"
+fi
+command -v go >/dev/null 2>&1 || { echo "error: Go is needed to build the registry peers (crane, conformance)" >&2; exit 1; }
+
+build_peer() { # name module version [package]
+  local name=$1 module=$2 version=$3 pkg=${4:-$2}
+  local stamp="$PEERS/.$name.version"
+  if [ -x "$PEERS/$name" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$version" ]; then return; fi
+  log "building $name $version from the Go module proxy"
+  local work="$CACHE/go-$name"
+  mkdir -p "$work"
+  (
+    cd "$work"
+    [ -f go.mod ] || go mod init "slipway.test/$name" >/dev/null 2>&1
+    GOFLAGS=-buildvcs=false go get "$module@$version" >/dev/null 2>&1
+    GOFLAGS=-buildvcs=false go build -o "$PEERS/$name" "$pkg"
+  )
+  echo "$version" >"$stamp"
+}
+build_peer crane github.com/google/go-containerregistry "$CRANE_VERSION" github.com/google/go-containerregistry/cmd/crane
+build_peer conformance github.com/opencontainers/distribution-spec/conformance "$CONFORMANCE_VERSION"
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  log "installing cargo-nextest"
+  cargo install --locked cargo-nextest
+fi
+
+export SLIPWAY_PEERS_BIN="$PEERS"
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+log "tests"
+cargo nextest run --workspace --no-fail-fast "$@"
