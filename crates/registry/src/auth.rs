@@ -404,7 +404,10 @@ impl Auth {
 
     /// The principal behind a request's `Authorization` header.
     /// `Ok(None)`: no credentials; `Err`: credentials that are wrong.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Option<(Principal, bool)>, ()> {
+    pub(crate) fn authenticate(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<Option<(Principal, bool)>, ()> {
         let Some(value) = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -540,6 +543,7 @@ pub fn parse_scopes<'a>(scopes: impl Iterator<Item = &'a str>) -> Vec<Access> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -117,10 +117,11 @@ fn needed(route: &Route<'_>, method: &Method, q: &[(String, String)]) -> Vec<Acc
         _ => Action::Push,
     };
     let mut out = vec![Access::repo(name, &[action])];
-    if let (Route::Uploads(_), Some(from)) = (route, query_get(q, "from")) {
-        if query_get(q, "mount").is_some() && from != name {
-            out.push(Access::repo(from, &[Action::Pull]));
-        }
+    if let (Route::Uploads(_), Some(from)) = (route, query_get(q, "from"))
+        && query_get(q, "mount").is_some()
+        && from != name
+    {
+        out.push(Access::repo(from, &[Action::Pull]));
     }
     out
 }
@@ -433,13 +434,13 @@ fn chunk_start(h: &HeaderMap) -> Result<Option<u64>> {
     if end < start {
         return Err(bad());
     }
-    if let Some(len) = header_str(h, &header::CONTENT_LENGTH).and_then(|l| l.parse::<u64>().ok()) {
-        if len != end - start + 1 {
-            return Err(RegistryError::new(
-                Code::RangeInvalid,
-                format!("Content-Range {v:?} does not match Content-Length {len}"),
-            ));
-        }
+    if let Some(len) = header_str(h, &header::CONTENT_LENGTH).and_then(|l| l.parse::<u64>().ok())
+        && len != end - start + 1
+    {
+        return Err(RegistryError::new(
+            Code::RangeInvalid,
+            format!("Content-Range {v:?} does not match Content-Length {len}"),
+        ));
     }
     Ok(Some(start))
 }
@@ -656,13 +657,13 @@ async fn put_manifest(
         Reference::Tag(_) => Algorithm::Sha256,
     };
     let digest = Digest::of(algorithm, &bytes);
-    if let Reference::Digest(d) = &reference {
-        if d != &digest {
-            return Err(RegistryError::new(
-                Code::DigestInvalid,
-                format!("manifest digest is {digest}, not {d}"),
-            ));
-        }
+    if let Reference::Digest(d) = &reference
+        && d != &digest
+    {
+        return Err(RegistryError::new(
+            Code::DigestInvalid,
+            format!("manifest digest is {digest}, not {d}"),
+        ));
     }
     let _guard = reg
         .lock
@@ -745,12 +746,11 @@ async fn delete_manifest(reg: &Reg, name: &str, r: &str) -> Result<Response> {
                 .manifest_media_type(name, &d)
                 .await?
                 .ok_or_else(|| manifest_unknown(name, r))?;
-            if let Ok(bytes) = read_small(reg, &d).await {
-                if let Ok(Some(subject)) =
+            if let Ok(bytes) = read_small(reg, &d).await
+                && let Ok(Some(subject)) =
                     Manifest::parse(&bytes, Some(&media_type)).map(|m| m.subject)
-                {
-                    reg.meta.remove_referrer(name, &subject.digest, &d).await?;
-                }
+            {
+                reg.meta.remove_referrer(name, &subject.digest, &d).await?;
             }
             for t in reg.meta.tags_pointing_at(name, &d).await? {
                 reg.meta.delete_tag(name, &t).await?;
@@ -782,16 +782,16 @@ fn paginate(
         .filter(|t| last.is_none_or(|l| t.as_str() > l))
         .collect();
     let mut link = None;
-    if let Some(n) = n {
-        if items.len() > n {
-            items.truncate(n);
-            if let Some(l) = items.last() {
-                let query: String = form_urlencoded::Serializer::new(String::new())
-                    .append_pair("n", &n.to_string())
-                    .append_pair("last", l)
-                    .finish();
-                link = Some(format!("<{base}?{query}>; rel=\"next\""));
-            }
+    if let Some(n) = n
+        && items.len() > n
+    {
+        items.truncate(n);
+        if let Some(l) = items.last() {
+            let query: String = form_urlencoded::Serializer::new(String::new())
+                .append_pair("n", &n.to_string())
+                .append_pair("last", l)
+                .finish();
+            link = Some(format!("<{base}?{query}>; rel=\"next\""));
         }
     }
     Ok((items, link))
@@ -918,6 +918,7 @@ async fn token(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

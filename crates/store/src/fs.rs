@@ -277,10 +277,10 @@ impl BlobStore for FsStore {
             }
         }
         let flushed = out.flush().await;
-        if failure.is_none() {
-            if let Err(e) = flushed {
-                failure = Some(StoreError::io(format!("writing {}", path.display()))(e));
-            }
+        if failure.is_none()
+            && let Err(e) = flushed
+        {
+            failure = Some(StoreError::io(format!("writing {}", path.display()))(e));
         }
         match failure {
             None => {

@@ -1,0 +1,72 @@
+//! Garbage collection after manifest deletion, and its grace period.
+
+use std::time::Duration;
+
+use oci::Digest;
+use registry::gc::{GcOptions, collect};
+use reqwest::{Method, StatusCode};
+
+use crate::common::Server;
+
+async fn stored(srv: &Server, d: &Digest) -> bool {
+    srv.reg.store().stat(d).await.unwrap().is_some()
+}
+
+#[tokio::test]
+async fn collect_removes_only_unreferenced_blobs() {
+    let srv = Server::start().await;
+    let dead = srv.push_image("r", "dead", "dead").await;
+    let live = srv.push_image("r", "live", "live").await;
+    let del = srv
+        .admin(Method::DELETE, &format!("/v2/r/manifests/{}", dead.digest))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), StatusCode::ACCEPTED);
+
+    // With the default grace period everything is too young to go.
+    let report = collect(&srv.reg, &GcOptions::default()).await.unwrap();
+    assert_eq!(report.blobs_deleted, 0);
+    for d in dead.blobs.iter().chain([&dead.digest]) {
+        assert!(stored(&srv, d).await, "{d} deleted within the grace period");
+    }
+
+    let report = collect(
+        &srv.reg,
+        &GcOptions {
+            grace: Duration::ZERO,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    // The dead image's config, layer and manifest.
+    assert_eq!(report.blobs_deleted, 3, "{report:?}");
+    assert_eq!(report.links_removed, 2, "{report:?}");
+    for d in dead.blobs.iter().chain([&dead.digest]) {
+        assert!(!stored(&srv, d).await, "{d} survived");
+    }
+    for d in live.blobs.iter().chain([&live.digest]) {
+        assert!(stored(&srv, d).await, "{d} of a live manifest deleted");
+    }
+    let gone = srv
+        .admin(Method::HEAD, &format!("/v2/r/blobs/{}", dead.blobs[0]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), StatusCode::NOT_FOUND);
+    let pull = srv
+        .admin(Method::GET, "/v2/r/manifests/live")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pull.status(), StatusCode::OK);
+    for d in &live.blobs {
+        let blob = srv
+            .admin(Method::GET, &format!("/v2/r/blobs/{d}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(blob.status(), StatusCode::OK);
+    }
+}
