@@ -100,7 +100,9 @@ fn start_slipway(bin: &Path, dir: &Path) -> Result<Target> {
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
     let addr = wait_for_line(&log, "listening on http://")?;
-    let token = std::fs::read_to_string(data.join("admin-token"))?.trim().to_owned();
+    let token = std::fs::read_to_string(data.join("admin-token"))?
+        .trim()
+        .to_owned();
     Ok(Target {
         name: "slipway",
         child,
@@ -110,7 +112,9 @@ fn start_slipway(bin: &Path, dir: &Path) -> Result<Target> {
 }
 
 fn start_distribution(bin: &Path, dir: &Path) -> Result<Target> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let config = dir.join("distribution.yml");
     std::fs::write(
         &config,
@@ -209,9 +213,12 @@ async fn push_one(http: &reqwest::Client, t: &Target, repo: &str, blob: &Blob) -
 }
 
 async fn pull_one(http: &reqwest::Client, t: &Target, repo: &str, blob: &Blob) -> Result<()> {
-    let r = req(t, http.get(format!("{}/v2/{repo}/blobs/{}", t.base, blob.digest)))
-        .send()
-        .await?;
+    let r = req(
+        t,
+        http.get(format!("{}/v2/{repo}/blobs/{}", t.base, blob.digest)),
+    )
+    .send()
+    .await?;
     if r.status() != 200 {
         bail!("{}: GET blob: {}", t.name, r.status());
     }
@@ -268,7 +275,10 @@ async fn main() -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let workloads = [
         ("16 x 64 MiB", Arc::new(make_blobs(16, 64 << 20, 0x5eed))),
-        ("2000 x 16 KiB", Arc::new(make_blobs(2000, 16 << 10, 0xbeef))),
+        (
+            "2000 x 16 KiB",
+            Arc::new(make_blobs(2000, 16 << 10, 0xbeef)),
+        ),
     ];
     let targets = [
         Arc::new(start_slipway(&args.slipway, &dir)?),

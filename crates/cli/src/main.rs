@@ -152,6 +152,13 @@ async fn serve(args: ServerArgs) -> Result<()> {
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     eprintln!("slipway server listening on http://{addr} (registry at /v2/)");
+    // Small responses (manifests, HEADs, small blobs) must not wait on
+    // Nagle's algorithm and the client's delayed ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!("TCP_NODELAY: {e}");
+        }
+    });
     axum::serve(listener, reg.router())
         .with_graceful_shutdown(shutdown())
         .await
