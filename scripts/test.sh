@@ -39,22 +39,15 @@ if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
 fi
 command -v go >/dev/null 2>&1 || { echo "error: Go is needed to build the registry peers (crane, conformance)" >&2; exit 1; }
 
-build_peer() { # name module version [package]
-  local name=$1 module=$2 version=$3 pkg=${4:-$2}
+build_peer() { # name package version
+  local name=$1 pkg=$2 version=$3
   local stamp="$PEERS/.$name.version"
   if [ -x "$PEERS/$name" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$version" ]; then return; fi
   log "building $name $version from the Go module proxy"
-  local work="$CACHE/go-$name"
-  mkdir -p "$work"
-  (
-    cd "$work"
-    [ -f go.mod ] || go mod init "slipway.test/$name" >/dev/null 2>&1
-    GOFLAGS=-buildvcs=false go get "$module@$version" >/dev/null 2>&1
-    GOFLAGS=-buildvcs=false go build -o "$PEERS/$name" "$pkg"
-  )
+  GOBIN="$PEERS" GOFLAGS=-buildvcs=false go install "$pkg@$version"
   echo "$version" >"$stamp"
 }
-build_peer crane github.com/google/go-containerregistry "$CRANE_VERSION" github.com/google/go-containerregistry/cmd/crane
+build_peer crane github.com/google/go-containerregistry/cmd/crane "$CRANE_VERSION"
 build_peer conformance github.com/opencontainers/distribution-spec/conformance "$CONFORMANCE_VERSION"
 
 if ! cargo nextest --version >/dev/null 2>&1; then

@@ -61,6 +61,22 @@ impl Drop for Target {
 }
 
 impl Target {
+    /// CPU time the server process has used so far, in seconds (all threads).
+    fn cpu_seconds(&self) -> f64 {
+        let mut total = 0u64;
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.child.id())) {
+            for t in tasks.flatten() {
+                let stat = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
+                total += stat
+                    .split_whitespace()
+                    .next()
+                    .and_then(|ns| ns.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+        total as f64 / 1e9
+    }
+
     /// Peak resident set size of the server process so far, in MiB.
     fn peak_rss_mib(&self) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
@@ -233,14 +249,16 @@ async fn pull_one(http: &reqwest::Client, t: &Target, repo: &str, blob: &Blob) -
     Ok(())
 }
 
-/// Run `op` over every blob with `clients` concurrent workers; returns MB/s.
+/// Run `op` over every blob with `clients` concurrent workers; returns MB/s
+/// and the server's CPU seconds per GB moved.
 async fn phase(
     t: &Arc<Target>,
     blobs: &Arc<Vec<Blob>>,
     clients: usize,
     repo: &str,
     push: bool,
-) -> Result<f64> {
+) -> Result<(f64, f64)> {
+    let cpu0 = t.cpu_seconds();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -265,7 +283,8 @@ async fn phase(
     }
     let secs = start.elapsed().as_secs_f64();
     let bytes: usize = blobs.iter().map(|b| b.bytes.len()).sum();
-    Ok(bytes as f64 / 1e6 / secs)
+    let cpu_per_gb = (t.cpu_seconds() - cpu0) / (bytes as f64 / 1e9);
+    Ok((bytes as f64 / 1e6 / secs, cpu_per_gb))
 }
 
 #[tokio::main]
@@ -285,16 +304,19 @@ async fn main() -> Result<()> {
         Arc::new(start_distribution(&args.distribution, &dir)?),
     ];
     println!(
-        "{:<15} {:<13} {:>12} {:>12}",
-        "workload", "server", "push MB/s", "pull MB/s"
+        "{:<15} {:<13} {:>10} {:>10} {:>14} {:>14}",
+        "workload", "server", "push MB/s", "pull MB/s", "push cpu s/GB", "pull cpu s/GB"
     );
     let mut results = Vec::new();
     for (wi, (label, blobs)) in workloads.iter().enumerate() {
         for t in &targets {
             let repo = format!("bench/w{wi}");
-            let push = phase(t, blobs, args.clients, &repo, true).await?;
-            let pull = phase(t, blobs, args.clients, &repo, false).await?;
-            println!("{label:<15} {:<13} {push:>12.1} {pull:>12.1}", t.name);
+            let (push, push_cpu) = phase(t, blobs, args.clients, &repo, true).await?;
+            let (pull, pull_cpu) = phase(t, blobs, args.clients, &repo, false).await?;
+            println!(
+                "{label:<15} {:<13} {push:>10.1} {pull:>10.1} {push_cpu:>14.2} {pull_cpu:>14.2}",
+                t.name
+            );
             results.push((label, t.name, push, pull));
         }
     }

@@ -299,7 +299,7 @@ async fn get_blob(
     } else {
         let read = reg.store.open(&d, range).await?;
         let (size, len) = (read.size, read.len);
-        let stream = tokio_util::io::ReaderStream::with_capacity(read.reader, 1 << 20);
+        let stream = tokio_util::io::ReaderStream::with_capacity(read.reader, store::READ_BUF);
         let mut r = Response::new(Body::from_stream(stream));
         set(&mut r, header::CONTENT_LENGTH, &len.to_string());
         if let Some((start, _)) = range {

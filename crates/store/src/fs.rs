@@ -18,6 +18,8 @@ use crate::layout;
 use crate::{BlobInfo, BlobRead, BlobStore, ByteStream, Result, StoreError};
 
 const IO_BUF: usize = 1 << 20;
+/// Read size for streaming blobs out; also the registry's response chunk size.
+pub const READ_BUF: usize = 1 << 20;
 
 struct UploadState {
     size: u64,
@@ -156,6 +158,9 @@ impl BlobStore for FsStore {
                 .await
                 .map_err(StoreError::io(format!("seeking {}", path.display())))?;
         }
+        // Fewer, larger blocking reads: each tokio file read is a round trip
+        // to the blocking pool.
+        file.set_max_buf_size(READ_BUF);
         Ok(BlobRead {
             size,
             len,

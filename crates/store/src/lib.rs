@@ -22,7 +22,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use oci::{Algorithm, Digest};
 
-pub use fs::FsStore;
+pub use fs::{FsStore, READ_BUF};
 
 /// A body streaming into an upload.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, io::Error>> + Send>>;
