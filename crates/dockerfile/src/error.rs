@@ -159,6 +159,8 @@ pub enum ErrorKind {
     StageIndex(String),
     #[error("circular dependency detected on stage: {0}")]
     CircularDependency(String),
+    #[error("no FROM instruction: the Dockerfile has no stage to build")]
+    NoStages,
     #[error("target stage \"{0}\" could not be found")]
     TargetNotFound(String),
     #[error("invalid platform \"{0}\": expected os/arch[/variant]")]
@@ -183,7 +185,7 @@ pub(crate) fn suggest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str>
     let mut best: Option<(usize, &str)> = None;
     for c in candidates {
         let d = levenshtein(&w, &c.to_ascii_lowercase());
-        if d <= 2.max(w.len() / 4) && d < w.len() && best.is_none_or(|(bd, _)| d < bd) {
+        if d <= (w.len() / 3).max(1) && d < w.len() && best.is_none_or(|(bd, _)| d < bd) {
             best = Some((d, c));
         }
     }

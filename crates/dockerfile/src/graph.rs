@@ -124,7 +124,7 @@ impl StageGraph {
                 Error::new(Pos::new(1, 1), ErrorKind::TargetNotFound(t.to_string()))
             })?,
             None => stages.len().checked_sub(1).ok_or_else(|| {
-                Error::new(Pos::new(1, 1), ErrorKind::NoInstructions)
+                Error::new(Pos::new(1, 1), ErrorKind::NoStages)
             })?,
         };
 
