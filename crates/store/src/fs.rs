@@ -10,9 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures_util::StreamExt;
 use oci::{Algorithm, Digest, Digester};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::layout;
 use crate::{BlobInfo, BlobRead, BlobStore, ByteStream, Result, StoreError};
@@ -29,6 +30,27 @@ struct UploadState {
 }
 
 type UploadSlot = Arc<tokio::sync::Mutex<Option<UploadState>>>;
+
+/// The open upload file and the running hash, moved to the blocking pool
+/// for each batch of writes.
+struct Sink {
+    file: std::fs::File,
+    hasher: Option<Digester>,
+}
+
+async fn write_batch(mut sink: Sink, batch: Vec<Bytes>) -> std::io::Result<Sink> {
+    tokio::task::spawn_blocking(move || {
+        for b in &batch {
+            std::io::Write::write_all(&mut sink.file, b)?;
+            if let Some(h) = &mut sink.hasher {
+                h.update(b);
+            }
+        }
+        Ok(sink)
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
 
 pub struct FsStore {
     root: PathBuf,
@@ -98,14 +120,6 @@ async fn hash_file(path: &Path, algorithm: Algorithm) -> Result<Digest> {
         digester.update(&buf[..n]);
     }
     Ok(digester.finish())
-}
-
-async fn sync_dir(dir: &Path) -> Result<()> {
-    let d = dir.to_owned();
-    tokio::task::spawn_blocking(move || std::fs::File::open(&d).and_then(|f| f.sync_all()))
-        .await
-        .map_err(|e| StoreError::io(format!("syncing {}", dir.display()))(e.into()))?
-        .map_err(StoreError::io(format!("syncing {}", dir.display())))
 }
 
 fn modified(meta: &std::fs::Metadata) -> SystemTime {
@@ -250,54 +264,78 @@ impl BlobStore for FsStore {
                 got: offset,
             });
         }
-        let file = tokio::fs::OpenOptions::new().append(true).open(&path).await;
-        let file = match file {
-            Ok(f) => f,
+        let file = match tokio::fs::OpenOptions::new().append(true).open(&path).await {
+            Ok(f) => f.into_std().await,
             Err(e) => {
                 *guard = Some(state);
                 return Err(StoreError::io(format!("opening {}", path.display()))(e));
             }
         };
-        let mut out = tokio::io::BufWriter::with_capacity(IO_BUF, file);
+        // Chunks are batched (by reference, not copied) and written and
+        // hashed on the blocking pool, keeping both off the async workers.
+        let mut sink = Some(Sink {
+            file,
+            hasher: state.hasher.take(),
+        });
+        let mut batch: Vec<Bytes> = Vec::new();
+        let mut batch_len = 0usize;
         let mut failure = None;
-        while let Some(chunk) = body.next().await {
-            match chunk {
-                Ok(bytes) => {
-                    if let Err(e) = out.write_all(&bytes).await {
+        let mut body_error = None;
+        loop {
+            let next = body.next().await;
+            let done = match next {
+                Some(Ok(bytes)) => {
+                    batch_len += bytes.len();
+                    batch.push(bytes);
+                    false
+                }
+                Some(Err(source)) => {
+                    body_error = Some(source);
+                    true
+                }
+                None => true,
+            };
+            if (done || batch_len >= IO_BUF) && !batch.is_empty() {
+                let Some(current) = sink.take() else { break };
+                match write_batch(current, std::mem::take(&mut batch)).await {
+                    Ok(s) => {
+                        sink = Some(s);
+                        state.size += batch_len as u64;
+                        batch_len = 0;
+                    }
+                    Err(e) => {
                         failure = Some(StoreError::io(format!("writing {}", path.display()))(e));
                         break;
                     }
-                    if let Some(h) = &mut state.hasher {
-                        h.update(&bytes);
-                    }
-                    state.size += bytes.len() as u64;
-                }
-                Err(source) => {
-                    failure = Some(StoreError::Body {
-                        written: state.size - offset,
-                        source,
-                    });
-                    break;
                 }
             }
+            if done {
+                break;
+            }
         }
-        let flushed = out.flush().await;
-        if failure.is_none()
-            && let Err(e) = flushed
-        {
-            failure = Some(StoreError::io(format!("writing {}", path.display()))(e));
-        }
-        match failure {
-            None => {
+        match (failure, sink) {
+            (None, Some(s)) => {
+                state.hasher = s.hasher;
                 let size = state.size;
                 *guard = Some(state);
-                Ok(size)
+                match body_error {
+                    None => Ok(size),
+                    // What arrived is on disk and hashed; the client can resume.
+                    Some(source) => Err(StoreError::Body {
+                        written: size - offset,
+                        source,
+                    }),
+                }
             }
-            Some(err) => {
+            (failure, _) => {
                 // What reached the file is unknown after a failed write, so
                 // resynchronise from disk; the client can ask and resume.
                 *guard = None;
-                Err(err)
+                Err(failure.unwrap_or_else(|| {
+                    StoreError::io(format!("writing {}", path.display()))(std::io::Error::other(
+                        "writer lost",
+                    ))
+                }))
             }
         }
     }
@@ -334,31 +372,12 @@ impl BlobStore for FsStore {
             });
         }
         let target = layout::blob_path(&self.root, expected);
-        let result = async {
-            if tokio::fs::try_exists(&target).await.unwrap_or(false) {
-                // Same digest, same bytes: keep the published copy.
-                cleanup().await;
-                return self.touch(expected).await;
-            }
-            let file = tokio::fs::File::open(&path)
-                .await
-                .map_err(StoreError::io(format!("opening {}", path.display())))?;
-            file.sync_all()
-                .await
-                .map_err(StoreError::io(format!("syncing {}", path.display())))?;
-            drop(file);
-            let dir = target.parent().unwrap_or(&self.root).to_owned();
-            tokio::fs::create_dir_all(&dir)
-                .await
-                .map_err(StoreError::io(format!("creating {}", dir.display())))?;
-            // A concurrent commit of the same digest may win the race; rename
-            // replaces identical bytes atomically, so either outcome is right.
-            tokio::fs::rename(&path, &target)
-                .await
-                .map_err(StoreError::io(format!("publishing {}", target.display())))?;
-            sync_dir(&dir).await
-        }
-        .await;
+        let (from, root) = (path.clone(), self.root.clone());
+        // One trip to the blocking pool for the whole publication.
+        let result = tokio::task::spawn_blocking(move || publish(&from, &target, &root))
+            .await
+            .map_err(|e| StoreError::io("publishing blob")(std::io::Error::other(e)))
+            .and_then(|r| r);
         drop(guard);
         self.forget(id);
         result.map(|()| state.size)
@@ -403,6 +422,32 @@ impl BlobStore for FsStore {
         }
         Ok(purged)
     }
+}
+
+/// Make the verified upload at `from` the blob at `target`: fsync, rename,
+/// fsync the directory. If the blob is already there, keep it (same digest,
+/// same bytes), refresh its age for gc, and drop the upload.
+fn publish(from: &Path, target: &Path, root: &Path) -> Result<()> {
+    let ctx = |what: &str, p: &Path| format!("{what} {}", p.display());
+    if target.exists() {
+        let _ = std::fs::remove_file(from);
+        return std::fs::File::options()
+            .write(true)
+            .open(target)
+            .and_then(|f| f.set_modified(SystemTime::now()))
+            .map_err(StoreError::io(ctx("touching", target)));
+    }
+    std::fs::File::open(from)
+        .and_then(|f| f.sync_all())
+        .map_err(StoreError::io(ctx("syncing", from)))?;
+    let dir = target.parent().unwrap_or(root);
+    std::fs::create_dir_all(dir).map_err(StoreError::io(ctx("creating", dir)))?;
+    // A concurrent commit of the same digest may win the race; rename
+    // replaces identical bytes atomically, so either outcome is right.
+    std::fs::rename(from, target).map_err(StoreError::io(ctx("publishing", target)))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(StoreError::io(ctx("syncing", dir)))
 }
 
 fn list_blobs(root: &Path) -> Result<Vec<BlobInfo>> {
