@@ -1,6 +1,8 @@
 //! `slipway`: the one binary. Parses arguments, wires the library crates
 //! together and reports errors; the logic lives in the crates it calls.
 
+mod dockerfile_cmd;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -35,6 +37,11 @@ enum Command {
         /// Data directory.
         #[arg(long, default_value = ".slipway")]
         data: PathBuf,
+    },
+    /// Dockerfile tools.
+    Dockerfile {
+        #[command(subcommand)]
+        command: dockerfile_cmd::DockerfileCommand,
     },
     /// Registry maintenance.
     Registry {
@@ -110,6 +117,12 @@ async fn run(cli: Cli) -> Result<()> {
                 public_url: None,
             })
             .await
+        }
+        Command::Dockerfile { command } => {
+            if !dockerfile_cmd::run(command)? {
+                std::process::exit(1);
+            }
+            Ok(())
         }
         Command::Registry {
             command:

@@ -6,5 +6,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod crash;
+mod dockerfile;
 mod harness;
 mod peers;
