@@ -1,0 +1,252 @@
+//! Cgroups for memory and pids limits: cgroup v2 (unified) when its
+//! controllers are available, else the v1 `memory` and `pids` hierarchies
+//! (hybrid hosts such as these CI VMs, where v2 has no controllers).
+//!
+//! Detection is by looking, never by assuming: a host whose hierarchies are
+//! missing or read-only (a rootless pod) gets no cgroup, and the run reports
+//! [`crate::Outcome::limits_not_enforced`].
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::spec::Limits;
+
+/// The conventional cgroup mount point.
+pub const DEFAULT_ROOT: &str = "/sys/fs/cgroup";
+
+/// Which cgroup layout a host offers for our limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hierarchy {
+    /// Unified hierarchy with `memory` and `pids` available at its root.
+    V2(PathBuf),
+    /// Separate v1 hierarchies.
+    V1 {
+        /// The `memory` hierarchy, if mounted.
+        memory: Option<PathBuf>,
+        /// The `pids` hierarchy, if mounted.
+        pids: Option<PathBuf>,
+    },
+}
+
+/// Finds the usable hierarchy under `root` (normally [`DEFAULT_ROOT`]).
+pub fn detect(root: &Path) -> Option<Hierarchy> {
+    if let Ok(c) = std::fs::read_to_string(root.join("cgroup.controllers")) {
+        let has = |n: &str| c.split_whitespace().any(|w| w == n);
+        return (has("memory") && has("pids")).then(|| Hierarchy::V2(root.to_path_buf()));
+    }
+    let memory = Some(root.join("memory")).filter(|p| p.join("cgroup.procs").exists());
+    let pids = Some(root.join("pids")).filter(|p| p.join("cgroup.procs").exists());
+    if memory.is_none() && pids.is_none() {
+        return None;
+    }
+    Some(Hierarchy::V1 { memory, pids })
+}
+
+/// The cgroup(s) of one run.
+#[derive(Debug)]
+pub(crate) struct Cgroup {
+    dirs: Vec<PathBuf>,
+}
+
+fn write(path: &Path, data: &str) -> Result<(), Error> {
+    std::fs::write(path, data).map_err(|e| Error::host(format!("writing {}", path.display()), e))
+}
+
+impl Cgroup {
+    /// Creates `<parent>/<name>` in each needed hierarchy and applies
+    /// `limits`. `Ok(None)` when the hierarchy cannot be written here.
+    pub fn create(
+        h: &Hierarchy,
+        parent: &str,
+        name: &str,
+        limits: &Limits,
+    ) -> Result<Option<Cgroup>, Error> {
+        let mut cg = Cgroup { dirs: Vec::new() };
+        let mkdir = |base: &Path| -> Result<Option<PathBuf>, Error> {
+            let parent_dir = base.join(parent);
+            let dir = parent_dir.join(name);
+            match std::fs::create_dir_all(&dir) {
+                Ok(()) => Ok(Some(dir)),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::PermissionDenied
+                            | std::io::ErrorKind::ReadOnlyFilesystem
+                    ) =>
+                {
+                    Ok(None)
+                }
+                Err(e) => Err(Error::host(format!("creating cgroup {}", dir.display()), e)),
+            }
+        };
+        match h {
+            Hierarchy::V2(root) => {
+                // Delegate the controllers down to our parent cgroup.
+                for dir in [root.clone(), root.join(parent)] {
+                    std::fs::create_dir_all(&dir).ok();
+                    if std::fs::write(dir.join("cgroup.subtree_control"), "+memory +pids").is_err()
+                    {
+                        return Ok(None);
+                    }
+                }
+                let Some(dir) = mkdir(root)? else {
+                    return Ok(None);
+                };
+                if let Some(m) = limits.memory {
+                    write(&dir.join("memory.max"), &m.to_string())?;
+                    if dir.join("memory.swap.max").exists() {
+                        write(&dir.join("memory.swap.max"), "0")?;
+                    }
+                }
+                if let Some(p) = limits.pids {
+                    write(&dir.join("pids.max"), &p.to_string())?;
+                }
+                cg.dirs.push(dir);
+            }
+            Hierarchy::V1 { memory, pids } => {
+                if let Some(m) = limits.memory {
+                    let Some(base) = memory else { return Ok(None) };
+                    let Some(dir) = mkdir(base)? else {
+                        return Ok(None);
+                    };
+                    cg.dirs.push(dir.clone());
+                    write(&dir.join("memory.limit_in_bytes"), &m.to_string())?;
+                    let memsw = dir.join("memory.memsw.limit_in_bytes");
+                    if memsw.exists() {
+                        write(&memsw, &m.to_string())?;
+                    }
+                }
+                if let Some(p) = limits.pids {
+                    let Some(base) = pids else { return Ok(None) };
+                    let Some(dir) = mkdir(base)? else {
+                        return Ok(None);
+                    };
+                    cg.dirs.push(dir.clone());
+                    write(&dir.join("pids.max"), &p.to_string())?;
+                }
+            }
+        }
+        Ok(Some(cg))
+    }
+
+    /// Moves `pid` (and its future children) into the cgroup(s).
+    pub fn add(&self, pid: u32) -> Result<(), Error> {
+        for d in &self.dirs {
+            write(&d.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Pids still in the cgroup(s).
+    pub fn pids(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self
+            .dirs
+            .iter()
+            .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+            .flat_map(|s| {
+                s.lines()
+                    .filter_map(|l| l.trim().parse().ok())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// SIGKILLs everything left in it.
+    pub fn kill_all(&self) {
+        for pid in self.pids() {
+            if let Ok(p) = i32::try_from(pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+
+    /// Kills what is left and removes the directories (retrying while the
+    /// kernel finishes reaping).
+    pub async fn remove(self) {
+        for d in &self.dirs {
+            for attempt in 0..50 {
+                match std::fs::remove_dir(d) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                    Err(e) if attempt == 49 => {
+                        tracing::warn!("removing cgroup {}: {e}", d.display())
+                    }
+                    Err(_) => {
+                        self.kill_all();
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_v1_and_v2() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(detect(d.path()), None);
+        std::fs::create_dir_all(d.path().join("pids")).unwrap();
+        std::fs::write(d.path().join("pids/cgroup.procs"), "").unwrap();
+        assert_eq!(
+            detect(d.path()),
+            Some(Hierarchy::V1 {
+                memory: None,
+                pids: Some(d.path().join("pids"))
+            })
+        );
+        std::fs::write(d.path().join("cgroup.controllers"), "cpu io\n").unwrap();
+        assert_eq!(detect(d.path()), None, "v2 without memory/pids is unusable");
+        std::fs::write(d.path().join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+        assert_eq!(
+            detect(d.path()),
+            Some(Hierarchy::V2(d.path().to_path_buf()))
+        );
+    }
+
+    #[test]
+    fn v1_limits_are_written() {
+        let d = tempfile::tempdir().unwrap();
+        let h = Hierarchy::V1 {
+            memory: Some(d.path().join("memory")),
+            pids: Some(d.path().join("pids")),
+        };
+        let limits = Limits {
+            memory: Some(1 << 20),
+            pids: Some(64),
+            ..Default::default()
+        };
+        let cg = Cgroup::create(&h, "slipway", "run1", &limits)
+            .unwrap()
+            .unwrap();
+        let read = |p: &str| std::fs::read_to_string(d.path().join(p)).unwrap();
+        assert_eq!(read("memory/slipway/run1/memory.limit_in_bytes"), "1048576");
+        assert_eq!(read("pids/slipway/run1/pids.max"), "64");
+        cg.add(42).unwrap();
+        assert_eq!(cg.pids(), vec![42]);
+        // A pids-only limit on a host without a pids hierarchy: not enforceable.
+        let h = Hierarchy::V1 {
+            memory: Some(d.path().join("memory")),
+            pids: None,
+        };
+        let only_pids = Limits {
+            pids: Some(1),
+            ..Default::default()
+        };
+        assert!(
+            Cgroup::create(&h, "slipway", "run2", &only_pids)
+                .unwrap()
+                .is_none()
+        );
+    }
+}
