@@ -68,7 +68,11 @@ pub fn run(command: DockerfileCommand) -> Result<bool> {
     match dockerfile::check(&src, &opts, target.as_deref()) {
         Ok((parsed, expanded, graph)) => {
             if json {
-                let model = if build_args.is_empty() { parsed } else { expanded };
+                let model = if build_args.is_empty() {
+                    parsed
+                } else {
+                    expanded
+                };
                 let doc = serde_json::json!({
                     "file": file.display().to_string(),
                     "dockerfile": model,

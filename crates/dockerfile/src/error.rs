@@ -77,7 +77,9 @@ pub enum ErrorKind {
     JsonNotStrings(String),
     #[error("{0} must have two arguments")]
     KeyValueNeedsTwo(String),
-    #[error("{keyword}: syntax error - can't find = in \"{word}\". Must be of the form: name=value")]
+    #[error(
+        "{keyword}: syntax error - can't find = in \"{word}\". Must be of the form: name=value"
+    )]
     KeyValueMissingEquals { keyword: String, word: String },
     #[error("unknown instruction: {name}{}", suggestion_text(.suggestion))]
     UnknownInstruction {
@@ -98,7 +100,9 @@ pub enum ErrorKind {
     BlankName(String),
     #[error("FROM requires either one or three arguments (FROM image [AS name])")]
     FromArguments,
-    #[error("invalid name for build stage: \"{0}\", name can't start with a number or contain symbols")]
+    #[error(
+        "invalid name for build stage: \"{0}\", name can't start with a number or contain symbols"
+    )]
     InvalidStageName(String),
     #[error("duplicate stage name \"{0}\"")]
     DuplicateStageName(String),

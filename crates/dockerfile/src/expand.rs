@@ -616,7 +616,9 @@ mod tests {
     }
 
     fn w(s: &str) -> String {
-        Lexer::new('\\').process_word(s, &env()).unwrap_or_else(|e| format!("ERR {e}"))
+        Lexer::new('\\')
+            .process_word(s, &env())
+            .unwrap_or_else(|e| format!("ERR {e}"))
     }
 
     #[test]
@@ -641,8 +643,14 @@ mod tests {
         assert_eq!(w("'$A'\"$A\"\\$A"), "$Aalpha$A");
         assert_eq!(w("${A"), "ERR syntax error: missing '}'");
         assert_eq!(w("${:}"), "ERR syntax error: bad substitution");
-        assert_eq!(w("${A:#x}"), "ERR unsupported modifier (:#) in substitution");
-        assert_eq!(w("'abc"), "ERR unexpected end of statement while looking for matching single-quote");
+        assert_eq!(
+            w("${A:#x}"),
+            "ERR unsupported modifier (:#) in substitution"
+        );
+        assert_eq!(
+            w("'abc"),
+            "ERR unexpected end of statement while looking for matching single-quote"
+        );
         assert_eq!(w("a\\"), "a");
         assert_eq!(w("$"), "$");
         assert_eq!(w("\"a\\b\""), "a\\b");
@@ -651,7 +659,10 @@ mod tests {
     #[test]
     fn words() {
         let l = Lexer::new('\\');
-        assert_eq!(l.process_words("x $S 'y z'", &env()).unwrap(), vec!["x", "a", "b", "c", "y z"]);
+        assert_eq!(
+            l.process_words("x $S 'y z'", &env()).unwrap(),
+            vec!["x", "a", "b", "c", "y z"]
+        );
         assert_eq!(l.process_words("  ", &env()).unwrap(), Vec::<String>::new());
     }
 

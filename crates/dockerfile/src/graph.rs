@@ -99,7 +99,10 @@ impl StageGraph {
                     let target = match r.parse::<usize>() {
                         Ok(i) if r.bytes().all(|b| b.is_ascii_digit()) => {
                             if i >= stage.index {
-                                return Err(Error::new(ins.pos(), ErrorKind::StageIndex(r.to_string())));
+                                return Err(Error::new(
+                                    ins.pos(),
+                                    ErrorKind::StageIndex(r.to_string()),
+                                ));
                             }
                             Some(i)
                         }
@@ -123,9 +126,10 @@ impl StageGraph {
             Some(t) => find(t).ok_or_else(|| {
                 Error::new(Pos::new(1, 1), ErrorKind::TargetNotFound(t.to_string()))
             })?,
-            None => stages.len().checked_sub(1).ok_or_else(|| {
-                Error::new(Pos::new(1, 1), ErrorKind::NoStages)
-            })?,
+            None => stages
+                .len()
+                .checked_sub(1)
+                .ok_or_else(|| Error::new(Pos::new(1, 1), ErrorKind::NoStages))?,
         };
 
         // Depth-first from the target: levels and cycle detection.
@@ -133,7 +137,11 @@ impl StageGraph {
         let mut on_path = vec![false; stages.len()];
         visit(&stages, target, &mut level, &mut on_path)?;
         let needed: Vec<usize> = (0..stages.len()).filter(|&i| level[i].is_some()).collect();
-        let depth = needed.iter().filter_map(|&i| level[i]).max().map_or(0, |d| d + 1);
+        let depth = needed
+            .iter()
+            .filter_map(|&i| level[i])
+            .max()
+            .map_or(0, |d| d + 1);
         let mut levels = vec![Vec::new(); depth];
         for &i in &needed {
             if let Some(l) = level[i] {

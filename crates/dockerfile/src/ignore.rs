@@ -15,7 +15,10 @@ use crate::error::{Error, ErrorKind, Pos};
 /// (a path relative to the context): `<Dockerfile>.dockerignore` next to it
 /// wins over `.dockerignore` at the context root.
 pub fn ignore_file_candidates(dockerfile: &str) -> Vec<String> {
-    vec![format!("{dockerfile}.dockerignore"), ".dockerignore".to_string()]
+    vec![
+        format!("{dockerfile}.dockerignore"),
+        ".dockerignore".to_string(),
+    ]
 }
 
 #[derive(Debug, Clone)]
@@ -230,16 +233,15 @@ impl IgnoreMatcher {
                 continue;
             }
             let col = line.len() - line.trim_start().len();
-            m.push(line, line_no)
-                .map_err(|reason| {
-                    Error::new(
-                        Pos::new(line_no, col as u32 + 1),
-                        ErrorKind::IgnorePattern {
-                            pattern: line.trim().to_string(),
-                            reason,
-                        },
-                    )
-                })?;
+            m.push(line, line_no).map_err(|reason| {
+                Error::new(
+                    Pos::new(line_no, col as u32 + 1),
+                    ErrorKind::IgnorePattern {
+                        pattern: line.trim().to_string(),
+                        reason,
+                    },
+                )
+            })?;
         }
         Ok(m)
     }
@@ -278,7 +280,8 @@ impl IgnoreMatcher {
             cleaned.remove(0);
         }
         self.exclusions |= exclusion;
-        self.patterns.push(Pattern::new(cleaned, exclusion, line_no)?);
+        self.patterns
+            .push(Pattern::new(cleaned, exclusion, line_no)?);
         Ok(())
     }
 
@@ -306,9 +309,7 @@ impl IgnoreMatcher {
             let mut hit = p.matches(file);
             if !hit {
                 // Any parent directory matching counts.
-                hit = file
-                    .match_indices('/')
-                    .any(|(i, _)| p.matches(&file[..i]));
+                hit = file.match_indices('/').any(|(i, _)| p.matches(&file[..i]));
             }
             if hit {
                 matched = !p.exclusion;

@@ -6,7 +6,7 @@
 //! stopping at the first; positions point at the instruction, or at the
 //! flag that is wrong.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
@@ -286,23 +286,34 @@ enum FlagKind {
     Strings,
 }
 
+/// Parsed flag values, in the order written (few per instruction, so a
+/// vector beats a map).
 #[derive(Default)]
 struct Flags {
-    values: HashMap<&'static str, Vec<(String, Pos)>>,
+    values: Vec<(&'static str, String, Pos)>,
 }
 
 impl Flags {
     fn string(&self, name: &str) -> Option<String> {
-        self.values.get(name).and_then(|v| v.last()).map(|(s, _)| s.clone())
+        self.values
+            .iter()
+            .rev()
+            .find(|(n, _, _)| *n == name)
+            .map(|(_, s, _)| s.clone())
     }
     fn bool(&self, name: &str) -> Option<bool> {
         self.values
-            .get(name)
-            .and_then(|v| v.last())
-            .map(|(s, _)| s == "true")
+            .iter()
+            .rev()
+            .find(|(n, _, _)| *n == name)
+            .map(|(_, s, _)| s == "true")
     }
     fn strings(&self, name: &str) -> Vec<(String, Pos)> {
-        self.values.get(name).cloned().unwrap_or_default()
+        self.values
+            .iter()
+            .filter(|(n, _, _)| *n == name)
+            .map(|(_, s, p)| (s.clone(), *p))
+            .collect()
     }
 }
 
@@ -332,13 +343,20 @@ fn parse_flags(
                 },
             ));
         };
-        let entry = flags.values.entry(spec_name).or_default();
-        if !entry.is_empty() && kind != FlagKind::Strings {
-            return Err(Error::new(flag.pos, ErrorKind::DuplicateFlag(name.to_string())));
+        if kind != FlagKind::Strings && flags.values.iter().any(|(n, _, _)| *n == spec_name) {
+            return Err(Error::new(
+                flag.pos,
+                ErrorKind::DuplicateFlag(name.to_string()),
+            ));
         }
         let value = match kind {
             FlagKind::Bool => match value {
-                Some("") => return Err(Error::new(flag.pos, ErrorKind::FlagMissingValue(name.to_string()))),
+                Some("") => {
+                    return Err(Error::new(
+                        flag.pos,
+                        ErrorKind::FlagMissingValue(name.to_string()),
+                    ));
+                }
                 None => "true".to_string(),
                 Some(v) if v.eq_ignore_ascii_case("true") => "true".to_string(),
                 Some(v) if v.eq_ignore_ascii_case("false") => "false".to_string(),
@@ -354,10 +372,15 @@ fn parse_flags(
             },
             FlagKind::String | FlagKind::Strings => match value {
                 Some(v) => v.to_string(),
-                None => return Err(Error::new(flag.pos, ErrorKind::FlagMissingValue(name.to_string()))),
+                None => {
+                    return Err(Error::new(
+                        flag.pos,
+                        ErrorKind::FlagMissingValue(name.to_string()),
+                    ));
+                }
             },
         };
-        entry.push((value, flag.pos));
+        flags.values.push((spec_name, value, flag.pos));
     }
     Ok(flags)
 }
@@ -365,33 +388,38 @@ fn parse_flags(
 // ---------------------------------------------------------------- lowering
 
 /// Lowers an AST into stages. Returns every error found.
-pub fn lower(ast: &Ast) -> Result<Dockerfile, Vec<Error>> {
+pub fn lower(ast: Ast) -> Result<Dockerfile, Vec<Error>> {
     let mut errors = Vec::new();
     let mut df = Dockerfile {
-        directives: ast.directives.clone(),
+        directives: ast.directives,
         escape: ast.escape,
         check: None,
         global_args: Vec::new(),
         stages: Vec::new(),
-        warnings: ast.warnings.clone(),
+        warnings: ast.warnings,
     };
-    for d in &ast.directives {
+    for d in &df.directives {
         if d.name == "check" {
             match parse_check(&d.value) {
                 Ok(c) => df.check = Some(c),
-                Err(msg) => errors.push(Error::new(Pos::new(d.line, 1), ErrorKind::InvalidCheck(msg))),
+                Err(msg) => errors.push(Error::new(
+                    Pos::new(d.line, 1),
+                    ErrorKind::InvalidCheck(msg),
+                )),
             }
         }
     }
-    for node in &ast.nodes {
-        let name = node.name();
-        if name == "from" {
-            match lower_from(node, df.stages.len()) {
+    for mut node in ast.nodes {
+        if node.keyword.eq_ignore_ascii_case("from") {
+            match lower_from(&mut node, df.stages.len()) {
                 Ok(stage) => {
                     if let Some(n) = &stage.name
                         && df.stages.iter().any(|s| s.name.as_ref() == Some(n))
                     {
-                        errors.push(Error::new(node.pos, ErrorKind::DuplicateStageName(n.clone())));
+                        errors.push(Error::new(
+                            node.pos,
+                            ErrorKind::DuplicateStageName(n.clone()),
+                        ));
                     }
                     df.stages.push(stage);
                 }
@@ -411,7 +439,7 @@ pub fn lower(ast: &Ast) -> Result<Dockerfile, Vec<Error>> {
             }
             continue;
         }
-        let ins = match lower_instruction(node) {
+        let ins = match lower_instruction(&mut node) {
             Ok(i) => i,
             Err(e) => {
                 errors.push(e);
@@ -427,7 +455,11 @@ pub fn lower(ast: &Ast) -> Result<Dockerfile, Vec<Error>> {
             )),
         }
     }
-    if errors.is_empty() { Ok(df) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(df)
+    } else {
+        Err(errors)
+    }
 }
 
 fn parse_check(value: &str) -> Result<CheckDirective, String> {
@@ -464,20 +496,25 @@ fn parse_check(value: &str) -> Result<CheckDirective, String> {
 fn is_valid_stage_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars.next().is_some_and(|c| c.is_ascii_lowercase())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
+        && chars
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
 }
 
-fn lower_from(node: &Node, index: usize) -> Result<Stage, Error> {
-    let args = match &node.args {
-        Args::Words(w) => w.as_slice(),
-        _ => &[],
+fn lower_from(node: &mut Node, index: usize) -> Result<Stage, Error> {
+    let words = match &mut node.args {
+        Args::Words(w) => std::mem::take(w),
+        _ => Vec::new(),
     };
+    let args = words.as_slice();
     let name = match args {
         [_] => None,
         [_, as_kw, name] if as_kw.eq_ignore_ascii_case("as") => {
             let lower = name.to_ascii_lowercase();
             if !is_valid_stage_name(&lower) {
-                return Err(Error::new(node.args_pos, ErrorKind::InvalidStageName(name.clone())));
+                return Err(Error::new(
+                    node.args_pos,
+                    ErrorKind::InvalidStageName(name.clone()),
+                ));
             }
             Some(lower)
         }
@@ -494,18 +531,18 @@ fn lower_from(node: &Node, index: usize) -> Result<Stage, Error> {
     })
 }
 
-fn words_of(args: &Args) -> Vec<String> {
+fn words_of(args: &mut Args) -> Vec<String> {
     match args {
-        Args::Words(w) | Args::Json(w) => w.clone(),
-        Args::Text(t) => vec![t.clone()],
+        Args::Words(w) | Args::Json(w) => std::mem::take(w),
+        Args::Text(t) => vec![std::mem::take(t)],
         _ => Vec::new(),
     }
 }
 
-fn command_line(node: &Node) -> CommandLine {
-    let (args, shell_form) = match &node.args {
-        Args::Json(v) => (v.clone(), false),
-        Args::Text(t) => (vec![t.clone()], true),
+fn command_line(node: &mut Node) -> CommandLine {
+    let (args, shell_form) = match &mut node.args {
+        Args::Json(v) => (std::mem::take(v), false),
+        Args::Text(t) => (vec![std::mem::take(t)], true),
         _ => (Vec::new(), true),
     };
     CommandLine {
@@ -534,16 +571,19 @@ fn no_flags(node: &Node, instruction: &str) -> Result<(), Error> {
 
 /// Sources (files and heredocs) and the destination of `ADD`/`COPY`.
 fn sources_and_dest(
-    node: &Node,
+    node: &mut Node,
     instruction: &str,
 ) -> Result<(Vec<String>, Vec<InlineFile>, String), Error> {
-    let words = words_of(&node.args);
+    let json = matches!(node.args, Args::Json(_));
+    let words = words_of(&mut node.args);
     if words.len() < 2 {
-        return Err(Error::new(node.pos, ErrorKind::NoDestination(instruction.to_string())));
+        return Err(Error::new(
+            node.pos,
+            ErrorKind::NoDestination(instruction.to_string()),
+        ));
     }
     let (srcs, dest) = words.split_at(words.len() - 1);
     let dest = dest[0].clone();
-    let json = matches!(node.args, Args::Json(_));
     if !json && parser::parse_heredoc_ref(&dest).is_some() {
         return Err(Error::new(
             node.args_pos,
@@ -577,15 +617,20 @@ fn sources_and_dest(
     Ok((sources, inline, dest))
 }
 
-fn lower_instruction(node: &Node) -> Result<Instruction, Error> {
-    let kw = node.keyword.to_ascii_uppercase();
-    let at_least_one = || Error::new(node.pos, ErrorKind::AtLeastOneArgument(kw.clone()));
-    let exactly_one = || Error::new(node.pos, ErrorKind::ExactlyOneArgument(kw.clone()));
-    let text = |node: &Node| match &node.args {
-        Args::Text(t) => Some(t.clone()),
+fn lower_instruction(node: &mut Node) -> Result<Instruction, Error> {
+    let kw: &str = INSTRUCTIONS
+        .iter()
+        .find(|k| k.eq_ignore_ascii_case(&node.keyword))
+        .copied()
+        .unwrap_or("");
+    let pos = node.pos;
+    let at_least_one = || Error::new(pos, ErrorKind::AtLeastOneArgument(kw.to_string()));
+    let exactly_one = || Error::new(pos, ErrorKind::ExactlyOneArgument(kw.to_string()));
+    let text = |node: &mut Node| match &mut node.args {
+        Args::Text(t) => Some(std::mem::take(t)),
         _ => None,
     };
-    let command = match kw.as_str() {
+    let command = match kw {
         "RUN" => {
             let flags = parse_flags(
                 node,
@@ -604,13 +649,19 @@ fn lower_instruction(node: &Node) -> Result<Instruction, Error> {
             if let Some(n) = &network
                 && !matches!(n.as_str(), "default" | "none" | "host")
             {
-                return Err(Error::new(flag_pos(node, "network"), ErrorKind::InvalidNetwork(n.clone())));
+                return Err(Error::new(
+                    flag_pos(node, "network"),
+                    ErrorKind::InvalidNetwork(n.clone()),
+                ));
             }
             let security = flags.string("security");
             if let Some(s) = &security
                 && !matches!(s.as_str(), "sandbox" | "insecure")
             {
-                return Err(Error::new(flag_pos(node, "security"), ErrorKind::InvalidSecurity(s.clone())));
+                return Err(Error::new(
+                    flag_pos(node, "security"),
+                    ErrorKind::InvalidSecurity(s.clone()),
+                ));
             }
             Command::Run(Run {
                 mounts,
@@ -620,7 +671,7 @@ fn lower_instruction(node: &Node) -> Result<Instruction, Error> {
             })
         }
         "CMD" | "ENTRYPOINT" => {
-            no_flags(node, &kw)?;
+            no_flags(node, kw)?;
             let cl = command_line(node);
             if kw == "CMD" {
                 Command::Cmd(cl)
@@ -629,21 +680,31 @@ fn lower_instruction(node: &Node) -> Result<Instruction, Error> {
             }
         }
         "SHELL" => {
-            no_flags(node, &kw)?;
-            match &node.args {
-                Args::Json(v) if !v.is_empty() => Command::Shell { shell: v.clone() },
+            no_flags(node, kw)?;
+            match &mut node.args {
+                Args::Json(v) if !v.is_empty() => Command::Shell {
+                    shell: std::mem::take(v),
+                },
                 Args::Json(_) | Args::Empty => return Err(at_least_one()),
-                _ => return Err(Error::new(node.args_pos, ErrorKind::NotJson(kw))),
+                _ => {
+                    return Err(Error::new(
+                        node.args_pos,
+                        ErrorKind::NotJson(kw.to_string()),
+                    ));
+                }
             }
         }
         "ENV" | "LABEL" => {
-            no_flags(node, &kw)?;
-            let kvs = match &node.args {
-                Args::KeyValues(k) => k.clone(),
+            no_flags(node, kw)?;
+            let kvs = match &mut node.args {
+                Args::KeyValues(k) => std::mem::take(k),
                 _ => return Err(at_least_one()),
             };
             if kvs.iter().any(|kv| kv.key.is_empty()) {
-                return Err(Error::new(node.args_pos, ErrorKind::BlankName(kw)));
+                return Err(Error::new(
+                    node.args_pos,
+                    ErrorKind::BlankName(kw.to_string()),
+                ));
             }
             if kw == "ENV" {
                 Command::Env { vars: kvs }
@@ -652,8 +713,8 @@ fn lower_instruction(node: &Node) -> Result<Instruction, Error> {
             }
         }
         "EXPOSE" => {
-            no_flags(node, &kw)?;
-            let mut ports = words_of(&node.args);
+            no_flags(node, kw)?;
+            let mut ports = words_of(&mut node.args);
             if ports.is_empty() {
                 return Err(at_least_one());
             }
@@ -685,7 +746,11 @@ fn lower_instruction(node: &Node) -> Result<Instruction, Error> {
                 checksum: flags.string("checksum"),
                 keep_git_dir: flags.bool("keep-git-dir").unwrap_or(false),
                 unpack: flags.bool("unpack"),
-                excludes: flags.strings("exclude").into_iter().map(|(s, _)| s).collect(),
+                excludes: flags
+                    .strings("exclude")
+                    .into_iter()
+                    .map(|(s, _)| s)
+                    .collect(),
             })
         }
         "COPY" => {
@@ -711,12 +776,16 @@ fn lower_instruction(node: &Node) -> Result<Instruction, Error> {
                 chmod: flags.string("chmod"),
                 link: flags.bool("link").unwrap_or(false),
                 parents: flags.bool("parents").unwrap_or(false),
-                excludes: flags.strings("exclude").into_iter().map(|(s, _)| s).collect(),
+                excludes: flags
+                    .strings("exclude")
+                    .into_iter()
+                    .map(|(s, _)| s)
+                    .collect(),
             })
         }
         "VOLUME" => {
-            no_flags(node, &kw)?;
-            let paths = words_of(&node.args);
+            no_flags(node, kw)?;
+            let paths = words_of(&mut node.args);
             if paths.is_empty() {
                 return Err(at_least_one());
             }
@@ -726,11 +795,11 @@ fn lower_instruction(node: &Node) -> Result<Instruction, Error> {
             Command::Volume { paths }
         }
         "USER" | "WORKDIR" | "STOPSIGNAL" | "MAINTAINER" => {
-            no_flags(node, &kw)?;
+            no_flags(node, kw)?;
             let Some(t) = text(node) else {
                 return Err(exactly_one());
             };
-            match kw.as_str() {
+            match kw {
                 "USER" => Command::User { user: t },
                 "WORKDIR" => Command::Workdir { path: t },
                 "STOPSIGNAL" => Command::Stopsignal { signal: t },
@@ -739,19 +808,27 @@ fn lower_instruction(node: &Node) -> Result<Instruction, Error> {
         }
         "ARG" => {
             // BuildKit does not parse flags on ARG: they are ignored.
-            let words = words_of(&node.args);
+            let words = words_of(&mut node.args);
             if words.is_empty() {
                 return Err(at_least_one());
             }
             let mut args = Vec::with_capacity(words.len());
             for w in words {
                 let def = match w.split_once('=') {
-                    Some(("", _)) => return Err(Error::new(node.args_pos, ErrorKind::BlankName(kw))),
+                    Some(("", _)) => {
+                        return Err(Error::new(
+                            node.args_pos,
+                            ErrorKind::BlankName(kw.to_string()),
+                        ));
+                    }
                     Some((k, v)) => ArgDef {
                         name: k.to_string(),
                         default: Some(v.to_string()),
                     },
-                    None => ArgDef { name: w, default: None },
+                    None => ArgDef {
+                        name: w,
+                        default: None,
+                    },
                 };
                 args.push(def);
             }
@@ -761,11 +838,13 @@ fn lower_instruction(node: &Node) -> Result<Instruction, Error> {
             let Args::Sub(sub) = &node.args else {
                 return Err(at_least_one());
             };
-            no_flags(node, &kw)?;
+            no_flags(node, kw)?;
             let trigger = sub.keyword.to_ascii_uppercase();
             match trigger.as_str() {
                 "ONBUILD" => return Err(Error::new(sub.pos, ErrorKind::OnbuildChain)),
-                "MAINTAINER" | "FROM" => return Err(Error::new(sub.pos, ErrorKind::OnbuildTrigger(trigger))),
+                "MAINTAINER" | "FROM" => {
+                    return Err(Error::new(sub.pos, ErrorKind::OnbuildTrigger(trigger)));
+                }
                 _ => {}
             }
             let mut expression = sub.original.clone();
@@ -774,7 +853,10 @@ fn lower_instruction(node: &Node) -> Result<Instruction, Error> {
                 expression.push_str(&h.content);
                 expression.push_str(&h.name);
             }
-            Command::Onbuild { trigger, expression }
+            Command::Onbuild {
+                trigger,
+                expression,
+            }
         }
         "HEALTHCHECK" => Command::Healthcheck(lower_healthcheck(node)?),
         "FROM" => return Err(Error::new(node.pos, ErrorKind::FromArguments)),
@@ -808,7 +890,10 @@ fn flag_pos(node: &Node, name: &str) -> Pos {
 
 fn lower_healthcheck(node: &Node) -> Result<Healthcheck, Error> {
     let Args::Healthcheck { kind, cmd } = &node.args else {
-        return Err(Error::new(node.pos, ErrorKind::AtLeastOneArgument("HEALTHCHECK".into())));
+        return Err(Error::new(
+            node.pos,
+            ErrorKind::AtLeastOneArgument("HEALTHCHECK".into()),
+        ));
     };
     let typ = kind.to_ascii_uppercase();
     if typ == "NONE" {
@@ -836,7 +921,10 @@ fn lower_healthcheck(node: &Node) -> Result<Healthcheck, Error> {
         ],
     )?;
     if typ != "CMD" {
-        return Err(Error::new(node.args_pos, ErrorKind::HealthcheckType(kind.clone())));
+        return Err(Error::new(
+            node.args_pos,
+            ErrorKind::HealthcheckType(kind.clone()),
+        ));
     }
     let mut test = vec![];
     match &**cmd {
@@ -868,10 +956,16 @@ fn lower_healthcheck(node: &Node) -> Result<Healthcheck, Error> {
             )
         })?;
         if ns < 0 {
-            return Err(Error::new(pos, ErrorKind::DurationNegative(name.to_string())));
+            return Err(Error::new(
+                pos,
+                ErrorKind::DurationNegative(name.to_string()),
+            ));
         }
         if ns != 0 && ns < 1_000_000 {
-            return Err(Error::new(pos, ErrorKind::DurationTooShort(name.to_string())));
+            return Err(Error::new(
+                pos,
+                ErrorKind::DurationTooShort(name.to_string()),
+            ));
         }
         Ok(Some(ns as u64))
     };
@@ -944,14 +1038,15 @@ pub fn parse_go_duration(s: &str) -> Option<i64> {
     Some(if neg { -ns } else { ns })
 }
 
+/// Expands one word for `--mount` values.
+type Expander<'a> = &'a dyn Fn(&str) -> Result<String, Error>;
+/// Looks up a variable.
+type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
 /// Parses a `--mount` value. With an expander, every value is expanded
 /// and checked; without one, values holding variables are kept as written
 /// and checked after expansion (as BuildKit does).
-fn parse_mount(
-    raw: &str,
-    pos: Pos,
-    expander: Option<&dyn Fn(&str) -> Result<String, Error>>,
-) -> Result<Mount, Error> {
+fn parse_mount(raw: &str, pos: Pos, expander: Option<Expander<'_>>) -> Result<Mount, Error> {
     let err = |msg: String| Error::new(pos, ErrorKind::Mount(msg));
     let fields = csv_fields(raw).map_err(|m| err(format!("failed to parse csv mounts: {m}")))?;
     let mut m = Mount {
@@ -999,10 +1094,17 @@ fn parse_mount(
                     if m.kind == "secret" || m.kind == "ssh" {
                         m.required = true;
                     } else {
-                        return Err(err(format!("unexpected key '{key}' for mount type '{}'", m.kind)));
+                        return Err(err(format!(
+                            "unexpected key '{key}' for mount type '{}'",
+                            m.kind
+                        )));
                     }
                 }
-                _ => return Err(err(format!("invalid field '{field}' must be a key=value pair"))),
+                _ => {
+                    return Err(err(format!(
+                        "invalid field '{field}' must be a key=value pair"
+                    )));
+                }
             }
             continue;
         };
@@ -1052,16 +1154,23 @@ fn parse_mount(
                 if m.kind == "secret" || m.kind == "ssh" {
                     m.required = parse_bool(&key, &value)?;
                 } else {
-                    return Err(err(format!("unexpected key '{key}' for mount type '{}'", m.kind)));
+                    return Err(err(format!(
+                        "unexpected key '{key}' for mount type '{}'",
+                        m.kind
+                    )));
                 }
             }
             "size" => {
                 if m.kind == "tmpfs" {
                     m.size = Some(
-                        parse_ram_bytes(&value).ok_or_else(|| err(format!("invalid value for size: {value}")))?,
+                        parse_ram_bytes(&value)
+                            .ok_or_else(|| err(format!("invalid value for size: {value}")))?,
                     );
                 } else {
-                    return Err(err(format!("unexpected key 'size' for mount type '{}'", m.kind)));
+                    return Err(err(format!(
+                        "unexpected key 'size' for mount type '{}'",
+                        m.kind
+                    )));
                 }
             }
             "sharing" => {
@@ -1075,11 +1184,24 @@ fn parse_mount(
             }
             "mode" => {
                 m.mode = Some(
-                    u32::from_str_radix(&value, 8).map_err(|_| err(format!("invalid value {value} for mode")))?,
+                    u32::from_str_radix(&value, 8)
+                        .map_err(|_| err(format!("invalid value {value} for mode")))?,
                 );
             }
-            "uid" => m.uid = Some(value.parse().map_err(|_| err(format!("invalid value {value} for uid")))?),
-            "gid" => m.gid = Some(value.parse().map_err(|_| err(format!("invalid value {value} for gid")))?),
+            "uid" => {
+                m.uid = Some(
+                    value
+                        .parse()
+                        .map_err(|_| err(format!("invalid value {value} for uid")))?,
+                )
+            }
+            "gid" => {
+                m.gid = Some(
+                    value
+                        .parse()
+                        .map_err(|_| err(format!("invalid value {value} for gid")))?,
+                )
+            }
             _ => {
                 const KEYS: &[&str] = &[
                     "type",
@@ -1114,9 +1236,16 @@ fn parse_mount(
     }
     let file_info = matches!(m.kind.as_str(), "secret" | "ssh" | "cache");
     if !file_info {
-        for (name, set) in [("mode", m.mode.is_some()), ("uid", m.uid.is_some()), ("gid", m.gid.is_some())] {
+        for (name, set) in [
+            ("mode", m.mode.is_some()),
+            ("uid", m.uid.is_some()),
+            ("gid", m.gid.is_some()),
+        ] {
             if set {
-                return Err(err(format!("{name} not allowed for \"{}\" type mounts", m.kind)));
+                return Err(err(format!(
+                    "{name} not allowed for \"{}\" type mounts",
+                    m.kind
+                )));
             }
         }
     }
@@ -1131,14 +1260,19 @@ fn parse_mount(
             return Err(err("secret mount should not define sharing".into()));
         }
         if m.source.is_none() && m.target.is_none() && m.id.is_none() && m.env.is_none() {
-            return Err(err("invalid secret mount. one of source, target required".into()));
+            return Err(err(
+                "invalid secret mount. one of source, target required".into()
+            ));
         }
         if m.source.is_some() && m.id.is_some() {
             return Err(err("both source and id can't be set".into()));
         }
     }
     if m.sharing.is_some() && m.kind != "cache" {
-        return Err(err(format!("invalid cache sharing set for {} mount", m.kind)));
+        return Err(err(format!(
+            "invalid cache sharing set for {} mount",
+            m.kind
+        )));
     }
     Ok(m)
 }
@@ -1185,7 +1319,9 @@ fn csv_fields(s: &str) -> Result<Vec<String>, String> {
 
 /// `64m`, `1.5GiB`, `1024` → bytes (binary multiples, like docker/go-units).
 fn parse_ram_bytes(s: &str) -> Option<u64> {
-    let num_len = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let num_len = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let num: f64 = s[..num_len].parse().ok()?;
     let unit = s[num_len..].trim_start_matches(' ').to_ascii_lowercase();
     let unit = unit.strip_suffix('b').unwrap_or(&unit);
@@ -1389,7 +1525,9 @@ impl Dockerfile {
             let parent = names[..stage.index]
                 .iter()
                 .position(|n| n.as_deref() == Some(stage.base.to_ascii_lowercase().as_str()));
-            let mut env = parent.and_then(|p| final_envs.get(p).cloned()).unwrap_or_default();
+            let mut env = parent
+                .and_then(|p| final_envs.get(p).cloned())
+                .unwrap_or_default();
             let mut args: BTreeMap<String, String> = BTreeMap::new();
             for ins in &mut stage.instructions {
                 if let Err(e) = expand_instruction(
@@ -1406,7 +1544,11 @@ impl Dockerfile {
             }
             final_envs.push(env);
         }
-        if errors.is_empty() { Ok(out) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(out)
+        } else {
+            Err(errors)
+        }
     }
 }
 
@@ -1427,13 +1569,16 @@ fn expand_arg(
     scope: &dyn Env,
     pos: Pos,
     supplied: &dyn Fn(&str) -> Option<String>,
-    inherited: Option<&dyn Fn(&str) -> Option<String>>,
+    inherited: Option<Lookup<'_>>,
 ) -> Result<Option<String>, Error> {
     a.name = lex
         .process_word(&a.name, scope)
         .map_err(|r| expand_err(pos, &a.name, r))?;
     if let Some(d) = &a.default {
-        a.default = Some(lex.process_word(d, scope).map_err(|r| expand_err(pos, d, r))?);
+        a.default = Some(
+            lex.process_word(d, scope)
+                .map_err(|r| expand_err(pos, d, r))?,
+        );
     }
     if let Some(v) = supplied(&a.name) {
         return Ok(Some(v));
@@ -1455,11 +1600,15 @@ fn expand_instruction(
 ) -> Result<(), Error> {
     let pos = ins.args_pos;
     let scope = Scope { env, args };
-    let word = |w: &str| lex.process_word(w, &scope).map_err(|r| expand_err(pos, w, r));
+    let word = |w: &str| {
+        lex.process_word(w, &scope)
+            .map_err(|r| expand_err(pos, w, r))
+    };
     let opt = |w: &Option<String>| -> Result<Option<String>, Error> {
         w.as_ref().map(|v| word(v)).transpose()
     };
-    let list = |ws: &[String]| -> Result<Vec<String>, Error> { ws.iter().map(|w| word(w)).collect() };
+    let list =
+        |ws: &[String]| -> Result<Vec<String>, Error> { ws.iter().map(|w| word(w)).collect() };
     let kvs = |kv: &[KeyValue]| -> Result<Vec<KeyValue>, Error> {
         kv.iter()
             .map(|p| {
@@ -1528,7 +1677,8 @@ fn expand_instruction(
         }
         Command::Run(run) => {
             let exp = |w: &str| -> Result<String, Error> {
-                lex.process_word(w, &scope).map_err(|r| expand_err(pos, w, r))
+                lex.process_word(w, &scope)
+                    .map_err(|r| expand_err(pos, w, r))
             };
             let mut mounts = Vec::with_capacity(run.mounts.len());
             for m in &run.mounts {

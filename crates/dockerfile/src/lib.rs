@@ -34,7 +34,7 @@ pub use instructions::{BuildOptions, Command, Dockerfile, Instruction, Platform,
 /// order.
 pub fn parse(src: &str) -> Result<Dockerfile, Errors> {
     let (ast, mut errors) = parser::parse(src);
-    match instructions::lower(&ast) {
+    match instructions::lower(ast) {
         Ok(df) if errors.is_empty() => Ok(df),
         Ok(_) => Err(sorted(errors)),
         Err(mut more) => {

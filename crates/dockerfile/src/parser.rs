@@ -49,7 +49,9 @@ pub struct Node {
     pub args_pos: Pos,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub heredocs: Vec<Heredoc>,
-    /// The logical line (continuations joined), without heredoc bodies.
+    /// The logical line (continuations joined), kept for `ONBUILD`
+    /// triggers only (they are re-parsed by the child build).
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub original: String,
 }
 
@@ -287,6 +289,10 @@ pub fn parse(src: &str) -> (Ast, Vec<Error>) {
     let mut directives_done = false;
     let mut buf = String::new();
     let mut last_line = 0;
+    let mut map = PosMap {
+        src,
+        segs: Vec::new(),
+    };
 
     while let Some((ln, start, raw)) = lines.next_line() {
         last_line = ln;
@@ -305,7 +311,8 @@ pub fn parse(src: &str) -> (Ast, Vec<Error>) {
                         match value.as_str() {
                             "\\" => ast.escape = '\\',
                             "`" => ast.escape = '`',
-                            _ => errors.push(Error::new(pos, ErrorKind::InvalidEscape(value.clone()))),
+                            _ => errors
+                                .push(Error::new(pos, ErrorKind::InvalidEscape(value.clone()))),
                         }
                     }
                     ast.directives.push(Directive {
@@ -327,10 +334,8 @@ pub fn parse(src: &str) -> (Ast, Vec<Error>) {
         }
         buf.clear();
         buf.push_str(content);
-        let mut map = PosMap {
-            src,
-            segs: vec![(0, ln, start, start + lead)],
-        };
+        map.segs.clear();
+        map.segs.push((0, ln, start, start + lead));
         let mut end_line = ln;
         let mut empty_continuation = None;
         while cont {
@@ -355,12 +360,13 @@ pub fn parse(src: &str) -> (Ast, Vec<Error>) {
         if let Some(l) = empty_continuation {
             ast.warnings.push(Warning {
                 pos: Pos::new(l, 1),
-                message: "empty continuation line (will become an error in a future BuildKit release)"
-                    .to_string(),
+                message:
+                    "empty continuation line (will become an error in a future BuildKit release)"
+                        .to_string(),
             });
         }
 
-        let mut node = match node_from_line(&buf, 0, &map, ast.escape) {
+        let mut node = match node_from_line(&buf, 0, &map, ast.escape, false) {
             Ok(n) => n,
             Err(e) => {
                 errors.push(e);
@@ -421,10 +427,13 @@ pub fn parse(src: &str) -> (Ast, Vec<Error>) {
 
 fn can_contain_heredoc(node: &Node) -> bool {
     let node = match &node.args {
-        Args::Sub(sub) if node.name() == "onbuild" => sub,
+        Args::Sub(sub) if node.keyword.eq_ignore_ascii_case("onbuild") => sub,
         _ => node,
     };
-    matches!(node.name().as_str(), "add" | "copy" | "run") && !matches!(node.args, Args::Json(_))
+    ["add", "copy", "run"]
+        .iter()
+        .any(|k| node.keyword.eq_ignore_ascii_case(k))
+        && !matches!(node.args, Args::Json(_))
 }
 
 /// Splits `--flags` off the front of `line`; returns them with their
@@ -543,12 +552,9 @@ fn parse_words(rest: &str, escape: char) -> Vec<String> {
             blank_ok = true;
         }
         if ch == escape {
-            match it.next() {
-                Some(next) => {
-                    word.push(ch);
-                    word.push(next);
-                }
-                None => {}
+            if let Some(next) = it.next() {
+                word.push(ch);
+                word.push(next);
             }
             continue;
         }
@@ -563,6 +569,9 @@ fn parse_words(rest: &str, escape: char) -> Vec<String> {
 fn parse_json(rest: &str) -> Option<Result<Vec<String>, ()>> {
     if !rest.starts_with('[') {
         return None;
+    }
+    if let Ok(strings) = serde_json::from_str::<Vec<String>>(rest) {
+        return Some(Ok(strings));
     }
     let values: Vec<serde_json::Value> = serde_json::from_str(rest).ok()?;
     let mut out = Vec::with_capacity(values.len());
@@ -581,7 +590,10 @@ fn maybe_json(rest: &str, keyword: &str, pos: Pos) -> Result<Args, Error> {
     }
     match parse_json(rest) {
         Some(Ok(v)) => Ok(Args::Json(v)),
-        Some(Err(())) => Err(Error::new(pos, ErrorKind::JsonNotStrings(keyword.to_string()))),
+        Some(Err(())) => Err(Error::new(
+            pos,
+            ErrorKind::JsonNotStrings(keyword.to_string()),
+        )),
         None => Ok(Args::Text(rest.to_string())),
     }
 }
@@ -592,7 +604,10 @@ fn maybe_json_list(rest: &str, keyword: &str, pos: Pos) -> Result<Args, Error> {
     }
     match parse_json(rest) {
         Some(Ok(v)) => Ok(Args::Json(v)),
-        Some(Err(())) => Err(Error::new(pos, ErrorKind::JsonNotStrings(keyword.to_string()))),
+        Some(Err(())) => Err(Error::new(
+            pos,
+            ErrorKind::JsonNotStrings(keyword.to_string()),
+        )),
         None => Ok(Args::Words(split_ws(rest))),
     }
 }
@@ -612,7 +627,10 @@ fn key_values(rest: &str, keyword: &str, escape: char, pos: Pos) -> Result<Args,
                 value: value.to_string(),
                 legacy: true,
             }])),
-            None => Err(Error::new(pos, ErrorKind::KeyValueNeedsTwo(keyword.to_string()))),
+            None => Err(Error::new(
+                pos,
+                ErrorKind::KeyValueNeedsTwo(keyword.to_string()),
+            )),
         };
     }
     let mut kvs = Vec::with_capacity(words.len());
@@ -636,7 +654,13 @@ fn key_values(rest: &str, keyword: &str, escape: char, pos: Pos) -> Result<Args,
 }
 
 /// Builds a node from a logical line (`base` is its offset in the map).
-fn node_from_line(line: &str, base: usize, map: &PosMap<'_>, escape: char) -> Result<Node, Error> {
+fn node_from_line(
+    line: &str,
+    base: usize,
+    map: &PosMap<'_>,
+    escape: char,
+    keep_original: bool,
+) -> Result<Node, Error> {
     let lead = line.len() - line.trim_start().len();
     let trimmed = line.trim();
     let kw_end = trimmed.find(is_split_ws).unwrap_or(trimmed.len());
@@ -671,7 +695,11 @@ fn node_from_line(line: &str, base: usize, map: &PosMap<'_>, escape: char) -> Re
         "run" | "cmd" | "entrypoint" | "shell" => maybe_json(args_str, keyword, args_pos)?,
         "arg" => {
             let w = parse_words(args_str, escape);
-            if w.is_empty() { Args::Empty } else { Args::Words(w) }
+            if w.is_empty() {
+                Args::Empty
+            } else {
+                Args::Words(w)
+            }
         }
         "env" | "label" => key_values(args_str, &keyword.to_ascii_uppercase(), escape, args_pos)?,
         "expose" | "from" => {
@@ -705,7 +733,9 @@ fn node_from_line(line: &str, base: usize, map: &PosMap<'_>, escape: char) -> Re
             if args_str.is_empty() {
                 Args::Empty
             } else {
-                Args::Sub(Box::new(node_from_line(args_str, args_off, map, escape)?))
+                Args::Sub(Box::new(node_from_line(
+                    args_str, args_off, map, escape, true,
+                )?))
             }
         }
         _ => Args::Unknown(args_str.to_string()),
@@ -718,7 +748,11 @@ fn node_from_line(line: &str, base: usize, map: &PosMap<'_>, escape: char) -> Re
         args,
         args_pos,
         heredocs: Vec::new(),
-        original: trimmed.to_string(),
+        original: if keep_original {
+            trimmed.to_string()
+        } else {
+            String::new()
+        },
     })
 }
 
@@ -738,7 +772,10 @@ mod tests {
     #[test]
     fn flags() {
         let (f, at) = extract_flags("--a=1 --b='x y' rest --c", '\\');
-        assert_eq!(f, vec![("--a=1".to_string(), 0), ("--b=x y".to_string(), 6)]);
+        assert_eq!(
+            f,
+            vec![("--a=1".to_string(), 0), ("--b=x y".to_string(), 6)]
+        );
         assert_eq!(at, 16);
     }
 

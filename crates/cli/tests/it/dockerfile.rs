@@ -8,7 +8,10 @@ fn slipway(args: &[&str]) -> (i32, String) {
         .args(args)
         .output()
         .unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8(out.stdout).unwrap())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+    )
 }
 
 #[test]
@@ -25,11 +28,21 @@ fn dockerfile_check_ok_and_json() {
     let (code, out) = slipway(&["dockerfile", "check", path]);
     assert_eq!((code, out.as_str()), (0, "ok\n"));
 
-    let (code, out) = slipway(&["dockerfile", "check", "--json", "--build-arg", "BASE=debian", path]);
+    let (code, out) = slipway(&[
+        "dockerfile",
+        "check",
+        "--json",
+        "--build-arg",
+        "BASE=debian",
+        path,
+    ]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["dockerfile"]["stages"][0]["base"], "debian");
-    assert_eq!(v["dockerfile"]["stages"][0]["instructions"][0]["mounts"][0]["type"], "cache");
+    assert_eq!(
+        v["dockerfile"]["stages"][0]["instructions"][0]["mounts"][0]["type"],
+        "cache"
+    );
     assert_eq!(v["graph"]["levels"], serde_json::json!([[0], [1]]));
 }
 

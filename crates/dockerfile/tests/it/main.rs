@@ -15,7 +15,9 @@ use dockerfile::{BuildOptions, IgnoreMatcher, StageGraph};
 use serde::Serialize;
 
 fn folders(kind: &str) -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join(kind);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(kind);
     let mut dirs: Vec<PathBuf> = fs::read_dir(&root)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -158,7 +160,11 @@ fn truncations_never_panic() {
                 if let Err(errs) = dockerfile::check(part, &BuildOptions::default(), None) {
                     let lines = part.lines().count().max(1) as u32;
                     for e in errs.0 {
-                        assert!(e.pos.line >= 1 && e.pos.line <= lines + 1, "{}: {e}", dir.display());
+                        assert!(
+                            e.pos.line >= 1 && e.pos.line <= lines + 1,
+                            "{}: {e}",
+                            dir.display()
+                        );
                     }
                 }
             }
