@@ -2,6 +2,7 @@
 //! together and reports errors; the logic lives in the crates it calls.
 
 mod dockerfile_cmd;
+mod sandbox_cmd;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -43,6 +44,9 @@ enum Command {
         #[command(subcommand)]
         command: dockerfile_cmd::DockerfileCommand,
     },
+    /// The sandbox's init (internal: started by the sandbox library).
+    #[command(hide = true)]
+    SandboxInit,
     /// Registry maintenance.
     Registry {
         #[command(subcommand)]
@@ -91,6 +95,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if matches!(cli.command, Command::SandboxInit) {
+        return sandbox_cmd::main();
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -124,6 +131,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::SandboxInit => sandbox_cmd::not_here(),
         Command::Registry {
             command:
                 RegistryCommand::Gc {
