@@ -15,6 +15,8 @@ pub mod config;
 pub mod digest;
 pub mod manifest;
 pub mod media_type;
+pub mod reference;
 
 pub use digest::{Algorithm, Digest, DigestError, Digester};
 pub use manifest::{Descriptor, Manifest, ManifestError, ManifestKind};
+pub use reference::{Reference, ReferenceError};

@@ -6,10 +6,9 @@ use oci::Digest;
 
 use crate::error::{Code, RegistryError, Result};
 
-/// A repository name: `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*`.
+/// A repository name, by the spec's grammar ([`oci::reference::is_valid_repository`]).
 pub fn validate_name(name: &str) -> Result<()> {
-    let ok = name.len() <= 255 && !name.is_empty() && name.split('/').all(valid_component);
-    if ok {
+    if oci::reference::is_valid_repository(name) {
         Ok(())
     } else {
         Err(RegistryError::new(
@@ -19,45 +18,7 @@ pub fn validate_name(name: &str) -> Result<()> {
     }
 }
 
-fn valid_component(c: &str) -> bool {
-    let b = c.as_bytes();
-    if b.is_empty() || !is_alnum(b[0]) || !is_alnum(b[b.len() - 1]) {
-        return false;
-    }
-    // Separators: one '.', one or two '_', or any run of '-'; each between alnums.
-    let mut i = 0;
-    while i < b.len() {
-        if is_alnum(b[i]) {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        while i < b.len() && !is_alnum(b[i]) {
-            i += 1;
-        }
-        let sep = &c[start..i];
-        let valid = sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|x| x == b'-');
-        if !valid {
-            return false;
-        }
-    }
-    true
-}
-
-fn is_alnum(b: u8) -> bool {
-    b.is_ascii_lowercase() || b.is_ascii_digit()
-}
-
-/// A tag: `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`.
-pub fn is_tag(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 128
-        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b[1..]
-            .iter()
-            .all(|&x| x.is_ascii_alphanumeric() || matches!(x, b'_' | b'.' | b'-'))
-}
+pub use oci::reference::is_valid_tag as is_tag;
 
 /// The `<reference>` of a manifest URL.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,755 @@
+//! Registry operations over HTTP, with authentication negotiated on the
+//! first `401` and remembered per registry and scope.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use oci::{Descriptor, Digest, Digester, Manifest, ManifestKind, Reference};
+use reqwest::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE,
+};
+use reqwest::{Method, StatusCode};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use crate::auth::{Challenge, Credentials, TokenResponse, parse_challenge};
+use crate::error::{RegClientError, Result};
+
+const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+
+/// What the client needs to know, given by the caller.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub credentials: Credentials,
+    /// Hosts (`host:port`) to reach over plain HTTP. Loopback always is.
+    pub insecure_registries: Vec<String>,
+    /// Attempts after the first for transient failures.
+    pub retries: usize,
+    /// Blobs moved at once by [`Client::copy_image`].
+    pub parallelism: usize,
+    pub user_agent: String,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            credentials: Credentials::default(),
+            insecure_registries: Vec::new(),
+            retries: 4,
+            parallelism: 4,
+            user_agent: format!("slipway/{}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
+/// An OS/architecture pair that selects a manifest from an index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+    pub variant: Option<String>,
+}
+
+impl Default for Platform {
+    fn default() -> Self {
+        Platform {
+            os: "linux".into(),
+            architecture: "amd64".into(),
+            variant: None,
+        }
+    }
+}
+
+impl std::str::FromStr for Platform {
+    type Err = RegClientError;
+    fn from_str(s: &str) -> Result<Self> {
+        let parts: Vec<&str> = s.split('/').collect();
+        match parts.as_slice() {
+            [os, arch] if !os.is_empty() && !arch.is_empty() => Ok(Platform {
+                os: (*os).into(),
+                architecture: (*arch).into(),
+                variant: None,
+            }),
+            [os, arch, variant] if !os.is_empty() && !arch.is_empty() && !variant.is_empty() => {
+                Ok(Platform {
+                    os: (*os).into(),
+                    architecture: (*arch).into(),
+                    variant: Some((*variant).into()),
+                })
+            }
+            _ => Err(RegClientError::Invalid(format!(
+                "platform {s:?} is not os/arch[/variant]"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Platform {
+    fn matches(&self, p: &serde_json::Value) -> bool {
+        let field = |k: &str| p.get(k).and_then(|v| v.as_str());
+        field("os") == Some(self.os.as_str())
+            && field("architecture") == Some(self.architecture.as_str())
+            && (self.variant.is_none() || field("variant") == self.variant.as_deref())
+    }
+}
+
+/// A manifest as fetched: its bytes (verified against `digest`) and parsed form.
+#[derive(Debug, Clone)]
+pub struct FetchedManifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub bytes: Bytes,
+    pub manifest: Manifest,
+}
+
+/// What [`Client::push_blob`] had to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// The registry already had it.
+    Existed,
+    /// Mounted from another repository of the same registry.
+    Mounted,
+    Uploaded,
+}
+
+pub struct Client {
+    http: reqwest::Client,
+    config: ClientConfig,
+    /// `Authorization` values by (host, scope).
+    auth: Mutex<HashMap<(String, String), String>>,
+}
+
+fn pull_scope(repo: &str) -> String {
+    format!("repository:{repo}:pull")
+}
+
+fn push_scope(repo: &str) -> String {
+    format!("repository:{repo}:pull,push")
+}
+
+fn is_loopback(host: &str) -> bool {
+    let h = host
+        .rsplit_once(':')
+        .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
+        .map_or(host, |(h, _)| h);
+    h == "localhost" || h.starts_with("127.") || h == "[::1]"
+}
+
+impl Client {
+    pub fn new(config: ClientConfig) -> Result<Client> {
+        let http = reqwest::Client::builder()
+            .user_agent(&config.user_agent)
+            .connect_timeout(Duration::from_secs(15))
+            .build()
+            .map_err(|e| RegClientError::Invalid(format!("building the HTTP client: {e}")))?;
+        Ok(Client {
+            http,
+            config,
+            auth: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn base(&self, host: &str) -> String {
+        let insecure =
+            is_loopback(host) || self.config.insecure_registries.iter().any(|h| h == host);
+        format!("{}://{host}", if insecure { "http" } else { "https" })
+    }
+
+    fn cached_auth(&self, host: &str, scope: &str) -> Option<String> {
+        let map = self.auth.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&(host.to_owned(), scope.to_owned())).cloned()
+    }
+
+    fn remember_auth(&self, host: &str, scope: &str, value: String) {
+        let mut map = self.auth.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert((host.to_owned(), scope.to_owned()), value);
+    }
+
+    fn http_err(host: &str, what: &str) -> impl FnOnce(reqwest::Error) -> RegClientError {
+        let (registry, what) = (host.to_owned(), what.to_owned());
+        move |source| RegClientError::Http {
+            registry,
+            what,
+            source,
+        }
+    }
+
+    /// Send a request built by `build`, answering one authentication
+    /// challenge if the registry asks. `scope` is what the request needs.
+    async fn send(
+        &self,
+        host: &str,
+        scope: &str,
+        what: &str,
+        build: &(dyn Fn(&reqwest::Client) -> reqwest::RequestBuilder + Sync),
+    ) -> Result<reqwest::Response> {
+        let mut req = build(&self.http);
+        if let Some(a) = self.cached_auth(host, scope) {
+            req = req.header(AUTHORIZATION, a);
+        }
+        let resp = req.send().await.map_err(Self::http_err(host, what))?;
+        if resp.status() != StatusCode::UNAUTHORIZED {
+            return Ok(resp);
+        }
+        let challenge = resp
+            .headers()
+            .get(WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_challenge);
+        let credential = self.config.credentials.get(host);
+        let value = match challenge {
+            Some(Challenge::Basic) => match credential {
+                Some(c) => c.header(),
+                None => {
+                    return Err(RegClientError::Unauthorized {
+                        registry: host.into(),
+                        what: what.into(),
+                        detail: "the registry wants Basic credentials and none are configured"
+                            .into(),
+                    });
+                }
+            },
+            Some(Challenge::Bearer { realm, service, .. }) => {
+                let token = self
+                    .fetch_token(host, what, &realm, service.as_deref(), scope)
+                    .await?;
+                format!("Bearer {token}")
+            }
+            None => {
+                return Err(RegClientError::Unauthorized {
+                    registry: host.into(),
+                    what: what.into(),
+                    detail: "401 without a usable WWW-Authenticate challenge".into(),
+                });
+            }
+        };
+        self.remember_auth(host, scope, value.clone());
+        let resp = build(&self.http)
+            .header(AUTHORIZATION, value)
+            .send()
+            .await
+            .map_err(Self::http_err(host, what))?;
+        if resp.status() == StatusCode::UNAUTHORIZED || resp.status() == StatusCode::FORBIDDEN {
+            let detail = if credential.is_some() {
+                "the registry refused the configured credentials"
+            } else {
+                "no credentials are configured for this registry"
+            };
+            return Err(RegClientError::Unauthorized {
+                registry: host.into(),
+                what: what.into(),
+                detail: format!("{detail} (HTTP {})", resp.status().as_u16()),
+            });
+        }
+        Ok(resp)
+    }
+
+    async fn fetch_token(
+        &self,
+        host: &str,
+        what: &str,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+    ) -> Result<String> {
+        let mut query: Vec<(&str, &str)> = Vec::new();
+        if let Some(s) = service {
+            query.push(("service", s));
+        }
+        for s in scope.split(' ') {
+            query.push(("scope", s));
+        }
+        let mut req = self.http.get(realm).query(&query);
+        if let Some(c) = self.config.credentials.get(host) {
+            req = req.header(AUTHORIZATION, c.header());
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(Self::http_err(host, "token request"))?;
+        if !resp.status().is_success() {
+            return Err(RegClientError::Unauthorized {
+                registry: host.into(),
+                what: what.into(),
+                detail: format!(
+                    "token endpoint {realm} answered HTTP {}",
+                    resp.status().as_u16()
+                ),
+            });
+        }
+        let body: TokenResponse = resp
+            .json()
+            .await
+            .map_err(Self::http_err(host, "token response"))?;
+        body.into_token()
+            .ok_or_else(|| RegClientError::Unauthorized {
+                registry: host.into(),
+                what: what.into(),
+                detail: format!("token endpoint {realm} returned no token"),
+            })
+    }
+
+    async fn retry<T, F, Fut>(&self, op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        op.retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(100))
+                .with_max_delay(Duration::from_secs(5))
+                .with_max_times(self.config.retries),
+        )
+        .when(RegClientError::is_transient)
+        .notify(|e, after| tracing::warn!("retrying in {after:?}: {e}"))
+        .await
+    }
+
+    async fn fail(host: &str, what: &str, resp: reqwest::Response) -> RegClientError {
+        let status = resp.status().as_u16();
+        let mut body = resp.text().await.unwrap_or_default();
+        body.truncate(500);
+        RegClientError::Status {
+            registry: host.into(),
+            what: what.into(),
+            status,
+            body,
+        }
+    }
+
+    /// Fetch the manifest or index `r` names, verified against its digest.
+    pub async fn get_manifest(&self, r: &Reference) -> Result<FetchedManifest> {
+        let host = r.api_host();
+        let what = format!("manifest {r}");
+        let url = format!(
+            "{}/v2/{}/manifests/{}",
+            self.base(host),
+            r.repository,
+            r.manifest_reference()
+        );
+        let scope = pull_scope(&r.repository);
+        self.retry(|| async {
+            let resp = self
+                .send(host, &scope, &what, &|h| {
+                    h.get(&url).header(ACCEPT, MANIFEST_ACCEPT)
+                })
+                .await?;
+            if !resp.status().is_success() {
+                return Err(Self::fail(host, &what, resp).await);
+            }
+            let content_type = resp
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let header_digest = resp
+                .headers()
+                .get("docker-content-digest")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<Digest>().ok());
+            let bytes = resp.bytes().await.map_err(Self::http_err(host, &what))?;
+            let expected = r.digest.clone().or(header_digest);
+            let algorithm = expected
+                .as_ref()
+                .map_or(oci::Algorithm::Sha256, Digest::algorithm);
+            let digest = Digest::of(algorithm, &bytes);
+            if let Some(e) = expected
+                && e != digest
+            {
+                return Err(RegClientError::DigestMismatch {
+                    what: what.clone(),
+                    expected: e,
+                    actual: digest,
+                });
+            }
+            let manifest = Manifest::parse(&bytes, content_type.as_deref()).map_err(|source| {
+                RegClientError::Manifest {
+                    what: what.clone(),
+                    source,
+                }
+            })?;
+            Ok(FetchedManifest {
+                digest,
+                media_type: manifest.media_type.clone(),
+                bytes,
+                manifest,
+            })
+        })
+        .await
+    }
+
+    /// The image manifest for `platform`: `r` itself, or the entry of the index it names.
+    pub async fn resolve_image(
+        &self,
+        r: &Reference,
+        platform: &Platform,
+    ) -> Result<FetchedManifest> {
+        let top = self.get_manifest(r).await?;
+        let ManifestKind::Index { manifests } = &top.manifest.kind else {
+            return Ok(top);
+        };
+        let chosen = manifests
+            .iter()
+            .find(|d| d.platform.as_ref().is_some_and(|p| platform.matches(p)))
+            .ok_or_else(|| RegClientError::NoPlatform {
+                what: format!("image {r}"),
+                platform: platform.to_string(),
+                available: manifests
+                    .iter()
+                    .filter_map(|d| d.platform.as_ref())
+                    .map(|p| {
+                        format!(
+                            "{}/{}",
+                            p.get("os").and_then(|v| v.as_str()).unwrap_or("?"),
+                            p.get("architecture")
+                                .and_then(|v| v.as_str())
+                                .unwrap_or("?")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
+        let child = self
+            .get_manifest(&r.with_digest(chosen.digest.clone()))
+            .await?;
+        if !matches!(child.manifest.kind, ManifestKind::Image { .. }) {
+            return Err(RegClientError::Invalid(format!(
+                "image {r}: the {platform} entry of the index is not an image manifest"
+            )));
+        }
+        Ok(child)
+    }
+
+    /// The size of blob `digest` in `host/repo`, or `None` if absent.
+    pub async fn blob_exists(
+        &self,
+        host: &str,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<Option<u64>> {
+        let what = format!("blob {digest} in {repo}");
+        let url = format!("{}/v2/{repo}/blobs/{digest}", self.base(host));
+        self.retry(|| async {
+            let resp = self
+                .send(host, &push_or_pull(self, host, repo), &what, &|h| {
+                    h.head(&url)
+                })
+                .await?;
+            match resp.status() {
+                s if s.is_success() => Ok(Some(
+                    resp.headers()
+                        .get(CONTENT_LENGTH)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0),
+                )),
+                StatusCode::NOT_FOUND => Ok(None),
+                _ => Err(Self::fail(host, &what, resp).await),
+            }
+        })
+        .await
+    }
+
+    /// Download blob `digest` into `out`, verifying its digest; returns its size.
+    /// On a digest mismatch the error says so and `out` holds the bad bytes.
+    pub async fn get_blob<W: AsyncWrite + Unpin>(
+        &self,
+        host: &str,
+        repo: &str,
+        digest: &Digest,
+        out: &mut W,
+    ) -> Result<u64> {
+        let what = format!("blob {digest} from {repo}");
+        let url = format!("{}/v2/{repo}/blobs/{digest}", self.base(host));
+        let scope = pull_scope(repo);
+        let resp = self
+            .retry(|| async {
+                let resp = self.send(host, &scope, &what, &|h| h.get(&url)).await?;
+                if resp.status().is_success() {
+                    Ok(resp)
+                } else {
+                    Err(Self::fail(host, &what, resp).await)
+                }
+            })
+            .await?;
+        let mut digester = Digester::new(digest.algorithm());
+        let mut size = 0u64;
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(Self::http_err(host, &what))?;
+            digester.update(&chunk);
+            size += chunk.len() as u64;
+            out.write_all(&chunk).await.map_err(|e| {
+                RegClientError::Invalid(format!("{what}: writing the download: {e}"))
+            })?;
+        }
+        out.flush()
+            .await
+            .map_err(|e| RegClientError::Invalid(format!("{what}: writing the download: {e}")))?;
+        let actual = digester.finish();
+        if &actual != digest {
+            return Err(RegClientError::DigestMismatch {
+                what,
+                expected: digest.clone(),
+                actual,
+            });
+        }
+        Ok(size)
+    }
+
+    /// Try to mount `digest` from `from` into `repo` on the same registry.
+    pub async fn mount_blob(
+        &self,
+        host: &str,
+        repo: &str,
+        digest: &Digest,
+        from: &str,
+    ) -> Result<bool> {
+        let what = format!("mount of {digest} from {from} into {repo}");
+        let url = format!("{}/v2/{repo}/blobs/uploads/", self.base(host));
+        let scope = format!("{} {}", push_scope(repo), pull_scope(from));
+        let query = [("mount", digest.to_string()), ("from", from.to_owned())];
+        let resp = self
+            .retry(|| async {
+                self.send(host, &scope, &what, &|h| h.post(&url).query(&query))
+                    .await
+            })
+            .await?;
+        match resp.status() {
+            StatusCode::CREATED => Ok(true),
+            StatusCode::ACCEPTED => {
+                // Not mountable: the registry opened an upload; close it.
+                if let Some(loc) = location(&resp) {
+                    let url = self.absolute(host, &loc);
+                    let _ = self.send(host, &scope, &what, &|h| h.delete(&url)).await;
+                }
+                Ok(false)
+            }
+            _ => Err(Self::fail(host, &what, resp).await),
+        }
+    }
+
+    fn absolute(&self, host: &str, location: &str) -> String {
+        if location.starts_with("http://") || location.starts_with("https://") {
+            location.to_owned()
+        } else {
+            format!("{}{location}", self.base(host))
+        }
+    }
+
+    /// Upload blob `digest` (`size` bytes) unless the registry has it.
+    /// `body` is called for each attempt, so a retry can restart the stream.
+    pub async fn push_blob<F>(
+        &self,
+        host: &str,
+        repo: &str,
+        digest: &Digest,
+        size: u64,
+        body: F,
+    ) -> Result<Pushed>
+    where
+        F: Fn() -> reqwest::Body + Sync,
+    {
+        if self.blob_exists(host, repo, digest).await?.is_some() {
+            return Ok(Pushed::Existed);
+        }
+        self.retry(|| self.upload_once(host, repo, digest, size, body()))
+            .await?;
+        Ok(Pushed::Uploaded)
+    }
+
+    async fn upload_once(
+        &self,
+        host: &str,
+        repo: &str,
+        digest: &Digest,
+        size: u64,
+        body: reqwest::Body,
+    ) -> Result<()> {
+        let what = format!("upload of {digest} to {repo}");
+        let scope = push_scope(repo);
+        let start = format!("{}/v2/{repo}/blobs/uploads/", self.base(host));
+        let resp = self.send(host, &scope, &what, &|h| h.post(&start)).await?;
+        if resp.status() != StatusCode::ACCEPTED {
+            return Err(Self::fail(host, &what, resp).await);
+        }
+        let loc = location(&resp).ok_or_else(|| {
+            RegClientError::Invalid(format!("{what}: the registry gave no upload Location"))
+        })?;
+        let url = self.absolute(host, &loc);
+        // The body can be sent only once, so authenticate it with what the
+        // POST negotiated rather than through `send`.
+        let mut req = self
+            .http
+            .put(&url)
+            .query(&[("digest", digest.to_string())])
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .header(CONTENT_LENGTH, size)
+            .body(body);
+        if let Some(a) = self.cached_auth(host, &scope) {
+            req = req.header(AUTHORIZATION, a);
+        }
+        let resp = req.send().await.map_err(Self::http_err(host, &what))?;
+        if resp.status() != StatusCode::CREATED {
+            return Err(Self::fail(host, &what, resp).await);
+        }
+        Ok(())
+    }
+
+    /// Push manifest `bytes` to `r` (its tag, or its digest); returns the digest.
+    pub async fn put_manifest(
+        &self,
+        r: &Reference,
+        media_type: &str,
+        bytes: Bytes,
+    ) -> Result<Digest> {
+        let host = r.api_host();
+        let digest = Digest::of(
+            r.digest
+                .as_ref()
+                .map_or(oci::Algorithm::Sha256, Digest::algorithm),
+            &bytes,
+        );
+        let reference = r.tag.clone().unwrap_or_else(|| digest.to_string());
+        let what = format!("manifest push to {r}");
+        let url = format!(
+            "{}/v2/{}/manifests/{reference}",
+            self.base(host),
+            r.repository
+        );
+        let scope = push_scope(&r.repository);
+        self.retry(|| async {
+            let resp = self
+                .send(host, &scope, &what, &|h| {
+                    h.request(Method::PUT, &url)
+                        .header(CONTENT_TYPE, media_type)
+                        .body(bytes.clone())
+                })
+                .await?;
+            if resp.status() != StatusCode::CREATED {
+                return Err(Self::fail(host, &what, resp).await);
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(digest)
+    }
+
+    /// Copy the image (or whole index) `src` to `dst`, blobs in parallel:
+    /// skipped when present, mounted within one registry, streamed otherwise.
+    pub async fn copy_image(&self, src: &Reference, dst: &Reference) -> Result<Digest> {
+        let top = self.get_manifest(src).await?;
+        let mut children = Vec::new();
+        if let ManifestKind::Index { manifests } = &top.manifest.kind {
+            for d in manifests {
+                children.push(
+                    self.get_manifest(&src.with_digest(d.digest.clone()))
+                        .await?,
+                );
+            }
+        }
+        for m in children.iter().chain(std::iter::once(&top)) {
+            let blobs: Vec<Descriptor> = m.manifest.required_blobs().cloned().collect();
+            futures_util::stream::iter(blobs.into_iter().map(|d| self.copy_blob(src, dst, d)))
+                .buffer_unordered(self.config.parallelism.max(1))
+                .try_collect::<Vec<Pushed>>()
+                .await?;
+        }
+        for child in &children {
+            let at = Reference {
+                tag: None,
+                ..dst.with_digest(child.digest.clone())
+            };
+            self.put_manifest(&at, &child.media_type, child.bytes.clone())
+                .await?;
+        }
+        self.put_manifest(dst, &top.media_type, top.bytes.clone())
+            .await
+    }
+
+    async fn copy_blob(&self, src: &Reference, dst: &Reference, d: Descriptor) -> Result<Pushed> {
+        let (sh, dh) = (src.api_host(), dst.api_host());
+        if self
+            .blob_exists(dh, &dst.repository, &d.digest)
+            .await?
+            .is_some()
+        {
+            return Ok(Pushed::Existed);
+        }
+        if sh == dh
+            && self
+                .mount_blob(dh, &dst.repository, &d.digest, &src.repository)
+                .await?
+        {
+            return Ok(Pushed::Mounted);
+        }
+        let what = format!("blob {} from {}", d.digest, src.repository);
+        let url = format!("{}/v2/{}/blobs/{}", self.base(sh), src.repository, d.digest);
+        let scope = pull_scope(&src.repository);
+        self.retry(|| async {
+            let resp = self.send(sh, &scope, &what, &|h| h.get(&url)).await?;
+            if !resp.status().is_success() {
+                return Err(Self::fail(sh, &what, resp).await);
+            }
+            // Streamed straight through; the destination verifies the digest.
+            let body = reqwest::Body::wrap_stream(resp.bytes_stream());
+            self.upload_once(dh, &dst.repository, &d.digest, d.size, body)
+                .await
+        })
+        .await?;
+        Ok(Pushed::Uploaded)
+    }
+}
+
+/// HEADs during a push need the push token the upload will use, so that a
+/// registry is not asked for a second token; plain reads need only pull.
+fn push_or_pull(client: &Client, host: &str, repo: &str) -> String {
+    if client.cached_auth(host, &push_scope(repo)).is_some() {
+        push_scope(repo)
+    } else {
+        pull_scope(repo)
+    }
+}
+
+fn location(resp: &reqwest::Response) -> Option<String> {
+    resp.headers()
+        .get(LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn platforms_and_schemes() {
+        let p: Platform = "linux/arm64/v8".parse().unwrap();
+        assert_eq!(p.to_string(), "linux/arm64/v8");
+        assert!("linux".parse::<Platform>().is_err());
+        assert!(
+            is_loopback("127.0.0.1:5000")
+                && is_loopback("localhost")
+                && !is_loopback("registry.example:443")
+        );
+        assert!(
+            p.matches(&serde_json::json!({"os":"linux","architecture":"arm64","variant":"v8"}))
+        );
+        assert!(
+            !Platform::default().matches(&serde_json::json!({"os":"linux","architecture":"arm64"}))
+        );
+    }
+}
