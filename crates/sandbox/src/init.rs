@@ -85,6 +85,10 @@ fn monitor(mut ctl: Lines, plan: MonitorPlan) -> ExitCode {
         report(&mut ctl.stream, &Report::SetupFailed(msg));
         ExitCode::from(1)
     };
+    // Under a memory limit the monitor shares the run's cgroup: it must not
+    // be the OOM killer's victim, or the run's status would be lost. (Only
+    // root may lower it; pid 1 sets 0 again for the program.)
+    let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
     let flags = CloneFlags::from_bits_truncate(plan.unshare);
     if let Err(e) = nix::sched::unshare(flags) {
         return fail(&mut ctl, format!("unshare({flags:?}): {e}"));

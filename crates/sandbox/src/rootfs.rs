@@ -172,7 +172,7 @@ pub(crate) fn plan(
     };
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
 
-    let mut ops = vec![Op::ParentDeathKill];
+    let mut ops = vec![Op::ParentDeathKill, Op::OomScoreAdj(0)];
     if spec.network == Network::None {
         ops.push(Op::LoopbackUp);
     }

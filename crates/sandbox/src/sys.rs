@@ -46,6 +46,9 @@ impl fmt::Display for Target {
 pub enum Op {
     /// `PR_SET_PDEATHSIG(SIGKILL)`: die with the monitor.
     ParentDeathKill,
+    /// Write `/proc/self/oom_score_adj` (pid 1 undoes the monitor's -1000
+    /// so that the program is what the OOM killer picks).
+    OomScoreAdj(i32),
     /// Bring up `lo` in the (new) network namespace.
     LoopbackUp,
     /// `sethostname` in the (new) UTS namespace.
@@ -161,6 +164,7 @@ impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Op::ParentDeathKill => write!(f, "pdeathsig SIGKILL"),
+            Op::OomScoreAdj(n) => write!(f, "oom_score_adj {n}"),
             Op::LoopbackUp => write!(f, "ip link set lo up"),
             Op::SetHostname(h) => write!(f, "sethostname {h}"),
             Op::MakeRootPrivate => write!(f, "mount --make-rprivate /"),
@@ -362,6 +366,11 @@ fn apply_real(op: &Op) -> std::io::Result<()> {
         Op::ParentDeathKill => {
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
         }
+        Op::OomScoreAdj(n) => match std::fs::write("/proc/self/oom_score_adj", n.to_string()) {
+            // Lowering needs CAP_SYS_RESOURCE: rootless keeps what it has.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {}
+            r => r?,
+        },
         Op::LoopbackUp => crate::namespaces::loopback_up()?,
         Op::SetHostname(h) => nix::unistd::sethostname(h)?,
         Op::MakeRootPrivate => nix::mount::mount(

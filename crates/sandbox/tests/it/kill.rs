@@ -121,3 +121,22 @@ async fn dropping_the_run_kills_the_tree() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn memory_limit_is_enforced() {
+    if !root_or_skip("memory_limit_is_enforced") {
+        return;
+    }
+    let fs = busybox_rootfs();
+    // 200 MB in a shell variable against a 32 MiB limit: the OOM killer.
+    let mut spec = sh(
+        &fs,
+        "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived ${#x}",
+    );
+    spec.limits.memory = Some(32 << 20);
+    spec.limits.timeout = Some(Duration::from_secs(20));
+    let r = run(&spec).await;
+    assert!(!r.outcome.limits_not_enforced);
+    assert!(!r.stdout.contains("survived"), "{} {}", r.stdout, r.stderr);
+    assert!(!r.outcome.timed_out);
+}
