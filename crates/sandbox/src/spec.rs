@@ -85,7 +85,11 @@ impl RunSpec {
         for m in &self.mounts {
             let target = m.target();
             container_path(target)?;
-            if matches!(target, "/" | "/proc" | "/sys" | "/dev") || target.starts_with("/proc/") {
+            if matches!(target, "/" | "/proc" | "/sys" | "/dev")
+                || ["/proc/", "/sys/", "/dev/"]
+                    .iter()
+                    .any(|p| target.starts_with(p))
+            {
                 return Err(SpecError::ReservedTarget(target.to_string()));
             }
             if let Mount::Bind { source, .. } | Mount::Cache { source, .. } = m

@@ -140,3 +140,45 @@ async fn memory_limit_is_enforced() {
     assert!(!r.stdout.contains("survived"), "{} {}", r.stdout, r.stderr);
     assert!(!r.outcome.timed_out);
 }
+
+/// The clearly-warned fallback: no isolation, but timeout and group kill.
+#[tokio::test]
+async fn unisolated_mode_still_times_out_and_kills_the_group() {
+    let state = TempDir::new().unwrap();
+    let sb = sandbox(Mode::Unisolated, state.path());
+    let rootfs = RootFs {
+        lower: vec!["/".into()],
+        upper: state.path().join("u"),
+        work: state.path().join("w"),
+    };
+    let spec = RunSpec::new(
+        rootfs.clone(),
+        vec!["/bin/sh".into(), "-c".into(), "echo hi; exit 4".into()],
+    );
+    let r = run_with(&sb, &spec, &CancellationToken::new()).await;
+    assert_eq!((r.stdout.as_str(), r.outcome.status.code), ("hi\n", 4));
+    let mut spec = RunSpec::new(
+        rootfs.clone(),
+        vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "sleep 1006 & sleep 1006".into(),
+        ],
+    );
+    spec.limits.timeout = Some(Duration::from_millis(300));
+    let r = run_with(&sb, &spec, &CancellationToken::new()).await;
+    assert!(r.outcome.timed_out);
+    assert!(host_processes_with("sleep\u{0}1006").is_empty());
+    // What it cannot honour is refused, not silently dropped.
+    let mut spec = RunSpec::new(rootfs, vec!["true".into()]);
+    spec.network = Network::None;
+    let err = sb
+        .run(
+            &spec,
+            &mut Vec::new(),
+            &mut Vec::new(),
+            &CancellationToken::new(),
+        )
+        .await;
+    assert!(matches!(err, Err(Error::Spec(SpecError::Unsupported(_)))));
+}
