@@ -89,6 +89,12 @@ fn monitor(mut ctl: Lines, plan: MonitorPlan) -> ExitCode {
     // be the OOM killer's victim, or the run's status would be lost. (Only
     // root may lower it; pid 1 sets 0 again for the program.)
     let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
+    // Join the run's cgroups; pid 1 and everything after it inherit them.
+    for f in &plan.cgroup_join {
+        if let Err(e) = std::fs::write(f, "0") {
+            return fail(&mut ctl, format!("joining cgroup {}: {e}", f.display()));
+        }
+    }
     let flags = CloneFlags::from_bits_truncate(plan.unshare);
     if let Err(e) = nix::sched::unshare(flags) {
         return fail(&mut ctl, format!("unshare({flags:?}): {e}"));

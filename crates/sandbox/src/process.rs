@@ -243,6 +243,7 @@ impl Sandbox {
         let plan = MonitorPlan {
             unshare: namespaces::clone_flags(userns, spec.network).bits(),
             userns,
+            cgroup_join: cgroup.as_ref().map(Cgroup::join_files).unwrap_or_default(),
             pid1: Pid1Plan {
                 ops: rootfs::plan(spec, &layout, PlanMode { userns, setgroups }, &etc),
                 argv: spec.process.argv.clone(),
@@ -322,14 +323,6 @@ impl Sandbox {
         // The command still holds the child's end of the socket: without
         // this, the parent would never see EOF.
         drop(cmd);
-        let monitor_pid = child.id().unwrap_or(0);
-        if let Some(cg) = cgroup
-            && let Err(e) = cg.add(monitor_pid)
-        {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
-            return Err(e);
-        }
         parent_end
             .set_nonblocking(true)
             .map_err(|e| Error::host("socket", e))?;

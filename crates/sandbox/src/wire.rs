@@ -33,6 +33,8 @@ pub(crate) struct MonitorPlan {
     pub unshare: i32,
     /// A user namespace is among them: ask the parent for id maps.
     pub userns: bool,
+    /// Cgroup files to write `0` to before anything else.
+    pub cgroup_join: Vec<std::path::PathBuf>,
     /// The plan handed to pid 1.
     pub pid1: Pid1Plan,
 }
