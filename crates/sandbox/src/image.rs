@@ -250,12 +250,11 @@ mod tests {
         let mut r = rootfs(d.path());
         let evil = d.path().join("evil");
         std::fs::create_dir_all(evil.join("etc")).unwrap();
-        // An absolute symlink resolves inside the layer, where nothing is.
+        // An absolute symlink to /etc/passwd resolves inside its own layer
+        // (to itself: a loop), never to the host's file; the lookup moves on
+        // to the next layer.
         std::os::unix::fs::symlink("/etc/passwd", evil.join("etc/passwd")).unwrap();
         r.lower.insert(0, evil);
-        // Falls through to the next layer that really has the file? No: the
-        // top layer's entry wins in an overlay, but here it resolves to
-        // nothing inside its own layer, so the lookup moves on.
         assert!(read_layered(&r, "etc/passwd").is_some_and(|s| s.contains("app:x:1000")));
     }
 }
