@@ -90,6 +90,23 @@ impl FsStore {
         map.remove(id);
     }
 
+    /// Take the upload's state out of its slot (loading it from disk if this
+    /// process has none); an unknown upload is forgotten.
+    async fn take_state(
+        &self,
+        slot: &mut Option<UploadState>,
+        path: &Path,
+        id: &str,
+    ) -> Result<UploadState> {
+        match slot.take() {
+            Some(s) => Ok(s),
+            None => self
+                .load_state(path, id)
+                .await
+                .inspect_err(|_| self.forget(id)),
+        }
+    }
+
     /// The upload's state, loaded from disk when this process has none.
     async fn load_state(&self, path: &Path, id: &str) -> Result<UploadState> {
         match tokio::fs::metadata(path).await {
@@ -245,17 +262,7 @@ impl BlobStore for FsStore {
         let path = self.upload_path(id)?;
         let slot = self.slot(id);
         let mut guard = slot.lock().await;
-        let mut state = match guard.take() {
-            Some(s) => s,
-            None => match self.load_state(&path, id).await {
-                Ok(s) => s,
-                Err(e) => {
-                    drop(guard);
-                    self.forget(id);
-                    return Err(e);
-                }
-            },
-        };
+        let mut state = self.take_state(&mut guard, &path, id).await?;
         if offset != state.size {
             let expected = state.size;
             *guard = Some(state);
@@ -344,17 +351,7 @@ impl BlobStore for FsStore {
         let path = self.upload_path(id)?;
         let slot = self.slot(id);
         let mut guard = slot.lock().await;
-        let state = match guard.take() {
-            Some(s) => s,
-            None => match self.load_state(&path, id).await {
-                Ok(s) => s,
-                Err(e) => {
-                    drop(guard);
-                    self.forget(id);
-                    return Err(e);
-                }
-            },
-        };
+        let state = self.take_state(&mut guard, &path, id).await?;
         let actual = match state.hasher {
             Some(h) if h.algorithm() == expected.algorithm() => h.finish(),
             _ => hash_file(&path, expected.algorithm()).await?,

@@ -53,6 +53,27 @@ impl Env {
         std::fs::read_to_string(digestfile).unwrap()
     }
 
+    /// Pull `repo` into the skopeo destination `dest`; returns the manifest digest skopeo saw.
+    fn pull(&self, repo: &str, dest: &str) -> String {
+        let digestfile = self
+            .tmp
+            .path()
+            .join(format!("{}.pull", repo.replace(['/', ':'], "_")));
+        ok(self
+            .skopeo()
+            .args([
+                "copy",
+                "--src-tls-verify=false",
+                "--src-creds",
+                &self.srv.creds(),
+            ])
+            .arg("--digestfile")
+            .arg(&digestfile)
+            .arg(self.docker_ref(repo))
+            .arg(dest));
+        std::fs::read_to_string(digestfile).unwrap()
+    }
+
     fn inspect_raw(&self, repo: &str, config: bool) -> Vec<u8> {
         let mut c = self.skopeo();
         c.args([
@@ -105,20 +126,8 @@ fn skopeo_round_trips_oci_and_docker_images_with_identical_digests() {
     assert_eq!(manifest["config"]["mediaType"], oci::media_type::OCI_CONFIG);
     assert_eq!(manifest["layers"].as_array().unwrap().len(), 3);
     let out_layout = env.tmp.path().join("pulled-oci");
-    let pulled_file = env.tmp.path().join("pulled-oci.digest");
-    ok(env
-        .skopeo()
-        .args([
-            "copy",
-            "--src-tls-verify=false",
-            "--src-creds",
-            &env.srv.creds(),
-            "--digestfile",
-        ])
-        .arg(&pulled_file)
-        .arg(env.docker_ref("peers/oci:v1"))
-        .arg(format!("oci:{}:v1", out_layout.display())));
-    assert_eq!(std::fs::read_to_string(&pulled_file).unwrap(), source);
+    let pulled = env.pull("peers/oci:v1", &format!("oci:{}:v1", out_layout.display()));
+    assert_eq!(pulled, source);
     assert_eq!(source_manifest_digest(&out_layout), source);
 
     // Docker schema 2 media types.
@@ -129,20 +138,10 @@ fn skopeo_round_trips_oci_and_docker_images_with_identical_digests() {
     assert_eq!(manifest["mediaType"], oci::media_type::DOCKER_MANIFEST);
     assert_eq!(format!("sha256:{}", sha256_hex(&raw)), docker);
     let dir = env.tmp.path().join("pulled-docker");
-    let pulled_file = env.tmp.path().join("pulled-docker.digest");
-    ok(env
-        .skopeo()
-        .args([
-            "copy",
-            "--src-tls-verify=false",
-            "--src-creds",
-            &env.srv.creds(),
-            "--digestfile",
-        ])
-        .arg(&pulled_file)
-        .arg(env.docker_ref("peers/docker:v1"))
-        .arg(format!("dir:{}", dir.display())));
-    assert_eq!(std::fs::read_to_string(&pulled_file).unwrap(), docker);
+    assert_eq!(
+        env.pull("peers/docker:v1", &format!("dir:{}", dir.display())),
+        docker
+    );
     let on_disk = std::fs::read(dir.join("manifest.json")).unwrap();
     assert_eq!(format!("sha256:{}", sha256_hex(&on_disk)), docker);
 
