@@ -92,8 +92,9 @@ fn main() {
         ms(full.1)
     );
     let budget = Duration::from_millis(10);
+    // The median, not the best run, is what a user sees.
     println!(
-        "target: parse + lower under 10 ms (fastest run): {}",
-        if parse.0 < budget { "met" } else { "NOT met" }
+        "target: parse + lower under 10 ms (median): {}",
+        if parse.1 < budget { "met" } else { "NOT met" }
     );
 }
