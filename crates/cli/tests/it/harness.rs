@@ -25,8 +25,15 @@ impl Server {
             .stderr(log)
             .spawn()
             .unwrap();
+        // Owned by a Server from here on, so a failed start still kills it.
+        let mut srv = Server {
+            child,
+            addr: String::new(),
+            data: data.to_owned(),
+            token: String::new(),
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
-        let addr = loop {
+        srv.addr = loop {
             let text = std::fs::read_to_string(&log_path).unwrap_or_default();
             if let Some(rest) = text.split("listening on http://").nth(1) {
                 break rest.split_whitespace().next().unwrap().to_owned();
@@ -37,16 +44,11 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(20));
         };
-        let token = std::fs::read_to_string(data.join("admin-token"))
+        srv.token = std::fs::read_to_string(data.join("admin-token"))
             .unwrap()
             .trim()
             .to_owned();
-        Server {
-            child,
-            addr,
-            data: data.to_owned(),
-            token,
-        }
+        srv
     }
 
     pub fn creds(&self) -> String {
