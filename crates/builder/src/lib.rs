@@ -3,8 +3,12 @@
 //! Landed so far: [`unpack`], which applies an image layer (tar, gzip or
 //! zstd) to a directory the way containerd does, verifying the layer's
 //! digest and diffID as it streams, honouring OCI whiteouts, and never
-//! writing outside the target however hostile the archive.
+//! writing outside the target however hostile the archive; and [`layers`],
+//! the machine's store of pulled base-image layers as overlay lower dirs,
+//! shared by every build and safe under concurrent pulls.
 
+pub mod layers;
 pub mod unpack;
 
+pub use layers::{LayerStore, LayerStoreError, PulledImage, chain_ids};
 pub use unpack::{Applied, UnpackError, WhiteoutMode, apply_layer};

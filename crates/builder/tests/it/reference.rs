@@ -8,17 +8,17 @@ use oci::Digest;
 
 use crate::{require_root, run, tree};
 
-struct Image {
+pub struct Image {
     _dir: tempfile::TempDir,
-    layout: PathBuf,
-    layers: Vec<(Digest, Digest)>,
-    rootfs: PathBuf,
+    pub layout: PathBuf,
+    pub layers: Vec<(Digest, Digest)>,
+    pub rootfs: PathBuf,
 }
 
 /// umoci builds a 6-layer image: busybox; a tree with a symlink, a
 /// hardlink, a setuid file and foreign owners; a second tree; a whiteout of
 /// one file; an opaque replacement of a directory; a file over a directory.
-fn umoci_image() -> Image {
+pub fn umoci_image() -> Image {
     let dir = tempfile::tempdir().unwrap();
     let layout = dir.path().join("layout");
     let img = format!("{}:t", layout.display());
@@ -97,7 +97,7 @@ fn umoci_image() -> Image {
     }
 }
 
-fn blob_path(layout: &Path, d: &Digest) -> PathBuf {
+pub fn blob_path(layout: &Path, d: &Digest) -> PathBuf {
     layout
         .join("blobs")
         .join(d.algorithm().as_str())
