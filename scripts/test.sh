@@ -22,7 +22,7 @@ as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
 
-apt_packages=(skopeo buildah umoci docker-registry busybox-static uidmap)
+apt_packages=(skopeo buildah umoci docker-registry busybox-static uidmap attr)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -5,10 +5,13 @@
 //! digest and diffID as it streams, honouring OCI whiteouts, and never
 //! writing outside the target however hostile the archive; and [`layers`],
 //! the machine's store of pulled base-image layers as overlay lower dirs,
-//! shared by every build and safe under concurrent pulls.
+//! shared by every build and safe under concurrent pulls; and [`diff`],
+//! which turns a RUN step's overlay upper dir into a layer.
 
+pub mod diff;
 pub mod layers;
 pub mod unpack;
 
+pub use diff::{Compression, DiffError, LayerInfo, LayerOptions, write_layer};
 pub use layers::{LayerStore, LayerStoreError, PulledImage, chain_ids};
 pub use unpack::{Applied, UnpackError, WhiteoutMode, apply_layer};

@@ -4,6 +4,7 @@
 //! store pulling from Slipway's registry, shared and concurrent.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod diff;
 mod hostile;
 mod reference;
 mod store;
