@@ -9,3 +9,4 @@ mod crash;
 mod dockerfile;
 mod harness;
 mod peers;
+mod slice;

@@ -1,0 +1,199 @@
+//! The builder's pieces composed, end to end, without a daemon: pull a base
+//! image from `slipway server` into the layer store, run a RUN step in the
+//! sandbox (through `slipway sandbox-init`) on an overlay of its layers,
+//! export the upper dir as a layer, assemble and push the new image, and let
+//! real consumers (skopeo, umoci, crane) read it back.
+
+use std::process::Command;
+use std::sync::Arc;
+
+use builder::{LayerOptions, LayerStore, NewImage, write_layer};
+use oci::{Reference, media_type};
+use regclient::{Client, ClientConfig, Credential};
+use sandbox::{InitCommand, Mode, RootFs, RunSpec, Sandbox, SandboxConfig};
+
+use crate::harness::{Server, make_image, ok, tool};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_step_on_pulled_base_is_pushed_and_consumed() {
+    if !rustix::process::geteuid().is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "needs root; refusing to skip in CI"
+        );
+        eprintln!("skipping: needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = make_image(tmp.path());
+    let srv = Server::start(&tmp.path().join("data"));
+    let host = srv.addr.clone();
+    ok(Command::new(tool("skopeo"))
+        .env("REGISTRY_AUTH_FILE", tmp.path().join("none.json"))
+        .args([
+            "copy",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            &srv.creds(),
+        ])
+        .arg(format!("oci:{}:v1", layout.display()))
+        .arg(format!("docker://{host}/base/busybox:v1")));
+
+    let mut config = ClientConfig::default();
+    config
+        .credentials
+        .insert(&host, Credential::basic("ci", &srv.token));
+    let client = Arc::new(Client::new(config).unwrap());
+    let base: Reference = format!("{host}/base/busybox:v1").parse().unwrap();
+    let store = LayerStore::open(tmp.path().join("layers"), false).unwrap();
+    let pulled = store
+        .pull(&client, &base, &Default::default())
+        .await
+        .unwrap();
+
+    // RUN, in the sandbox, on an overlay of the pulled layers.
+    let (upper, work) = (tmp.path().join("upper"), tmp.path().join("work"));
+    std::fs::create_dir_all(&upper).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+    let rootfs = RootFs {
+        lower: pulled.layers.iter().rev().cloned().collect(),
+        upper: upper.clone(),
+        work,
+    };
+    let script = "echo built-by-slipway > /hello && rm /srv/files/f1.txt && hostname > /host";
+    let spec = RunSpec::new(
+        rootfs,
+        vec![
+            "/bin/busybox".into(),
+            "sh".into(),
+            "-c".into(),
+            script.into(),
+        ],
+    );
+    let init = InitCommand {
+        program: env!("CARGO_BIN_EXE_slipway").into(),
+        args: vec!["sandbox-init".into()],
+    };
+    let sb = Sandbox::new(SandboxConfig::new(
+        Mode::detect().unwrap(),
+        init,
+        tmp.path().join("state"),
+    ));
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let outcome = sb
+        .run(&spec, &mut out, &mut err, &Default::default())
+        .await
+        .unwrap();
+    assert!(
+        outcome.status.success(),
+        "RUN failed: {}",
+        String::from_utf8_lossy(&err)
+    );
+
+    // The upper dir becomes a layer on top of the base.
+    let layer_file = tmp.path().join("layer.tar.gz");
+    let layer = write_layer(
+        &upper,
+        std::fs::File::create(&layer_file).unwrap(),
+        &LayerOptions::default(),
+    )
+    .unwrap();
+    let base_manifest = client.get_manifest(&base).await.unwrap();
+    let mut image = NewImage::from_base(&base_manifest.manifest, &pulled.config).unwrap();
+    let created = "2026-11-24T00:00:00Z";
+    image.add_layer(&layer, &format!("RUN /bin/sh -c {script}"), created);
+    image.container_config().insert(
+        "Cmd".into(),
+        serde_json::json!(["/bin/busybox", "cat", "/hello"]),
+    );
+    let built = image.finish(created).unwrap();
+
+    // Push: base layers mount across repositories, the new ones upload.
+    let repo = "app/hello";
+    if let oci::ManifestKind::Image { layers, .. } = &base_manifest.manifest.kind {
+        for l in layers {
+            assert!(
+                client
+                    .mount_blob(&host, repo, &l.digest, &base.repository)
+                    .await
+                    .unwrap()
+            );
+        }
+    }
+    let bytes = bytes::Bytes::from(std::fs::read(&layer_file).unwrap());
+    client
+        .push_blob(&host, repo, &layer.digest, layer.size, || {
+            reqwest::Body::from(bytes.clone())
+        })
+        .await
+        .unwrap();
+    let cfg = bytes::Bytes::from(built.config.clone());
+    client
+        .push_blob(&host, repo, &built.config_digest, cfg.len() as u64, || {
+            reqwest::Body::from(cfg.clone())
+        })
+        .await
+        .unwrap();
+    let target: Reference = format!("{host}/{repo}:v1").parse().unwrap();
+    let pushed = client
+        .put_manifest(
+            &target,
+            media_type::OCI_MANIFEST,
+            built.manifest.clone().into(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(pushed, built.manifest_digest);
+
+    // Real consumers read it.
+    let docker_config = tmp.path().join("docker");
+    ok(Command::new(tool("crane"))
+        .env("DOCKER_CONFIG", &docker_config)
+        .args(["auth", "login", &host, "-u", "ci", "-p", &srv.token]));
+    ok(Command::new(tool("crane"))
+        .env("DOCKER_CONFIG", &docker_config)
+        .args([
+            "validate",
+            "--insecure",
+            "--remote",
+            &format!("{host}/{repo}:v1"),
+        ]));
+    let out_layout = tmp.path().join("out");
+    ok(Command::new(tool("skopeo"))
+        .env("REGISTRY_AUTH_FILE", tmp.path().join("none.json"))
+        .args([
+            "copy",
+            "--src-tls-verify=false",
+            "--src-creds",
+            &srv.creds(),
+        ])
+        .arg(format!("docker://{host}/{repo}:v1"))
+        .arg(format!("oci:{}:v1", out_layout.display())));
+    let bundle = tmp.path().join("bundle");
+    ok(Command::new(tool("umoci"))
+        .args(["unpack", "--image", &format!("{}:v1", out_layout.display())])
+        .arg(&bundle));
+    let rootfs = bundle.join("rootfs");
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("hello")).unwrap(),
+        "built-by-slipway\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("host")).unwrap(),
+        "sandbox\n"
+    );
+    assert!(
+        !rootfs.join("srv/files/f1.txt").exists(),
+        "the RUN's deletion was lost"
+    );
+    assert!(rootfs.join("srv/files/f2.txt").is_file() && rootfs.join("bin/busybox").is_file());
+    for scaffolding in ["etc/hosts", "etc/resolv.conf", "run/secrets", "proc/1"] {
+        assert!(
+            !rootfs.join(scaffolding).exists(),
+            "{scaffolding} leaked into the layer"
+        );
+    }
+    let config: serde_json::Value = serde_json::from_slice(&built.config).unwrap();
+    assert_eq!(config["config"]["Cmd"][2], "/hello");
+    assert_eq!(config["rootfs"]["diff_ids"].as_array().unwrap().len(), 4);
+}
