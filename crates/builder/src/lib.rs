@@ -9,11 +9,13 @@
 //! which turns a RUN step's overlay upper dir into a layer.
 
 pub mod diff;
+pub mod engine;
 pub mod image;
 pub mod layers;
 pub mod unpack;
 
 pub use diff::{Compression, DiffError, LayerInfo, LayerOptions, write_layer};
+pub use engine::{BuildError, BuildRequest, BuildResult, build};
 pub use image::{BuiltImage, ImageError, NewImage};
 pub use layers::{LayerStore, LayerStoreError, PulledImage, chain_ids};
 pub use unpack::{Applied, UnpackError, WhiteoutMode, apply_layer};

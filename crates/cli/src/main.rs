@@ -1,6 +1,7 @@
 //! `slipway`: the one binary. Parses arguments, wires the library crates
 //! together and reports errors; the logic lives in the crates it calls.
 
+mod build_cmd;
 mod dockerfile_cmd;
 mod sandbox_cmd;
 
@@ -39,6 +40,8 @@ enum Command {
         #[arg(long, default_value = ".slipway")]
         data: PathBuf,
     },
+    /// Build an image from a Dockerfile and push it (docker build's flags).
+    Build(build_cmd::BuildArgs),
     /// Dockerfile tools.
     Dockerfile {
         #[command(subcommand)]
@@ -132,6 +135,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::SandboxInit => sandbox_cmd::not_here(),
+        Command::Build(args) => build_cmd::run(args).await,
         Command::Registry {
             command:
                 RegistryCommand::Gc {

@@ -680,7 +680,14 @@ impl Client {
             .await
     }
 
-    async fn copy_blob(&self, src: &Reference, dst: &Reference, d: Descriptor) -> Result<Pushed> {
+    /// Make blob `d` of `src` present in `dst`: skipped if there, mounted
+    /// within one registry, streamed across registries otherwise.
+    pub async fn copy_blob(
+        &self,
+        src: &Reference,
+        dst: &Reference,
+        d: Descriptor,
+    ) -> Result<Pushed> {
         let (sh, dh) = (src.api_host(), dst.api_host());
         if self
             .blob_exists(dh, &dst.repository, &d.digest)

@@ -197,3 +197,170 @@ async fn run_step_on_pulled_base_is_pushed_and_consumed() {
     assert_eq!(config["config"]["Cmd"][2], "/hello");
     assert_eq!(config["rootfs"]["diff_ids"].as_array().unwrap().len(), 4);
 }
+
+fn base64(s: &str) -> String {
+    // Small enough to not need a crate in the tests: RFC 4648 with padding.
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let b = s.as_bytes();
+    let mut out = String::new();
+    for chunk in b.chunks(3) {
+        let n = (chunk[0] as u32) << 16
+            | (*chunk.get(1).unwrap_or(&0) as u32) << 8
+            | *chunk.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn slipway_build_local_builds_pushes_and_reports_failures() {
+    if !rustix::process::geteuid().is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "needs root; refusing to skip in CI"
+        );
+        eprintln!("skipping: needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = make_image(tmp.path());
+    let srv = Server::start(&tmp.path().join("data"));
+    let host = srv.addr.clone();
+    ok(Command::new(tool("skopeo"))
+        .env("REGISTRY_AUTH_FILE", tmp.path().join("none.json"))
+        .args([
+            "copy",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            &srv.creds(),
+        ])
+        .arg(format!("oci:{}:v1", layout.display()))
+        .arg(format!("docker://{host}/base/busybox:v1")));
+    let docker = tmp.path().join("docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    std::fs::write(
+        docker.join("config.json"),
+        format!(
+            r#"{{"auths":{{"{host}":{{"auth":"{}"}}}}}}"#,
+            base64(&format!("ci:{}", srv.token))
+        ),
+    )
+    .unwrap();
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(ctx.join("sub")).unwrap();
+    std::fs::write(ctx.join("greet.txt"), "world").unwrap();
+    std::fs::write(ctx.join("sub/x.txt"), "x\n").unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            r#"FROM {host}/base/busybox:v1
+SHELL ["/bin/busybox", "sh", "-c"]
+ARG WHO=nobody
+ENV GREETING=hello
+WORKDIR /app
+COPY greet.txt ./
+COPY sub/ ./sub/
+RUN echo "$GREETING $WHO from $(busybox cat greet.txt)" > out.txt && busybox rm /srv/files/f1.txt
+LABEL org.example.built-by=slipway
+EXPOSE 8080
+CMD ["/bin/busybox", "cat", "/app/out.txt"]
+"#
+        ),
+    )
+    .unwrap();
+    let slipway = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_slipway"));
+        c.env("DOCKER_CONFIG", &docker)
+            .args(["build", "--local", "--data"])
+            .arg(tmp.path().join("sl"));
+        c
+    };
+    let reference = format!("{host}/app/built:v1");
+    let printed = ok(slipway()
+        .args(["-t", &reference, "--build-arg", "WHO=tests", "--iidfile"])
+        .arg(tmp.path().join("iid"))
+        .arg(&ctx));
+    let iid = std::fs::read_to_string(tmp.path().join("iid")).unwrap();
+    assert!(printed.contains(&format!("{reference}@{iid}")), "{printed}");
+    assert!(printed.contains("#### [8/11] RUN"), "{printed}");
+
+    ok(Command::new(tool("crane"))
+        .env("DOCKER_CONFIG", &docker)
+        .args(["validate", "--insecure", "--remote", &reference]));
+    let out_layout = tmp.path().join("out");
+    ok(Command::new(tool("skopeo"))
+        .env("REGISTRY_AUTH_FILE", docker.join("config.json"))
+        .args(["copy", "--src-tls-verify=false"])
+        .arg(format!("docker://{reference}"))
+        .arg(format!("oci:{}:v1", out_layout.display())));
+    let bundle = tmp.path().join("bundle");
+    ok(Command::new(tool("umoci"))
+        .args(["unpack", "--image", &format!("{}:v1", out_layout.display())])
+        .arg(&bundle));
+    let rootfs = bundle.join("rootfs");
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("app/out.txt")).unwrap(),
+        "hello tests from world\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("app/sub/x.txt")).unwrap(),
+        "x\n"
+    );
+    assert!(!rootfs.join("srv/files/f1.txt").exists() && rootfs.join("srv/files/f2.txt").exists());
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["process"]["cwd"], "/app");
+    assert!(
+        config["process"]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e == "GREETING=hello"),
+        "{config}"
+    );
+    assert_eq!(config["process"]["args"][2], "/app/out.txt");
+    assert_eq!(config["annotations"]["org.example.built-by"], "slipway");
+
+    // A failing RUN: non-zero exit, the line and the exit code.
+    std::fs::write(ctx.join("Dockerfile.fail"), format!("FROM {host}/base/busybox:v1\nENV A=1\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo about to fail >&2; exit 3\"]\n")).unwrap();
+    let out = crate::harness::run(
+        slipway()
+            .args(["--no-push", "-f"])
+            .arg(ctx.join("Dockerfile.fail"))
+            .arg(&ctx),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("Dockerfile.fail:3: RUN") && err.contains("exit code 3"),
+        "{err}"
+    );
+    assert!(
+        err.contains("about to fail"),
+        "the RUN's own output is missing: {err}"
+    );
+
+    // What is not supported yet is refused with its line, never skipped.
+    std::fs::write(
+        ctx.join("Dockerfile.add"),
+        format!("FROM {host}/base/busybox:v1\nADD greet.txt /g\n"),
+    )
+    .unwrap();
+    let out = crate::harness::run(
+        slipway()
+            .args(["--no-push", "-f"])
+            .arg(ctx.join("Dockerfile.add"))
+            .arg(&ctx),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("Dockerfile.add:2: ADD is not supported"),
+        "{err}"
+    );
+}

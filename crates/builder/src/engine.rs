@@ -1,0 +1,642 @@
+//! `slipway build --local`: a Dockerfile built on this machine, without a
+//! daemon, and pushed.
+//!
+//! What is supported today, each as Docker does it: one stage built `FROM`
+//! an image (other stages of the file are ignored unless the target needs
+//! them, which is refused); `RUN` (shell and exec form, through the stage's
+//! `SHELL`) in the sandbox on an overlay of the layers so far; `COPY` of
+//! files and directories from the context; `WORKDIR` (created when missing);
+//! `ENV`, `ARG`, `LABEL`, `CMD`, `ENTRYPOINT`, `USER`, `EXPOSE`,
+//! `STOPSIGNAL`, `SHELL`, `MAINTAINER`. Anything else — `ADD`, `VOLUME`,
+//! `HEALTHCHECK`, `ONBUILD`, `RUN --mount`, `COPY --from/--chown/--chmod/
+//! --link/--parents/--exclude`, globs in `COPY`, multi-stage targets — is
+//! refused with its line, never silently skipped. There is no cache yet.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use dockerfile::Command;
+use oci::Reference;
+use regclient::{Client, Platform};
+use sandbox::{ImageRun, RootFs, RunSpec, Sandbox};
+use serde_json::json;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use crate::diff::{LayerInfo, LayerOptions, write_layer};
+use crate::image::NewImage;
+use crate::layers::LayerStore;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    #[error("{file}: {errors}")]
+    Dockerfile {
+        file: String,
+        errors: dockerfile::Errors,
+    },
+    #[error("{file}:{line}: {instruction} is not supported by slipway build --local yet: {what}")]
+    Unsupported {
+        file: String,
+        line: u32,
+        instruction: String,
+        what: String,
+    },
+    #[error("{file}:{line}: RUN {command} failed with exit code {code}")]
+    RunFailed {
+        file: String,
+        line: u32,
+        command: String,
+        code: i32,
+    },
+    #[error("{file}:{line}: COPY {path}: {problem}")]
+    Copy {
+        file: String,
+        line: u32,
+        path: String,
+        problem: String,
+    },
+    #[error("{context}: {source}")]
+    Step {
+        context: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+fn step_err<E: std::error::Error + Send + Sync + 'static>(
+    context: impl Into<String>,
+) -> impl FnOnce(E) -> BuildError {
+    move |e| BuildError::Step {
+        context: context.into(),
+        source: Box::new(e),
+    }
+}
+
+/// What to build and where to put it.
+pub struct BuildRequest {
+    pub context: PathBuf,
+    pub dockerfile: PathBuf,
+    pub tags: Vec<Reference>,
+    pub build_args: BTreeMap<String, String>,
+    pub target: Option<String>,
+    pub platform: Platform,
+    /// Scratch space for the steps' upper dirs and layer files.
+    pub work_dir: PathBuf,
+    pub layer_options: LayerOptions,
+    /// The creation time written into the config and history (RFC 3339).
+    pub created: String,
+}
+
+/// The built image.
+#[derive(Debug, Clone)]
+pub struct BuildResult {
+    pub manifest_digest: oci::Digest,
+    pub config: Vec<u8>,
+    pub manifest: Vec<u8>,
+    pub pushed: Vec<Reference>,
+}
+
+struct NewLayer {
+    info: LayerInfo,
+    file: PathBuf,
+}
+
+/// Build `req` with `client` (registries), `store` (base layers) and
+/// `sandbox` (RUN steps), writing step lines and RUN output to `out` and
+/// RUN errors to `err`.
+pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
+    req: &BuildRequest,
+    client: &Arc<Client>,
+    store: &LayerStore,
+    sandbox: &Sandbox,
+    out: &mut W,
+    err: &mut E,
+) -> Result<BuildResult, BuildError> {
+    let file = req.dockerfile.display().to_string();
+    let src = std::fs::read(&req.dockerfile).map_err(step_err(format!("reading {file}")))?;
+    let opts = dockerfile::BuildOptions {
+        build_args: req.build_args.clone(),
+        ..Default::default()
+    };
+    let (_, df, graph) =
+        dockerfile::check(&String::from_utf8_lossy(&src), &opts, req.target.as_deref()).map_err(
+            |errors| BuildError::Dockerfile {
+                file: file.clone(),
+                errors,
+            },
+        )?;
+    let stage = &df.stages[graph.target];
+    let unsupported = |line: u32, instruction: &str, what: &str| BuildError::Unsupported {
+        file: file.clone(),
+        line,
+        instruction: instruction.into(),
+        what: what.into(),
+    };
+    if graph.needed.len() > 1 {
+        return Err(unsupported(
+            stage.pos.line,
+            "FROM",
+            "a target that needs other stages (multi-stage builds)",
+        ));
+    }
+    let base: Reference = stage
+        .base
+        .parse()
+        .map_err(|e: oci::ReferenceError| unsupported(stage.pos.line, "FROM", &e.to_string()))?;
+
+    say(
+        out,
+        &format!("[1/{}] FROM {base}", stage.instructions.len() + 1),
+    )
+    .await;
+    let pulled = store
+        .pull(client, &base, &req.platform)
+        .await
+        .map_err(step_err(format!("pulling {base}")))?;
+    let base_manifest = client
+        .resolve_image(&base, &req.platform)
+        .await
+        .map_err(step_err(format!("pulling {base}")))?;
+    let mut image = NewImage::from_base(&base_manifest.manifest, &pulled.config)
+        .map_err(step_err(format!("{base}")))?;
+    // Layer directories, bottom to top: the base's snapshots, then ours.
+    let mut lowers: Vec<PathBuf> = pulled.layers.clone();
+    let mut new_layers: Vec<NewLayer> = Vec::new();
+    let mut shell: Vec<String> = vec!["/bin/sh".into(), "-c".into()];
+    let mut args: BTreeMap<String, String> = BTreeMap::new();
+    std::fs::create_dir_all(&req.work_dir)
+        .map_err(step_err(format!("creating {}", req.work_dir.display())))?;
+
+    for (n, ins) in stage.instructions.iter().enumerate() {
+        let line = ins.line;
+        let label = format!("[{}/{}]", n + 2, stage.instructions.len() + 1);
+        let created_by = format!("{:?}", ins.command)
+            .chars()
+            .take(200)
+            .collect::<String>();
+        match &ins.command {
+            Command::Run(run) => {
+                if !run.mounts.is_empty() || run.network.is_some() || run.security.is_some() {
+                    return Err(unsupported(
+                        line,
+                        "RUN",
+                        "--mount, --network and --security",
+                    ));
+                }
+                if !run.command.heredocs.is_empty() {
+                    return Err(unsupported(line, "RUN", "heredocs"));
+                }
+                let argv: Vec<String> = if run.command.shell_form {
+                    shell
+                        .iter()
+                        .cloned()
+                        .chain([run.command.args.join(" ")])
+                        .collect()
+                } else {
+                    run.command.args.clone()
+                };
+                say(out, &format!("{label} RUN {}", argv.join(" "))).await;
+                let step = new_step_dir(&req.work_dir, n)?;
+                let rootfs = RootFs {
+                    lower: lowers.iter().rev().cloned().collect(),
+                    upper: step.join("upper"),
+                    work: step.join("work"),
+                };
+                let config: Option<oci_spec::image::Config> =
+                    serde_json::from_value(json!(image.container_config().clone())).ok();
+                let process = sandbox::image_process(
+                    config.as_ref(),
+                    &rootfs,
+                    &ImageRun {
+                        entrypoint: Some(argv.clone()),
+                        args: Some(Vec::new()),
+                        env: args.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+                        ..Default::default()
+                    },
+                )
+                .map_err(step_err(format!("{file}:{line}: RUN")))?;
+                let mut spec = RunSpec::new(rootfs, argv.clone());
+                spec.process = process;
+                let outcome = sandbox
+                    .run(&spec, out, err, &Default::default())
+                    .await
+                    .map_err(step_err(format!("{file}:{line}: RUN")))?;
+                if !outcome.status.success() {
+                    return Err(BuildError::RunFailed {
+                        file: file.clone(),
+                        line,
+                        command: argv.join(" "),
+                        code: outcome.status.code,
+                    });
+                }
+                let layer = export(&step, req)?;
+                image.add_layer(&layer.info, &created_by, &req.created);
+                lowers.push(step.join("upper"));
+                new_layers.push(layer);
+            }
+            Command::Copy(c) => {
+                if c.from.is_some()
+                    || c.chown.is_some()
+                    || c.chmod.is_some()
+                    || c.link
+                    || c.parents
+                    || !c.excludes.is_empty()
+                {
+                    return Err(unsupported(
+                        line,
+                        "COPY",
+                        "--from, --chown, --chmod, --link, --parents and --exclude",
+                    ));
+                }
+                if !c.inline.is_empty() {
+                    return Err(unsupported(line, "COPY", "heredocs"));
+                }
+                say(
+                    out,
+                    &format!("{label} COPY {} {}", c.sources.join(" "), c.dest),
+                )
+                .await;
+                let step = new_step_dir(&req.work_dir, n)?;
+                let upper = step.join("upper");
+                let workdir = image
+                    .container_config()
+                    .get("WorkingDir")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("/")
+                    .to_owned();
+                let dest = if c.dest.starts_with('/') {
+                    c.dest.clone()
+                } else {
+                    format!("{}/{}", workdir.trim_end_matches('/'), c.dest)
+                };
+                let into_dir = c.dest.ends_with('/') || c.sources.len() > 1;
+                for source in &c.sources {
+                    copy_source(&req.context, source, &dest, into_dir, &upper, &lowers).map_err(
+                        |problem| BuildError::Copy {
+                            file: file.clone(),
+                            line,
+                            path: source.clone(),
+                            problem,
+                        },
+                    )?;
+                }
+                let layer = export(&step, req)?;
+                image.add_layer(&layer.info, &created_by, &req.created);
+                lowers.push(upper);
+                new_layers.push(layer);
+            }
+            Command::Workdir { path } => {
+                say(out, &format!("{label} WORKDIR {path}")).await;
+                let current = image
+                    .container_config()
+                    .get("WorkingDir")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("/")
+                    .to_owned();
+                let abs = if path.starts_with('/') {
+                    path.clone()
+                } else {
+                    format!("{}/{path}", current.trim_end_matches('/'))
+                };
+                image
+                    .container_config()
+                    .insert("WorkingDir".into(), json!(abs));
+                let rel = clean_rel(&abs)
+                    .ok_or_else(|| unsupported(line, "WORKDIR", "a path that leaves /"))?;
+                if !rel.as_os_str().is_empty() && !exists_in(&lowers, &rel) {
+                    let step = new_step_dir(&req.work_dir, n)?;
+                    make_dirs(&step.join("upper"), &rel, &lowers)
+                        .map_err(step_err(format!("{file}:{line}: WORKDIR")))?;
+                    let layer = export(&step, req)?;
+                    image.add_layer(&layer.info, &created_by, &req.created);
+                    lowers.push(step.join("upper"));
+                    new_layers.push(layer);
+                } else {
+                    image.add_empty_step(&created_by, &req.created);
+                }
+            }
+            Command::Env { vars } => {
+                say(out, &format!("{label} ENV")).await;
+                let cfg = image.container_config();
+                let mut env: Vec<String> = cfg
+                    .get("Env")
+                    .and_then(|v| serde_json::from_value(v.clone()).ok())
+                    .unwrap_or_default();
+                for kv in vars {
+                    env.retain(|e| e.split_once('=').map(|(k, _)| k) != Some(kv.key.as_str()));
+                    env.push(format!("{}={}", kv.key, kv.value));
+                }
+                cfg.insert("Env".into(), json!(env));
+                image.add_empty_step(&created_by, &req.created);
+            }
+            Command::Arg { args: defs } => {
+                for a in defs {
+                    if let Some(v) = req
+                        .build_args
+                        .get(&a.name)
+                        .cloned()
+                        .or_else(|| a.default.clone())
+                    {
+                        args.insert(a.name.clone(), v);
+                    }
+                }
+            }
+            Command::Label { labels } => {
+                let cfg = image.container_config();
+                let entry = cfg.entry("Labels").or_insert_with(|| json!({}));
+                if !entry.is_object() {
+                    *entry = json!({});
+                }
+                if let Some(map) = entry.as_object_mut() {
+                    for kv in labels {
+                        map.insert(kv.key.clone(), json!(kv.value));
+                    }
+                }
+                image.add_empty_step(&created_by, &req.created);
+            }
+            Command::Cmd(cl) | Command::Entrypoint(cl) => {
+                let key = if matches!(ins.command, Command::Cmd(_)) {
+                    "Cmd"
+                } else {
+                    "Entrypoint"
+                };
+                let value: Vec<String> = if cl.shell_form {
+                    shell.iter().cloned().chain([cl.args.join(" ")]).collect()
+                } else {
+                    cl.args.clone()
+                };
+                image.container_config().insert(key.into(), json!(value));
+                if key == "Entrypoint" {
+                    // Docker: a new ENTRYPOINT resets an inherited CMD.
+                    image.container_config().remove("Cmd");
+                }
+                image.add_empty_step(&created_by, &req.created);
+            }
+            Command::User { user } => {
+                image.container_config().insert("User".into(), json!(user));
+                image.add_empty_step(&created_by, &req.created);
+            }
+            Command::Expose { ports } => {
+                let cfg = image.container_config();
+                let entry = cfg.entry("ExposedPorts").or_insert_with(|| json!({}));
+                if let Some(map) = entry.as_object_mut() {
+                    for p in ports {
+                        let key = if p.contains('/') {
+                            p.clone()
+                        } else {
+                            format!("{p}/tcp")
+                        };
+                        map.insert(key, json!({}));
+                    }
+                }
+                image.add_empty_step(&created_by, &req.created);
+            }
+            Command::Stopsignal { signal } => {
+                image
+                    .container_config()
+                    .insert("StopSignal".into(), json!(signal));
+                image.add_empty_step(&created_by, &req.created);
+            }
+            Command::Shell { shell: s } => {
+                shell = s.clone();
+                image.container_config().insert("Shell".into(), json!(s));
+                image.add_empty_step(&created_by, &req.created);
+            }
+            Command::Maintainer { name } => {
+                image.add_empty_step(&format!("MAINTAINER {name}"), &req.created);
+            }
+            other => {
+                let name = format!("{other:?}");
+                let name = name
+                    .split(['(', ' ', '{'])
+                    .next()
+                    .unwrap_or("instruction")
+                    .to_uppercase();
+                return Err(unsupported(line, &name, "this instruction"));
+            }
+        }
+    }
+    let built = image
+        .finish(&req.created)
+        .map_err(step_err("assembling the image"))?;
+    let mut pushed = Vec::new();
+    for tag in &req.tags {
+        say(out, &format!("pushing {tag}")).await;
+        push(client, &base, &base_manifest, &new_layers, &built, tag).await?;
+        pushed.push(tag.clone());
+    }
+    say(out, &format!("built {}", built.manifest_digest)).await;
+    Ok(BuildResult {
+        manifest_digest: built.manifest_digest,
+        config: built.config,
+        manifest: built.manifest,
+        pushed,
+    })
+}
+
+async fn say<W: AsyncWrite + Unpin>(out: &mut W, line: &str) {
+    let _ = out.write_all(format!("#### {line}\n").as_bytes()).await;
+    let _ = out.flush().await;
+}
+
+fn new_step_dir(work: &Path, n: usize) -> Result<PathBuf, BuildError> {
+    let step = work.join(format!("step-{n}"));
+    let _ = std::fs::remove_dir_all(&step);
+    for d in ["upper", "work"] {
+        std::fs::create_dir_all(step.join(d))
+            .map_err(step_err(format!("creating {}", step.display())))?;
+    }
+    Ok(step)
+}
+
+fn export(step: &Path, req: &BuildRequest) -> Result<NewLayer, BuildError> {
+    let file = step.join("layer");
+    let f =
+        std::fs::File::create(&file).map_err(step_err(format!("creating {}", file.display())))?;
+    let info = write_layer(
+        &step.join("upper"),
+        std::io::BufWriter::with_capacity(1 << 20, f),
+        &req.layer_options,
+    )
+    .map_err(step_err("writing the layer"))?;
+    Ok(NewLayer { info, file })
+}
+
+/// `/a/./b/../c` → `a/c`; `None` if it climbs above `/`.
+fn clean_rel(p: &str) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in Path::new(p).components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir if !out.pop() => return None,
+            _ => {}
+        }
+    }
+    Some(out)
+}
+
+fn exists_in(lowers: &[PathBuf], rel: &Path) -> bool {
+    lowers
+        .iter()
+        .any(|l| std::fs::symlink_metadata(l.join(rel)).is_ok())
+}
+
+/// Create `rel` under `upper`; directories that exist below keep their
+/// metadata (as an overlay copy-up would), new ones are 0755 root.
+fn make_dirs(upper: &Path, rel: &Path, lowers: &[PathBuf]) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut cur = PathBuf::new();
+    for c in rel.components() {
+        cur.push(c);
+        let at = upper.join(&cur);
+        if at.is_dir() {
+            continue;
+        }
+        std::fs::create_dir(&at)?;
+        let below = lowers
+            .iter()
+            .rev()
+            .find_map(|l| std::fs::metadata(l.join(&cur)).ok().filter(|m| m.is_dir()));
+        if let Some(m) = below {
+            std::fs::set_permissions(&at, std::fs::Permissions::from_mode(m.mode() & 0o7777))?;
+            std::os::unix::fs::chown(&at, Some(m.uid()), Some(m.gid()))?;
+        } else {
+            std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o755))?;
+        }
+    }
+    Ok(())
+}
+
+/// Docker's COPY for one plain source: a file goes to `dest` (or into it
+/// when it is a directory); a directory's contents are copied into `dest`.
+/// Files are owned by root; modes and times are kept.
+fn copy_source(
+    context: &Path,
+    source: &str,
+    dest: &str,
+    into_dir: bool,
+    upper: &Path,
+    lowers: &[PathBuf],
+) -> Result<(), String> {
+    if source.contains(['*', '?', '[']) {
+        return Err("wildcards are not supported yet".into());
+    }
+    let rel = clean_rel(source).ok_or("the source is outside the build context")?;
+    let from = context.join(&rel);
+    let meta = std::fs::symlink_metadata(&from)
+        .map_err(|_| "no such file or directory in the build context".to_string())?;
+    let dest_rel = clean_rel(dest).ok_or("the destination leaves /")?;
+    let exists_as_dir = |r: &Path| {
+        lowers
+            .iter()
+            .rev()
+            .any(|l| std::fs::metadata(l.join(r)).is_ok_and(|m| m.is_dir()))
+    };
+    let target_rel = if meta.is_dir() {
+        dest_rel.clone()
+    } else if into_dir || exists_as_dir(&dest_rel) {
+        dest_rel.join(rel.file_name().unwrap_or(rel.as_os_str()))
+    } else {
+        dest_rel.clone()
+    };
+    let parent = if meta.is_dir() {
+        target_rel.as_path()
+    } else {
+        target_rel.parent().unwrap_or(Path::new(""))
+    };
+    make_dirs(upper, parent, lowers).map_err(|e| format!("creating {}: {e}", parent.display()))?;
+    copy_tree(&from, &upper.join(&target_rel), meta.is_dir()).map_err(|e| e.to_string())
+}
+
+fn copy_tree(from: &Path, to: &Path, contents_only: bool) -> std::io::Result<()> {
+    let meta = std::fs::symlink_metadata(from)?;
+    let ft = meta.file_type();
+    if ft.is_dir() {
+        if !contents_only {
+            std::fs::create_dir_all(to)?;
+        }
+        let mut names: Vec<_> = std::fs::read_dir(from)?.collect::<Result<_, _>>()?;
+        names.sort_by_key(|e| e.file_name());
+        for e in names {
+            copy_tree(&e.path(), &to.join(e.file_name()), false)?;
+        }
+        std::fs::set_permissions(to, meta.permissions())?;
+    } else if ft.is_symlink() {
+        let _ = std::fs::remove_file(to);
+        std::os::unix::fs::symlink(std::fs::read_link(from)?, to)?;
+        std::os::unix::fs::lchown(to, Some(0), Some(0))?;
+        return Ok(());
+    } else if ft.is_file() {
+        std::fs::copy(from, to)?;
+    } else {
+        return Err(std::io::Error::other(format!(
+            "{}: only files, directories and symlinks can be copied",
+            from.display()
+        )));
+    }
+    std::os::unix::fs::chown(to, Some(0), Some(0))?;
+    let mtime = std::fs::FileTimes::new().set_modified(meta.modified()?);
+    std::fs::File::options()
+        .write(!ft.is_dir())
+        .read(ft.is_dir())
+        .open(to)?
+        .set_times(mtime)?;
+    Ok(())
+}
+
+async fn push(
+    client: &Arc<Client>,
+    base: &Reference,
+    base_manifest: &regclient::FetchedManifest,
+    new_layers: &[NewLayer],
+    built: &crate::image::BuiltImage,
+    tag: &Reference,
+) -> Result<(), BuildError> {
+    let host = tag.api_host().to_owned();
+    let ctx = || format!("pushing {tag}");
+    if let oci::ManifestKind::Image { layers, .. } = &base_manifest.manifest.kind {
+        for l in layers {
+            client
+                .copy_blob(base, tag, l.clone())
+                .await
+                .map_err(step_err(ctx()))?;
+        }
+    }
+    for l in new_layers {
+        let path = l.file.clone();
+        client
+            .push_blob(&host, &tag.repository, &l.info.digest, l.info.size, || {
+                match std::fs::File::open(&path) {
+                    Ok(f) => reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(
+                        tokio::fs::File::from_std(f),
+                    )),
+                    Err(e) => reqwest::Body::wrap_stream(futures_util::stream::once(async move {
+                        Err::<bytes::Bytes, _>(e)
+                    })),
+                }
+            })
+            .await
+            .map_err(step_err(ctx()))?;
+    }
+    let cfg = bytes::Bytes::from(built.config.clone());
+    client
+        .push_blob(
+            &host,
+            &tag.repository,
+            &built.config_digest,
+            cfg.len() as u64,
+            || reqwest::Body::from(cfg.clone()),
+        )
+        .await
+        .map_err(step_err(ctx()))?;
+    client
+        .put_manifest(
+            tag,
+            oci::media_type::OCI_MANIFEST,
+            built.manifest.clone().into(),
+        )
+        .await
+        .map_err(step_err(ctx()))?;
+    Ok(())
+}
