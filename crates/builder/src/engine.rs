@@ -1,18 +1,19 @@
 //! `slipway build --local`: a Dockerfile built on this machine, without a
 //! daemon, and pushed.
 //!
-//! What is supported today, each as Docker does it: one stage built `FROM`
-//! an image (other stages of the file are ignored unless the target needs
-//! them, which is refused); `RUN` (shell and exec form, through the stage's
-//! `SHELL`) in the sandbox on an overlay of the layers so far; `COPY` of
-//! files and directories from the context; `WORKDIR` (created when missing);
-//! `ENV`, `ARG`, `LABEL`, `CMD`, `ENTRYPOINT`, `USER`, `EXPOSE`,
-//! `STOPSIGNAL`, `SHELL`, `MAINTAINER`. Anything else — `ADD`, `VOLUME`,
-//! `HEALTHCHECK`, `ONBUILD`, `RUN --mount`, `COPY --from/--chown/--chmod/
-//! --link/--parents/--exclude`, globs in `COPY`, multi-stage targets — is
-//! refused with its line, never silently skipped. There is no cache yet.
+//! What is supported today, each as Docker does it: the stages the target
+//! needs, in order, each `FROM` an image or an earlier stage (stages the
+//! target does not need are not built); `RUN` (shell and exec form, through
+//! the stage's `SHELL`) in the sandbox on an overlay of the layers so far;
+//! `COPY` of files and directories from the context, or `--from` an earlier
+//! stage or an image; `WORKDIR` (created when missing); `ENV`, `ARG`,
+//! `LABEL`, `CMD`, `ENTRYPOINT`, `USER`, `EXPOSE`, `STOPSIGNAL`, `SHELL`,
+//! `MAINTAINER`. Anything else — `ADD`, `VOLUME`, `HEALTHCHECK`, `ONBUILD`,
+//! `RUN --mount`, `COPY --chown/--chmod/--link/--parents/--exclude`, globs
+//! in `COPY` — is refused with its line, never silently skipped. Stages run
+//! one after another (no parallelism yet) and there is no cache yet.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
@@ -97,9 +98,102 @@ pub struct BuildResult {
     pub pushed: Vec<Reference>,
 }
 
+#[derive(Clone)]
 struct NewLayer {
     info: LayerInfo,
     file: PathBuf,
+}
+
+/// What a stage has built so far; a stage `FROM` another starts from a copy.
+#[derive(Clone)]
+struct StageState {
+    image: NewImage,
+    /// Layer directories, bottom to top: the base's snapshots, then ours.
+    lowers: Vec<PathBuf>,
+    new_layers: Vec<NewLayer>,
+    shell: Vec<String>,
+    args: BTreeMap<String, String>,
+    /// The image the stage chain started from, whose layers the result reuses.
+    origin: Reference,
+    origin_manifest: regclient::FetchedManifest,
+}
+
+/// The earlier stage `name` refers to (by `AS` name or index), if any.
+fn find_stage(df: &dockerfile::Dockerfile, current: usize, name: &str) -> Option<usize> {
+    if let Ok(i) = name.parse::<usize>() {
+        return (i < current).then_some(i);
+    }
+    let lower = name.to_ascii_lowercase();
+    df.stages[..current]
+        .iter()
+        .position(|s| s.name.as_deref() == Some(lower.as_str()))
+}
+
+/// The filesystem that overlay-form layer dirs (bottom to top) stand for,
+/// written out as a plain tree at `dest`: what `COPY --from` reads.
+fn merge_layers(layers: &[PathBuf], dest: &Path) -> std::io::Result<()> {
+    let partial = dest.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&partial);
+    std::fs::create_dir_all(&partial)?;
+    for layer in layers {
+        merge_dir(layer, &partial, Path::new(""))?;
+    }
+    std::fs::rename(&partial, dest)
+}
+
+fn merge_dir(layer: &Path, dest: &Path, rel: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut entries: Vec<_> = std::fs::read_dir(layer.join(rel))?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let r = rel.join(e.file_name());
+        let meta = std::fs::symlink_metadata(e.path())?;
+        let at = dest.join(&r);
+        let ft = meta.file_type();
+        let existing = std::fs::symlink_metadata(&at).ok();
+        let remove = |m: &std::fs::Metadata| {
+            if m.is_dir() {
+                std::fs::remove_dir_all(&at)
+            } else {
+                std::fs::remove_file(&at)
+            }
+        };
+        if ft.is_char_device() && meta.rdev() == 0 {
+            if let Some(m) = existing {
+                remove(&m)?;
+            }
+            continue;
+        }
+        if ft.is_dir() {
+            let opaque = ["trusted.overlay.opaque", "user.overlay.opaque"]
+                .iter()
+                .any(|k| {
+                    let mut v = [0u8; 1];
+                    matches!(rustix::fs::lgetxattr(e.path(), *k, &mut v), Ok(1) if v[0] == b'y')
+                });
+            match existing {
+                Some(m) if m.is_dir() && !opaque => {}
+                Some(m) => {
+                    remove(&m)?;
+                    std::fs::create_dir(&at)?;
+                }
+                None => std::fs::create_dir(&at)?,
+            }
+            std::fs::set_permissions(&at, meta.permissions())?;
+            merge_dir(layer, dest, &r)?;
+            continue;
+        }
+        if let Some(m) = existing {
+            remove(&m)?;
+        }
+        if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(e.path())?, &at)?;
+        } else if ft.is_file() {
+            std::fs::copy(e.path(), &at)?;
+        }
+        // Devices, fifos and sockets are not files COPY can take.
+    }
+    Ok(())
 }
 
 /// Build `req` with `client` (registries), `store` (base layers) and
@@ -126,304 +220,375 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                 errors,
             },
         )?;
-    let stage = &df.stages[graph.target];
     let unsupported = |line: u32, instruction: &str, what: &str| BuildError::Unsupported {
         file: file.clone(),
         line,
         instruction: instruction.into(),
         what: what.into(),
     };
-    if graph.needed.len() > 1 {
-        return Err(unsupported(
-            stage.pos.line,
-            "FROM",
-            "a target that needs other stages (multi-stage builds)",
-        ));
-    }
-    let base: Reference = stage
-        .base
-        .parse()
-        .map_err(|e: oci::ReferenceError| unsupported(stage.pos.line, "FROM", &e.to_string()))?;
-
-    say(
-        out,
-        &format!("[1/{}] FROM {base}", stage.instructions.len() + 1),
-    )
-    .await;
-    let pulled = store
-        .pull(client, &base, &req.platform)
-        .await
-        .map_err(step_err(format!("pulling {base}")))?;
-    let base_manifest = client
-        .resolve_image(&base, &req.platform)
-        .await
-        .map_err(step_err(format!("pulling {base}")))?;
-    let mut image = NewImage::from_base(&base_manifest.manifest, &pulled.config)
-        .map_err(step_err(format!("{base}")))?;
-    // Layer directories, bottom to top: the base's snapshots, then ours.
-    let mut lowers: Vec<PathBuf> = pulled.layers.clone();
-    let mut new_layers: Vec<NewLayer> = Vec::new();
-    let mut shell: Vec<String> = vec!["/bin/sh".into(), "-c".into()];
-    let mut args: BTreeMap<String, String> = BTreeMap::new();
     std::fs::create_dir_all(&req.work_dir)
         .map_err(step_err(format!("creating {}", req.work_dir.display())))?;
-
-    for (n, ins) in stage.instructions.iter().enumerate() {
-        let line = ins.line;
-        let label = format!("[{}/{}]", n + 2, stage.instructions.len() + 1);
-        let created_by = format!("{:?}", ins.command)
-            .chars()
-            .take(200)
-            .collect::<String>();
-        match &ins.command {
-            Command::Run(run) => {
-                if !run.mounts.is_empty() || run.network.is_some() || run.security.is_some() {
-                    return Err(unsupported(
-                        line,
-                        "RUN",
-                        "--mount, --network and --security",
-                    ));
-                }
-                if !run.command.heredocs.is_empty() {
-                    return Err(unsupported(line, "RUN", "heredocs"));
-                }
-                let argv: Vec<String> = if run.command.shell_form {
-                    shell
-                        .iter()
-                        .cloned()
-                        .chain([run.command.args.join(" ")])
-                        .collect()
-                } else {
-                    run.command.args.clone()
-                };
-                say(out, &format!("{label} RUN {}", argv.join(" "))).await;
-                let step = new_step_dir(&req.work_dir, n)?;
-                let rootfs = RootFs {
-                    lower: lowers.iter().rev().cloned().collect(),
-                    upper: step.join("upper"),
-                    work: step.join("work"),
-                };
-                let config: Option<oci_spec::image::Config> =
-                    serde_json::from_value(json!(image.container_config().clone())).ok();
-                let process = sandbox::image_process(
-                    config.as_ref(),
-                    &rootfs,
-                    &ImageRun {
-                        entrypoint: Some(argv.clone()),
-                        args: Some(Vec::new()),
-                        env: args.iter().map(|(k, v)| format!("{k}={v}")).collect(),
-                        ..Default::default()
-                    },
+    let mut states: HashMap<usize, StageState> = HashMap::new();
+    for &si in &graph.needed {
+        let stage = &df.stages[si];
+        let mut st = match find_stage(&df, si, &stage.base) {
+            Some(dep) => states.get(&dep).cloned().ok_or_else(|| {
+                unsupported(
+                    stage.pos.line,
+                    "FROM",
+                    "a stage that is not built before it",
                 )
-                .map_err(step_err(format!("{file}:{line}: RUN")))?;
-                let mut spec = RunSpec::new(rootfs, argv.clone());
-                spec.process = process;
-                let outcome = sandbox
-                    .run(&spec, out, err, &Default::default())
-                    .await
-                    .map_err(step_err(format!("{file}:{line}: RUN")))?;
-                if !outcome.status.success() {
-                    return Err(BuildError::RunFailed {
-                        file: file.clone(),
-                        line,
-                        command: argv.join(" "),
-                        code: outcome.status.code,
-                    });
-                }
-                let layer = export(&step, req)?;
-                image.add_layer(&layer.info, &created_by, &req.created);
-                lowers.push(step.join("upper"));
-                new_layers.push(layer);
-            }
-            Command::Copy(c) => {
-                if c.from.is_some()
-                    || c.chown.is_some()
-                    || c.chmod.is_some()
-                    || c.link
-                    || c.parents
-                    || !c.excludes.is_empty()
-                {
-                    return Err(unsupported(
-                        line,
-                        "COPY",
-                        "--from, --chown, --chmod, --link, --parents and --exclude",
-                    ));
-                }
-                if !c.inline.is_empty() {
-                    return Err(unsupported(line, "COPY", "heredocs"));
-                }
+            })?,
+            None => {
+                let base: Reference = stage.base.parse().map_err(|e: oci::ReferenceError| {
+                    unsupported(stage.pos.line, "FROM", &e.to_string())
+                })?;
                 say(
                     out,
-                    &format!("{label} COPY {} {}", c.sources.join(" "), c.dest),
+                    &format!("[1/{}] FROM {base}", stage.instructions.len() + 1),
                 )
                 .await;
-                let step = new_step_dir(&req.work_dir, n)?;
-                let upper = step.join("upper");
-                let workdir = image
-                    .container_config()
-                    .get("WorkingDir")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("/")
-                    .to_owned();
-                let dest = if c.dest.starts_with('/') {
-                    c.dest.clone()
-                } else {
-                    format!("{}/{}", workdir.trim_end_matches('/'), c.dest)
-                };
-                let into_dir = c.dest.ends_with('/') || c.sources.len() > 1;
-                for source in &c.sources {
-                    copy_source(&req.context, source, &dest, into_dir, &upper, &lowers).map_err(
-                        |problem| BuildError::Copy {
+                let pulled = store
+                    .pull(client, &base, &req.platform)
+                    .await
+                    .map_err(step_err(format!("pulling {base}")))?;
+                let base_manifest = client
+                    .resolve_image(&base, &req.platform)
+                    .await
+                    .map_err(step_err(format!("pulling {base}")))?;
+                let image = NewImage::from_base(&base_manifest.manifest, &pulled.config)
+                    .map_err(step_err(format!("{base}")))?;
+                StageState {
+                    image,
+                    lowers: pulled.layers.clone(),
+                    new_layers: Vec::new(),
+                    shell: vec!["/bin/sh".into(), "-c".into()],
+                    args: BTreeMap::new(),
+                    origin: base,
+                    origin_manifest: base_manifest,
+                }
+            }
+        };
+        let StageState {
+            image,
+            lowers,
+            new_layers,
+            shell,
+            args,
+            ..
+        } = &mut st;
+        for (n, ins) in stage.instructions.iter().enumerate() {
+            let line = ins.line;
+            let label = format!("[{}/{}]", n + 2, stage.instructions.len() + 1);
+            let created_by = format!("{:?}", ins.command)
+                .chars()
+                .take(200)
+                .collect::<String>();
+            match &ins.command {
+                Command::Run(run) => {
+                    if !run.mounts.is_empty() || run.network.is_some() || run.security.is_some() {
+                        return Err(unsupported(
+                            line,
+                            "RUN",
+                            "--mount, --network and --security",
+                        ));
+                    }
+                    if !run.command.heredocs.is_empty() {
+                        return Err(unsupported(line, "RUN", "heredocs"));
+                    }
+                    let argv: Vec<String> = if run.command.shell_form {
+                        shell
+                            .iter()
+                            .cloned()
+                            .chain([run.command.args.join(" ")])
+                            .collect()
+                    } else {
+                        run.command.args.clone()
+                    };
+                    say(out, &format!("{label} RUN {}", argv.join(" "))).await;
+                    let step = new_step_dir(&req.work_dir, si * 10_000 + n)?;
+                    let rootfs = RootFs {
+                        lower: lowers.iter().rev().cloned().collect(),
+                        upper: step.join("upper"),
+                        work: step.join("work"),
+                    };
+                    let config: Option<oci_spec::image::Config> =
+                        serde_json::from_value(json!(image.container_config().clone())).ok();
+                    let process = sandbox::image_process(
+                        config.as_ref(),
+                        &rootfs,
+                        &ImageRun {
+                            entrypoint: Some(argv.clone()),
+                            args: Some(Vec::new()),
+                            env: args.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+                            ..Default::default()
+                        },
+                    )
+                    .map_err(step_err(format!("{file}:{line}: RUN")))?;
+                    let mut spec = RunSpec::new(rootfs, argv.clone());
+                    spec.process = process;
+                    let outcome = sandbox
+                        .run(&spec, out, err, &Default::default())
+                        .await
+                        .map_err(step_err(format!("{file}:{line}: RUN")))?;
+                    if !outcome.status.success() {
+                        return Err(BuildError::RunFailed {
                             file: file.clone(),
                             line,
-                            path: source.clone(),
-                            problem,
-                        },
-                    )?;
-                }
-                let layer = export(&step, req)?;
-                image.add_layer(&layer.info, &created_by, &req.created);
-                lowers.push(upper);
-                new_layers.push(layer);
-            }
-            Command::Workdir { path } => {
-                say(out, &format!("{label} WORKDIR {path}")).await;
-                let current = image
-                    .container_config()
-                    .get("WorkingDir")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("/")
-                    .to_owned();
-                let abs = if path.starts_with('/') {
-                    path.clone()
-                } else {
-                    format!("{}/{path}", current.trim_end_matches('/'))
-                };
-                image
-                    .container_config()
-                    .insert("WorkingDir".into(), json!(abs));
-                let rel = clean_rel(&abs)
-                    .ok_or_else(|| unsupported(line, "WORKDIR", "a path that leaves /"))?;
-                if !rel.as_os_str().is_empty() && !exists_in(&lowers, &rel) {
-                    let step = new_step_dir(&req.work_dir, n)?;
-                    make_dirs(&step.join("upper"), &rel, &lowers)
-                        .map_err(step_err(format!("{file}:{line}: WORKDIR")))?;
+                            command: argv.join(" "),
+                            code: outcome.status.code,
+                        });
+                    }
                     let layer = export(&step, req)?;
                     image.add_layer(&layer.info, &created_by, &req.created);
                     lowers.push(step.join("upper"));
                     new_layers.push(layer);
-                } else {
+                }
+                Command::Copy(c) => {
+                    if c.chown.is_some()
+                        || c.chmod.is_some()
+                        || c.link
+                        || c.parents
+                        || !c.excludes.is_empty()
+                    {
+                        return Err(unsupported(
+                            line,
+                            "COPY",
+                            "--chown, --chmod, --link, --parents and --exclude",
+                        ));
+                    }
+                    if !c.inline.is_empty() {
+                        return Err(unsupported(line, "COPY", "heredocs"));
+                    }
+                    say(
+                        out,
+                        &format!("{label} COPY {} {}", c.sources.join(" "), c.dest),
+                    )
+                    .await;
+                    let step = new_step_dir(&req.work_dir, si * 10_000 + n)?;
+                    let upper = step.join("upper");
+                    let workdir = image
+                        .container_config()
+                        .get("WorkingDir")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("/")
+                        .to_owned();
+                    let dest = if c.dest.starts_with('/') {
+                        c.dest.clone()
+                    } else {
+                        format!("{}/{}", workdir.trim_end_matches('/'), c.dest)
+                    };
+                    let into_dir = c.dest.ends_with('/') || c.sources.len() > 1;
+                    let source_root = match &c.from {
+                        None => req.context.clone(),
+                        Some(from) => {
+                            let (key, layers) = match find_stage(&df, si, from) {
+                                Some(dep) => match states.get(&dep) {
+                                    Some(d) => (format!("stage-{dep}"), d.lowers.clone()),
+                                    None => {
+                                        return Err(unsupported(
+                                            line,
+                                            "COPY",
+                                            "--from a stage that is not built before it",
+                                        ));
+                                    }
+                                },
+                                None => {
+                                    let r: Reference =
+                                        from.parse().map_err(|e: oci::ReferenceError| {
+                                            unsupported(
+                                                line,
+                                                "COPY",
+                                                &format!("--from={from}: {e}"),
+                                            )
+                                        })?;
+                                    let pulled = store
+                                        .pull(client, &r, &req.platform)
+                                        .await
+                                        .map_err(step_err(format!("pulling {r}")))?;
+                                    (
+                                        format!("image-{}", pulled.manifest_digest.hex()),
+                                        pulled.layers,
+                                    )
+                                }
+                            };
+                            let root = req.work_dir.join("merged").join(key);
+                            if !root.is_dir() {
+                                merge_layers(&layers, &root).map_err(step_err(format!(
+                                    "{file}:{line}: COPY --from={from}"
+                                )))?;
+                            }
+                            root
+                        }
+                    };
+                    for source in &c.sources {
+                        copy_source(&source_root, source, &dest, into_dir, &upper, lowers)
+                            .map_err(|problem| BuildError::Copy {
+                                file: file.clone(),
+                                line,
+                                path: source.clone(),
+                                problem,
+                            })?;
+                    }
+                    let layer = export(&step, req)?;
+                    image.add_layer(&layer.info, &created_by, &req.created);
+                    lowers.push(upper);
+                    new_layers.push(layer);
+                }
+                Command::Workdir { path } => {
+                    say(out, &format!("{label} WORKDIR {path}")).await;
+                    let current = image
+                        .container_config()
+                        .get("WorkingDir")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("/")
+                        .to_owned();
+                    let abs = if path.starts_with('/') {
+                        path.clone()
+                    } else {
+                        format!("{}/{path}", current.trim_end_matches('/'))
+                    };
+                    image
+                        .container_config()
+                        .insert("WorkingDir".into(), json!(abs));
+                    let rel = clean_rel(&abs)
+                        .ok_or_else(|| unsupported(line, "WORKDIR", "a path that leaves /"))?;
+                    if !rel.as_os_str().is_empty() && !exists_in(lowers, &rel) {
+                        let step = new_step_dir(&req.work_dir, si * 10_000 + n)?;
+                        make_dirs(&step.join("upper"), &rel, lowers)
+                            .map_err(step_err(format!("{file}:{line}: WORKDIR")))?;
+                        let layer = export(&step, req)?;
+                        image.add_layer(&layer.info, &created_by, &req.created);
+                        lowers.push(step.join("upper"));
+                        new_layers.push(layer);
+                    } else {
+                        image.add_empty_step(&created_by, &req.created);
+                    }
+                }
+                Command::Env { vars } => {
+                    say(out, &format!("{label} ENV")).await;
+                    let cfg = image.container_config();
+                    let mut env: Vec<String> = cfg
+                        .get("Env")
+                        .and_then(|v| serde_json::from_value(v.clone()).ok())
+                        .unwrap_or_default();
+                    for kv in vars {
+                        env.retain(|e| e.split_once('=').map(|(k, _)| k) != Some(kv.key.as_str()));
+                        env.push(format!("{}={}", kv.key, kv.value));
+                    }
+                    cfg.insert("Env".into(), json!(env));
                     image.add_empty_step(&created_by, &req.created);
                 }
-            }
-            Command::Env { vars } => {
-                say(out, &format!("{label} ENV")).await;
-                let cfg = image.container_config();
-                let mut env: Vec<String> = cfg
-                    .get("Env")
-                    .and_then(|v| serde_json::from_value(v.clone()).ok())
-                    .unwrap_or_default();
-                for kv in vars {
-                    env.retain(|e| e.split_once('=').map(|(k, _)| k) != Some(kv.key.as_str()));
-                    env.push(format!("{}={}", kv.key, kv.value));
-                }
-                cfg.insert("Env".into(), json!(env));
-                image.add_empty_step(&created_by, &req.created);
-            }
-            Command::Arg { args: defs } => {
-                for a in defs {
-                    if let Some(v) = req
-                        .build_args
-                        .get(&a.name)
-                        .cloned()
-                        .or_else(|| a.default.clone())
-                    {
-                        args.insert(a.name.clone(), v);
+                Command::Arg { args: defs } => {
+                    for a in defs {
+                        if let Some(v) = req
+                            .build_args
+                            .get(&a.name)
+                            .cloned()
+                            .or_else(|| a.default.clone())
+                        {
+                            args.insert(a.name.clone(), v);
+                        }
                     }
                 }
-            }
-            Command::Label { labels } => {
-                let cfg = image.container_config();
-                let entry = cfg.entry("Labels").or_insert_with(|| json!({}));
-                if !entry.is_object() {
-                    *entry = json!({});
-                }
-                if let Some(map) = entry.as_object_mut() {
-                    for kv in labels {
-                        map.insert(kv.key.clone(), json!(kv.value));
+                Command::Label { labels } => {
+                    let cfg = image.container_config();
+                    let entry = cfg.entry("Labels").or_insert_with(|| json!({}));
+                    if !entry.is_object() {
+                        *entry = json!({});
                     }
-                }
-                image.add_empty_step(&created_by, &req.created);
-            }
-            Command::Cmd(cl) | Command::Entrypoint(cl) => {
-                let key = if matches!(ins.command, Command::Cmd(_)) {
-                    "Cmd"
-                } else {
-                    "Entrypoint"
-                };
-                let value: Vec<String> = if cl.shell_form {
-                    shell.iter().cloned().chain([cl.args.join(" ")]).collect()
-                } else {
-                    cl.args.clone()
-                };
-                image.container_config().insert(key.into(), json!(value));
-                if key == "Entrypoint" {
-                    // Docker: a new ENTRYPOINT resets an inherited CMD.
-                    image.container_config().remove("Cmd");
-                }
-                image.add_empty_step(&created_by, &req.created);
-            }
-            Command::User { user } => {
-                image.container_config().insert("User".into(), json!(user));
-                image.add_empty_step(&created_by, &req.created);
-            }
-            Command::Expose { ports } => {
-                let cfg = image.container_config();
-                let entry = cfg.entry("ExposedPorts").or_insert_with(|| json!({}));
-                if let Some(map) = entry.as_object_mut() {
-                    for p in ports {
-                        let key = if p.contains('/') {
-                            p.clone()
-                        } else {
-                            format!("{p}/tcp")
-                        };
-                        map.insert(key, json!({}));
+                    if let Some(map) = entry.as_object_mut() {
+                        for kv in labels {
+                            map.insert(kv.key.clone(), json!(kv.value));
+                        }
                     }
+                    image.add_empty_step(&created_by, &req.created);
                 }
-                image.add_empty_step(&created_by, &req.created);
-            }
-            Command::Stopsignal { signal } => {
-                image
-                    .container_config()
-                    .insert("StopSignal".into(), json!(signal));
-                image.add_empty_step(&created_by, &req.created);
-            }
-            Command::Shell { shell: s } => {
-                shell = s.clone();
-                image.container_config().insert("Shell".into(), json!(s));
-                image.add_empty_step(&created_by, &req.created);
-            }
-            Command::Maintainer { name } => {
-                image.add_empty_step(&format!("MAINTAINER {name}"), &req.created);
-            }
-            other => {
-                let name = format!("{other:?}");
-                let name = name
-                    .split(['(', ' ', '{'])
-                    .next()
-                    .unwrap_or("instruction")
-                    .to_uppercase();
-                return Err(unsupported(line, &name, "this instruction"));
+                Command::Cmd(cl) | Command::Entrypoint(cl) => {
+                    let key = if matches!(ins.command, Command::Cmd(_)) {
+                        "Cmd"
+                    } else {
+                        "Entrypoint"
+                    };
+                    let value: Vec<String> = if cl.shell_form {
+                        shell.iter().cloned().chain([cl.args.join(" ")]).collect()
+                    } else {
+                        cl.args.clone()
+                    };
+                    image.container_config().insert(key.into(), json!(value));
+                    if key == "Entrypoint" {
+                        // Docker: a new ENTRYPOINT resets an inherited CMD.
+                        image.container_config().remove("Cmd");
+                    }
+                    image.add_empty_step(&created_by, &req.created);
+                }
+                Command::User { user } => {
+                    image.container_config().insert("User".into(), json!(user));
+                    image.add_empty_step(&created_by, &req.created);
+                }
+                Command::Expose { ports } => {
+                    let cfg = image.container_config();
+                    let entry = cfg.entry("ExposedPorts").or_insert_with(|| json!({}));
+                    if let Some(map) = entry.as_object_mut() {
+                        for p in ports {
+                            let key = if p.contains('/') {
+                                p.clone()
+                            } else {
+                                format!("{p}/tcp")
+                            };
+                            map.insert(key, json!({}));
+                        }
+                    }
+                    image.add_empty_step(&created_by, &req.created);
+                }
+                Command::Stopsignal { signal } => {
+                    image
+                        .container_config()
+                        .insert("StopSignal".into(), json!(signal));
+                    image.add_empty_step(&created_by, &req.created);
+                }
+                Command::Shell { shell: s } => {
+                    *shell = s.clone();
+                    image.container_config().insert("Shell".into(), json!(s));
+                    image.add_empty_step(&created_by, &req.created);
+                }
+                Command::Maintainer { name } => {
+                    image.add_empty_step(&format!("MAINTAINER {name}"), &req.created);
+                }
+                other => {
+                    let name = format!("{other:?}");
+                    let name = name
+                        .split(['(', ' ', '{'])
+                        .next()
+                        .unwrap_or("instruction")
+                        .to_uppercase();
+                    return Err(unsupported(line, &name, "this instruction"));
+                }
             }
         }
+        states.insert(si, st);
     }
-    let built = image
+    let Some(mut st) = states.remove(&graph.target) else {
+        return Err(step_err("building the target stage")(
+            std::io::Error::other("the target stage was not built"),
+        ));
+    };
+    let built = st
+        .image
         .finish(&req.created)
         .map_err(step_err("assembling the image"))?;
     let mut pushed = Vec::new();
     for tag in &req.tags {
         say(out, &format!("pushing {tag}")).await;
-        push(client, &base, &base_manifest, &new_layers, &built, tag).await?;
+        push(
+            client,
+            &st.origin,
+            &st.origin_manifest,
+            &st.new_layers,
+            &built,
+            tag,
+        )
+        .await?;
         pushed.push(tag.clone());
     }
     say(out, &format!("built {}", built.manifest_digest)).await;
@@ -525,7 +690,7 @@ fn copy_source(
     let rel = clean_rel(source).ok_or("the source is outside the build context")?;
     let from = context.join(&rel);
     let meta = std::fs::symlink_metadata(&from)
-        .map_err(|_| "no such file or directory in the build context".to_string())?;
+        .map_err(|_| "no such file or directory in the copy source".to_string())?;
     let dest_rel = clean_rel(dest).ok_or("the destination leaves /")?;
     let exists_as_dir = |r: &Path| {
         lowers

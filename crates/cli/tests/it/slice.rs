@@ -364,3 +364,100 @@ CMD ["/bin/busybox", "cat", "/app/out.txt"]
         "{err}"
     );
 }
+
+#[test]
+fn multi_stage_build_copies_from_a_stage_and_skips_unneeded_ones() {
+    if !rustix::process::geteuid().is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "needs root; refusing to skip in CI"
+        );
+        eprintln!("skipping: needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = make_image(tmp.path());
+    let srv = Server::start(&tmp.path().join("data"));
+    let host = srv.addr.clone();
+    ok(Command::new(tool("skopeo"))
+        .env("REGISTRY_AUTH_FILE", tmp.path().join("none.json"))
+        .args([
+            "copy",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            &srv.creds(),
+        ])
+        .arg(format!("oci:{}:v1", layout.display()))
+        .arg(format!("docker://{host}/base/busybox:v1")));
+    let docker = tmp.path().join("docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    std::fs::write(
+        docker.join("config.json"),
+        format!(
+            r#"{{"auths":{{"{host}":{{"auth":"{}"}}}}}}"#,
+            base64(&format!("ci:{}", srv.token))
+        ),
+    )
+    .unwrap();
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            r#"FROM {host}/base/busybox:v1 AS build
+SHELL ["/bin/busybox", "sh", "-c"]
+RUN busybox mkdir -p /out && echo compiled > /out/app && busybox chmod 750 /out/app && busybox rm /srv/files/f2.txt
+
+FROM {host}/base/busybox:v1 AS unused
+RUN ["/bin/busybox", "false"]
+
+FROM build AS tested
+RUN ["/bin/busybox", "test", "-x", "/out/app"]
+
+FROM {host}/base/busybox:v1
+COPY --from=tested /out/app /usr/bin/app
+COPY --from=0 /out /copied/
+COPY --from={host}/base/busybox:v1 /srv/files/f2.txt /from-image.txt
+"#
+        ),
+    )
+    .unwrap();
+    let reference = format!("{host}/app/multi:v1");
+    let printed = ok(Command::new(env!("CARGO_BIN_EXE_slipway"))
+        .env("DOCKER_CONFIG", &docker)
+        .args(["build", "--local", "--data"])
+        .arg(tmp.path().join("sl"))
+        .args(["-t", &reference])
+        .arg(&ctx));
+    assert!(
+        !printed.contains("false"),
+        "the unneeded stage was built: {printed}"
+    );
+    let out_layout = tmp.path().join("out");
+    ok(Command::new(tool("skopeo"))
+        .env("REGISTRY_AUTH_FILE", docker.join("config.json"))
+        .args(["copy", "--src-tls-verify=false"])
+        .arg(format!("docker://{reference}"))
+        .arg(format!("oci:{}:v1", out_layout.display())));
+    let bundle = tmp.path().join("bundle");
+    ok(Command::new(tool("umoci"))
+        .args(["unpack", "--image", &format!("{}:v1", out_layout.display())])
+        .arg(&bundle));
+    let rootfs = bundle.join("rootfs");
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let app = std::fs::metadata(rootfs.join("usr/bin/app")).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("usr/bin/app")).unwrap(),
+        "compiled\n"
+    );
+    assert_eq!(app.permissions().mode() & 0o777, 0o750);
+    assert_eq!((app.uid(), app.gid()), (0, 0));
+    assert!(rootfs.join("copied/app").is_file());
+    // From the image: the build stage's deletion does not leak into it.
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("from-image.txt")).unwrap(),
+        "file 2\n".repeat(100)
+    );
+    // The final stage is the base plus three COPY layers, nothing of `build`.
+    assert!(rootfs.join("srv/files/f2.txt").is_file() && !rootfs.join("out").exists());
+}
