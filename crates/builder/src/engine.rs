@@ -5,8 +5,9 @@
 //! needs, in order, each `FROM` an image or an earlier stage (stages the
 //! target does not need are not built); `RUN` (shell and exec form, through
 //! the stage's `SHELL`) in the sandbox on an overlay of the layers so far;
-//! `COPY` of files and directories from the context, or `--from` an earlier
-//! stage or an image; `WORKDIR` (created when missing); `ENV`, `ARG`,
+//! `COPY` of files and directories from the context (honouring
+//! `.dockerignore`, never following a symlink out of it), or `--from` an
+//! earlier stage or an image; `WORKDIR` (created when missing); `ENV`, `ARG`,
 //! `LABEL`, `CMD`, `ENTRYPOINT`, `USER`, `EXPOSE`, `STOPSIGNAL`, `SHELL`,
 //! `MAINTAINER`. Anything else — `ADD`, `VOLUME`, `HEALTHCHECK`, `ONBUILD`,
 //! `RUN --mount`, `COPY --chown/--chmod/--link/--parents/--exclude`, globs
@@ -220,6 +221,7 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                 errors,
             },
         )?;
+    let ignore = load_ignore(&req.dockerfile, &req.context)?;
     let unsupported = |line: u32, instruction: &str, what: &str| BuildError::Unsupported {
         file: file.clone(),
         line,
@@ -421,14 +423,27 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                             root
                         }
                     };
+                    let ignore = if c.from.is_none() {
+                        ignore.as_ref()
+                    } else {
+                        None
+                    };
                     for source in &c.sources {
-                        copy_source(&source_root, source, &dest, into_dir, &upper, lowers)
-                            .map_err(|problem| BuildError::Copy {
-                                file: file.clone(),
-                                line,
-                                path: source.clone(),
-                                problem,
-                            })?;
+                        copy_source(
+                            &source_root,
+                            ignore,
+                            source,
+                            &dest,
+                            into_dir,
+                            &upper,
+                            lowers,
+                        )
+                        .map_err(|problem| BuildError::Copy {
+                            file: file.clone(),
+                            line,
+                            path: source.clone(),
+                            problem,
+                        })?;
                     }
                     let layer = export(&step, req)?;
                     image.add_layer(&layer.info, &created_by, &req.created);
@@ -628,6 +643,30 @@ fn export(step: &Path, req: &BuildRequest) -> Result<NewLayer, BuildError> {
     Ok(NewLayer { info, file })
 }
 
+/// `<Dockerfile>.dockerignore` if present, else `<context>/.dockerignore`.
+fn load_ignore(
+    dockerfile: &Path,
+    context: &Path,
+) -> Result<Option<dockerfile::IgnoreMatcher>, BuildError> {
+    let mut specific = dockerfile.as_os_str().to_owned();
+    specific.push(".dockerignore");
+    for path in [PathBuf::from(specific), context.join(".dockerignore")] {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                return dockerfile::IgnoreMatcher::parse(&text)
+                    .map(Some)
+                    .map_err(|e| BuildError::Step {
+                        context: format!("{}", path.display()),
+                        source: Box::new(std::io::Error::other(e.to_string())),
+                    });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(step_err(format!("reading {}", path.display()))(e)),
+        }
+    }
+    Ok(None)
+}
+
 /// `/a/./b/../c` → `a/c`; `None` if it climbs above `/`.
 fn clean_rel(p: &str) -> Option<PathBuf> {
     let mut out = PathBuf::new();
@@ -678,6 +717,7 @@ fn make_dirs(upper: &Path, rel: &Path, lowers: &[PathBuf]) -> std::io::Result<()
 /// Files are owned by root; modes and times are kept.
 fn copy_source(
     context: &Path,
+    ignore: Option<&dockerfile::IgnoreMatcher>,
     source: &str,
     dest: &str,
     into_dir: bool,
@@ -689,8 +729,22 @@ fn copy_source(
     }
     let rel = clean_rel(source).ok_or("the source is outside the build context")?;
     let from = context.join(&rel);
-    let meta = std::fs::symlink_metadata(&from)
+    // A symlink on the way must not lead out of the context (or stage).
+    let (Ok(root), Ok(real)) = (context.canonicalize(), from.canonicalize()) else {
+        return Err("no such file or directory in the copy source".into());
+    };
+    if !real.starts_with(&root) {
+        return Err("the source leads outside the copy source through a symlink".into());
+    }
+    let meta = std::fs::symlink_metadata(&real)
         .map_err(|_| "no such file or directory in the copy source".to_string())?;
+    let rel_str = rel.to_string_lossy().into_owned();
+    if ignore.is_some_and(|i| !rel_str.is_empty() && i.matches(&rel_str, meta.is_dir()))
+        && !meta.is_dir()
+    {
+        return Err("excluded by .dockerignore".into());
+    }
+    let from = real;
     let dest_rel = clean_rel(dest).ok_or("the destination leaves /")?;
     let exists_as_dir = |r: &Path| {
         lowers
@@ -711,12 +765,55 @@ fn copy_source(
         target_rel.parent().unwrap_or(Path::new(""))
     };
     make_dirs(upper, parent, lowers).map_err(|e| format!("creating {}: {e}", parent.display()))?;
-    copy_tree(&from, &upper.join(&target_rel), meta.is_dir()).map_err(|e| e.to_string())
+    let filter = Filter {
+        ignore,
+        rel: rel_str,
+    };
+    copy_tree(&from, &upper.join(&target_rel), meta.is_dir(), &filter).map_err(|e| e.to_string())
 }
 
-fn copy_tree(from: &Path, to: &Path, contents_only: bool) -> std::io::Result<()> {
+/// Which context paths COPY may take: `.dockerignore`, with paths relative
+/// to the context (`rel` is where the walk is).
+struct Filter<'a> {
+    ignore: Option<&'a dockerfile::IgnoreMatcher>,
+    rel: String,
+}
+
+impl Filter<'_> {
+    fn child(&self, name: &std::ffi::OsStr) -> Filter<'_> {
+        let name = name.to_string_lossy();
+        Filter {
+            ignore: self.ignore,
+            rel: if self.rel.is_empty() {
+                name.into_owned()
+            } else {
+                format!("{}/{name}", self.rel)
+            },
+        }
+    }
+
+    fn decide(&self, is_dir: bool) -> dockerfile::Decision {
+        match self.ignore {
+            Some(i) if !self.rel.is_empty() => i.decide(&self.rel, is_dir),
+            _ => dockerfile::Decision::Include,
+        }
+    }
+}
+
+fn copy_tree(
+    from: &Path,
+    to: &Path,
+    contents_only: bool,
+    filter: &Filter<'_>,
+) -> std::io::Result<()> {
     let meta = std::fs::symlink_metadata(from)?;
     let ft = meta.file_type();
+    let decision = filter.decide(ft.is_dir());
+    if decision == dockerfile::Decision::SkipDir
+        || (decision == dockerfile::Decision::Exclude && !ft.is_dir())
+    {
+        return Ok(());
+    }
     if ft.is_dir() {
         if !contents_only {
             std::fs::create_dir_all(to)?;
@@ -724,7 +821,19 @@ fn copy_tree(from: &Path, to: &Path, contents_only: bool) -> std::io::Result<()>
         let mut names: Vec<_> = std::fs::read_dir(from)?.collect::<Result<_, _>>()?;
         names.sort_by_key(|e| e.file_name());
         for e in names {
-            copy_tree(&e.path(), &to.join(e.file_name()), false)?;
+            copy_tree(
+                &e.path(),
+                &to.join(e.file_name()),
+                false,
+                &filter.child(&e.file_name()),
+            )?;
+        }
+        // An excluded directory exists only for what it re-includes.
+        if decision == dockerfile::Decision::Exclude
+            && !contents_only
+            && std::fs::read_dir(to)?.next().is_none()
+        {
+            return std::fs::remove_dir(to);
         }
         std::fs::set_permissions(to, meta.permissions())?;
     } else if ft.is_symlink() {

@@ -256,6 +256,10 @@ fn slipway_build_local_builds_pushes_and_reports_failures() {
     std::fs::create_dir_all(ctx.join("sub")).unwrap();
     std::fs::write(ctx.join("greet.txt"), "world").unwrap();
     std::fs::write(ctx.join("sub/x.txt"), "x\n").unwrap();
+    std::fs::write(ctx.join("sub/secret.txt"), "do not ship").unwrap();
+    std::fs::write(ctx.join("sub/secret-keep"), "ship").unwrap();
+    std::fs::write(ctx.join(".dockerignore"), "sub/secret*\n!sub/secret-keep\n").unwrap();
+    std::os::unix::fs::symlink("/etc", ctx.join("escape")).unwrap();
     std::fs::write(
         ctx.join("Dockerfile"),
         format!(
@@ -344,6 +348,24 @@ CMD ["/bin/busybox", "cat", "/app/out.txt"]
     assert!(
         err.contains("about to fail"),
         "the RUN's own output is missing: {err}"
+    );
+
+    // A symlink in the context cannot reach a host file.
+    std::fs::write(
+        ctx.join("Dockerfile.escape"),
+        format!("FROM {host}/base/busybox:v1\nCOPY escape/hostname /stolen\n"),
+    )
+    .unwrap();
+    let out = crate::harness::run(
+        slipway()
+            .args(["--no-push", "-f"])
+            .arg(ctx.join("Dockerfile.escape"))
+            .arg(&ctx),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("Dockerfile.escape:2: COPY escape/hostname"),
+        "{err}"
     );
 
     // What is not supported yet is refused with its line, never skipped.
