@@ -214,13 +214,15 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
         build_args: req.build_args.clone(),
         ..Default::default()
     };
+    let text = String::from_utf8_lossy(&src).into_owned();
+    let source_lines: Vec<&str> = text.lines().collect();
     let (_, df, graph) =
-        dockerfile::check(&String::from_utf8_lossy(&src), &opts, req.target.as_deref()).map_err(
-            |errors| BuildError::Dockerfile {
+        dockerfile::check(&text, &opts, req.target.as_deref()).map_err(|errors| {
+            BuildError::Dockerfile {
                 file: file.clone(),
                 errors,
-            },
-        )?;
+            }
+        })?;
     let ignore = load_ignore(&req.dockerfile, &req.context)?;
     let unsupported = |line: u32, instruction: &str, what: &str| BuildError::Unsupported {
         file: file.clone(),
@@ -282,9 +284,17 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
         for (n, ins) in stage.instructions.iter().enumerate() {
             let line = ins.line;
             let label = format!("[{}/{}]", n + 2, stage.instructions.len() + 1);
-            let created_by = format!("{:?}", ins.command)
+            // History shows the instruction as written, as `docker history` does.
+            let first = (ins.line as usize).saturating_sub(1);
+            let last = (ins.end_line as usize)
+                .max(first + 1)
+                .min(source_lines.len());
+            let created_by = source_lines
+                .get(first..last)
+                .map(|l| l.join("\n"))
+                .unwrap_or_default()
                 .chars()
-                .take(200)
+                .take(1000)
                 .collect::<String>();
             match &ins.command {
                 Command::Run(run) => {

@@ -330,6 +330,24 @@ CMD ["/bin/busybox", "cat", "/app/out.txt"]
     );
     assert_eq!(config["process"]["args"][2], "/app/out.txt");
     assert_eq!(config["annotations"]["org.example.built-by"], "slipway");
+    let image_config: serde_json::Value = serde_json::from_slice(
+        &ok(Command::new(tool("skopeo"))
+            .env("REGISTRY_AUTH_FILE", docker.join("config.json"))
+            .args(["inspect", "--config", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://{reference}")))
+        .into_bytes(),
+    )
+    .unwrap();
+    let history: Vec<&str> = image_config["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h["created_by"].as_str())
+        .collect();
+    assert!(
+        history.contains(&"WORKDIR /app") && history.contains(&"EXPOSE 8080"),
+        "{history:?}"
+    );
 
     // A failing RUN: non-zero exit, the line and the exit code.
     std::fs::write(ctx.join("Dockerfile.fail"), format!("FROM {host}/base/busybox:v1\nENV A=1\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo about to fail >&2; exit 3\"]\n")).unwrap();
