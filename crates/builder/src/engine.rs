@@ -7,10 +7,12 @@
 //! the stage's `SHELL`) in the sandbox on an overlay of the layers so far;
 //! `COPY` of files and directories from the context (honouring
 //! `.dockerignore`, never following a symlink out of it), or `--from` an
-//! earlier stage or an image; `WORKDIR` (created when missing); `ENV`, `ARG`,
+//! earlier stage or an image, with `--chown` (names from the image's
+//! passwd/group; a user alone gives gid = uid, as Docker does) and octal
+//! `--chmod`; `WORKDIR` (created when missing); `ENV`, `ARG`,
 //! `LABEL`, `CMD`, `ENTRYPOINT`, `USER`, `EXPOSE`, `STOPSIGNAL`, `SHELL`,
 //! `MAINTAINER`. Anything else — `ADD`, `VOLUME`, `HEALTHCHECK`, `ONBUILD`,
-//! `RUN --mount`, `COPY --chown/--chmod/--link/--parents/--exclude`, globs
+//! `RUN --mount`, `COPY --link/--parents/--exclude`, globs
 //! in `COPY` — is refused with its line, never silently skipped. Stages run
 //! one after another (no parallelism yet) and there is no cache yet.
 
@@ -357,17 +359,8 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                     new_layers.push(layer);
                 }
                 Command::Copy(c) => {
-                    if c.chown.is_some()
-                        || c.chmod.is_some()
-                        || c.link
-                        || c.parents
-                        || !c.excludes.is_empty()
-                    {
-                        return Err(unsupported(
-                            line,
-                            "COPY",
-                            "--chown, --chmod, --link, --parents and --exclude",
-                        ));
+                    if c.link || c.parents || !c.excludes.is_empty() {
+                        return Err(unsupported(line, "COPY", "--link, --parents and --exclude"));
                     }
                     if !c.inline.is_empty() {
                         return Err(unsupported(line, "COPY", "heredocs"));
@@ -433,6 +426,57 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                             root
                         }
                     };
+                    // Docker: `--chown=user` without a group uses the uid as gid.
+                    let owner = match &c.chown {
+                        None => (0, 0),
+                        Some(spec) => {
+                            let view = RootFs {
+                                lower: lowers.iter().rev().cloned().collect(),
+                                upper: upper.clone(),
+                                work: step.join("work"),
+                            };
+                            let (user, group) = spec
+                                .split_once(':')
+                                .map_or((spec.as_str(), None), |(u, g)| (u, Some(g)));
+                            let (uid, _, _) = sandbox::resolve_user(&view, user).map_err(|e| {
+                                BuildError::Copy {
+                                    file: file.clone(),
+                                    line,
+                                    path: format!("--chown={spec}"),
+                                    problem: e.to_string(),
+                                }
+                            })?;
+                            let gid = match group {
+                                None => uid,
+                                Some(g) => {
+                                    sandbox::resolve_user(&view, &format!("{uid}:{g}"))
+                                        .map_err(|e| BuildError::Copy {
+                                            file: file.clone(),
+                                            line,
+                                            path: format!("--chown={spec}"),
+                                            problem: e.to_string(),
+                                        })?
+                                        .1
+                                }
+                            };
+                            (uid, gid)
+                        }
+                    };
+                    let mode = match &c.chmod {
+                        None => None,
+                        Some(m) => Some(
+                            u32::from_str_radix(m, 8)
+                                .ok()
+                                .filter(|v| *v <= 0o7777)
+                                .ok_or_else(|| {
+                                    unsupported(
+                                        line,
+                                        "COPY",
+                                        &format!("--chmod={m} (only octal modes are supported)"),
+                                    )
+                                })?,
+                        ),
+                    };
                     let ignore = if c.from.is_none() {
                         ignore.as_ref()
                     } else {
@@ -442,6 +486,8 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                         copy_source(
                             &source_root,
                             ignore,
+                            owner,
+                            mode,
                             source,
                             &dest,
                             into_dir,
@@ -725,9 +771,12 @@ fn make_dirs(upper: &Path, rel: &Path, lowers: &[PathBuf]) -> std::io::Result<()
 /// Docker's COPY for one plain source: a file goes to `dest` (or into it
 /// when it is a directory); a directory's contents are copied into `dest`.
 /// Files are owned by root; modes and times are kept.
+#[allow(clippy::too_many_arguments)]
 fn copy_source(
     context: &Path,
     ignore: Option<&dockerfile::IgnoreMatcher>,
+    owner: (u32, u32),
+    mode: Option<u32>,
     source: &str,
     dest: &str,
     into_dir: bool,
@@ -778,6 +827,8 @@ fn copy_source(
     let filter = Filter {
         ignore,
         rel: rel_str,
+        owner,
+        mode,
     };
     copy_tree(&from, &upper.join(&target_rel), meta.is_dir(), &filter).map_err(|e| e.to_string())
 }
@@ -787,6 +838,10 @@ fn copy_source(
 struct Filter<'a> {
     ignore: Option<&'a dockerfile::IgnoreMatcher>,
     rel: String,
+    /// Owner of everything copied (`--chown`; root by default).
+    owner: (u32, u32),
+    /// `--chmod`: the mode of everything copied.
+    mode: Option<u32>,
 }
 
 impl Filter<'_> {
@@ -799,6 +854,8 @@ impl Filter<'_> {
             } else {
                 format!("{}/{name}", self.rel)
             },
+            owner: self.owner,
+            mode: self.mode,
         }
     }
 
@@ -849,7 +906,7 @@ fn copy_tree(
     } else if ft.is_symlink() {
         let _ = std::fs::remove_file(to);
         std::os::unix::fs::symlink(std::fs::read_link(from)?, to)?;
-        std::os::unix::fs::lchown(to, Some(0), Some(0))?;
+        std::os::unix::fs::lchown(to, Some(filter.owner.0), Some(filter.owner.1))?;
         return Ok(());
     } else if ft.is_file() {
         std::fs::copy(from, to)?;
@@ -859,7 +916,11 @@ fn copy_tree(
             from.display()
         )));
     }
-    std::os::unix::fs::chown(to, Some(0), Some(0))?;
+    std::os::unix::fs::chown(to, Some(filter.owner.0), Some(filter.owner.1))?;
+    if let Some(mode) = filter.mode {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode))?;
+    }
     let mtime = std::fs::FileTimes::new().set_modified(meta.modified()?);
     std::fs::File::options()
         .write(!ft.is_dir())

@@ -90,7 +90,8 @@ pub fn image_process(
 }
 
 /// `user[:group]`, names or numbers, against the image's passwd and group.
-fn resolve_user(rootfs: &RootFs, spec: &str) -> Result<(u32, u32, String), SpecError> {
+/// Public for `COPY --chown`, which resolves names the same way.
+pub fn resolve_user(rootfs: &RootFs, spec: &str) -> Result<(u32, u32, String), SpecError> {
     let (user, group) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),

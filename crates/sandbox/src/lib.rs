@@ -98,7 +98,7 @@ pub mod sys;
 mod wire;
 
 pub use error::{Error, SpecError, SysError};
-pub use image::{ImageRun, image_process};
+pub use image::{ImageRun, image_process, resolve_user};
 pub use namespaces::IdMap;
 pub use process::{InitCommand, Mode, Sandbox, SandboxConfig};
 pub use spec::{ExitStatus, Limits, Mount, Network, Outcome, Process, RootFs, RunSpec, Secret};

@@ -274,6 +274,9 @@ RUN echo "$GREETING $WHO from $(busybox cat greet.txt)" > out.txt && busybox rm 
 LABEL org.example.built-by=slipway
 EXPOSE 8080
 CMD ["/bin/busybox", "cat", "/app/out.txt"]
+RUN echo 'app:x:1001:1002::/home/app:/bin/sh' > /etc/passwd && echo 'app:x:1002:' > /etc/group
+COPY --chown=app --chmod=640 greet.txt /owned-by-name.txt
+COPY --chown=1234:app sub/x.txt /owned-by-ids.txt
 "#
         ),
     )
@@ -292,7 +295,7 @@ CMD ["/bin/busybox", "cat", "/app/out.txt"]
         .arg(&ctx));
     let iid = std::fs::read_to_string(tmp.path().join("iid")).unwrap();
     assert!(printed.contains(&format!("{reference}@{iid}")), "{printed}");
-    assert!(printed.contains("#### [8/11] RUN"), "{printed}");
+    assert!(printed.contains("#### [8/14] RUN"), "{printed}");
 
     ok(Command::new(tool("crane"))
         .env("DOCKER_CONFIG", &docker)
