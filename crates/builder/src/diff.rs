@@ -127,6 +127,14 @@ impl<W: Write> Compressor<W> {
 
 const OPAQUE_KEYS: [&str; 2] = ["trusted.overlay.opaque", "user.overlay.opaque"];
 
+/// Whether overlayfs marked directory `path` opaque (either xattr namespace).
+pub(crate) fn is_opaque(path: &Path) -> bool {
+    OPAQUE_KEYS.iter().any(|k| {
+        let mut v = [0u8; 4];
+        matches!(rustix::fs::lgetxattr(path, *k, &mut v), Ok(1) if v[0] == b'y')
+    })
+}
+
 fn is_overlay_xattr(name: &str) -> bool {
     name.starts_with("trusted.overlay.") || name.starts_with("user.overlay.")
 }
@@ -272,11 +280,7 @@ impl<W: Write> Walker<W> {
             .collect::<Result<_, _>>()
             .map_err(self.io(rel, "listing"))?;
         names.sort_by(|a, b| a.as_encoded_bytes().cmp(b.as_encoded_bytes()));
-        let opaque = !rel.as_os_str().is_empty()
-            && OPAQUE_KEYS.iter().any(|k| {
-                let mut v = [0u8; 4];
-                matches!(rustix::fs::lgetxattr(&full, *k, &mut v), Ok(1) if v[0] == b'y')
-            });
+        let opaque = !rel.as_os_str().is_empty() && is_opaque(&full);
         if opaque {
             let meta = std::fs::symlink_metadata(&full).map_err(self.io(rel, "stat"))?;
             let mut h = self.header(&meta, tar::EntryType::Regular);

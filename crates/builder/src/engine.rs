@@ -168,12 +168,7 @@ fn merge_dir(layer: &Path, dest: &Path, rel: &Path) -> std::io::Result<()> {
             continue;
         }
         if ft.is_dir() {
-            let opaque = ["trusted.overlay.opaque", "user.overlay.opaque"]
-                .iter()
-                .any(|k| {
-                    let mut v = [0u8; 1];
-                    matches!(rustix::fs::lgetxattr(e.path(), *k, &mut v), Ok(1) if v[0] == b'y')
-                });
+            let opaque = crate::diff::is_opaque(&e.path());
             match existing {
                 Some(m) if m.is_dir() && !opaque => {}
                 Some(m) => {
