@@ -11,7 +11,8 @@
 //! passwd/group; a user alone gives gid = uid, as Docker does) and octal
 //! `--chmod`; `WORKDIR` (created when missing); `ENV`, `ARG`,
 //! `LABEL`, `CMD`, `ENTRYPOINT`, `USER`, `EXPOSE`, `STOPSIGNAL`, `SHELL`,
-//! `MAINTAINER`. Anything else — `ADD`, `VOLUME`, `HEALTHCHECK`, `ONBUILD`,
+//! `MAINTAINER`; `ADD` of local files, local tar archives (extracted) and
+//! URLs (with `--checksum`). Anything else — `VOLUME`, `HEALTHCHECK`, `ONBUILD`,
 //! `RUN --mount`, `COPY --link/--parents/--exclude`, globs
 //! in `COPY` — is refused with its line, never silently skipped. Stages run
 //! one after another (no parallelism yet) and there is no cache yet.
@@ -367,17 +368,7 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                     .await;
                     let step = new_step_dir(&req.work_dir, si * 10_000 + n)?;
                     let upper = step.join("upper");
-                    let workdir = image
-                        .container_config()
-                        .get("WorkingDir")
-                        .and_then(|v| v.as_str())
-                        .unwrap_or("/")
-                        .to_owned();
-                    let dest = if c.dest.starts_with('/') {
-                        c.dest.clone()
-                    } else {
-                        format!("{}/{}", workdir.trim_end_matches('/'), c.dest)
-                    };
+                    let dest = absolute_dest(image, &c.dest);
                     let into_dir = c.dest.ends_with('/') || c.sources.len() > 1;
                     let source_root = match &c.from {
                         None => req.context.clone(),
@@ -421,57 +412,15 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                             root
                         }
                     };
-                    // Docker: `--chown=user` without a group uses the uid as gid.
-                    let owner = match &c.chown {
-                        None => (0, 0),
-                        Some(spec) => {
-                            let view = RootFs {
-                                lower: lowers.iter().rev().cloned().collect(),
-                                upper: upper.clone(),
-                                work: step.join("work"),
-                            };
-                            let (user, group) = spec
-                                .split_once(':')
-                                .map_or((spec.as_str(), None), |(u, g)| (u, Some(g)));
-                            let (uid, _, _) = sandbox::resolve_user(&view, user).map_err(|e| {
-                                BuildError::Copy {
-                                    file: file.clone(),
-                                    line,
-                                    path: format!("--chown={spec}"),
-                                    problem: e.to_string(),
-                                }
-                            })?;
-                            let gid = match group {
-                                None => uid,
-                                Some(g) => {
-                                    sandbox::resolve_user(&view, &format!("{uid}:{g}"))
-                                        .map_err(|e| BuildError::Copy {
-                                            file: file.clone(),
-                                            line,
-                                            path: format!("--chown={spec}"),
-                                            problem: e.to_string(),
-                                        })?
-                                        .1
-                                }
-                            };
-                            (uid, gid)
-                        }
-                    };
-                    let mode = match &c.chmod {
-                        None => None,
-                        Some(m) => Some(
-                            u32::from_str_radix(m, 8)
-                                .ok()
-                                .filter(|v| *v <= 0o7777)
-                                .ok_or_else(|| {
-                                    unsupported(
-                                        line,
-                                        "COPY",
-                                        &format!("--chmod={m} (only octal modes are supported)"),
-                                    )
-                                })?,
-                        ),
-                    };
+                    let (owner, mode) =
+                        ownership(c.chown.as_deref(), c.chmod.as_deref(), lowers, &step).map_err(
+                            |problem| BuildError::Copy {
+                                file: file.clone(),
+                                line,
+                                path: c.chown.clone().or(c.chmod.clone()).unwrap_or_default(),
+                                problem,
+                            },
+                        )?;
                     let ignore = if c.from.is_none() {
                         ignore.as_ref()
                     } else {
@@ -495,6 +444,87 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                             path: source.clone(),
                             problem,
                         })?;
+                    }
+                    let layer = export(&step, req)?;
+                    image.add_layer(&layer.info, &created_by, &req.created);
+                    lowers.push(upper);
+                    new_layers.push(layer);
+                }
+                Command::Add(a) => {
+                    if a.link || a.keep_git_dir || !a.excludes.is_empty() || !a.inline.is_empty() {
+                        return Err(unsupported(
+                            line,
+                            "ADD",
+                            "--link, --keep-git-dir, --exclude and heredocs",
+                        ));
+                    }
+                    say(
+                        out,
+                        &format!("{label} ADD {} {}", a.sources.join(" "), a.dest),
+                    )
+                    .await;
+                    let step = new_step_dir(&req.work_dir, si * 10_000 + n)?;
+                    let upper = step.join("upper");
+                    let dest = absolute_dest(image, &a.dest);
+                    let into_dir = a.dest.ends_with('/') || a.sources.len() > 1;
+                    let add_err = |path: &str| {
+                        let (file, path) = (file.clone(), path.to_owned());
+                        move |problem: String| BuildError::Copy {
+                            file,
+                            line,
+                            path,
+                            problem,
+                        }
+                    };
+                    let (owner, mode) =
+                        ownership(a.chown.as_deref(), a.chmod.as_deref(), lowers, &step)
+                            .map_err(add_err("--chown/--chmod"))?;
+                    for source in &a.sources {
+                        if source.starts_with("http://") || source.starts_with("https://") {
+                            if source.ends_with(".git") || source.contains(".git#") {
+                                return Err(unsupported(line, "ADD", "git sources"));
+                            }
+                            add_url(
+                                source,
+                                a.checksum.as_deref(),
+                                &dest,
+                                into_dir,
+                                owner,
+                                mode,
+                                &upper,
+                                lowers,
+                            )
+                            .await
+                            .map_err(add_err(source))?;
+                            continue;
+                        }
+                        if a.checksum.is_some() {
+                            return Err(unsupported(
+                                line,
+                                "ADD",
+                                "--checksum on a local source (Docker allows it only for URLs)",
+                            ));
+                        }
+                        let extracted = if a.unpack == Some(false) {
+                            false
+                        } else {
+                            add_archive(&req.context, source, &dest, &upper, lowers)
+                                .map_err(add_err(source))?
+                        };
+                        if !extracted {
+                            copy_source(
+                                &req.context,
+                                ignore.as_ref(),
+                                owner,
+                                mode,
+                                source,
+                                &dest,
+                                into_dir,
+                                &upper,
+                                lowers,
+                            )
+                            .map_err(add_err(source))?;
+                        }
                     }
                     let layer = export(&step, req)?;
                     image.add_layer(&layer.info, &created_by, &req.created);
@@ -692,6 +722,176 @@ fn export(step: &Path, req: &BuildRequest) -> Result<NewLayer, BuildError> {
     )
     .map_err(step_err("writing the layer"))?;
     Ok(NewLayer { info, file })
+}
+
+/// A COPY/ADD destination made absolute against the current WORKDIR.
+fn absolute_dest(image: &mut NewImage, dest: &str) -> String {
+    if dest.starts_with('/') {
+        return dest.to_owned();
+    }
+    let workdir = image
+        .container_config()
+        .get("WorkingDir")
+        .and_then(|v| v.as_str())
+        .unwrap_or("/")
+        .to_owned();
+    format!("{}/{dest}", workdir.trim_end_matches('/'))
+}
+
+/// `--chown` and `--chmod` of COPY/ADD. Names come from the image's
+/// passwd/group; a user alone gives gid = uid, as Docker does.
+fn ownership(
+    chown: Option<&str>,
+    chmod: Option<&str>,
+    lowers: &[PathBuf],
+    step: &Path,
+) -> Result<((u32, u32), Option<u32>), String> {
+    let owner = match chown {
+        None => (0, 0),
+        Some(spec) => {
+            let view = RootFs {
+                lower: lowers.iter().rev().cloned().collect(),
+                upper: step.join("upper"),
+                work: step.join("work"),
+            };
+            let (user, group) = spec
+                .split_once(':')
+                .map_or((spec, None), |(u, g)| (u, Some(g)));
+            let (uid, _, _) = sandbox::resolve_user(&view, user).map_err(|e| e.to_string())?;
+            let gid = match group {
+                None => uid,
+                Some(g) => {
+                    sandbox::resolve_user(&view, &format!("{uid}:{g}"))
+                        .map_err(|e| e.to_string())?
+                        .1
+                }
+            };
+            (uid, gid)
+        }
+    };
+    let mode = match chmod {
+        None => None,
+        Some(m) => Some(
+            u32::from_str_radix(m, 8)
+                .ok()
+                .filter(|v| *v <= 0o7777)
+                .ok_or_else(|| format!("--chmod={m}: only octal modes are supported"))?,
+        ),
+    };
+    Ok((owner, mode))
+}
+
+/// ADD of a local tar archive (plain, gzip or zstd): extracted into `dest`,
+/// keeping the archive's owners and modes. Returns `false` for anything
+/// that is not an archive, which ADD then copies like COPY.
+fn add_archive(
+    context: &Path,
+    source: &str,
+    dest: &str,
+    upper: &Path,
+    lowers: &[PathBuf],
+) -> Result<bool, String> {
+    use std::io::{Read, Seek};
+    let Some(rel) = clean_rel(source) else {
+        return Ok(false);
+    };
+    let from = context.join(&rel);
+    let (Ok(root), Ok(real)) = (context.canonicalize(), from.canonicalize()) else {
+        return Ok(false);
+    };
+    if !real.starts_with(&root) || !real.is_file() {
+        return Ok(false);
+    }
+    let mut f = std::fs::File::open(&real).map_err(|e| e.to_string())?;
+    let mut head = [0u8; 512];
+    let n = f.read(&mut head).map_err(|e| e.to_string())?;
+    let compressed =
+        head[..n].starts_with(&[0x1f, 0x8b]) || head[..n].starts_with(&[0x28, 0xb5, 0x2f, 0xfd]);
+    let plain_tar = n >= 262 && &head[257..262] == b"ustar";
+    if !compressed && !plain_tar {
+        return Ok(false);
+    }
+    f.rewind().map_err(|e| e.to_string())?;
+    let digest = {
+        let mut d = oci::Digester::new(oci::Algorithm::Sha256);
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let k = f.read(&mut buf).map_err(|e| e.to_string())?;
+            if k == 0 {
+                break;
+            }
+            d.update(&buf[..k]);
+        }
+        d.finish()
+    };
+    f.rewind().map_err(|e| e.to_string())?;
+    let dest_rel = clean_rel(dest).ok_or("the destination leaves /")?;
+    make_dirs(upper, &dest_rel, lowers).map_err(|e| e.to_string())?;
+    crate::unpack::apply_layer(
+        f,
+        &digest,
+        None,
+        &upper.join(&dest_rel),
+        crate::unpack::WhiteoutMode::Flatten,
+        &[],
+    )
+    .map_err(|e| format!("extracting: {e}"))?;
+    Ok(true)
+}
+
+/// ADD of a URL: downloaded (verified against `--checksum` when given) to
+/// `dest`, or into it under the URL's last path segment; mode 0600 as in Docker.
+#[allow(clippy::too_many_arguments)]
+async fn add_url(
+    url: &str,
+    checksum: Option<&str>,
+    dest: &str,
+    into_dir: bool,
+    owner: (u32, u32),
+    mode: Option<u32>,
+    upper: &Path,
+    lowers: &[PathBuf],
+) -> Result<(), String> {
+    let expected: Option<oci::Digest> = checksum
+        .map(|c| c.parse().map_err(|e| format!("--checksum: {e}")))
+        .transpose()?;
+    let resp = reqwest::get(url)
+        .await
+        .map_err(|e| format!("downloading: {e}"))?;
+    if !resp.status().is_success() {
+        return Err(format!("downloading: HTTP {}", resp.status()));
+    }
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| format!("downloading: {e}"))?;
+    if let Some(e) = &expected {
+        let actual = oci::Digest::of(e.algorithm(), &bytes);
+        if &actual != e {
+            return Err(format!("checksum is {actual}, not the {e} given"));
+        }
+    }
+    let name = url
+        .split(['?', '#'])
+        .next()
+        .and_then(|u| u.rsplit('/').next())
+        .filter(|n| !n.is_empty())
+        .unwrap_or("download");
+    let dest_rel = clean_rel(dest).ok_or("the destination leaves /")?;
+    let target = if into_dir {
+        dest_rel.join(name)
+    } else {
+        dest_rel
+    };
+    make_dirs(upper, target.parent().unwrap_or(Path::new("")), lowers)
+        .map_err(|e| e.to_string())?;
+    let at = upper.join(&target);
+    std::fs::write(&at, &bytes).map_err(|e| e.to_string())?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&at, std::fs::Permissions::from_mode(mode.unwrap_or(0o600)))
+        .map_err(|e| e.to_string())?;
+    std::os::unix::fs::chown(&at, Some(owner.0), Some(owner.1)).map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 /// `<Dockerfile>.dockerignore` if present, else `<context>/.dockerignore`.

@@ -391,19 +391,19 @@ COPY --chown=1234:app sub/x.txt /owned-by-ids.txt
 
     // What is not supported yet is refused with its line, never skipped.
     std::fs::write(
-        ctx.join("Dockerfile.add"),
-        format!("FROM {host}/base/busybox:v1\nADD greet.txt /g\n"),
+        ctx.join("Dockerfile.vol"),
+        format!("FROM {host}/base/busybox:v1\nVOLUME /data\n"),
     )
     .unwrap();
     let out = crate::harness::run(
         slipway()
             .args(["--no-push", "-f"])
-            .arg(ctx.join("Dockerfile.add"))
+            .arg(ctx.join("Dockerfile.vol"))
             .arg(&ctx),
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.status.success() && err.contains("Dockerfile.add:2: ADD is not supported"),
+        !out.status.success() && err.contains("Dockerfile.vol:2: VOLUME is not supported"),
         "{err}"
     );
 }
@@ -503,4 +503,173 @@ COPY --from={host}/base/busybox:v1 /srv/files/f2.txt /from-image.txt
     );
     // The final stage is the base plus three COPY layers, nothing of `build`.
     assert!(rootfs.join("srv/files/f2.txt").is_file() && !rootfs.join("out").exists());
+}
+
+#[test]
+fn add_extracts_local_archives_and_fetches_urls_with_checksums() {
+    if !rustix::process::geteuid().is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "needs root; refusing to skip in CI"
+        );
+        eprintln!("skipping: needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = make_image(tmp.path());
+    let srv = Server::start(&tmp.path().join("data"));
+    let host = srv.addr.clone();
+    ok(Command::new(tool("skopeo"))
+        .env("REGISTRY_AUTH_FILE", tmp.path().join("none.json"))
+        .args([
+            "copy",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            &srv.creds(),
+        ])
+        .arg(format!("oci:{}:v1", layout.display()))
+        .arg(format!("docker://{host}/base/busybox:v1")));
+    let docker = tmp.path().join("docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    std::fs::write(
+        docker.join("config.json"),
+        format!(
+            r#"{{"auths":{{"{host}":{{"auth":"{}"}}}}}}"#,
+            base64(&format!("ci:{}", srv.token))
+        ),
+    )
+    .unwrap();
+    // A web server on loopback for the URL source.
+    let web = tmp.path().join("web");
+    std::fs::create_dir_all(&web).unwrap();
+    std::fs::write(web.join("remote.txt"), "from the web\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _http = KillOnDrop(
+        Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+                "--directory",
+            ])
+            .arg(&web)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "http.server did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let good = format!("sha256:{}", crate::harness::sha256_hex(b"from the web\n"));
+
+    let ctx = tmp.path().join("ctx");
+    let tree = tmp.path().join("tree");
+    std::fs::create_dir_all(tree.join("inner")).unwrap();
+    std::fs::write(tree.join("inner/a.txt"), "archived\n").unwrap();
+    std::fs::create_dir_all(&ctx).unwrap();
+    ok(Command::new("tar")
+        .arg("-czf")
+        .arg(ctx.join("bundle.tar.gz"))
+        .args(["--owner=77", "--group=88", "-C"])
+        .arg(&tree)
+        .arg("."));
+    std::fs::write(ctx.join("plain.txt"), "plain\n").unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {host}/base/busybox:v1\n\
+             ADD bundle.tar.gz /unpacked/\n\
+             ADD plain.txt /plain-copy.txt\n\
+             ADD --checksum={good} http://127.0.0.1:{port}/remote.txt /web/\n"
+        ),
+    )
+    .unwrap();
+    let reference = format!("{host}/app/add:v1");
+    let build = |dockerfile: &str, extra: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_slipway"));
+        c.env("DOCKER_CONFIG", &docker)
+            .args(["build", "--local", "--data"])
+            .arg(tmp.path().join("sl"))
+            .args(extra)
+            .arg("-f")
+            .arg(ctx.join(dockerfile))
+            .arg(&ctx);
+        crate::harness::run(&mut c)
+    };
+    let out = build("Dockerfile", &["-t", &reference]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out_layout = tmp.path().join("out");
+    ok(Command::new(tool("skopeo"))
+        .env("REGISTRY_AUTH_FILE", docker.join("config.json"))
+        .args(["copy", "--src-tls-verify=false"])
+        .arg(format!("docker://{reference}"))
+        .arg(format!("oci:{}:v1", out_layout.display())));
+    let bundle = tmp.path().join("bundle");
+    ok(Command::new(tool("umoci"))
+        .args(["unpack", "--image", &format!("{}:v1", out_layout.display())])
+        .arg(&bundle));
+    let rootfs = bundle.join("rootfs");
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("unpacked/inner/a.txt")).unwrap(),
+        "archived\n"
+    );
+    let m = std::fs::metadata(rootfs.join("unpacked/inner/a.txt")).unwrap();
+    assert_eq!(
+        (m.uid(), m.gid()),
+        (77, 88),
+        "the archive's owners were not kept"
+    );
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("plain-copy.txt")).unwrap(),
+        "plain\n"
+    );
+    let web_file = rootfs.join("web/remote.txt");
+    assert_eq!(
+        std::fs::read_to_string(&web_file).unwrap(),
+        "from the web\n"
+    );
+    assert_eq!(
+        std::fs::metadata(&web_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // A wrong checksum fails the build and names the line.
+    let bad = format!("sha256:{}", "0".repeat(64));
+    std::fs::write(
+        ctx.join("Dockerfile.bad"),
+        format!("FROM {host}/base/busybox:v1\nADD --checksum={bad} http://127.0.0.1:{port}/remote.txt /web/\n"),
+    )
+    .unwrap();
+    let out = build("Dockerfile.bad", &["--no-push"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("Dockerfile.bad:2")
+            && err.contains("checksum is sha256:"),
+        "{err}"
+    );
 }
