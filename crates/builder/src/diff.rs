@@ -53,12 +53,12 @@ impl Default for LayerOptions {
 }
 
 /// The layer written: what a manifest and config need.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LayerInfo {
     pub digest: Digest,
     pub diff_id: Digest,
     pub size: u64,
-    pub media_type: &'static str,
+    pub media_type: String,
     pub entries: u64,
 }
 
@@ -193,7 +193,7 @@ pub fn write_layer(
         digest: compressed.digester.finish(),
         diff_id,
         size: compressed.count,
-        media_type: opts.compression.media_type(),
+        media_type: opts.compression.media_type().to_owned(),
         entries: walker.entries,
     })
 }

@@ -15,7 +15,11 @@
 //! URLs (with `--checksum`). Anything else — `VOLUME`, `HEALTHCHECK`, `ONBUILD`,
 //! `RUN --mount`, `COPY --link/--parents/--exclude`, globs
 //! in `COPY` — is refused with its line, never silently skipped. Stages run
-//! one after another (no parallelism yet) and there is no cache yet.
+//! one after another (no parallelism yet). A local cache (`<data>/cache`)
+//! keys each step by the key before it, the instruction as written, the
+//! build args and shell in scope, and for COPY/ADD a digest of the files
+//! read; a hit reuses the step's upper dir and layer blob. There is no
+//! registry-shared cache yet.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Component, Path, PathBuf};
@@ -89,6 +93,8 @@ pub struct BuildRequest {
     /// Scratch space for the steps' upper dirs and layer files.
     pub work_dir: PathBuf,
     pub layer_options: LayerOptions,
+    /// Local build cache (`None`: `--no-cache`).
+    pub cache_dir: Option<PathBuf>,
     /// The creation time written into the config and history (RFC 3339).
     pub created: String,
 }
@@ -120,6 +126,8 @@ struct StageState {
     /// The image the stage chain started from, whose layers the result reuses.
     origin: Reference,
     origin_manifest: regclient::FetchedManifest,
+    /// Cache key of the state so far: the base image, then every instruction.
+    cache_key: String,
 }
 
 /// The earlier stage `name` refers to (by `AS` name or index), if any.
@@ -266,6 +274,7 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                     new_layers: Vec::new(),
                     shell: vec!["/bin/sh".into(), "-c".into()],
                     args: BTreeMap::new(),
+                    cache_key: format!("{}@{}", base_manifest.digest, req.platform),
                     origin: base,
                     origin_manifest: base_manifest,
                 }
@@ -277,6 +286,7 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
             new_layers,
             shell,
             args,
+            cache_key,
             ..
         } = &mut st;
         for (n, ins) in stage.instructions.iter().enumerate() {
@@ -294,6 +304,11 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                 .chars()
                 .take(1000)
                 .collect::<String>();
+            let env_args: Vec<String> = args.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let mut key = next_key(
+                cache_key,
+                &[&created_by, &env_args.join("\n"), &shell.join(" ")],
+            );
             match &ins.command {
                 Command::Run(run) => {
                     if !run.mounts.is_empty() || run.network.is_some() || run.security.is_some() {
@@ -316,6 +331,14 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                         run.command.args.clone()
                     };
                     say(out, &format!("{label} RUN {}", argv.join(" "))).await;
+                    if let Some(hit) = cache_lookup(req, &key) {
+                        say(out, &format!("{label} CACHED")).await;
+                        image.add_layer(&hit.layer.info, &created_by, &req.created);
+                        lowers.push(hit.upper);
+                        new_layers.push(hit.layer);
+                        *cache_key = key;
+                        continue;
+                    }
                     let step = new_step_dir(&req.work_dir, si * 10_000 + n)?;
                     let rootfs = RootFs {
                         lower: lowers.iter().rev().cloned().collect(),
@@ -349,9 +372,9 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                             code: outcome.status.code,
                         });
                     }
-                    let layer = export(&step, req)?;
+                    let (upper_dir, layer) = finish_step(&step, req, &key)?;
                     image.add_layer(&layer.info, &created_by, &req.created);
-                    lowers.push(step.join("upper"));
+                    lowers.push(upper_dir);
                     new_layers.push(layer);
                 }
                 Command::Copy(c) => {
@@ -412,6 +435,26 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                             root
                         }
                     };
+                    key = next_key(
+                        &key,
+                        &[&hash_sources(
+                            &source_root,
+                            &c.sources,
+                            if c.from.is_none() {
+                                ignore.as_ref()
+                            } else {
+                                None
+                            },
+                        )],
+                    );
+                    if let Some(hit) = cache_lookup(req, &key) {
+                        say(out, &format!("{label} CACHED")).await;
+                        image.add_layer(&hit.layer.info, &created_by, &req.created);
+                        lowers.push(hit.upper);
+                        new_layers.push(hit.layer);
+                        *cache_key = key;
+                        continue;
+                    }
                     let (owner, mode) =
                         ownership(c.chown.as_deref(), c.chmod.as_deref(), lowers, &step).map_err(
                             |problem| BuildError::Copy {
@@ -445,9 +488,9 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                             problem,
                         })?;
                     }
-                    let layer = export(&step, req)?;
+                    let (upper_dir, layer) = finish_step(&step, req, &key)?;
                     image.add_layer(&layer.info, &created_by, &req.created);
-                    lowers.push(upper);
+                    lowers.push(upper_dir);
                     new_layers.push(layer);
                 }
                 Command::Add(a) => {
@@ -476,6 +519,33 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                             problem,
                         }
                     };
+                    let remote_unpinned = a
+                        .sources
+                        .iter()
+                        .any(|x| x.starts_with("http://") || x.starts_with("https://"))
+                        && a.checksum.is_none();
+                    // A URL without --checksum can change under us: never reuse it.
+                    let nonce = if remote_unpinned {
+                        format!("{:?}", std::time::SystemTime::now())
+                    } else {
+                        String::new()
+                    };
+                    key = next_key(
+                        &key,
+                        &[
+                            &hash_sources(&req.context, &a.sources, ignore.as_ref()),
+                            a.checksum.as_deref().unwrap_or(""),
+                            &nonce,
+                        ],
+                    );
+                    if let Some(hit) = cache_lookup(req, &key) {
+                        say(out, &format!("{label} CACHED")).await;
+                        image.add_layer(&hit.layer.info, &created_by, &req.created);
+                        lowers.push(hit.upper);
+                        new_layers.push(hit.layer);
+                        *cache_key = key;
+                        continue;
+                    }
                     let (owner, mode) =
                         ownership(a.chown.as_deref(), a.chmod.as_deref(), lowers, &step)
                             .map_err(add_err("--chown/--chmod"))?;
@@ -526,9 +596,9 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                             .map_err(add_err(source))?;
                         }
                     }
-                    let layer = export(&step, req)?;
+                    let (upper_dir, layer) = finish_step(&step, req, &key)?;
                     image.add_layer(&layer.info, &created_by, &req.created);
-                    lowers.push(upper);
+                    lowers.push(upper_dir);
                     new_layers.push(layer);
                 }
                 Command::Workdir { path } => {
@@ -550,12 +620,20 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                     let rel = clean_rel(&abs)
                         .ok_or_else(|| unsupported(line, "WORKDIR", "a path that leaves /"))?;
                     if !rel.as_os_str().is_empty() && !exists_in(lowers, &rel) {
+                        if let Some(hit) = cache_lookup(req, &key) {
+                            say(out, &format!("{label} CACHED")).await;
+                            image.add_layer(&hit.layer.info, &created_by, &req.created);
+                            lowers.push(hit.upper);
+                            new_layers.push(hit.layer);
+                            *cache_key = key;
+                            continue;
+                        }
                         let step = new_step_dir(&req.work_dir, si * 10_000 + n)?;
                         make_dirs(&step.join("upper"), &rel, lowers)
                             .map_err(step_err(format!("{file}:{line}: WORKDIR")))?;
-                        let layer = export(&step, req)?;
+                        let (upper_dir, layer) = finish_step(&step, req, &key)?;
                         image.add_layer(&layer.info, &created_by, &req.created);
-                        lowers.push(step.join("upper"));
+                        lowers.push(upper_dir);
                         new_layers.push(layer);
                     } else {
                         image.add_empty_step(&created_by, &req.created);
@@ -661,6 +739,7 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                     return Err(unsupported(line, &name, "this instruction"));
                 }
             }
+            *cache_key = key;
         }
         states.insert(si, st);
     }
@@ -709,6 +788,145 @@ fn new_step_dir(work: &Path, n: usize) -> Result<PathBuf, BuildError> {
             .map_err(step_err(format!("creating {}", step.display())))?;
     }
     Ok(step)
+}
+
+/// The cache key after one more instruction: a hash of the key so far and
+/// everything that decides the instruction's result.
+fn next_key(prev: &str, parts: &[&str]) -> String {
+    let mut d = oci::Digester::new(oci::Algorithm::Sha256);
+    d.update(prev.as_bytes());
+    for p in parts {
+        d.update(b"\0");
+        d.update(p.as_bytes());
+    }
+    d.finish().hex().to_owned()
+}
+
+/// A step found in the local cache.
+struct CacheHit {
+    upper: PathBuf,
+    layer: NewLayer,
+}
+
+/// `<cache>/<key>/` holds a finished step: `upper/` (an overlay lower for
+/// later steps), `layer` (its blob) and `layer.json`, written last, so a
+/// step counts as cached only when all three are there.
+fn cache_lookup(req: &BuildRequest, key: &str) -> Option<CacheHit> {
+    let dir = req.cache_dir.as_ref()?.join(key);
+    let info: LayerInfo =
+        serde_json::from_slice(&std::fs::read(dir.join("layer.json")).ok()?).ok()?;
+    let file = dir.join("layer");
+    let upper = dir.join("upper");
+    let complete = file.is_file() && upper.is_dir();
+    complete.then_some(CacheHit {
+        upper,
+        layer: NewLayer { info, file },
+    })
+}
+
+/// Export the step's layer and, with a cache, move the step into it.
+/// Returns the step's upper dir (a lower for what follows) and its layer.
+fn finish_step(
+    step: &Path,
+    req: &BuildRequest,
+    key: &str,
+) -> Result<(PathBuf, NewLayer), BuildError> {
+    let layer = export(step, req)?;
+    let Some(cache) = &req.cache_dir else {
+        return Ok((step.join("upper"), layer));
+    };
+    let dir = cache.join(key);
+    std::fs::create_dir_all(cache).map_err(step_err(format!("creating {}", cache.display())))?;
+    if dir.exists() {
+        // Another build stored this step meanwhile (and may be using it):
+        // take theirs when complete, else keep ours uncached. Never replace it.
+        return Ok(match cache_lookup(req, key) {
+            Some(hit) => (hit.upper, hit.layer),
+            None => (step.join("upper"), layer),
+        });
+    }
+    let stored = std::fs::rename(step, &dir).and_then(|()| {
+        let json = serde_json::to_vec(&layer.info).map_err(std::io::Error::other)?;
+        std::fs::write(dir.join("layer.json"), json)
+    });
+    match stored {
+        Ok(()) => Ok((
+            dir.join("upper"),
+            NewLayer {
+                info: layer.info,
+                file: dir.join("layer"),
+            },
+        )),
+        // Caching is an optimisation: a step that cannot be stored still counts.
+        Err(e) => {
+            tracing::warn!("not caching {}: {e}", step.display());
+            Ok((step.join("upper"), layer))
+        }
+    }
+}
+
+/// A digest of what COPY/ADD would read: every path under the sources
+/// (minus `.dockerignore`d ones) with its type, mode, size and content.
+fn hash_sources(
+    root: &Path,
+    sources: &[String],
+    ignore: Option<&dockerfile::IgnoreMatcher>,
+) -> String {
+    fn walk(d: &mut oci::Digester, path: &Path, filter: &Filter<'_>) {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(meta) = std::fs::symlink_metadata(path) else {
+            d.update(b"missing\0");
+            return;
+        };
+        let decision = filter.decide(meta.is_dir());
+        if decision == dockerfile::Decision::SkipDir
+            || (decision == dockerfile::Decision::Exclude && !meta.is_dir())
+        {
+            return;
+        }
+        d.update(format!("{}\0{:o}\0{}\0", filter.rel, meta.mode(), meta.len()).as_bytes());
+        if meta.file_type().is_symlink() {
+            if let Ok(t) = std::fs::read_link(path) {
+                d.update(t.as_os_str().as_encoded_bytes());
+            }
+        } else if meta.is_file() {
+            if let Ok(mut f) = std::fs::File::open(path) {
+                let mut buf = vec![0u8; 1 << 16];
+                while let Ok(n) = std::io::Read::read(&mut f, &mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    d.update(&buf[..n]);
+                }
+            }
+        } else if meta.is_dir() {
+            let mut names: Vec<_> = std::fs::read_dir(path)
+                .map(|r| r.flatten().map(|e| e.file_name()).collect())
+                .unwrap_or_default();
+            names.sort();
+            for name in names {
+                walk(d, &path.join(&name), &filter.child(&name));
+            }
+        }
+    }
+    let mut d = oci::Digester::new(oci::Algorithm::Sha256);
+    for source in sources {
+        d.update(source.as_bytes());
+        d.update(b"\0");
+        if source.starts_with("http://") || source.starts_with("https://") {
+            continue;
+        }
+        if let Some(rel) = clean_rel(source) {
+            let filter = Filter {
+                ignore,
+                rel: rel.to_string_lossy().into_owned(),
+                owner: (0, 0),
+                mode: None,
+            };
+            walk(&mut d, &root.join(&rel), &filter);
+        }
+    }
+    d.finish().hex().to_owned()
 }
 
 fn export(step: &Path, req: &BuildRequest) -> Result<NewLayer, BuildError> {

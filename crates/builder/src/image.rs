@@ -88,7 +88,7 @@ impl NewImage {
     /// Append a layer the build produced.
     pub fn add_layer(&mut self, layer: &LayerInfo, created_by: &str, created: &str) {
         self.layers.push(Descriptor {
-            media_type: layer.media_type.to_owned(),
+            media_type: layer.media_type.clone(),
             digest: layer.digest.clone(),
             size: layer.size,
             artifact_type: None,

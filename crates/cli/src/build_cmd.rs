@@ -43,7 +43,10 @@ pub struct BuildArgs {
     /// Layer compression: gzip or zstd.
     #[arg(long, default_value = "gzip")]
     compression: String,
-    /// Where layers, sandbox state and step scratch live.
+    /// Build every step, ignoring the local cache.
+    #[arg(long)]
+    no_cache: bool,
+    /// Where layers, sandbox state, the build cache and step scratch live.
     #[arg(long, default_value = ".slipway")]
     data: PathBuf,
     /// Build context directory.
@@ -138,6 +141,7 @@ pub async fn run(args: BuildArgs) -> Result<()> {
             source_date_epoch: epoch,
         },
         created: created(epoch),
+        cache_dir: (!args.no_cache).then(|| args.data.join("cache")),
     };
     let result = builder::build(
         &request,

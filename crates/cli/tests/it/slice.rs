@@ -673,3 +673,98 @@ fn add_extracts_local_archives_and_fetches_urls_with_checksums() {
         "{err}"
     );
 }
+
+#[test]
+fn rebuilds_use_the_cache_until_a_copied_file_changes() {
+    if !rustix::process::geteuid().is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "needs root; refusing to skip in CI"
+        );
+        eprintln!("skipping: needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = make_image(tmp.path());
+    let srv = Server::start(&tmp.path().join("data"));
+    let host = srv.addr.clone();
+    ok(Command::new(tool("skopeo"))
+        .env("REGISTRY_AUTH_FILE", tmp.path().join("none.json"))
+        .args([
+            "copy",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            &srv.creds(),
+        ])
+        .arg(format!("oci:{}:v1", layout.display()))
+        .arg(format!("docker://{host}/base/busybox:v1")));
+    let docker = tmp.path().join("docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    std::fs::write(
+        docker.join("config.json"),
+        format!(
+            r#"{{"auths":{{"{host}":{{"auth":"{}"}}}}}}"#,
+            base64(&format!("ci:{}", srv.token))
+        ),
+    )
+    .unwrap();
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("input.txt"), "first\n").unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {host}/base/busybox:v1\n\
+             SHELL [\"/bin/busybox\", \"sh\", \"-c\"]\n\
+             RUN echo step-one-ran && echo one > /one\n\
+             COPY input.txt /input.txt\n\
+             RUN echo step-three-ran && busybox cat /input.txt > /copy\n"
+        ),
+    )
+    .unwrap();
+    let reference = format!("{host}/app/cached:v1");
+    let iid = tmp.path().join("iid");
+    let build = |extra: &[&str]| {
+        let out = ok(Command::new(env!("CARGO_BIN_EXE_slipway"))
+            .env("DOCKER_CONFIG", &docker)
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .args(["build", "--local", "--data"])
+            .arg(tmp.path().join("sl"))
+            .args(["-t", &reference, "--iidfile"])
+            .arg(&iid)
+            .args(extra)
+            .arg(&ctx));
+        (out, std::fs::read_to_string(&iid).unwrap())
+    };
+    // A RUN's own output is a line of its own; the step headers start with ####.
+    let ran = |out: &str, step: &str| out.lines().any(|l| l == step);
+    let (first, id1) = build(&[]);
+    assert!(
+        ran(&first, "step-one-ran") && ran(&first, "step-three-ran"),
+        "{first}"
+    );
+    let (second, id2) = build(&[]);
+    assert!(
+        !ran(&second, "step-one-ran") && !ran(&second, "step-three-ran"),
+        "{second}"
+    );
+    assert_eq!(second.matches("CACHED").count(), 3, "{second}");
+    assert_eq!(id1, id2, "an unchanged rebuild gave a different image");
+
+    std::fs::write(ctx.join("input.txt"), "second\n").unwrap();
+    let (third, id3) = build(&[]);
+    assert!(
+        !ran(&third, "step-one-ran"),
+        "the step before the change re-ran: {third}"
+    );
+    assert!(
+        ran(&third, "step-three-ran"),
+        "the step after the change was reused: {third}"
+    );
+    assert_ne!(id3, id2);
+    let (fourth, _) = build(&["--no-cache"]);
+    assert!(
+        ran(&fourth, "step-one-ran") && !fourth.contains("CACHED"),
+        "{fourth}"
+    );
+}
