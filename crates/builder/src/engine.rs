@@ -333,9 +333,15 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                     say(out, &format!("{label} RUN {}", argv.join(" "))).await;
                     if let Some(hit) = cache_lookup(req, &key) {
                         say(out, &format!("{label} CACHED")).await;
-                        image.add_layer(&hit.layer.info, &created_by, &req.created);
-                        lowers.push(hit.upper);
-                        new_layers.push(hit.layer);
+                        stack_layer(
+                            image,
+                            lowers,
+                            new_layers,
+                            hit.upper,
+                            hit.layer,
+                            &created_by,
+                            &req.created,
+                        );
                         *cache_key = key;
                         continue;
                     }
@@ -373,9 +379,15 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                         });
                     }
                     let (upper_dir, layer) = finish_step(&step, req, &key)?;
-                    image.add_layer(&layer.info, &created_by, &req.created);
-                    lowers.push(upper_dir);
-                    new_layers.push(layer);
+                    stack_layer(
+                        image,
+                        lowers,
+                        new_layers,
+                        upper_dir,
+                        layer,
+                        &created_by,
+                        &req.created,
+                    );
                 }
                 Command::Copy(c) => {
                     if c.link || c.parents || !c.excludes.is_empty() {
@@ -449,9 +461,15 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                     );
                     if let Some(hit) = cache_lookup(req, &key) {
                         say(out, &format!("{label} CACHED")).await;
-                        image.add_layer(&hit.layer.info, &created_by, &req.created);
-                        lowers.push(hit.upper);
-                        new_layers.push(hit.layer);
+                        stack_layer(
+                            image,
+                            lowers,
+                            new_layers,
+                            hit.upper,
+                            hit.layer,
+                            &created_by,
+                            &req.created,
+                        );
                         *cache_key = key;
                         continue;
                     }
@@ -489,9 +507,15 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                         })?;
                     }
                     let (upper_dir, layer) = finish_step(&step, req, &key)?;
-                    image.add_layer(&layer.info, &created_by, &req.created);
-                    lowers.push(upper_dir);
-                    new_layers.push(layer);
+                    stack_layer(
+                        image,
+                        lowers,
+                        new_layers,
+                        upper_dir,
+                        layer,
+                        &created_by,
+                        &req.created,
+                    );
                 }
                 Command::Add(a) => {
                     if a.link || a.keep_git_dir || !a.excludes.is_empty() || !a.inline.is_empty() {
@@ -540,9 +564,15 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                     );
                     if let Some(hit) = cache_lookup(req, &key) {
                         say(out, &format!("{label} CACHED")).await;
-                        image.add_layer(&hit.layer.info, &created_by, &req.created);
-                        lowers.push(hit.upper);
-                        new_layers.push(hit.layer);
+                        stack_layer(
+                            image,
+                            lowers,
+                            new_layers,
+                            hit.upper,
+                            hit.layer,
+                            &created_by,
+                            &req.created,
+                        );
                         *cache_key = key;
                         continue;
                     }
@@ -597,9 +627,15 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                         }
                     }
                     let (upper_dir, layer) = finish_step(&step, req, &key)?;
-                    image.add_layer(&layer.info, &created_by, &req.created);
-                    lowers.push(upper_dir);
-                    new_layers.push(layer);
+                    stack_layer(
+                        image,
+                        lowers,
+                        new_layers,
+                        upper_dir,
+                        layer,
+                        &created_by,
+                        &req.created,
+                    );
                 }
                 Command::Workdir { path } => {
                     say(out, &format!("{label} WORKDIR {path}")).await;
@@ -622,9 +658,15 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                     if !rel.as_os_str().is_empty() && !exists_in(lowers, &rel) {
                         if let Some(hit) = cache_lookup(req, &key) {
                             say(out, &format!("{label} CACHED")).await;
-                            image.add_layer(&hit.layer.info, &created_by, &req.created);
-                            lowers.push(hit.upper);
-                            new_layers.push(hit.layer);
+                            stack_layer(
+                                image,
+                                lowers,
+                                new_layers,
+                                hit.upper,
+                                hit.layer,
+                                &created_by,
+                                &req.created,
+                            );
                             *cache_key = key;
                             continue;
                         }
@@ -632,9 +674,15 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                         make_dirs(&step.join("upper"), &rel, lowers)
                             .map_err(step_err(format!("{file}:{line}: WORKDIR")))?;
                         let (upper_dir, layer) = finish_step(&step, req, &key)?;
-                        image.add_layer(&layer.info, &created_by, &req.created);
-                        lowers.push(upper_dir);
-                        new_layers.push(layer);
+                        stack_layer(
+                            image,
+                            lowers,
+                            new_layers,
+                            upper_dir,
+                            layer,
+                            &created_by,
+                            &req.created,
+                        );
                     } else {
                         image.add_empty_step(&created_by, &req.created);
                     }
@@ -800,6 +848,22 @@ fn next_key(prev: &str, parts: &[&str]) -> String {
         d.update(p.as_bytes());
     }
     d.finish().hex().to_owned()
+}
+
+/// Put a step's layer (fresh or from the cache) on top of the stage: into
+/// the image, the overlay lowers of later steps, and the layers to push.
+fn stack_layer(
+    image: &mut NewImage,
+    lowers: &mut Vec<PathBuf>,
+    new_layers: &mut Vec<NewLayer>,
+    upper: PathBuf,
+    layer: NewLayer,
+    created_by: &str,
+    created: &str,
+) {
+    image.add_layer(&layer.info, created_by, created);
+    lowers.push(upper);
+    new_layers.push(layer);
 }
 
 /// A step found in the local cache.

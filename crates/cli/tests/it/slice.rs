@@ -16,28 +16,8 @@ use crate::harness::{Server, make_image, ok, tool};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_step_on_pulled_base_is_pushed_and_consumed() {
-    if !rustix::process::geteuid().is_root() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "needs root; refusing to skip in CI"
-        );
-        eprintln!("skipping: needs root");
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let layout = make_image(tmp.path());
-    let srv = Server::start(&tmp.path().join("data"));
-    let host = srv.addr.clone();
-    ok(Command::new(tool("skopeo"))
-        .env("REGISTRY_AUTH_FILE", tmp.path().join("none.json"))
-        .args([
-            "copy",
-            "--dest-tls-verify=false",
-            "--dest-creds",
-            &srv.creds(),
-        ])
-        .arg(format!("oci:{}:v1", layout.display()))
-        .arg(format!("docker://{host}/base/busybox:v1")));
+    let Some(fx) = fixture() else { return };
+    let (tmp, srv, host) = (&fx.tmp, &fx.srv, fx.srv.addr.clone());
 
     let mut config = ClientConfig::default();
     config
@@ -198,6 +178,51 @@ async fn run_step_on_pulled_base_is_pushed_and_consumed() {
     assert_eq!(config["rootfs"]["diff_ids"].as_array().unwrap().len(), 4);
 }
 
+/// What every test here starts from: a `slipway server` holding
+/// `base/busybox:v1` (made with umoci), and a Docker config with its
+/// credentials. `None` when not root outside CI (in CI that fails instead).
+struct Fixture {
+    tmp: tempfile::TempDir,
+    srv: Server,
+    docker: std::path::PathBuf,
+}
+
+fn fixture() -> Option<Fixture> {
+    if !rustix::process::geteuid().is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "needs root; refusing to skip in CI"
+        );
+        eprintln!("skipping: needs root");
+        return None;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = make_image(tmp.path());
+    let srv = Server::start(&tmp.path().join("data"));
+    let host = &srv.addr;
+    ok(Command::new(tool("skopeo"))
+        .env("REGISTRY_AUTH_FILE", tmp.path().join("none.json"))
+        .args([
+            "copy",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            &srv.creds(),
+        ])
+        .arg(format!("oci:{}:v1", layout.display()))
+        .arg(format!("docker://{host}/base/busybox:v1")));
+    let docker = tmp.path().join("docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    std::fs::write(
+        docker.join("config.json"),
+        format!(
+            r#"{{"auths":{{"{host}":{{"auth":"{}"}}}}}}"#,
+            base64(&format!("ci:{}", srv.token))
+        ),
+    )
+    .unwrap();
+    Some(Fixture { tmp, srv, docker })
+}
+
 fn base64(s: &str) -> String {
     // Small enough to not need a crate in the tests: RFC 4648 with padding.
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -220,38 +245,8 @@ fn base64(s: &str) -> String {
 
 #[test]
 fn slipway_build_local_builds_pushes_and_reports_failures() {
-    if !rustix::process::geteuid().is_root() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "needs root; refusing to skip in CI"
-        );
-        eprintln!("skipping: needs root");
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let layout = make_image(tmp.path());
-    let srv = Server::start(&tmp.path().join("data"));
-    let host = srv.addr.clone();
-    ok(Command::new(tool("skopeo"))
-        .env("REGISTRY_AUTH_FILE", tmp.path().join("none.json"))
-        .args([
-            "copy",
-            "--dest-tls-verify=false",
-            "--dest-creds",
-            &srv.creds(),
-        ])
-        .arg(format!("oci:{}:v1", layout.display()))
-        .arg(format!("docker://{host}/base/busybox:v1")));
-    let docker = tmp.path().join("docker");
-    std::fs::create_dir_all(&docker).unwrap();
-    std::fs::write(
-        docker.join("config.json"),
-        format!(
-            r#"{{"auths":{{"{host}":{{"auth":"{}"}}}}}}"#,
-            base64(&format!("ci:{}", srv.token))
-        ),
-    )
-    .unwrap();
+    let Some(fx) = fixture() else { return };
+    let (tmp, host, docker) = (&fx.tmp, fx.srv.addr.clone(), fx.docker.clone());
     let ctx = tmp.path().join("ctx");
     std::fs::create_dir_all(ctx.join("sub")).unwrap();
     std::fs::write(ctx.join("greet.txt"), "world").unwrap();
@@ -410,38 +405,8 @@ COPY --chown=1234:app sub/x.txt /owned-by-ids.txt
 
 #[test]
 fn multi_stage_build_copies_from_a_stage_and_skips_unneeded_ones() {
-    if !rustix::process::geteuid().is_root() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "needs root; refusing to skip in CI"
-        );
-        eprintln!("skipping: needs root");
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let layout = make_image(tmp.path());
-    let srv = Server::start(&tmp.path().join("data"));
-    let host = srv.addr.clone();
-    ok(Command::new(tool("skopeo"))
-        .env("REGISTRY_AUTH_FILE", tmp.path().join("none.json"))
-        .args([
-            "copy",
-            "--dest-tls-verify=false",
-            "--dest-creds",
-            &srv.creds(),
-        ])
-        .arg(format!("oci:{}:v1", layout.display()))
-        .arg(format!("docker://{host}/base/busybox:v1")));
-    let docker = tmp.path().join("docker");
-    std::fs::create_dir_all(&docker).unwrap();
-    std::fs::write(
-        docker.join("config.json"),
-        format!(
-            r#"{{"auths":{{"{host}":{{"auth":"{}"}}}}}}"#,
-            base64(&format!("ci:{}", srv.token))
-        ),
-    )
-    .unwrap();
+    let Some(fx) = fixture() else { return };
+    let (tmp, host, docker) = (&fx.tmp, fx.srv.addr.clone(), fx.docker.clone());
     let ctx = tmp.path().join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
     std::fs::write(
@@ -507,38 +472,8 @@ COPY --from={host}/base/busybox:v1 /srv/files/f2.txt /from-image.txt
 
 #[test]
 fn add_extracts_local_archives_and_fetches_urls_with_checksums() {
-    if !rustix::process::geteuid().is_root() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "needs root; refusing to skip in CI"
-        );
-        eprintln!("skipping: needs root");
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let layout = make_image(tmp.path());
-    let srv = Server::start(&tmp.path().join("data"));
-    let host = srv.addr.clone();
-    ok(Command::new(tool("skopeo"))
-        .env("REGISTRY_AUTH_FILE", tmp.path().join("none.json"))
-        .args([
-            "copy",
-            "--dest-tls-verify=false",
-            "--dest-creds",
-            &srv.creds(),
-        ])
-        .arg(format!("oci:{}:v1", layout.display()))
-        .arg(format!("docker://{host}/base/busybox:v1")));
-    let docker = tmp.path().join("docker");
-    std::fs::create_dir_all(&docker).unwrap();
-    std::fs::write(
-        docker.join("config.json"),
-        format!(
-            r#"{{"auths":{{"{host}":{{"auth":"{}"}}}}}}"#,
-            base64(&format!("ci:{}", srv.token))
-        ),
-    )
-    .unwrap();
+    let Some(fx) = fixture() else { return };
+    let (tmp, host, docker) = (&fx.tmp, fx.srv.addr.clone(), fx.docker.clone());
     // A web server on loopback for the URL source.
     let web = tmp.path().join("web");
     std::fs::create_dir_all(&web).unwrap();
@@ -676,38 +611,8 @@ fn add_extracts_local_archives_and_fetches_urls_with_checksums() {
 
 #[test]
 fn rebuilds_use_the_cache_until_a_copied_file_changes() {
-    if !rustix::process::geteuid().is_root() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "needs root; refusing to skip in CI"
-        );
-        eprintln!("skipping: needs root");
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let layout = make_image(tmp.path());
-    let srv = Server::start(&tmp.path().join("data"));
-    let host = srv.addr.clone();
-    ok(Command::new(tool("skopeo"))
-        .env("REGISTRY_AUTH_FILE", tmp.path().join("none.json"))
-        .args([
-            "copy",
-            "--dest-tls-verify=false",
-            "--dest-creds",
-            &srv.creds(),
-        ])
-        .arg(format!("oci:{}:v1", layout.display()))
-        .arg(format!("docker://{host}/base/busybox:v1")));
-    let docker = tmp.path().join("docker");
-    std::fs::create_dir_all(&docker).unwrap();
-    std::fs::write(
-        docker.join("config.json"),
-        format!(
-            r#"{{"auths":{{"{host}":{{"auth":"{}"}}}}}}"#,
-            base64(&format!("ci:{}", srv.token))
-        ),
-    )
-    .unwrap();
+    let Some(fx) = fixture() else { return };
+    let (tmp, host, docker) = (&fx.tmp, fx.srv.addr.clone(), fx.docker.clone());
     let ctx = tmp.path().join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
     std::fs::write(ctx.join("input.txt"), "first\n").unwrap();
