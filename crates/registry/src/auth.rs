@@ -337,6 +337,35 @@ impl Auth {
         Ok(secret)
     }
 
+    /// Delete every API token whose name starts with `prefix` (per-run
+    /// credentials when their run ends). Returns how many went.
+    pub fn revoke_tokens_with_prefix(&self, prefix: &str) -> Result<usize, AuthError> {
+        let mut tokens = self.tokens.write().unwrap_or_else(|p| p.into_inner());
+        let before = tokens.len();
+        tokens.retain(|_, t| !t.name.starts_with(prefix));
+        let removed = before - tokens.len();
+        if removed > 0 {
+            self.save(&tokens)?;
+        }
+        Ok(removed)
+    }
+
+    /// The principal of the (first) token named `name`.
+    pub fn principal_named(&self, name: &str) -> Option<Principal> {
+        let tokens = self.tokens.read().unwrap_or_else(|p| p.into_inner());
+        let t = tokens.values().find(|t| t.name == name)?;
+        Some(if t.admin {
+            Principal::Admin {
+                subject: t.name.clone(),
+            }
+        } else {
+            Principal::Scoped {
+                subject: t.name.clone(),
+                grants: t.grants.clone(),
+            }
+        })
+    }
+
     pub fn has_admin_token(&self) -> bool {
         let tokens = self.tokens.read().unwrap_or_else(|p| p.into_inner());
         tokens.values().any(|t| t.admin)

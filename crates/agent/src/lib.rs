@@ -1,0 +1,456 @@
+//! A build agent of one pool. It only dials out: it long-polls the server
+//! for a lease, fetches the run's context (an upload, a tarball URL or a git
+//! URL, fetched from inside the agent's network), runs the build as a child
+//! `slipway build --local` process (so a cancel is one kill, and a crash of
+//! the build cannot take the agent down), streams the child's output as
+//! numbered log chunks, heartbeats, and reports the result. Every call after
+//! the lease presents the lease token; a `409` means the run was taken away
+//! (re-queued or ended) and the agent drops it.
+//!
+//! While the server is unreachable the agent keeps building and keeps its
+//! log chunks, retrying with back-off: a restarted server accepts them
+//! (its leases restart with a fresh period), and chunk numbers make the
+//! retries idempotent.
+
+mod fetch;
+mod logs;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use api::{ApiError, ContextSource, Heartbeat, Lease, LeaseRequest, Outcome, RunResult};
+use base64::Engine as _;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::watch;
+
+pub use logs::LogSink;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("the server refused this agent: {0}")]
+    Refused(ApiError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Settings of one agent process.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub server: String,
+    pub token: String,
+    pub pool: String,
+    pub agent_id: String,
+    /// Per-run scratch: contexts, credentials; emptied after each run.
+    pub work_dir: PathBuf,
+    /// The builder's data (layer store, cache), kept across runs and
+    /// shareable between agents of one machine.
+    pub build_data: PathBuf,
+    /// The `slipway` binary that runs `build --local`.
+    pub program: PathBuf,
+    /// Registries (host:port) the builder may reach over plain HTTP.
+    pub insecure_registries: Vec<String>,
+    /// How long one lease request waits on the server.
+    pub poll: Duration,
+}
+
+/// Lease and build until `shutdown` resolves (then the current build is
+/// stopped and its lease left to expire, so the server re-queues it).
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let client = api::Client::new(&config.server, Some(config.token.clone()))
+        .map_err(AgentError::Refused)?;
+    std::fs::create_dir_all(&config.work_dir).map_err(|source| AgentError::Io {
+        context: format!("creating {}", config.work_dir.display()),
+        source,
+    })?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopper = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    tokio::pin!(stopper);
+    let work = async {
+        let mut backoff = Backoff::new();
+        loop {
+            if *stop_rx.borrow() {
+                return Ok(());
+            }
+            let req = LeaseRequest {
+                agent: config.agent_id.clone(),
+                wait_secs: config.poll.as_secs(),
+            };
+            let mut stop = stop_rx.clone();
+            let got = tokio::select! {
+                r = client.lease(&req) => r,
+                _ = stop.wait_for(|s| *s) => return Ok(()),
+            };
+            match got {
+                Ok(Some(lease)) => {
+                    backoff.reset();
+                    execute(&config, &client, lease, stop_rx.clone()).await;
+                }
+                Ok(None) => backoff.reset(),
+                Err(e) if e.is_transient() => {
+                    let d = backoff.next();
+                    tracing::warn!("leasing: {e}; retrying in {d:?}");
+                    tokio::time::sleep(d).await;
+                }
+                Err(e) => return Err(AgentError::Refused(e)),
+            }
+        }
+    };
+    tokio::select! {
+        r = work => r,
+        _ = &mut stopper => {
+            // Let the work loop see the stop and wind down its build.
+            Ok(())
+        }
+    }
+}
+
+/// Exponential back-off from 250 ms to 5 s.
+pub struct Backoff(Duration);
+
+impl Backoff {
+    pub fn new() -> Self {
+        Backoff(Duration::from_millis(250))
+    }
+    pub fn reset(&mut self) {
+        self.0 = Duration::from_millis(250);
+    }
+    pub fn next(&mut self) -> Duration {
+        let d = self.0;
+        self.0 = (self.0 * 2).min(Duration::from_secs(5));
+        d
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Why a build ended early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// The server asked (cancel or timeout): report `stopped`.
+    Server,
+    /// The lease is gone: report nothing.
+    LeaseLost,
+    /// This agent is shutting down: report nothing; the lease expires.
+    Shutdown,
+}
+
+async fn execute(
+    config: &AgentConfig,
+    client: &api::Client,
+    lease: Lease,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let run_id = lease.run.id.clone();
+    tracing::info!(run = run_id, attempt = lease.attempt, "leased run");
+    let dir = config
+        .work_dir
+        .join("runs")
+        .join(format!("{run_id}-{}", lease.attempt));
+    let masks: Vec<String> = lease
+        .secrets
+        .values()
+        .filter(|v| v.len() >= 3)
+        .cloned()
+        .collect();
+    let log = LogSink::start(client.clone(), run_id.clone(), lease.token.clone(), masks);
+
+    // Heartbeats: extend the lease, and learn of cancels within a second.
+    let (stop_tx, mut stop_rx) = watch::channel::<Option<Stop>>(None);
+    let hb = {
+        let client = client.clone();
+        let run = run_id.clone();
+        let token = lease.token.clone();
+        let period = Duration::from_millis(lease.ttl_ms / 4)
+            .clamp(Duration::from_millis(200), Duration::from_secs(1));
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                match client
+                    .heartbeat(
+                        &run,
+                        &Heartbeat {
+                            token: token.clone(),
+                        },
+                    )
+                    .await
+                {
+                    Ok(r) if r.cancel => {
+                        let _ = stop_tx.send(Some(Stop::Server));
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.status() == Some(409) => {
+                        tracing::warn!(run, "lease lost: {e}");
+                        let _ = stop_tx.send(Some(Stop::LeaseLost));
+                        return;
+                    }
+                    Err(e) => tracing::warn!(run, "heartbeat: {e}"),
+                }
+            }
+        })
+    };
+    {
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            if shutdown.wait_for(|s| *s).await.is_ok() {
+                let _ = stop_tx.send(Some(Stop::Shutdown));
+            }
+        });
+    }
+
+    let outcome = build(config, &lease, &dir, &log, &mut stop_rx).await;
+    hb.abort();
+    let stop = *stop_rx.borrow();
+    let result = match (outcome, stop) {
+        (_, Some(Stop::LeaseLost)) => None,
+        (_, Some(Stop::Shutdown)) => {
+            log.line("agent shutting down: build stopped; the run will be retried when its lease expires");
+            None
+        }
+        (_, Some(Stop::Server)) => Some((
+            Outcome::Stopped,
+            None,
+            None,
+            Some("stopped on the server's request".to_owned()),
+        )),
+        (Ok(b), None) if b.code == 0 => Some((Outcome::Succeeded, Some(0), b.digest, None)),
+        (Ok(b), None) => Some((
+            Outcome::Failed,
+            Some(b.code),
+            None,
+            Some(format!("build failed with exit code {}", b.code)),
+        )),
+        (Err(msg), None) => {
+            log.line(&format!("error: {msg}"));
+            Some((Outcome::Error, None, None, Some(msg)))
+        }
+    };
+    let lease_ok = log.finish().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let Some((outcome, exit_code, image_digest, message)) = result else {
+        return;
+    };
+    if !lease_ok {
+        return;
+    }
+    let report = RunResult {
+        token: lease.token.clone(),
+        outcome,
+        exit_code,
+        image_digest,
+        message,
+    };
+    let mut backoff = Backoff::new();
+    // Results matter: retry through a server restart (up to ~10 minutes).
+    for _ in 0..150 {
+        match client.report(&run_id, &report).await {
+            Ok(run) => {
+                tracing::info!(run = run_id, state = %run.state, "reported");
+                return;
+            }
+            Err(e) if e.is_transient() => tokio::time::sleep(backoff.next()).await,
+            Err(e) => {
+                tracing::warn!(run = run_id, "result refused: {e}");
+                return;
+            }
+        }
+    }
+    tracing::error!(run = run_id, "gave up reporting the result");
+}
+
+struct Built {
+    code: i32,
+    digest: Option<String>,
+}
+
+/// Prepare the context and run the build child. `Err`: the agent's own
+/// failure (not the build's).
+async fn build(
+    config: &AgentConfig,
+    lease: &Lease,
+    dir: &Path,
+    log: &LogSink,
+    stop: &mut watch::Receiver<Option<Stop>>,
+) -> Result<Built, String> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let spec = &lease.run.build;
+    let ctx = dir.join("context");
+    match &spec.context {
+        ContextSource::Upload { digest } => {
+            log.line(&format!("fetching context {digest}"));
+            fetch::uploaded(&config.server, &config.token, digest, dir, &ctx).await?
+        }
+        ContextSource::Url { url } => {
+            log.line(&format!("fetching context {url}"));
+            fetch::url(url, dir, &ctx).await?
+        }
+    }
+    let dockerfile = match &spec.dockerfile_inline {
+        Some(text) => {
+            let p = dir.join("Dockerfile");
+            std::fs::write(&p, text).map_err(|e| format!("writing the Dockerfile: {e}"))?;
+            p
+        }
+        None => {
+            let rel = Path::new(&spec.dockerfile);
+            if rel.is_absolute()
+                || rel
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                return Err(format!(
+                    "Dockerfile path {:?} leaves the context",
+                    spec.dockerfile
+                ));
+            }
+            ctx.join(rel)
+        }
+    };
+    let docker = dir.join("docker");
+    std::fs::create_dir_all(&docker).map_err(|e| format!("creating {}: {e}", docker.display()))?;
+    if let Some(reg) = &lease.registry {
+        let auth = base64::engine::general_purpose::STANDARD
+            .encode(format!("{}:{}", reg.username, reg.password));
+        let cfg = serde_json::json!({ "auths": { reg.host.clone(): { "auth": auth } } });
+        write_private(&docker.join("config.json"), cfg.to_string().as_bytes())
+            .map_err(|e| format!("writing registry credentials: {e}"))?;
+    }
+    let iid = dir.join("iid");
+    let mut cmd = tokio::process::Command::new(&config.program);
+    cmd.arg("build")
+        .arg("--local")
+        .arg("--data")
+        .arg(&config.build_data)
+        .arg("--progress")
+        .arg("plain")
+        .arg("-f")
+        .arg(&dockerfile)
+        .arg("--iidfile")
+        .arg(&iid)
+        .arg("--memory")
+        .arg(lease.limits.memory_bytes.to_string())
+        .arg("--cpus")
+        .arg(lease.limits.cpus.to_string());
+    for t in &spec.tags {
+        cmd.arg("-t").arg(t);
+    }
+    for (k, v) in &spec.build_args {
+        cmd.arg("--build-arg").arg(format!("{k}={v}"));
+    }
+    for (k, v) in &spec.labels {
+        cmd.arg("--label").arg(format!("{k}={v}"));
+    }
+    if let Some(t) = &spec.target {
+        cmd.arg("--target").arg(t);
+    }
+    if let Some(p) = &spec.platform {
+        cmd.arg("--platform").arg(p);
+    }
+    if spec.no_cache {
+        cmd.arg("--no-cache");
+    }
+    if spec.no_push {
+        cmd.arg("--no-push");
+    }
+    for r in &config.insecure_registries {
+        cmd.arg("--insecure-registry").arg(r);
+    }
+    let mut secret_env: BTreeMap<String, String> = BTreeMap::new();
+    for (i, (id, value)) in lease.secrets.iter().enumerate() {
+        let var = format!("SLIPWAY_SECRET_{i}");
+        cmd.arg("--secret").arg(format!("id={id},env={var}"));
+        secret_env.insert(var, value.clone());
+    }
+    cmd.arg(&ctx)
+        .envs(&secret_env)
+        .env("DOCKER_CONFIG", &docker)
+        .env("SLIPWAY_DIE_WITH_PARENT", "1")
+        .env_remove("SLIPWAY_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", config.program.display()))?;
+    let pumps = [
+        child
+            .stdout
+            .take()
+            .map(|o| pump(BufReader::new(o), log.clone())),
+        child
+            .stderr
+            .take()
+            .map(|e| pump(BufReader::new(e), log.clone())),
+    ];
+    let status = tokio::select! {
+        s = child.wait() => s.map_err(|e| format!("waiting for the build: {e}"))?,
+        _ = stop.wait_for(|s| s.is_some()) => {
+            let _ = child.kill().await;
+            let _ = child.wait().await;
+            for p in pumps.into_iter().flatten() {
+                let _ = p.await;
+            }
+            log.line("build stopped");
+            return Ok(Built { code: 137, digest: None });
+        }
+    };
+    for p in pumps.into_iter().flatten() {
+        let _ = p.await;
+    }
+    let code = status.code().unwrap_or(128 + status_signal(&status));
+    let digest = std::fs::read_to_string(&iid)
+        .ok()
+        .map(|s| s.trim().to_owned());
+    Ok(Built { code, digest })
+}
+
+fn status_signal(status: &std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status.signal().unwrap_or(0)
+}
+
+fn pump<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
+    mut r: BufReader<R>,
+    log: LogSink,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match r.read_until(b'\n', &mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => log.raw(&String::from_utf8_lossy(&buf)),
+            }
+        }
+    })
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)
+}

@@ -1,0 +1,392 @@
+//! Request and response bodies. Times are milliseconds since the Unix epoch.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Size of an agent, as ACR's dedicated pools have them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Tier {
+    #[default]
+    S1,
+    S2,
+    S3,
+}
+
+impl Tier {
+    pub fn cpus(self) -> u32 {
+        match self {
+            Tier::S1 => 2,
+            Tier::S2 => 4,
+            Tier::S3 => 8,
+        }
+    }
+
+    pub fn memory_bytes(self) -> u64 {
+        const GIB: u64 = 1 << 30;
+        match self {
+            Tier::S1 => 3 * GIB,
+            Tier::S2 => 8 * GIB,
+            Tier::S3 => 16 * GIB,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::S1 => "S1",
+            Tier::S2 => "S2",
+            Tier::S3 => "S3",
+        }
+    }
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Tier {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Tier, String> {
+        match s.to_ascii_uppercase().as_str() {
+            "S1" => Ok(Tier::S1),
+            "S2" => Ok(Tier::S2),
+            "S3" => Ok(Tier::S3),
+            _ => Err(format!("unknown tier {s:?}: use S1, S2 or S3")),
+        }
+    }
+}
+
+/// `POST /pools`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PoolSpec {
+    pub name: String,
+    #[serde(default)]
+    pub tier: Tier,
+    #[serde(default = "one")]
+    pub count: u32,
+    /// Free-form label of the network the agents sit in (documentation and
+    /// placement only: the server never dials agents).
+    #[serde(default)]
+    pub network: Option<String>,
+    /// The server itself keeps `count` agent processes of this pool alive.
+    #[serde(default)]
+    pub local: bool,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// `PATCH /pools/{name}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PoolUpdate {
+    #[serde(default)]
+    pub count: Option<u32>,
+    #[serde(default)]
+    pub tier: Option<Tier>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pool {
+    pub name: String,
+    pub tier: Tier,
+    pub count: u32,
+    pub network: Option<String>,
+    pub local: bool,
+    pub created_at: i64,
+    /// Runs waiting for an agent.
+    pub queued: u64,
+    /// Runs an agent holds.
+    pub running: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentInfo {
+    pub id: String,
+    pub pool: String,
+    /// `idle`, `busy` or `offline` (no contact for three lease periods).
+    pub status: String,
+    pub last_heartbeat: i64,
+    pub current_run: Option<String>,
+}
+
+/// `GET /pools/{name}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PoolStatus {
+    pub pool: Pool,
+    pub agents: Vec<AgentInfo>,
+}
+
+/// `POST /pools/{name}/tokens`: shown once, stored hashed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentToken {
+    pub pool: String,
+    pub token: String,
+}
+
+/// Where a build's context comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ContextSource {
+    /// A tar (zstd, gzip or plain) uploaded with `PUT /contexts/{digest}`.
+    Upload { digest: String },
+    /// A git URL (`https://host/repo.git#ref:subdir`) or a tarball URL,
+    /// fetched by the agent inside its network.
+    Url { url: String },
+}
+
+/// What to build: `slipway build`'s flags.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildSpec {
+    pub context: ContextSource,
+    /// Dockerfile path inside the context.
+    #[serde(default = "default_dockerfile")]
+    pub dockerfile: String,
+    /// The Dockerfile's text, when the client sent it along (it may live
+    /// outside the context, as `-f` allows).
+    #[serde(default)]
+    pub dockerfile_inline: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub build_args: BTreeMap<String, String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub target: Option<String>,
+    #[serde(default)]
+    pub platform: Option<String>,
+    #[serde(default)]
+    pub no_cache: bool,
+    #[serde(default)]
+    pub no_push: bool,
+}
+
+fn default_dockerfile() -> String {
+    "Dockerfile".into()
+}
+
+/// `POST /runs`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRequest {
+    pub pool: String,
+    pub build: BuildSpec,
+    /// Build secrets by id; handed only to the agent holding the lease.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
+    /// Run time limit in seconds (default: the server's, one hour).
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Canceled,
+    TimedOut,
+    Error,
+}
+
+impl RunState {
+    pub fn is_final(self) -> bool {
+        !matches!(self, RunState::Queued | RunState::Running)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Queued => "queued",
+            RunState::Running => "running",
+            RunState::Succeeded => "succeeded",
+            RunState::Failed => "failed",
+            RunState::Canceled => "canceled",
+            RunState::TimedOut => "timed-out",
+            RunState::Error => "error",
+        }
+    }
+}
+
+impl fmt::Display for RunState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RunState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<RunState, String> {
+        Ok(match s {
+            "queued" => RunState::Queued,
+            "running" => RunState::Running,
+            "succeeded" => RunState::Succeeded,
+            "failed" => RunState::Failed,
+            "canceled" => RunState::Canceled,
+            "timed-out" => RunState::TimedOut,
+            "error" => RunState::Error,
+            _ => return Err(format!("unknown run state {s:?}")),
+        })
+    }
+}
+
+/// One lease of a run by an agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Attempt {
+    pub number: u32,
+    pub agent: String,
+    /// Fencing token: strictly increasing over all leases the server grants.
+    pub fence: i64,
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
+    /// How the lease ended: a final state, or `lost` (expired, re-queued).
+    pub outcome: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Run {
+    pub id: String,
+    pub pool: String,
+    pub state: RunState,
+    pub build: BuildSpec,
+    /// Ids of the secrets the run carries (never their values).
+    pub secret_ids: Vec<String>,
+    pub timeout_secs: u64,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub attempts: Vec<Attempt>,
+    pub exit_code: Option<i32>,
+    pub image_digest: Option<String>,
+    pub message: Option<String>,
+}
+
+/// One piece of a run's log. `pos` orders the whole log, across attempts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogChunk {
+    pub pos: u64,
+    pub attempt: u32,
+    pub data: String,
+}
+
+/// `GET /runs/{id}/logs?after=POS&wait=SECS`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogPage {
+    pub chunks: Vec<LogChunk>,
+    /// Pass as `after` to continue.
+    pub next: u64,
+    pub state: RunState,
+    /// The run is final and every chunk has been returned.
+    pub done: bool,
+}
+
+/// `POST /agent/lease`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseRequest {
+    pub agent: String,
+    /// Long-poll up to this long for a run.
+    #[serde(default)]
+    pub wait_secs: u64,
+}
+
+/// Where the agent pushes, and how it authenticates there, for this run only.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegistryCredential {
+    pub host: String,
+    pub username: String,
+    pub password: String,
+}
+
+/// Limits of the pool's tier, enforced on the run's RUN steps.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct RunLimits {
+    pub cpus: u32,
+    pub memory_bytes: u64,
+}
+
+/// A run leased to an agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Lease {
+    pub run: Run,
+    pub attempt: u32,
+    pub fence: i64,
+    /// Presented with every heartbeat, log upload and result.
+    pub token: String,
+    pub ttl_ms: u64,
+    pub secrets: BTreeMap<String, String>,
+    pub registry: Option<RegistryCredential>,
+    pub limits: RunLimits,
+}
+
+/// `POST /agent/runs/{id}/heartbeat`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    /// Stop the run now (canceled, or out of time).
+    pub cancel: bool,
+    pub ttl_ms: u64,
+}
+
+/// A chunk as the agent numbers it: `seq` counts from 1 within an attempt,
+/// so a retried upload is recognised and stored once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentChunk {
+    pub seq: u64,
+    pub data: String,
+}
+
+/// `POST /agent/runs/{id}/logs`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogUpload {
+    pub token: String,
+    pub chunks: Vec<AgentChunk>,
+}
+
+/// How an attempt ended, as the agent saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Succeeded,
+    /// The build failed (bad Dockerfile, a RUN that exited non-zero …).
+    Failed,
+    /// Stopped on a cancel or timeout from the server.
+    Stopped,
+    /// The agent could not do its part (context fetch, spawn …).
+    Error,
+}
+
+/// `POST /agent/runs/{id}/result`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunResult {
+    pub token: String,
+    pub outcome: Outcome,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub image_digest: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// Every error response's body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: String,
+    pub message: String,
+}
+
+/// `GET /contexts/{digest}` existence answer and `PUT` result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContextInfo {
+    pub digest: String,
+    pub size: u64,
+}

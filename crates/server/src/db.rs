@@ -1,0 +1,928 @@
+//! The control plane's state in SQL, through sqlx's `Any` driver: SQLite (WAL)
+//! by default, PostgreSQL by URL. Every statement is portable: `$N`
+//! placeholders, `RETURNING`, `ON CONFLICT`, no autoincrement; the queue's
+//! correctness rests on conditional single-row updates (`… WHERE state =
+//! 'queued'`, `… WHERE lease_hash = $x`), never on SQLite's one-writer lock.
+//!
+//! With SQLite, writes also pass through one in-process mutex: SQLite allows
+//! one writer, and queueing writers here is cheaper than `SQLITE_BUSY` retries.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use api::{AgentInfo, Attempt, BuildSpec, LogChunk, Pool, PoolSpec, Run, RunState, Tier};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, Row};
+use tokio::sync::{Mutex, MutexGuard};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("database migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database holds a bad value in {what}: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+}
+
+pub type Result<T, E = DbError> = std::result::Result<T, E>;
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn corrupt(what: &'static str, detail: impl ToString) -> DbError {
+    DbError::Corrupt {
+        what,
+        detail: detail.to_string(),
+    }
+}
+
+pub struct Db {
+    pool: AnyPool,
+    /// Some for SQLite: the one-writer queue (see the module comment).
+    writer: Option<Mutex<()>>,
+}
+
+/// A freshly claimed lease, before the server adds secrets and credentials.
+pub struct Claimed {
+    pub run: Run,
+    pub attempt: u32,
+    pub fence: i64,
+}
+
+/// What the reaper found and did, for logs and notifications.
+#[derive(Debug, Default)]
+pub struct Reaped {
+    pub requeued: Vec<(String, String)>,
+    pub finished: Vec<String>,
+    pub timed_out: Vec<String>,
+}
+
+/// The migrations, compiled in (sqlx's `migrate!` macro would pull in the
+/// whole compile-time query machinery for this one use).
+#[derive(Debug)]
+struct Embedded;
+
+const MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "init", include_str!("../migrations/0001_init.sql"))];
+
+impl sqlx::migrate::MigrationSource<'static> for Embedded {
+    fn resolve(
+        self,
+    ) -> futures_util::future::BoxFuture<
+        'static,
+        Result<Vec<sqlx::migrate::Migration>, sqlx::error::BoxDynError>,
+    > {
+        Box::pin(async {
+            Ok(MIGRATIONS
+                .iter()
+                .map(|(v, d, sql)| {
+                    sqlx::migrate::Migration::new(
+                        *v,
+                        (*d).into(),
+                        sqlx::migrate::MigrationType::Simple,
+                        (*sql).into(),
+                        false,
+                    )
+                })
+                .collect())
+        })
+    }
+}
+
+const RUN_COLUMNS: &str = "id, pool, state, spec, secret_ids, timeout_ms, created_at, started_at, finished_at, exit_code, image_digest, message";
+
+impl Db {
+    /// Open (creating, for SQLite) and migrate. `url` is `sqlite://PATH` or
+    /// `postgres://…`; `None` means `sqlite://<data>/slipway.db`.
+    pub async fn open(url: Option<&str>, data: &Path) -> Result<Db> {
+        sqlx::any::install_default_drivers();
+        let url = match url {
+            Some(u) => u.to_owned(),
+            None => format!("sqlite://{}?mode=rwc", data.join("slipway.db").display()),
+        };
+        let sqlite = url.starts_with("sqlite:");
+        let opts = AnyConnectOptions::from_str(&url)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(if sqlite { 8 } else { 16 })
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        // WAL: readers never wait for the writer. NORMAL
+                        // sync: a committed transaction survives a killed
+                        // process (it is in the WAL); only power loss may
+                        // drop the last ones.
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = NORMAL").await?;
+                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(opts)
+            .await?;
+        sqlx::migrate::Migrator::new(Embedded)
+            .await?
+            .run(&pool)
+            .await?;
+        Ok(Db {
+            pool,
+            writer: sqlite.then(|| Mutex::new(())),
+        })
+    }
+
+    async fn write_lock(&self) -> Option<MutexGuard<'_, ()>> {
+        match &self.writer {
+            Some(m) => Some(m.lock().await),
+            None => None,
+        }
+    }
+
+    async fn next_counter(tx: &mut sqlx::Transaction<'_, sqlx::Any>, name: &str) -> Result<i64> {
+        let row =
+            sqlx::query("UPDATE counters SET value = value + 1 WHERE name = $1 RETURNING value")
+                .bind(name)
+                .fetch_one(&mut **tx)
+                .await?;
+        Ok(row.try_get::<i64, _>(0)?)
+    }
+
+    // ---- pools ----
+
+    /// `Ok(false)` when the name is taken.
+    pub async fn create_pool(&self, spec: &PoolSpec) -> Result<bool> {
+        let _w = self.write_lock().await;
+        let r = sqlx::query(
+            "INSERT INTO pools (name, tier, count, network, local, created_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(&spec.name)
+        .bind(spec.tier.as_str())
+        .bind(i64::from(spec.count))
+        .bind(spec.network.clone())
+        .bind(i64::from(spec.local))
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    fn pool_from_row(row: &AnyRow, counts: &BTreeMap<(String, String), u64>) -> Result<Pool> {
+        let name: String = row.try_get("name")?;
+        let tier: String = row.try_get("tier")?;
+        let count = |state: &str| {
+            counts
+                .get(&(name.clone(), state.to_owned()))
+                .copied()
+                .unwrap_or(0)
+        };
+        Ok(Pool {
+            tier: tier.parse().map_err(|e| corrupt("pools.tier", e))?,
+            count: u32::try_from(row.try_get::<i64, _>("count")?).unwrap_or(0),
+            network: row.try_get("network")?,
+            local: row.try_get::<i64, _>("local")? != 0,
+            created_at: row.try_get("created_at")?,
+            queued: count("queued"),
+            running: count("running"),
+            name,
+        })
+    }
+
+    async fn run_counts(&self, pool: Option<&str>) -> Result<BTreeMap<(String, String), u64>> {
+        let rows = sqlx::query(
+            "SELECT pool, state, COUNT(*) AS n FROM runs WHERE state IN ('queued', 'running') AND ($1 IS NULL OR pool = $1) GROUP BY pool, state",
+        )
+        .bind(pool.map(str::to_owned))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut m = BTreeMap::new();
+        for r in rows {
+            m.insert(
+                (r.try_get("pool")?, r.try_get("state")?),
+                u64::try_from(r.try_get::<i64, _>("n")?).unwrap_or(0),
+            );
+        }
+        Ok(m)
+    }
+
+    pub async fn list_pools(&self) -> Result<Vec<Pool>> {
+        let counts = self.run_counts(None).await?;
+        let rows = sqlx::query("SELECT * FROM pools ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Self::pool_from_row(r, &counts))
+            .collect()
+    }
+
+    pub async fn pool(&self, name: &str) -> Result<Option<Pool>> {
+        let counts = self.run_counts(Some(name)).await?;
+        let row = sqlx::query("SELECT * FROM pools WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Self::pool_from_row(&r, &counts)).transpose()
+    }
+
+    pub async fn update_pool(
+        &self,
+        name: &str,
+        count: Option<u32>,
+        tier: Option<Tier>,
+    ) -> Result<bool> {
+        let _w = self.write_lock().await;
+        let r = sqlx::query(
+            "UPDATE pools SET count = COALESCE($2, count), tier = COALESCE($3, tier) WHERE name = $1",
+        )
+        .bind(name)
+        .bind(count.map(i64::from))
+        .bind(tier.map(|t| t.as_str().to_owned()))
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Delete a pool with its tokens and agents; with `force`, its active
+    /// runs are canceled first. Returns the ids of the runs it canceled, or
+    /// `Err(n)` when `n` runs are active and `force` is off.
+    pub async fn delete_pool(&self, name: &str, force: bool) -> Result<Result<Vec<String>, u64>> {
+        let _w = self.write_lock().await;
+        let mut tx = self.pool.begin().await?;
+        let active: Vec<String> =
+            sqlx::query("SELECT id FROM runs WHERE pool = $1 AND state IN ('queued', 'running')")
+                .bind(name)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?;
+        if !active.is_empty() && !force {
+            return Ok(Err(active.len() as u64));
+        }
+        let now = now_ms();
+        sqlx::query(
+            "UPDATE runs SET state = 'canceled', finished_at = $2, message = 'pool deleted', lease_hash = NULL, secrets = NULL WHERE pool = $1 AND state IN ('queued', 'running')",
+        )
+        .bind(name)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        for q in [
+            "DELETE FROM agent_tokens WHERE pool = $1",
+            "DELETE FROM agents WHERE pool = $1",
+            "DELETE FROM pools WHERE name = $1",
+        ] {
+            sqlx::query(q).bind(name).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(Ok(active))
+    }
+
+    // ---- tokens and agents ----
+
+    pub async fn add_agent_token(&self, pool: &str, sha256: &str, name: &str) -> Result<()> {
+        let _w = self.write_lock().await;
+        sqlx::query(
+            "INSERT INTO agent_tokens (sha256, pool, name, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(sha256)
+        .bind(pool)
+        .bind(name)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn delete_agent_tokens_named(&self, pool: &str, name: &str) -> Result<()> {
+        let _w = self.write_lock().await;
+        sqlx::query("DELETE FROM agent_tokens WHERE pool = $1 AND name = $2")
+            .bind(pool)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The pool an agent token is bound to.
+    pub async fn agent_token_pool(&self, sha256: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT pool FROM agent_tokens WHERE sha256 = $1")
+            .bind(sha256)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    async fn touch_agent(
+        conn: &mut sqlx::AnyConnection,
+        id: &str,
+        pool: &str,
+        current_run: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO agents (id, pool, last_seen, current_run) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO UPDATE SET pool = excluded.pool, last_seen = excluded.last_seen, current_run = excluded.current_run",
+        )
+        .bind(id)
+        .bind(pool)
+        .bind(now_ms())
+        .bind(current_run.map(str::to_owned))
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn agent_seen(&self, id: &str, pool: &str) -> Result<()> {
+        let _w = self.write_lock().await;
+        let mut conn = self.pool.acquire().await?;
+        Self::touch_agent(&mut conn, id, pool, None).await
+    }
+
+    pub async fn agents(&self, pool: &str, offline_after: Duration) -> Result<Vec<AgentInfo>> {
+        let rows = sqlx::query(
+            "SELECT id, pool, last_seen, current_run FROM agents WHERE pool = $1 ORDER BY id",
+        )
+        .bind(pool)
+        .fetch_all(&self.pool)
+        .await?;
+        let now = now_ms();
+        rows.iter()
+            .map(|r| {
+                let last: i64 = r.try_get("last_seen")?;
+                let current: Option<String> = r.try_get("current_run")?;
+                let status = if now - last > offline_after.as_millis() as i64 {
+                    "offline"
+                } else if current.is_some() {
+                    "busy"
+                } else {
+                    "idle"
+                };
+                Ok(AgentInfo {
+                    id: r.try_get("id")?,
+                    pool: r.try_get("pool")?,
+                    status: status.into(),
+                    last_heartbeat: last,
+                    current_run: current,
+                })
+            })
+            .collect()
+    }
+
+    // ---- runs ----
+
+    /// Insert a queued run and return its id (`r1`, `r2`, …).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn insert_run(
+        &self,
+        pool: &str,
+        spec: &BuildSpec,
+        secret_ids: &[String],
+        sealed_secrets: Option<String>,
+        submitter: &str,
+        timeout: Duration,
+        max_attempts: u32,
+    ) -> Result<String> {
+        let spec_json = serde_json::to_string(spec).map_err(|e| corrupt("runs.spec", e))?;
+        let ids_json =
+            serde_json::to_string(secret_ids).map_err(|e| corrupt("runs.secret_ids", e))?;
+        let _w = self.write_lock().await;
+        let mut tx = self.pool.begin().await?;
+        let n = Self::next_counter(&mut tx, "run").await?;
+        let id = format!("r{n}");
+        sqlx::query(
+            "INSERT INTO runs (id, seq, pool, state, spec, secret_ids, secrets, submitter, timeout_ms, created_at, attempt, max_attempts, log_next) VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, 0, $10, 0)",
+        )
+        .bind(&id)
+        .bind(n)
+        .bind(pool)
+        .bind(spec_json)
+        .bind(ids_json)
+        .bind(sealed_secrets)
+        .bind(submitter)
+        .bind(timeout.as_millis() as i64)
+        .bind(now_ms())
+        .bind(i64::from(max_attempts))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    fn run_from_row(row: &AnyRow, attempts: Vec<Attempt>) -> Result<Run> {
+        let state: String = row.try_get("state")?;
+        let spec: String = row.try_get("spec")?;
+        let ids: String = row.try_get("secret_ids")?;
+        Ok(Run {
+            id: row.try_get("id")?,
+            pool: row.try_get("pool")?,
+            state: state.parse().map_err(|e| corrupt("runs.state", e))?,
+            build: serde_json::from_str(&spec).map_err(|e| corrupt("runs.spec", e))?,
+            secret_ids: serde_json::from_str(&ids).map_err(|e| corrupt("runs.secret_ids", e))?,
+            timeout_secs: (row.try_get::<i64, _>("timeout_ms")? / 1000) as u64,
+            created_at: row.try_get("created_at")?,
+            started_at: row.try_get("started_at")?,
+            finished_at: row.try_get("finished_at")?,
+            attempts,
+            exit_code: row
+                .try_get::<Option<i64>, _>("exit_code")?
+                .map(|c| c as i32),
+            image_digest: row.try_get("image_digest")?,
+            message: row.try_get("message")?,
+        })
+    }
+
+    async fn attempts(&self, run: &str) -> Result<Vec<Attempt>> {
+        let rows = sqlx::query(
+            "SELECT attempt, agent, fence, started_at, ended_at, outcome FROM attempts WHERE run_id = $1 ORDER BY attempt",
+        )
+        .bind(run)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Attempt {
+                    number: r.try_get::<i64, _>("attempt")? as u32,
+                    agent: r.try_get("agent")?,
+                    fence: r.try_get("fence")?,
+                    started_at: r.try_get("started_at")?,
+                    ended_at: r.try_get("ended_at")?,
+                    outcome: r.try_get("outcome")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn run(&self, id: &str) -> Result<Option<Run>> {
+        let row = sqlx::query(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(r) => {
+                let attempts = self.attempts(id).await?;
+                Ok(Some(Self::run_from_row(&r, attempts)?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The run's submitter and sealed secrets (for the lease).
+    pub async fn run_private(&self, id: &str) -> Result<Option<(String, Option<String>)>> {
+        let row = sqlx::query("SELECT submitter, secrets FROM runs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
+    }
+
+    pub async fn list_runs(
+        &self,
+        pool: Option<&str>,
+        state: Option<RunState>,
+        limit: u32,
+    ) -> Result<Vec<Run>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE ($1 IS NULL OR pool = $1) AND ($2 IS NULL OR state = $2) ORDER BY seq DESC LIMIT $3"
+        ))
+        .bind(pool.map(str::to_owned))
+        .bind(state.map(|s| s.as_str().to_owned()))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut runs = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let id: String = r.try_get("id")?;
+            let attempts = self.attempts(&id).await?;
+            runs.push(Self::run_from_row(r, attempts)?);
+        }
+        Ok(runs)
+    }
+
+    /// Append server-written lines to a run's log (attempt markers, notes).
+    async fn append_note(
+        conn: &mut sqlx::AnyConnection,
+        run: &str,
+        attempt: i64,
+        seq: i64,
+        text: &str,
+    ) -> Result<()> {
+        let row =
+            sqlx::query("UPDATE runs SET log_next = log_next + 1 WHERE id = $1 RETURNING log_next")
+                .bind(run)
+                .fetch_one(&mut *conn)
+                .await?;
+        let pos: i64 = row.try_get(0)?;
+        sqlx::query(
+            "INSERT INTO log_chunks (run_id, pos, attempt, seq, data) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (run_id, attempt, seq) DO NOTHING",
+        )
+        .bind(run)
+        .bind(pos)
+        .bind(attempt)
+        .bind(seq)
+        .bind(format!("[slipway] {text}\n"))
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    /// Take the oldest queued run of `pool` for `agent`, or `None`.
+    pub async fn claim(
+        &self,
+        pool: &str,
+        agent: &str,
+        lease_hash: &str,
+        ttl: Duration,
+    ) -> Result<Option<Claimed>> {
+        let _w = self.write_lock().await;
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        let fence = Self::next_counter(&mut tx, "fence").await?;
+        // The outer `state = 'queued'` makes this a compare-and-set: under
+        // PostgreSQL's READ COMMITTED a concurrent claimer re-checks the row
+        // after the first one's commit and updates nothing.
+        let row = sqlx::query(
+            "UPDATE runs SET state = 'running', attempt = attempt + 1, fence = $1, lease_hash = $2, lease_expires = $3, agent = $4, started_at = COALESCE(started_at, $5) \
+             WHERE id = (SELECT id FROM runs WHERE pool = $6 AND state = 'queued' ORDER BY seq LIMIT 1) AND state = 'queued' \
+             RETURNING id, attempt",
+        )
+        .bind(fence)
+        .bind(lease_hash)
+        .bind(now + ttl.as_millis() as i64)
+        .bind(agent)
+        .bind(now)
+        .bind(pool)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            // Nothing claimed: leave the fence counter as it was.
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        let id: String = row.try_get(0)?;
+        let attempt: i64 = row.try_get(1)?;
+        sqlx::query(
+            "INSERT INTO attempts (run_id, attempt, agent, fence, started_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&id)
+        .bind(attempt)
+        .bind(agent)
+        .bind(fence)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        Self::touch_agent(&mut tx, agent, pool, Some(&id)).await?;
+        Self::append_note(
+            &mut tx,
+            &id,
+            attempt,
+            -1,
+            &format!("attempt {attempt} started on agent {agent}"),
+        )
+        .await?;
+        tx.commit().await?;
+        let run = self
+            .run(&id)
+            .await?
+            .ok_or_else(|| corrupt("runs", format!("claimed run {id} vanished")))?;
+        Ok(Some(Claimed {
+            run,
+            attempt: attempt as u32,
+            fence,
+        }))
+    }
+
+    /// Extend a lease. `None`: the lease is no longer this token's.
+    /// `Some(cancel)`: whether the agent must stop.
+    pub async fn heartbeat(
+        &self,
+        run: &str,
+        lease_hash: &str,
+        ttl: Duration,
+    ) -> Result<Option<bool>> {
+        let _w = self.write_lock().await;
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "UPDATE runs SET lease_expires = $3 WHERE id = $1 AND lease_hash = $2 AND state = 'running' RETURNING cancel_reason, agent, pool",
+        )
+        .bind(run)
+        .bind(lease_hash)
+        .bind(now_ms() + ttl.as_millis() as i64)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let reason: Option<String> = row.try_get(0)?;
+        let agent: String = row.try_get(1)?;
+        let pool: String = row.try_get(2)?;
+        Self::touch_agent(&mut tx, &agent, &pool, Some(run)).await?;
+        tx.commit().await?;
+        Ok(Some(reason.is_some()))
+    }
+
+    /// Store an agent's log chunks once each. `Ok(false)`: the lease is not
+    /// this token's (fenced off).
+    pub async fn append_logs(
+        &self,
+        run: &str,
+        lease_hash: &str,
+        chunks: &[api::AgentChunk],
+    ) -> Result<bool> {
+        let _w = self.write_lock().await;
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "SELECT attempt, log_next FROM runs WHERE id = $1 AND lease_hash = $2 AND state = 'running'",
+        )
+        .bind(run)
+        .bind(lease_hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(false);
+        };
+        let attempt: i64 = row.try_get(0)?;
+        let mut next: i64 = row.try_get(1)?;
+        let min_seq = chunks.iter().map(|c| c.seq).min().unwrap_or(0) as i64;
+        let seen: std::collections::HashSet<i64> = sqlx::query(
+            "SELECT seq FROM log_chunks WHERE run_id = $1 AND attempt = $2 AND seq >= $3",
+        )
+        .bind(run)
+        .bind(attempt)
+        .bind(min_seq)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| r.try_get::<i64, _>(0))
+        .collect::<Result<_, _>>()?;
+        for c in chunks {
+            let seq = c.seq as i64;
+            if seen.contains(&seq) {
+                continue;
+            }
+            next += 1;
+            sqlx::query(
+                "INSERT INTO log_chunks (run_id, pos, attempt, seq, data) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(run)
+            .bind(next)
+            .bind(attempt)
+            .bind(seq)
+            .bind(&c.data)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("UPDATE runs SET log_next = $2 WHERE id = $1")
+            .bind(run)
+            .bind(next)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Chunks after `after` (at most `limit`), oldest first.
+    pub async fn logs(&self, run: &str, after: u64, limit: u32) -> Result<Vec<LogChunk>> {
+        let rows = sqlx::query(
+            "SELECT pos, attempt, data FROM log_chunks WHERE run_id = $1 AND pos > $2 ORDER BY pos LIMIT $3",
+        )
+        .bind(run)
+        .bind(after as i64)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(LogChunk {
+                    pos: r.try_get::<i64, _>(0)? as u64,
+                    attempt: r.try_get::<i64, _>(1)? as u32,
+                    data: r.try_get(2)?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn run_state(&self, run: &str) -> Result<Option<RunState>> {
+        let row = sqlx::query("SELECT state FROM runs WHERE id = $1")
+            .bind(run)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            let s: String = r.try_get(0)?;
+            s.parse().map_err(|e| corrupt("runs.state", e))
+        })
+        .transpose()
+    }
+
+    /// Record an agent's result. `None`: fenced off (not this lease).
+    pub async fn finish(
+        &self,
+        run: &str,
+        lease_hash: &str,
+        result: &api::RunResult,
+    ) -> Result<Option<RunState>> {
+        let _w = self.write_lock().await;
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "SELECT attempt, cancel_reason, agent, pool FROM runs WHERE id = $1 AND lease_hash = $2 AND state = 'running'",
+        )
+        .bind(run)
+        .bind(lease_hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let attempt: i64 = row.try_get(0)?;
+        let reason: Option<String> = row.try_get(1)?;
+        let agent: String = row.try_get(2)?;
+        let pool: String = row.try_get(3)?;
+        let state = match result.outcome {
+            api::Outcome::Succeeded => RunState::Succeeded,
+            api::Outcome::Failed => RunState::Failed,
+            api::Outcome::Error => RunState::Error,
+            api::Outcome::Stopped => match reason.as_deref() {
+                Some("timed-out") => RunState::TimedOut,
+                _ => RunState::Canceled,
+            },
+        };
+        let now = now_ms();
+        sqlx::query(
+            "UPDATE runs SET state = $3, finished_at = $4, exit_code = $5, image_digest = $6, message = $7, lease_hash = NULL, lease_expires = NULL, secrets = NULL WHERE id = $1 AND lease_hash = $2",
+        )
+        .bind(run)
+        .bind(lease_hash)
+        .bind(state.as_str())
+        .bind(now)
+        .bind(result.exit_code.map(i64::from))
+        .bind(result.image_digest.clone())
+        .bind(result.message.clone())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE attempts SET ended_at = $3, outcome = $4 WHERE run_id = $1 AND attempt = $2",
+        )
+        .bind(run)
+        .bind(attempt)
+        .bind(now)
+        .bind(state.as_str())
+        .execute(&mut *tx)
+        .await?;
+        Self::touch_agent(&mut tx, &agent, &pool, None).await?;
+        Self::append_note(&mut tx, run, attempt, -2, &format!("run {run} {state}")).await?;
+        tx.commit().await?;
+        Ok(Some(state))
+    }
+
+    /// Cancel: a queued run ends at once; a running one is flagged for its
+    /// agent. `None` when the run does not exist; the state after.
+    pub async fn cancel(&self, run: &str) -> Result<Option<RunState>> {
+        let _w = self.write_lock().await;
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query(
+            "UPDATE runs SET state = 'canceled', finished_at = $2, secrets = NULL WHERE id = $1 AND state = 'queued'",
+        )
+        .bind(run)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() == 1 {
+            Self::append_note(&mut tx, run, 0, -3, "canceled while queued").await?;
+            tx.commit().await?;
+            return Ok(Some(RunState::Canceled));
+        }
+        sqlx::query(
+            "UPDATE runs SET cancel_reason = COALESCE(cancel_reason, 'canceled') WHERE id = $1 AND state = 'running'",
+        )
+        .bind(run)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.run_state(run).await
+    }
+
+    /// After a server restart: give every running lease a full period, since
+    /// agents could not heartbeat while we were down.
+    pub async fn extend_all_leases(&self, ttl: Duration) -> Result<u64> {
+        let _w = self.write_lock().await;
+        let r = sqlx::query("UPDATE runs SET lease_expires = $1 WHERE state = 'running'")
+            .bind(now_ms() + ttl.as_millis() as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected())
+    }
+
+    /// Expire leases whose agent went quiet (re-queue, or give up after the
+    /// attempts allowed) and flag runs past their timeout.
+    pub async fn reap(&self) -> Result<Reaped> {
+        let mut out = Reaped::default();
+        let now = now_ms();
+        let over: Vec<String> = sqlx::query(
+            "SELECT id FROM runs WHERE state = 'running' AND cancel_reason IS NULL AND started_at + timeout_ms < $1",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+        for id in over {
+            let _w = self.write_lock().await;
+            sqlx::query("UPDATE runs SET cancel_reason = 'timed-out' WHERE id = $1 AND cancel_reason IS NULL")
+                .bind(&id)
+                .execute(&self.pool)
+                .await?;
+            out.timed_out.push(id);
+        }
+        let expired = sqlx::query(
+            "SELECT id, attempt, max_attempts, lease_hash, cancel_reason, agent, pool FROM runs WHERE state = 'running' AND lease_expires < $1",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        for row in expired {
+            let id: String = row.try_get(0)?;
+            let attempt: i64 = row.try_get(1)?;
+            let max: i64 = row.try_get(2)?;
+            let hash: Option<String> = row.try_get(3)?;
+            let reason: Option<String> = row.try_get(4)?;
+            let agent: Option<String> = row.try_get(5)?;
+            let agent = agent.unwrap_or_default();
+            let _w = self.write_lock().await;
+            let mut tx = self.pool.begin().await?;
+            let (state, note) = match reason.as_deref() {
+                Some("timed-out") => (
+                    "timed-out",
+                    format!("agent {agent} did not stop in time; run timed out"),
+                ),
+                Some(_) => (
+                    "canceled",
+                    format!("agent {agent} did not confirm the cancel; run canceled"),
+                ),
+                None if attempt < max => (
+                    "queued",
+                    format!("agent {agent} stopped responding; lease expired, run re-queued"),
+                ),
+                None => (
+                    "error",
+                    format!("agent {agent} stopped responding; {attempt} attempts used, giving up"),
+                ),
+            };
+            let r = if state == "queued" {
+                sqlx::query(
+                    "UPDATE runs SET state = 'queued', lease_hash = NULL, lease_expires = NULL, agent = NULL WHERE id = $1 AND lease_hash = $2 AND state = 'running'",
+                )
+                .bind(&id)
+                .bind(hash.clone())
+                .execute(&mut *tx)
+                .await?
+            } else {
+                sqlx::query(
+                    "UPDATE runs SET state = $3, finished_at = $4, message = $5, lease_hash = NULL, lease_expires = NULL, secrets = NULL WHERE id = $1 AND lease_hash = $2 AND state = 'running'",
+                )
+                .bind(&id)
+                .bind(hash.clone())
+                .bind(state)
+                .bind(now)
+                .bind(&note)
+                .execute(&mut *tx)
+                .await?
+            };
+            if r.rows_affected() != 1 {
+                continue;
+            }
+            sqlx::query("UPDATE attempts SET ended_at = $3, outcome = $4 WHERE run_id = $1 AND attempt = $2")
+                .bind(&id)
+                .bind(attempt)
+                .bind(now)
+                .bind(if state == "queued" { "lost" } else { state })
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE agents SET current_run = NULL WHERE id = $1 AND current_run = $2")
+                .bind(&agent)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+            Self::append_note(&mut tx, &id, attempt, -4, &note).await?;
+            tx.commit().await?;
+            if state == "queued" {
+                out.requeued.push((id, row.try_get::<String, _>(6)?));
+            } else {
+                out.finished.push(id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Pool of a run (for notifications).
+    pub async fn run_pool(&self, run: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT pool FROM runs WHERE id = $1")
+            .bind(run)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+}

@@ -1,0 +1,234 @@
+//! The control plane behind `/api/v1`: pools, agent tokens, runs and their
+//! leases, logs and build contexts. It sits next to the embedded registry
+//! (sharing its API tokens, so one admin token opens both) and keeps its
+//! state in SQL ([`db`]).
+//!
+//! Flow: a client uploads a context and `POST /runs`; an agent of the pool
+//! long-polls `POST /agent/lease`, gets the run with a lease token, a fencing
+//! number, the run's secrets and a registry credential minted for this
+//! attempt; it heartbeats, uploads numbered log chunks and reports a result,
+//! each presenting the lease token. The reaper re-queues runs whose lease
+//! expired and flags runs past their timeout.
+
+pub mod db;
+mod local;
+mod routes;
+mod seal;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use registry::Registry;
+use tokio::sync::Notify;
+
+pub use db::{Db, DbError};
+pub use local::AgentCommand;
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data: PathBuf,
+    /// `sqlite://…` or `postgres://…`; default SQLite under `data`.
+    pub database_url: Option<String>,
+    /// How long a lease lives without a heartbeat.
+    pub lease_ttl: Duration,
+    /// Run time limit when the request gives none.
+    pub default_timeout: Duration,
+    /// Leases a run may use before it errors out.
+    pub max_attempts: u32,
+    /// `host:port` under which agents and clients reach the embedded
+    /// registry; tags on it need the submitter's push permission.
+    pub registry_host: String,
+    /// How to start agents of local pools (`None`: local pools get none).
+    pub agent_command: Option<AgentCommand>,
+}
+
+impl ServerConfig {
+    pub fn new(data: impl Into<PathBuf>, registry_host: impl Into<String>) -> Self {
+        ServerConfig {
+            data: data.into(),
+            database_url: None,
+            lease_ttl: Duration::from_secs(10),
+            default_timeout: Duration::from_secs(3600),
+            max_attempts: 3,
+            registry_host: registry_host.into(),
+            agent_command: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("contexts store: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Wake-ups keyed by pool (new runs) or run (new log lines, state changes).
+#[derive(Default)]
+struct Signals {
+    map: Mutex<HashMap<String, Arc<Notify>>>,
+}
+
+impl Signals {
+    fn get(&self, key: &str) -> Arc<Notify> {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(key.to_owned()).or_default().clone()
+    }
+
+    fn wake(&self, key: &str) {
+        let m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get(key) {
+            n.notify_waiters();
+        }
+    }
+
+    fn wake_and_forget(&self, key: &str) {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.remove(key) {
+            n.notify_waiters();
+        }
+    }
+}
+
+pub struct Server {
+    config: ServerConfig,
+    db: Db,
+    registry: Arc<Registry>,
+    contexts: Arc<dyn store::BlobStore>,
+    sealer: seal::Sealer,
+    pools: Signals,
+    runs: Signals,
+}
+
+impl Server {
+    /// Open the database (migrating it), the contexts store and the secret
+    /// key, and give running leases a fresh period (agents could not
+    /// heartbeat while the server was down).
+    pub async fn open(
+        config: ServerConfig,
+        registry: Arc<Registry>,
+    ) -> Result<Arc<Server>, ServerError> {
+        std::fs::create_dir_all(&config.data).map_err(|source| ServerError::Io {
+            context: format!("creating {}", config.data.display()),
+            source,
+        })?;
+        let db = Db::open(config.database_url.as_deref(), &config.data).await?;
+        let contexts: Arc<dyn store::BlobStore> =
+            Arc::new(store::FsStore::open(config.data.join("contexts")).await?);
+        let sealer = seal::Sealer::open(&config.data.join("secret.key"))?;
+        let extended = db.extend_all_leases(config.lease_ttl).await?;
+        if extended > 0 {
+            tracing::info!(
+                "{extended} runs were running at the last stop; their leases restart now"
+            );
+        }
+        Ok(Arc::new(Server {
+            config,
+            db,
+            registry,
+            contexts,
+            sealer,
+            pools: Signals::default(),
+            runs: Signals::default(),
+        }))
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// `/api/v1` routes (merge with the registry's router).
+    pub fn router(self: &Arc<Self>) -> axum::Router {
+        routes::router(self.clone())
+    }
+
+    /// Background work: the lease reaper, and the agents of local pools
+    /// when `agent_command` is set. Ends when `shutdown` resolves; local
+    /// agents are stopped before it returns.
+    pub async fn run_background(
+        self: Arc<Self>,
+        server_url: String,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) {
+        let reaper = {
+            let s = self.clone();
+            tokio::spawn(async move { s.reap_forever().await })
+        };
+        let local = match self.config.agent_command.clone() {
+            Some(cmd) => Some(local::Supervisor::new(self.clone(), cmd, server_url)),
+            None => None,
+        };
+        match local {
+            Some(mut sup) => sup.run(shutdown).await,
+            None => shutdown.await,
+        }
+        reaper.abort();
+    }
+
+    async fn reap_forever(&self) {
+        let period =
+            (self.config.lease_ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(2));
+        loop {
+            tokio::time::sleep(period).await;
+            match self.db.reap().await {
+                Ok(r) => {
+                    for (run, pool) in &r.requeued {
+                        tracing::warn!(run, pool, "lease expired; run re-queued");
+                        self.revoke_run_credentials(run);
+                        self.pools.wake(pool);
+                        self.runs.wake(run);
+                    }
+                    for run in &r.finished {
+                        self.revoke_run_credentials(run);
+                        self.runs.wake_and_forget(run);
+                    }
+                    for run in &r.timed_out {
+                        tracing::warn!(run, "run timed out; asking its agent to stop");
+                    }
+                }
+                Err(e) => tracing::error!("lease reaper: {e}"),
+            }
+        }
+    }
+
+    fn revoke_run_credentials(&self, run: &str) {
+        if let Err(e) = self
+            .registry
+            .auth()
+            .revoke_tokens_with_prefix(&format!("run:{run}:"))
+        {
+            tracing::error!(run, "revoking the run's registry credential: {e}");
+        }
+    }
+}
+
+/// SHA-256 hex of a secret, as tokens are stored.
+fn hash_secret(secret: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(secret.trim().as_bytes()))
+}
+
+fn random_token(prefix: &str) -> Result<String, getrandom::Error> {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b)?;
+    Ok(format!("{prefix}{}", hex::encode(b)))
+}
+
+/// Where a server's data lives, for `slipway up` to print.
+pub fn admin_token_path(data: &Path) -> PathBuf {
+    data.join("admin-token")
+}

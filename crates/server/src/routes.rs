@@ -1,0 +1,782 @@
+//! `/api/v1` handlers: authentication, request checks, and the mapping of
+//! database answers to HTTP. The queue's rules live in [`crate::db`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::{
+    AgentToken, ContextInfo, ContextSource, ErrorBody, Heartbeat, HeartbeatReply, Lease,
+    LeaseRequest, LogPage, LogUpload, PoolSpec, PoolStatus, PoolUpdate, RegistryCredential,
+    RunLimits, RunRequest, RunResult, RunState,
+};
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::TryStreamExt;
+use registry::auth::{Access, Action, Principal};
+use serde::Deserialize;
+
+use crate::{Server, hash_secret, random_token};
+
+type S = State<Arc<Server>>;
+
+/// An error response: status, a stable code, and a message for humans.
+pub struct ApiErr(StatusCode, &'static str, String);
+
+impl IntoResponse for ApiErr {
+    fn into_response(self) -> Response {
+        let mut resp = (
+            self.0,
+            Json(ErrorBody {
+                code: self.1.into(),
+                message: self.2,
+            }),
+        )
+            .into_response();
+        if self.0 == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"slipway\""),
+            );
+        }
+        resp
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiErr {
+    tracing::error!("internal error: {e}");
+    ApiErr(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", e.to_string())
+}
+
+impl From<crate::DbError> for ApiErr {
+    fn from(e: crate::DbError) -> Self {
+        internal(e)
+    }
+}
+
+fn bad(msg: impl Into<String>) -> ApiErr {
+    ApiErr(StatusCode::BAD_REQUEST, "INVALID", msg.into())
+}
+
+fn not_found(what: impl Into<String>) -> ApiErr {
+    ApiErr(StatusCode::NOT_FOUND, "NOT_FOUND", what.into())
+}
+
+fn conflict(msg: impl Into<String>) -> ApiErr {
+    ApiErr(StatusCode::CONFLICT, "CONFLICT", msg.into())
+}
+
+fn forbidden(msg: impl Into<String>) -> ApiErr {
+    ApiErr(StatusCode::FORBIDDEN, "DENIED", msg.into())
+}
+
+type R<T> = Result<T, ApiErr>;
+
+pub fn router(server: Arc<Server>) -> Router {
+    let api = Router::new()
+        .route("/openapi.json", get(openapi))
+        .route("/pools", post(create_pool).get(list_pools))
+        .route(
+            "/pools/{name}",
+            get(show_pool).patch(update_pool).delete(delete_pool),
+        )
+        .route("/pools/{name}/tokens", post(pool_token))
+        .route(
+            "/contexts/{digest}",
+            get(get_context).head(head_context).put(put_context),
+        )
+        .route("/runs", post(submit_run).get(list_runs))
+        .route("/runs/{id}", get(show_run))
+        .route("/runs/{id}/cancel", post(cancel_run))
+        .route("/runs/{id}/logs", get(run_logs))
+        .route("/agent/lease", post(lease))
+        .route("/agent/runs/{id}/heartbeat", post(heartbeat))
+        .route("/agent/runs/{id}/logs", post(agent_logs))
+        .route("/agent/runs/{id}/result", post(agent_result))
+        .fallback(|| async { not_found("no such API route") });
+    Router::new().nest(api::PREFIX, api).with_state(server)
+}
+
+/// The OpenAPI document, kept next to this file and checked against the
+/// router by a test.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+// ---- authentication ----
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    use base64::Engine;
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, rest) = v.split_once(' ')?;
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Some(rest.trim().to_owned());
+    }
+    if scheme.eq_ignore_ascii_case("basic") {
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(rest.trim())
+            .ok()?;
+        let s = String::from_utf8(raw).ok()?;
+        return s.split_once(':').map(|(_, p)| p.to_owned());
+    }
+    None
+}
+
+/// A user: an API token of the registry's token store (the admin token, or
+/// a scoped one). Per-run registry credentials are not users.
+fn user(s: &Server, headers: &HeaderMap) -> R<Principal> {
+    let Some(token) = bearer(headers) else {
+        return Err(ApiErr(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "authentication required: pass an API token as a Bearer token".into(),
+        ));
+    };
+    match s.registry.auth().verify_api_token(&token) {
+        Some(p) if !p.subject().starts_with("run:") => Ok(p),
+        _ => Err(ApiErr(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "the token is not valid here".into(),
+        )),
+    }
+}
+
+fn admin(s: &Server, headers: &HeaderMap) -> R<Principal> {
+    let p = user(s, headers)?;
+    match p {
+        Principal::Admin { .. } => Ok(p),
+        Principal::Scoped { .. } => Err(forbidden(format!(
+            "{} is not an admin token; managing pools needs one",
+            p.subject()
+        ))),
+    }
+}
+
+/// An agent: a pool-bound agent token. Returns the pool.
+async fn agent(s: &Server, headers: &HeaderMap) -> R<String> {
+    let Some(token) = bearer(headers) else {
+        return Err(ApiErr(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "agent calls need the pool's agent token (slipway pool token NAME)".into(),
+        ));
+    };
+    match s.db.agent_token_pool(&hash_secret(&token)).await? {
+        Some(pool) => Ok(pool),
+        None => Err(ApiErr(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "not an agent token of any pool".into(),
+        )),
+    }
+}
+
+// ---- pools ----
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 50
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+}
+
+async fn create_pool(State(s): S, headers: HeaderMap, Json(spec): Json<PoolSpec>) -> R<Response> {
+    admin(&s, &headers)?;
+    if !valid_name(&spec.name) {
+        return Err(bad(format!(
+            "pool name {:?}: use 1-50 lowercase letters, digits and dashes",
+            spec.name
+        )));
+    }
+    if spec.count > 100 {
+        return Err(bad("count: at most 100 agents per pool"));
+    }
+    if !s.db.create_pool(&spec).await? {
+        return Err(conflict(format!("pool {} exists", spec.name)));
+    }
+    let pool =
+        s.db.pool(&spec.name)
+            .await?
+            .ok_or_else(|| internal("pool vanished"))?;
+    Ok((StatusCode::CREATED, Json(pool)).into_response())
+}
+
+async fn list_pools(State(s): S, headers: HeaderMap) -> R<Response> {
+    user(&s, &headers)?;
+    Ok(Json(s.db.list_pools().await?).into_response())
+}
+
+async fn show_pool(State(s): S, headers: HeaderMap, Path(name): Path<String>) -> R<Response> {
+    user(&s, &headers)?;
+    let pool =
+        s.db.pool(&name)
+            .await?
+            .ok_or_else(|| not_found(format!("pool {name} does not exist")))?;
+    let agents = s.db.agents(&name, s.config.lease_ttl * 3).await?;
+    Ok(Json(PoolStatus { pool, agents }).into_response())
+}
+
+async fn update_pool(
+    State(s): S,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Json(up): Json<PoolUpdate>,
+) -> R<Response> {
+    admin(&s, &headers)?;
+    if up.count.is_some_and(|c| c > 100) {
+        return Err(bad("count: at most 100 agents per pool"));
+    }
+    if !s.db.update_pool(&name, up.count, up.tier).await? {
+        return Err(not_found(format!("pool {name} does not exist")));
+    }
+    let pool =
+        s.db.pool(&name)
+            .await?
+            .ok_or_else(|| internal("pool vanished"))?;
+    Ok(Json(pool).into_response())
+}
+
+#[derive(Deserialize)]
+struct ForceQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn delete_pool(
+    State(s): S,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<ForceQuery>,
+) -> R<Response> {
+    admin(&s, &headers)?;
+    if s.db.pool(&name).await?.is_none() {
+        return Err(not_found(format!("pool {name} does not exist")));
+    }
+    match s.db.delete_pool(&name, q.force).await? {
+        Ok(canceled) => {
+            for run in &canceled {
+                s.revoke_run_credentials(run);
+                s.runs.wake_and_forget(run);
+            }
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        Err(n) => Err(conflict(format!(
+            "pool {name} has {n} queued or running runs; wait, cancel them, or delete with force"
+        ))),
+    }
+}
+
+async fn pool_token(State(s): S, headers: HeaderMap, Path(name): Path<String>) -> R<Response> {
+    admin(&s, &headers)?;
+    if s.db.pool(&name).await?.is_none() {
+        return Err(not_found(format!("pool {name} does not exist")));
+    }
+    let token = random_token("slwa_").map_err(internal)?;
+    s.db.add_agent_token(&name, &hash_secret(&token), "agent")
+        .await?;
+    Ok((StatusCode::CREATED, Json(AgentToken { pool: name, token })).into_response())
+}
+
+// ---- contexts ----
+
+fn parse_digest(d: &str) -> R<oci::Digest> {
+    d.parse()
+        .map_err(|e| bad(format!("context digest {d:?}: {e}")))
+}
+
+async fn head_context(State(s): S, headers: HeaderMap, Path(d): Path<String>) -> R<Response> {
+    user(&s, &headers)?;
+    let digest = parse_digest(&d)?;
+    match s.contexts.stat(&digest).await.map_err(internal)? {
+        Some(info) => Ok((
+            StatusCode::OK,
+            [(header::CONTENT_LENGTH, info.size.to_string())],
+        )
+            .into_response()),
+        None => Err(not_found(format!("context {d} is not stored"))),
+    }
+}
+
+async fn put_context(
+    State(s): S,
+    headers: HeaderMap,
+    Path(d): Path<String>,
+    body: Body,
+) -> R<Response> {
+    user(&s, &headers)?;
+    let digest = parse_digest(&d)?;
+    if let Some(info) = s.contexts.stat(&digest).await.map_err(internal)? {
+        return Ok(Json(ContextInfo {
+            digest: d,
+            size: info.size,
+        })
+        .into_response());
+    }
+    let id = s.contexts.upload_create().await.map_err(internal)?;
+    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    let appended = s.contexts.upload_append(&id, 0, Box::pin(stream)).await;
+    if let Err(e) = appended {
+        let _ = s.contexts.upload_cancel(&id).await;
+        return Err(bad(format!("receiving the context: {e}")));
+    }
+    match s.contexts.upload_commit(&id, &digest).await {
+        Ok(size) => {
+            Ok((StatusCode::CREATED, Json(ContextInfo { digest: d, size })).into_response())
+        }
+        Err(e @ store::StoreError::DigestMismatch { .. }) => {
+            let _ = s.contexts.upload_cancel(&id).await;
+            Err(ApiErr(
+                StatusCode::BAD_REQUEST,
+                "DIGEST_INVALID",
+                e.to_string(),
+            ))
+        }
+        Err(e) => {
+            let _ = s.contexts.upload_cancel(&id).await;
+            Err(internal(e))
+        }
+    }
+}
+
+async fn get_context(State(s): S, headers: HeaderMap, Path(d): Path<String>) -> R<Response> {
+    // Agents fetch contexts of the runs they hold; users may re-read theirs.
+    if agent(&s, &headers).await.is_err() {
+        user(&s, &headers)?;
+    }
+    let digest = parse_digest(&d)?;
+    let read = match s.contexts.open(&digest, None).await {
+        Ok(r) => r,
+        Err(store::StoreError::BlobUnknown(_)) => {
+            return Err(not_found(format!("context {d} is not stored")));
+        }
+        Err(e) => return Err(internal(e)),
+    };
+    let stream = tokio_util::io::ReaderStream::with_capacity(read.reader, store::READ_BUF);
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::CONTENT_LENGTH, read.len.to_string()),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+// ---- runs ----
+
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+async fn submit_run(State(s): S, headers: HeaderMap, Json(req): Json<RunRequest>) -> R<Response> {
+    let who = user(&s, &headers)?;
+    if s.db.pool(&req.pool).await?.is_none() {
+        return Err(not_found(format!("pool {} does not exist", req.pool)));
+    }
+    let b = &req.build;
+    if b.tags.is_empty() && !b.no_push {
+        return Err(bad("give at least one tag to push to, or no_push"));
+    }
+    for t in &b.tags {
+        let r: oci::Reference = t.parse().map_err(|e| bad(format!("tag {t:?}: {e}")))?;
+        if r.registry == s.config.registry_host && !who.allows("repository", &r.repository, "push")
+        {
+            return Err(forbidden(format!(
+                "{} may not push to {}",
+                who.subject(),
+                r.repository
+            )));
+        }
+    }
+    if b.dockerfile.is_empty() || b.dockerfile.contains('\0') {
+        return Err(bad("dockerfile: give a path inside the context"));
+    }
+    match &b.context {
+        ContextSource::Upload { digest } => {
+            let d = parse_digest(digest)?;
+            if s.contexts.stat(&d).await.map_err(internal)?.is_none() {
+                return Err(bad(format!(
+                    "context {digest} is not stored: upload it with PUT /contexts/{digest} first"
+                )));
+            }
+        }
+        ContextSource::Url { url } => {
+            if !(url.starts_with("https://")
+                || url.starts_with("http://")
+                || url.starts_with("git://"))
+            {
+                return Err(bad(format!(
+                    "context URL {url:?}: use http(s):// or git://"
+                )));
+            }
+        }
+    }
+    for id in req.secrets.keys() {
+        if id.is_empty() || id.contains(['/', ',', '=']) {
+            return Err(bad(format!("secret id {id:?}: no '/', ',' or '='")));
+        }
+    }
+    let sealed = if req.secrets.is_empty() {
+        None
+    } else {
+        Some(s.sealer.seal(&req.secrets).map_err(internal)?)
+    };
+    let timeout = req
+        .timeout_secs
+        .map(Duration::from_secs)
+        .unwrap_or(s.config.default_timeout)
+        .min(MAX_TIMEOUT);
+    let ids: Vec<String> = req.secrets.keys().cloned().collect();
+    let id =
+        s.db.insert_run(
+            &req.pool,
+            b,
+            &ids,
+            sealed,
+            who.subject(),
+            timeout,
+            s.config.max_attempts,
+        )
+        .await?;
+    s.pools.wake(&req.pool);
+    let run =
+        s.db.run(&id)
+            .await?
+            .ok_or_else(|| internal("run vanished"))?;
+    tracing::info!(run = id, pool = req.pool, "run queued");
+    Ok((StatusCode::CREATED, Json(run)).into_response())
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    pool: Option<String>,
+    state: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn list_runs(State(s): S, headers: HeaderMap, Query(q): Query<ListQuery>) -> R<Response> {
+    user(&s, &headers)?;
+    let state = q
+        .state
+        .as_deref()
+        .map(str::parse::<RunState>)
+        .transpose()
+        .map_err(bad)?;
+    let runs =
+        s.db.list_runs(q.pool.as_deref(), state, q.limit.unwrap_or(50).min(1000))
+            .await?;
+    Ok(Json(runs).into_response())
+}
+
+async fn show_run(State(s): S, headers: HeaderMap, Path(id): Path<String>) -> R<Response> {
+    user(&s, &headers)?;
+    let run =
+        s.db.run(&id)
+            .await?
+            .ok_or_else(|| not_found(format!("run {id} does not exist")))?;
+    Ok(Json(run).into_response())
+}
+
+async fn cancel_run(State(s): S, headers: HeaderMap, Path(id): Path<String>) -> R<Response> {
+    user(&s, &headers)?;
+    let Some(state) = s.db.cancel(&id).await? else {
+        return Err(not_found(format!("run {id} does not exist")));
+    };
+    if state == RunState::Canceled {
+        s.revoke_run_credentials(&id);
+        s.runs.wake_and_forget(&id);
+    } else if state.is_final() {
+        return Err(conflict(format!("run {id} already ended: {state}")));
+    }
+    let run =
+        s.db.run(&id)
+            .await?
+            .ok_or_else(|| internal("run vanished"))?;
+    Ok(Json(run).into_response())
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    #[serde(default)]
+    after: u64,
+    #[serde(default)]
+    wait: u64,
+}
+
+const LOG_PAGE: u32 = 2000;
+
+async fn run_logs(
+    State(s): S,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> R<Response> {
+    user(&s, &headers)?;
+    let wait = Duration::from_secs(q.wait.min(60));
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let notify = s.runs.get(&id);
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        // State first: once it reads final, no chunk can follow, so an
+        // empty read after it really is the end.
+        let Some(state) = s.db.run_state(&id).await? else {
+            return Err(not_found(format!("run {id} does not exist")));
+        };
+        let chunks = s.db.logs(&id, q.after, LOG_PAGE).await?;
+        if !chunks.is_empty() || state.is_final() || tokio::time::Instant::now() >= deadline {
+            let next = chunks.last().map_or(q.after, |c| c.pos);
+            let done = state.is_final() && chunks.len() < LOG_PAGE as usize;
+            return Ok(Json(LogPage {
+                chunks,
+                next,
+                state,
+                done,
+            })
+            .into_response());
+        }
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+// ---- agents ----
+
+fn lease_err() -> ApiErr {
+    conflict("this lease is no longer yours: the run was re-queued, canceled or finished")
+}
+
+async fn lease(State(s): S, headers: HeaderMap, Json(req): Json<LeaseRequest>) -> R<Response> {
+    let pool_name = agent(&s, &headers).await?;
+    if req.agent.is_empty() || req.agent.len() > 200 {
+        return Err(bad("agent: give an id of 1-200 characters"));
+    }
+    let Some(pool) = s.db.pool(&pool_name).await? else {
+        return Err(not_found(format!("pool {pool_name} no longer exists")));
+    };
+    s.db.agent_seen(&req.agent, &pool_name).await?;
+    let wait = Duration::from_secs(req.wait_secs.min(60));
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let notify = s.pools.get(&pool_name);
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let token = random_token("lease_").map_err(internal)?;
+        if let Some(c) =
+            s.db.claim(
+                &pool_name,
+                &req.agent,
+                &hash_secret(&token),
+                s.config.lease_ttl,
+            )
+            .await?
+        {
+            s.runs.wake(&c.run.id);
+            tracing::info!(
+                run = c.run.id,
+                agent = req.agent,
+                attempt = c.attempt,
+                "leased"
+            );
+            let lease = complete_lease(&s, c, token, pool.tier).await?;
+            return Ok(Json(lease).into_response());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+/// Add what only the lease holder gets: the secrets in clear and a registry
+/// credential valid for this attempt (revoked when the run ends or moves).
+async fn complete_lease(
+    s: &Server,
+    c: crate::db::Claimed,
+    token: String,
+    tier: api::Tier,
+) -> R<Lease> {
+    let (submitter, sealed) =
+        s.db.run_private(&c.run.id)
+            .await?
+            .ok_or_else(|| internal("run vanished"))?;
+    let secrets = match sealed {
+        Some(x) => s.sealer.open_sealed(&x).map_err(internal)?,
+        None => BTreeMap::new(),
+    };
+    let submitter_is_admin = matches!(
+        s.registry.auth().principal_named(&submitter),
+        Some(Principal::Admin { .. })
+    );
+    let mut grants = Vec::new();
+    for t in &c.run.build.tags {
+        if let Ok(r) = t.parse::<oci::Reference>()
+            && r.registry == s.config.registry_host
+        {
+            grants.push(Access::repo(&r.repository, &[Action::Pull, Action::Push]));
+        }
+    }
+    if submitter_is_admin {
+        grants.push(Access::repo("*", &[Action::Pull]));
+    } else if let Some(Principal::Scoped { grants: g, .. }) =
+        s.registry.auth().principal_named(&submitter)
+    {
+        grants.extend(g.into_iter().filter(|a| a.kind == "repository"));
+    }
+    let password = s
+        .registry
+        .auth()
+        .create_token(&format!("run:{}:{}", c.run.id, c.attempt), false, grants)
+        .map_err(internal)?;
+    Ok(Lease {
+        attempt: c.attempt,
+        fence: c.fence,
+        token,
+        ttl_ms: s.config.lease_ttl.as_millis() as u64,
+        secrets,
+        registry: Some(RegistryCredential {
+            host: s.config.registry_host.clone(),
+            username: "slipway-run".into(),
+            password,
+        }),
+        limits: RunLimits {
+            cpus: tier.cpus(),
+            memory_bytes: tier.memory_bytes(),
+        },
+        run: c.run,
+    })
+}
+
+async fn check_run_pool(s: &Server, pool: &str, run: &str) -> R<()> {
+    match s.db.run_pool(run).await? {
+        Some(p) if p == pool => Ok(()),
+        Some(_) => Err(forbidden(format!("run {run} belongs to another pool"))),
+        None => Err(not_found(format!("run {run} does not exist"))),
+    }
+}
+
+async fn heartbeat(
+    State(s): S,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(hb): Json<Heartbeat>,
+) -> R<Response> {
+    let pool = agent(&s, &headers).await?;
+    check_run_pool(&s, &pool, &id).await?;
+    match s
+        .db
+        .heartbeat(&id, &hash_secret(&hb.token), s.config.lease_ttl)
+        .await?
+    {
+        Some(cancel) => Ok(Json(HeartbeatReply {
+            cancel,
+            ttl_ms: s.config.lease_ttl.as_millis() as u64,
+        })
+        .into_response()),
+        None => Err(lease_err()),
+    }
+}
+
+async fn agent_logs(
+    State(s): S,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(up): Json<LogUpload>,
+) -> R<Response> {
+    let pool = agent(&s, &headers).await?;
+    check_run_pool(&s, &pool, &id).await?;
+    if up.chunks.iter().any(|c| c.seq == 0) {
+        return Err(bad("log chunk seq starts at 1"));
+    }
+    if !s
+        .db
+        .append_logs(&id, &hash_secret(&up.token), &up.chunks)
+        .await?
+    {
+        return Err(lease_err());
+    }
+    s.runs.wake(&id);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn agent_result(
+    State(s): S,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(result): Json<RunResult>,
+) -> R<Response> {
+    let pool = agent(&s, &headers).await?;
+    check_run_pool(&s, &pool, &id).await?;
+    let Some(state) =
+        s.db.finish(&id, &hash_secret(&result.token), &result)
+            .await?
+    else {
+        return Err(lease_err());
+    };
+    tracing::info!(run = id, %state, "run ended");
+    s.revoke_run_credentials(&id);
+    s.runs.wake_and_forget(&id);
+    s.pools.wake(&pool);
+    let run =
+        s.db.run(&id)
+            .await?
+            .ok_or_else(|| internal("run vanished"))?;
+    Ok(Json(run).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every route the router serves is described in the OpenAPI document,
+    /// with the same methods, and the document names no route we lack.
+    #[test]
+    fn openapi_matches_router() {
+        let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        let src = include_str!("routes.rs");
+        let start = src.find("let api = Router::new()").unwrap();
+        let end = src[start..].find(".fallback(").unwrap() + start;
+        let mut routed = std::collections::BTreeMap::new();
+        for piece in src[start..end].split(".route(").skip(1) {
+            let path = piece.split('"').nth(1).unwrap().to_owned();
+            let methods: Vec<String> = ["get", "post", "put", "patch", "delete", "head"]
+                .iter()
+                .filter(|m| piece.contains(&format!("{m}(")))
+                .map(|m| m.to_string())
+                .collect();
+            routed.insert(path, methods);
+        }
+        assert_eq!(routed.len(), paths.len(), "routes {routed:?}");
+        for (path, methods) in &routed {
+            let item = paths
+                .get(path)
+                .unwrap_or_else(|| panic!("{path} missing from openapi.json"));
+            for m in methods {
+                assert!(
+                    item.get(m).is_some(),
+                    "{m} {path} missing from openapi.json"
+                );
+            }
+            let documented = item
+                .as_object()
+                .unwrap()
+                .keys()
+                .filter(|k| *k != "parameters")
+                .count();
+            assert_eq!(documented, methods.len(), "{path}: {methods:?}");
+        }
+    }
+}

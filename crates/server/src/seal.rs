@@ -1,0 +1,123 @@
+//! Secrets at rest: run secrets are sealed with XChaCha20-Poly1305 under a
+//! key kept in `<data>/secret.key` (0600), so the database never holds them
+//! in clear. A run's sealed secrets are dropped when it ends.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use base64::Engine;
+use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+
+use crate::ServerError;
+
+pub struct Sealer {
+    cipher: XChaCha20Poly1305,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    #[error("sealed secrets are malformed or were sealed under another key")]
+    Open,
+    #[error("sealing secrets: {0}")]
+    Seal(String),
+}
+
+fn io(context: String) -> impl FnOnce(std::io::Error) -> ServerError {
+    move |source| ServerError::Io { context, source }
+}
+
+impl Sealer {
+    pub fn open(path: &Path) -> Result<Sealer, ServerError> {
+        let key = match std::fs::read(path) {
+            Ok(k) if k.len() == 32 => k,
+            Ok(_) => {
+                return Err(ServerError::Io {
+                    context: format!("{} must hold exactly 32 bytes", path.display()),
+                    source: std::io::Error::from(std::io::ErrorKind::InvalidData),
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut k = [0u8; 32];
+                getrandom::fill(&mut k).map_err(|e| ServerError::Io {
+                    context: "generating the secret key".into(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+                let tmp = path.with_extension("tmp");
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)
+                    .map_err(io(format!("creating {}", tmp.display())))?;
+                f.write_all(&k)
+                    .and_then(|()| f.sync_all())
+                    .map_err(io(format!("writing {}", tmp.display())))?;
+                std::fs::rename(&tmp, path)
+                    .map_err(io(format!("renaming to {}", path.display())))?;
+                k.to_vec()
+            }
+            Err(e) => return Err(io(format!("reading {}", path.display()))(e)),
+        };
+        let cipher = XChaCha20Poly1305::new_from_slice(&key).map_err(|_| ServerError::Io {
+            context: "loading the secret key".into(),
+            source: std::io::Error::from(std::io::ErrorKind::InvalidData),
+        })?;
+        Ok(Sealer { cipher })
+    }
+
+    /// base64(nonce ‖ ciphertext) of the JSON map.
+    pub fn seal(&self, secrets: &BTreeMap<String, String>) -> Result<String, SealError> {
+        let plain = serde_json::to_vec(secrets).map_err(|e| SealError::Seal(e.to_string()))?;
+        let mut nonce = [0u8; 24];
+        getrandom::fill(&mut nonce).map_err(|e| SealError::Seal(e.to_string()))?;
+        let ct = self
+            .cipher
+            .encrypt(XNonce::from_slice(&nonce), plain.as_slice())
+            .map_err(|e| SealError::Seal(e.to_string()))?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&ct);
+        Ok(base64::engine::general_purpose::STANDARD.encode(out))
+    }
+
+    pub fn open_sealed(&self, sealed: &str) -> Result<BTreeMap<String, String>, SealError> {
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(sealed)
+            .map_err(|_| SealError::Open)?;
+        if raw.len() < 24 {
+            return Err(SealError::Open);
+        }
+        let (nonce, ct) = raw.split_at(24);
+        let plain = self
+            .cipher
+            .decrypt(XNonce::from_slice(nonce), ct)
+            .map_err(|_| SealError::Open)?;
+        serde_json::from_slice(&plain).map_err(|_| SealError::Open)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_no_clear_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Sealer::open(&dir.path().join("k")).unwrap();
+        let mut m = BTreeMap::new();
+        m.insert("npm".to_owned(), "hunter2-very-secret".to_owned());
+        let sealed = s.seal(&m).unwrap();
+        assert!(!sealed.contains("hunter2"));
+        assert_eq!(s.open_sealed(&sealed).unwrap(), m);
+        // Same key file → same key; a tampered text does not open.
+        let again = Sealer::open(&dir.path().join("k")).unwrap();
+        assert_eq!(again.open_sealed(&sealed).unwrap(), m);
+        let mut bad = sealed.into_bytes();
+        let last = bad.len() - 3;
+        bad[last] = if bad[last] == b'A' { b'B' } else { b'A' };
+        assert!(s.open_sealed(&String::from_utf8(bad).unwrap()).is_err());
+    }
+}
