@@ -1,6 +1,8 @@
-//! Cgroups for memory and pids limits: cgroup v2 (unified) when its
-//! controllers are available, else the v1 `memory` and `pids` hierarchies
-//! (hybrid hosts such as these CI VMs, where v2 has no controllers).
+//! Cgroups for memory, pids and CPU limits: cgroup v2 (unified) when its
+//! controllers are available, else the v1 `memory`, `pids` and `cpu`
+//! hierarchies (hybrid hosts such as these CI VMs, where v2 has no
+//! controllers). CPU is a bandwidth limit (CFS quota per 100 ms period),
+//! the same as `docker run --cpus`.
 //!
 //! Detection is by looking, never by assuming: a host whose hierarchies are
 //! missing or read-only (a rootless pod) gets no cgroup, and the run reports
@@ -26,6 +28,8 @@ pub enum Hierarchy {
         memory: Option<PathBuf>,
         /// The `pids` hierarchy, if mounted.
         pids: Option<PathBuf>,
+        /// The `cpu` hierarchy (often `cpu,cpuacct` behind a `cpu` link), if mounted.
+        cpu: Option<PathBuf>,
     },
 }
 
@@ -37,10 +41,11 @@ pub fn detect(root: &Path) -> Option<Hierarchy> {
     }
     let memory = Some(root.join("memory")).filter(|p| p.join("cgroup.procs").exists());
     let pids = Some(root.join("pids")).filter(|p| p.join("cgroup.procs").exists());
-    if memory.is_none() && pids.is_none() {
+    let cpu = Some(root.join("cpu")).filter(|p| p.join("cgroup.procs").exists());
+    if memory.is_none() && pids.is_none() && cpu.is_none() {
         return None;
     }
-    Some(Hierarchy::V1 { memory, pids })
+    Some(Hierarchy::V1 { memory, pids, cpu })
 }
 
 /// The cgroup(s) of one run.
@@ -48,6 +53,15 @@ pub fn detect(root: &Path) -> Option<Hierarchy> {
 pub(crate) struct Cgroup {
     dirs: Vec<PathBuf>,
     v1: bool,
+}
+
+/// The CFS period Docker uses; the quota is `cpus` times it.
+const CPU_PERIOD_US: u64 = 100_000;
+
+/// The quota for `cpus` CPUs per [`CPU_PERIOD_US`] (at least 1 ms, the
+/// kernel's minimum).
+fn cpu_quota_us(cpus: f64) -> u64 {
+    ((cpus * CPU_PERIOD_US as f64).round() as u64).max(1000)
 }
 
 fn write(path: &Path, data: &str) -> Result<(), Error> {
@@ -86,11 +100,16 @@ impl Cgroup {
         };
         match h {
             Hierarchy::V2(root) => {
-                // Delegate the controllers down to our parent cgroup.
+                // Delegate the controllers down to our parent cgroup; cpu
+                // only when asked for, as hosts may lack it.
+                let controllers = if limits.cpus.is_some() {
+                    "+memory +pids +cpu"
+                } else {
+                    "+memory +pids"
+                };
                 for dir in [root.clone(), root.join(parent)] {
                     std::fs::create_dir_all(&dir).ok();
-                    if std::fs::write(dir.join("cgroup.subtree_control"), "+memory +pids").is_err()
-                    {
+                    if std::fs::write(dir.join("cgroup.subtree_control"), controllers).is_err() {
                         return Ok(None);
                     }
                 }
@@ -106,9 +125,15 @@ impl Cgroup {
                 if let Some(p) = limits.pids {
                     write(&dir.join("pids.max"), &p.to_string())?;
                 }
+                if let Some(c) = limits.cpus {
+                    write(
+                        &dir.join("cpu.max"),
+                        &format!("{} {CPU_PERIOD_US}", cpu_quota_us(c)),
+                    )?;
+                }
                 cg.dirs.push(dir);
             }
-            Hierarchy::V1 { memory, pids } => {
+            Hierarchy::V1 { memory, pids, cpu } => {
                 if let Some(m) = limits.memory {
                     let Some(base) = memory else { return Ok(None) };
                     let Some(dir) = mkdir(base)? else {
@@ -128,6 +153,15 @@ impl Cgroup {
                     };
                     cg.dirs.push(dir.clone());
                     write(&dir.join("pids.max"), &p.to_string())?;
+                }
+                if let Some(c) = limits.cpus {
+                    let Some(base) = cpu else { return Ok(None) };
+                    let Some(dir) = mkdir(base)? else {
+                        return Ok(None);
+                    };
+                    cg.dirs.push(dir.clone());
+                    write(&dir.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
+                    write(&dir.join("cpu.cfs_quota_us"), &cpu_quota_us(c).to_string())?;
                 }
             }
         }
@@ -218,7 +252,8 @@ mod tests {
             detect(d.path()),
             Some(Hierarchy::V1 {
                 memory: None,
-                pids: Some(d.path().join("pids"))
+                pids: Some(d.path().join("pids")),
+                cpu: None,
             })
         );
         std::fs::write(d.path().join("cgroup.controllers"), "cpu io\n").unwrap();
@@ -236,10 +271,12 @@ mod tests {
         let h = Hierarchy::V1 {
             memory: Some(d.path().join("memory")),
             pids: Some(d.path().join("pids")),
+            cpu: Some(d.path().join("cpu")),
         };
         let limits = Limits {
             memory: Some(1 << 20),
             pids: Some(64),
+            cpus: Some(1.5),
             ..Default::default()
         };
         let cg = Cgroup::create(&h, "slipway", "run1", &limits)
@@ -248,19 +285,23 @@ mod tests {
         let read = |p: &str| std::fs::read_to_string(d.path().join(p)).unwrap();
         assert_eq!(read("memory/slipway/run1/memory.limit_in_bytes"), "1048576");
         assert_eq!(read("pids/slipway/run1/pids.max"), "64");
+        assert_eq!(read("cpu/slipway/run1/cpu.cfs_quota_us"), "150000");
+        assert_eq!(read("cpu/slipway/run1/cpu.cfs_period_us"), "100000");
         cg.add(42).unwrap();
         assert_eq!(cg.pids(), vec![42]);
         assert_eq!(
             cg.join_files(),
             [
                 d.path().join("memory/slipway/run1/tasks"),
-                d.path().join("pids/slipway/run1/tasks")
+                d.path().join("pids/slipway/run1/tasks"),
+                d.path().join("cpu/slipway/run1/tasks")
             ]
         );
         // A pids-only limit on a host without a pids hierarchy: not enforceable.
         let h = Hierarchy::V1 {
             memory: Some(d.path().join("memory")),
             pids: None,
+            cpu: None,
         };
         let only_pids = Limits {
             pids: Some(1),

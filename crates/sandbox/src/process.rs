@@ -212,7 +212,7 @@ impl Sandbox {
         let etc = rootfs::etc_files(&spec.process.hostname, &resolv);
 
         let mut limits_not_enforced = false;
-        let cgroup = if spec.limits.memory.is_some() || spec.limits.pids.is_some() {
+        let cgroup = if spec.limits.needs_cgroup() {
             let name = run_dir
                 .path()
                 .file_name()
@@ -224,7 +224,7 @@ impl Sandbox {
             };
             if cg.is_none() {
                 tracing::warn!(
-                    "no writable cgroup memory/pids controller: memory and pids limits are not enforced"
+                    "no writable cgroup memory/pids/cpu controller: memory, pids and CPU limits are not enforced"
                 );
                 limits_not_enforced = true;
             }
@@ -511,7 +511,7 @@ impl Sandbox {
             status,
             timed_out,
             canceled,
-            limits_not_enforced: spec.limits.memory.is_some() || spec.limits.pids.is_some(),
+            limits_not_enforced: spec.limits.needs_cgroup(),
             elapsed: started.elapsed(),
         })
     }

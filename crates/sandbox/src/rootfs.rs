@@ -16,6 +16,7 @@
 //! root/   mount point of the overlay, then the new root
 //! skel/   bottom lower layer: empty mount points
 //! etc/    hosts, hostname, resolv.conf
+//! secrets/ secrets with a target of their own (on a tmpfs), bound onto it
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -33,6 +34,7 @@ pub(crate) struct Layout {
     pub root: PathBuf,
     pub skel: PathBuf,
     pub etc: PathBuf,
+    pub secrets: PathBuf,
 }
 
 impl Layout {
@@ -41,6 +43,7 @@ impl Layout {
             root: run_dir.join("root"),
             skel: run_dir.join("skel"),
             etc: run_dir.join("etc"),
+            secrets: run_dir.join("secrets"),
         }
     }
 }
@@ -83,8 +86,12 @@ pub(crate) fn skeleton(
         .map(|p| (p.to_string(), true))
         .collect();
     v.extend(ETC_FILES.iter().map(|f| (format!("/etc/{f}"), false)));
-    if !spec.secrets.is_empty() {
+    if spec.secrets.iter().any(|s| s.target.is_none()) {
         v.push(("/run/secrets".into(), true));
+    }
+    // A secret's own target is a file mount point, in the skeleton too.
+    for t in spec.secrets.iter().filter_map(|s| s.target.as_ref()) {
+        v.push((t.clone(), false));
     }
     for m in &spec.mounts {
         let is_dir = match m {
@@ -105,6 +112,9 @@ pub(crate) fn prepare(layout: &Layout, spec: &RunSpec) -> Result<(), Error> {
     mk(&layout.root)?;
     mk(&layout.etc)?;
     mk(&layout.skel)?;
+    if spec.secrets.iter().any(|s| s.target.is_some()) {
+        mk(&layout.secrets)?;
+    }
     let entries = skeleton(spec, |p| p.is_dir());
     for (path, is_dir) in entries {
         let host = layout.skel.join(path.trim_start_matches('/'));
@@ -316,6 +326,13 @@ pub(crate) fn plan(
     let mut mounts: Vec<&Mount> = spec.mounts.iter().collect();
     mounts.sort_by_key(|m| m.target().matches('/').count());
     for m in mounts {
+        // /dev is a fresh tmpfs, not in the skeleton: make the mount point.
+        if m.target() == crate::spec::DEV_PIPES {
+            ops.push(Op::Mkdir {
+                target: inr(m.target()),
+                mode: 0o755,
+            });
+        }
         match m {
             Mount::Tmpfs { target, size } => ops.push(mount(
                 Some("tmpfs"),
@@ -345,8 +362,10 @@ pub(crate) fn plan(
     }
 
     // Secrets on a tmpfs, then read-only.
-    if !spec.secrets.is_empty() {
-        let size: usize = spec.secrets.iter().map(|s| s.data.len() + 4096).sum();
+    let (targeted, default): (Vec<_>, Vec<_>) =
+        spec.secrets.iter().partition(|s| s.target.is_some());
+    if !default.is_empty() {
+        let size: usize = default.iter().map(|s| s.data.len() + 4096).sum();
         ops.push(mount(
             Some("tmpfs"),
             inr("/run/secrets"),
@@ -354,7 +373,7 @@ pub(crate) fn plan(
             nosuid_nodev_noexec,
             Some(format!("mode=0755,size={}", size.max(4096))),
         ));
-        for s in &spec.secrets {
+        for s in &default {
             let (uid, gid) = s.owner.unwrap_or((spec.process.uid, spec.process.gid));
             ops.push(Op::WriteFile {
                 target: inr(&format!("/run/secrets/{}", s.name)),
@@ -369,6 +388,37 @@ pub(crate) fn plan(
             bind_self: false,
             optional: false,
         });
+    }
+    // Secrets with a target of their own: files on a tmpfs over the run
+    // dir's secrets/ (only this mount namespace sees it), each bound onto
+    // its target read-only, so none of them is written to the upper dir.
+    if !targeted.is_empty() {
+        let size: usize = targeted.iter().map(|s| s.data.len() + 4096).sum();
+        ops.push(mount(
+            Some("tmpfs"),
+            Target::Host(layout.secrets.clone()),
+            Some("tmpfs"),
+            nosuid_nodev_noexec,
+            Some(format!("mode=0700,size={}", size.max(4096))),
+        ));
+        for s in &targeted {
+            let (uid, gid) = s.owner.unwrap_or((spec.process.uid, spec.process.gid));
+            let host = layout.secrets.join(&s.name);
+            ops.push(Op::WriteFile {
+                target: Target::Host(host.clone()),
+                data: s.data.clone(),
+                mode: s.mode,
+                uid,
+                gid,
+            });
+            let target = s.target.as_deref().unwrap_or("/");
+            ops.push(bind(&host.display().to_string(), inr(target)));
+            ops.push(Op::ReadOnly {
+                target: inr(target),
+                bind_self: false,
+                optional: false,
+            });
+        }
     }
 
     ops.push(Op::PivotRoot(root.clone()));
@@ -625,6 +675,34 @@ mod tests {
         });
         let ops = plan_t(&s, &layout(), ROOT);
         assert!(mount_on(&ops, "/a") < mount_on(&ops, "/a/b/c"));
+    }
+
+    #[test]
+    fn targeted_secrets_are_bound_from_a_private_tmpfs() {
+        let mut s = spec();
+        let mut sec = Secret::new("s0", "v");
+        sec.target = Some("/root/.npmrc".into());
+        sec.owner = Some((0, 0));
+        s.secrets.push(sec);
+        let ops = plan_t(&s, &layout(), ROOT);
+        // No /run/secrets when every secret has its own target.
+        assert!(!ops.iter().any(
+            |o| matches!(o, Op::Mount { target: Target::InRoot { path, .. }, .. } if path == "/run/secrets")
+        ));
+        let tmpfs = index(
+            &ops,
+            |o| matches!(o, Op::Mount { target: Target::Host(p), .. } if p == Path::new("/run/x/secrets")),
+        );
+        let write = index(
+            &ops,
+            |o| matches!(o, Op::WriteFile { target: Target::Host(p), uid: 0, .. } if p == Path::new("/run/x/secrets/s0")),
+        );
+        let bound = mount_on(&ops, "/root/.npmrc");
+        assert!(tmpfs < write && write < bound);
+        assert!(matches!(&ops[bound + 1], Op::ReadOnly { .. }));
+        let sk = skeleton(&s, |_| false);
+        assert!(sk.contains(&("/root/.npmrc".to_string(), false)), "{sk:?}");
+        assert!(!sk.iter().any(|(p, _)| p == "/run/secrets"));
     }
 
     #[test]

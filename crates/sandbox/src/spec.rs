@@ -14,6 +14,9 @@ use crate::error::SpecError;
 /// `PATH` given to a process whose environment has none (Docker's default).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// The only mount target allowed under `/dev` (a directory).
+pub const DEV_PIPES: &str = "/dev/pipes";
+
 /// Everything one run needs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunSpec {
@@ -27,7 +30,7 @@ pub struct RunSpec {
     pub secrets: Vec<Secret>,
     /// Network mode.
     pub network: Network,
-    /// Timeout, memory and pids limits.
+    /// Timeout, memory, CPU and pids limits.
     pub limits: Limits,
     /// Contents of `/etc/resolv.conf` inside. `None`: the host's file in
     /// [`Network::Host`] mode, an empty one in [`Network::None`] mode.
@@ -85,10 +88,13 @@ impl RunSpec {
         for m in &self.mounts {
             let target = m.target();
             container_path(target)?;
+            // /dev/pipes is the one place under /dev a mount may go: RUN
+            // heredocs with a shebang run from there, as in BuildKit.
             if matches!(target, "/" | "/proc" | "/sys" | "/dev")
-                || ["/proc/", "/sys/", "/dev/"]
+                || (["/proc/", "/sys/", "/dev/"]
                     .iter()
                     .any(|p| target.starts_with(p))
+                    && target != DEV_PIPES)
             {
                 return Err(SpecError::ReservedTarget(target.to_string()));
             }
@@ -108,6 +114,16 @@ impl RunSpec {
                 || !seen.insert(s.name.as_str())
             {
                 return Err(SpecError::SecretName(s.name.clone()));
+            }
+            if let Some(t) = &s.target {
+                container_path(t)?;
+                if t == "/"
+                    || ["/proc", "/sys", "/dev"]
+                        .iter()
+                        .any(|p| t == p || t.starts_with(&format!("{p}/")))
+                {
+                    return Err(SpecError::ReservedTarget(t.clone()));
+                }
             }
         }
         Ok(())
@@ -232,6 +248,10 @@ pub struct Secret {
     pub mode: u32,
     /// Owner inside; `None`: the process's uid/gid, so that it can read it.
     pub owner: Option<(u32, u32)>,
+    /// Where it appears instead of `/run/secrets/<name>` (`RUN
+    /// --mount=type=secret,target=…`): an absolute container path. Still
+    /// never written to the upper dir: a file on a tmpfs bound onto it.
+    pub target: Option<String>,
 }
 
 impl Secret {
@@ -242,6 +262,7 @@ impl Secret {
             data: data.into(),
             mode: 0o400,
             owner: None,
+            target: None,
         }
     }
 }
@@ -256,6 +277,7 @@ impl std::fmt::Debug for Secret {
             )
             .field("mode", &format_args!("{:o}", self.mode))
             .field("owner", &self.owner)
+            .field("target", &self.target)
             .finish()
     }
 }
@@ -277,8 +299,19 @@ pub struct Limits {
     pub timeout: Option<Duration>,
     /// Memory limit in bytes (cgroup; swap included where v1 allows).
     pub memory: Option<u64>,
+    /// CPU limit in CPUs (`1.5` = one and a half CPUs' worth of time per
+    /// period): cgroup v2 `cpu.max`, v1 `cpu.cfs_quota_us`.
+    #[serde(default)]
+    pub cpus: Option<f64>,
     /// Maximum number of tasks (cgroup pids controller).
     pub pids: Option<u64>,
+}
+
+impl Limits {
+    /// Whether any limit needs a cgroup (the timeout does not).
+    pub fn needs_cgroup(&self) -> bool {
+        self.memory.is_some() || self.pids.is_some() || self.cpus.is_some()
+    }
 }
 
 /// How a run's process ended.
