@@ -2,17 +2,19 @@
 //! together and reports errors; the logic lives in the crates it calls.
 
 mod build_cmd;
+mod ctl;
 mod dockerfile_cmd;
+mod image_cmd;
+mod remote;
 mod sandbox_cmd;
+mod serve;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
-use registry::{Registry, RegistryConfig};
 
 #[derive(Parser)]
 #[command(
@@ -28,20 +30,50 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the control plane with its embedded OCI registry (/v2/ and /token).
-    Server(ServerArgs),
-    /// Everything on this machine for a first try: the server on a loopback
-    /// port with its data under ./.slipway.
-    Up {
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:5000")]
-        listen: SocketAddr,
-        /// Data directory.
-        #[arg(long, default_value = ".slipway")]
-        data: PathBuf,
-    },
-    /// Build an image from a Dockerfile and push it (docker build's flags).
+    /// Run the control plane (/api/v1) with its embedded OCI registry (/v2/ and /token).
+    Server(serve::ServerArgs),
+    /// Everything on this machine for a first try: the server, its registry,
+    /// SQLite and a local pool `default` of agents, until Ctrl-C.
+    Up(serve::UpArgs),
+    /// Run a build agent of one pool (it dials out to the server only).
+    Agent(serve::AgentArgs),
+    /// Build an image from a Dockerfile and push it (docker build's flags):
+    /// on an agent pool, or on this machine with --local.
     Build(build_cmd::BuildArgs),
+    /// Save a server URL and API token for the other commands.
+    Login(ctl::LoginArgs),
+    /// Manage agent pools (admin token).
+    Pool {
+        #[command(subcommand)]
+        command: ctl::PoolCommand,
+        #[arg(long, env = "SLIPWAY_SERVER", global = true)]
+        server: Option<String>,
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value = "text", global = true)]
+        output: ctl::Format,
+    },
+    /// List, inspect and cancel runs.
+    Runs {
+        #[command(subcommand)]
+        command: ctl::RunsCommand,
+        #[arg(long, env = "SLIPWAY_SERVER", global = true)]
+        server: Option<String>,
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value = "text", global = true)]
+        output: ctl::Format,
+    },
+    /// Print a run's log; -f follows it until the run ends.
+    Logs {
+        #[command(flatten)]
+        args: ctl::LogsArgs,
+        #[arg(long, env = "SLIPWAY_SERVER")]
+        server: Option<String>,
+    },
+    /// Image tools: import a root filesystem as an image.
+    Image {
+        #[command(subcommand)]
+        command: image_cmd::ImageCommand,
+    },
     /// Dockerfile tools.
     Dockerfile {
         #[command(subcommand)]
@@ -55,21 +87,6 @@ enum Command {
         #[command(subcommand)]
         command: RegistryCommand,
     },
-}
-
-#[derive(clap::Args)]
-struct ServerArgs {
-    /// Address to listen on, e.g. 127.0.0.1:5000 or 10.0.0.5:443.
-    #[arg(long, env = "SLIPWAY_LISTEN", default_value = "127.0.0.1:5000")]
-    listen: SocketAddr,
-    /// Data directory: blobs, repository metadata and tokens live here. On
-    /// first start an admin token is written to DATA/admin-token (mode 0600).
-    #[arg(long, env = "SLIPWAY_DATA")]
-    data: PathBuf,
-    /// URL clients reach this server at, used in the token realm of auth
-    /// challenges. Defaults to http://<Host header>.
-    #[arg(long, env = "SLIPWAY_PUBLIC_URL")]
-    public_url: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -98,6 +115,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if std::env::var_os("SLIPWAY_DIE_WITH_PARENT").is_some() {
+        die_with_parent();
+    }
     if matches!(cli.command, Command::SandboxInit) {
         return sandbox_cmd::main();
     }
@@ -119,6 +139,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// Agents started by a server, and builds started by an agent, go when
+/// their parent goes (even by SIGKILL): nothing is left running that a
+/// restarted parent would not know about.
+fn die_with_parent() {
+    let parent = rustix::process::getppid();
+    if let Err(e) = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL)) {
+        eprintln!("warning: cannot tie this process to its parent: {e}");
+    }
+    // The parent may have died before the call above took effect.
+    if rustix::process::getppid() != parent {
+        std::process::exit(1);
+    }
+}
+
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
@@ -133,21 +167,28 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Server(args) => serve(args).await,
-        Command::Up { listen, data } => {
-            serve(ServerArgs {
-                listen,
-                data,
-                public_url: None,
-            })
-            .await
-        }
+        Command::Server(args) => serve::server(args).await,
+        Command::Up(args) => serve::up(args).await,
+        Command::Agent(args) => serve::agent(args).await,
+        Command::Login(args) => ctl::login(args).await,
+        Command::Pool {
+            command,
+            server,
+            output,
+        } => ctl::pool(server.as_deref(), command, output).await,
+        Command::Runs {
+            command,
+            server,
+            output,
+        } => ctl::runs(server.as_deref(), command, output).await,
+        Command::Logs { args, server } => ctl::logs(server.as_deref(), args).await,
         Command::Dockerfile { command } => {
             if !dockerfile_cmd::run(command)? {
                 std::process::exit(1);
             }
             Ok(())
         }
+        Command::Image { command } => image_cmd::run(command).await,
         Command::SandboxInit => sandbox_cmd::not_here(),
         Command::Build(args) => build_cmd::run(args).await,
         Command::Registry {
@@ -161,72 +202,6 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-async fn open_registry(
-    data: &Path,
-    public_url: Option<String>,
-) -> Result<std::sync::Arc<Registry>> {
-    std::fs::create_dir_all(data)
-        .with_context(|| format!("creating data directory {}", data.display()))?;
-    let mut config = RegistryConfig::new(data);
-    config.auth.public_url = public_url;
-    Registry::open(config)
-        .await
-        .with_context(|| format!("opening the registry in {}", data.display()))
-}
-
-async fn serve(args: ServerArgs) -> Result<()> {
-    let reg = open_registry(&args.data, args.public_url).await?;
-    let token_path = args.data.join("admin-token");
-    if reg
-        .auth()
-        .ensure_admin_token(&token_path)
-        .context("creating the admin token")?
-    {
-        eprintln!("created an admin API token in {}", token_path.display());
-    } else {
-        eprintln!("admin API token: {}", token_path.display());
-    }
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("listening on {}", args.listen))?;
-    let addr = listener.local_addr().context("reading the bound address")?;
-    eprintln!("slipway server listening on http://{addr} (registry at /v2/)");
-    // Small responses (manifests, HEADs, small blobs) must not wait on
-    // Nagle's algorithm and the client's delayed ACK.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!("TCP_NODELAY: {e}");
-        }
-    });
-    axum::serve(listener, reg.router())
-        .with_graceful_shutdown(shutdown())
-        .await
-        .context("serving HTTP")?;
-    Ok(())
-}
-
-async fn shutdown() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutting down");
-}
-
 async fn gc(data: &Path, grace: Duration, dry_run: bool) -> Result<()> {
     if !registry::gc::is_data_dir(data) {
         anyhow::bail!(
@@ -234,7 +209,7 @@ async fn gc(data: &Path, grace: Duration, dry_run: bool) -> Result<()> {
             data.display()
         );
     }
-    let reg = open_registry(data, None).await?;
+    let reg = serve::open_registry(data, None).await?;
     let opts = registry::gc::GcOptions {
         grace,
         dry_run,

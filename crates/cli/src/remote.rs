@@ -1,0 +1,239 @@
+//! `slipway build` on an agent pool: pack the context (honouring
+//! `.dockerignore`), upload it unless the server has that digest, queue the
+//! run, stream its log, and exit with the run's result.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use api::{BuildSpec, ContextSource, RunRequest, RunState};
+use futures_util::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::build_cmd::BuildArgs;
+use crate::ctl;
+
+fn is_url(s: &str) -> bool {
+    ["https://", "http://", "git://", "git@"]
+        .iter()
+        .any(|p| s.starts_with(p))
+}
+
+/// `app:1` → `<registry>/app:1`: a tag without a registry host means the
+/// server's own registry (a host has a `.` or `:`, or is `localhost`).
+pub fn qualify_tag(tag: &str, registry: &str) -> String {
+    let first = tag.split('/').next().unwrap_or(tag);
+    let has_host = tag.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
+    if has_host {
+        tag.to_owned()
+    } else {
+        format!("{registry}/{tag}")
+    }
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::with_draw_target(Some(len), indicatif::ProgressDrawTarget::stderr());
+    pb.set_style(
+        ProgressStyle::with_template("{msg:>10} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_owned());
+    pb
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    fn walk(d: &Path, total: &mut u64) {
+        let Ok(rd) = std::fs::read_dir(d) else { return };
+        for e in rd.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => walk(&e.path(), total),
+                Ok(m) if m.is_file() => *total += m.len(),
+                _ => {}
+            }
+        }
+    }
+    let mut t = 0;
+    walk(dir, &mut t);
+    t
+}
+
+/// Pack and upload a local context; returns its digest.
+async fn upload_context(c: &api::Client, dir: &Path, dockerfile_rel: &str) -> Result<String> {
+    let tmp = tempfile::Builder::new()
+        .prefix("slipway-context-")
+        .suffix(".tar.zst")
+        .tempfile()
+        .context("creating a temporary file for the context")?;
+    let out = tmp.path().to_owned();
+    let total = dir_size(dir);
+    let pb = bar(total, "packing");
+    let (dir2, rel, pb2) = (dir.to_owned(), dockerfile_rel.to_owned(), pb.clone());
+    let packed = tokio::task::spawn_blocking(move || {
+        context::pack(&dir2, &rel, &out, &mut |n| pb2.set_position(n))
+    })
+    .await
+    .context("packing the context")?
+    .with_context(|| format!("packing the context {}", dir.display()))?;
+    pb.finish_and_clear();
+    let digest = packed.digest.to_string();
+    if c.context_exists(&digest).await? {
+        eprintln!(
+            "context: {} entries, {} bytes packed, {digest} (already on the server)",
+            packed.entries, packed.size
+        );
+        return Ok(digest);
+    }
+    let pb = bar(packed.size, "uploading");
+    let file = tokio::fs::File::open(tmp.path())
+        .await
+        .context("reopening the packed context")?;
+    let pb2 = pb.clone();
+    let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024).inspect(move |r| {
+        if let Ok(b) = r {
+            pb2.inc(b.len() as u64);
+        }
+    });
+    c.upload_context(&digest, packed.size, reqwest::Body::wrap_stream(stream))
+        .await
+        .context("uploading the context")?;
+    pb.finish_and_clear();
+    eprintln!(
+        "context: {} entries, {} bytes packed, {digest} (uploaded)",
+        packed.entries, packed.size
+    );
+    Ok(digest)
+}
+
+pub async fn build(args: BuildArgs) -> Result<()> {
+    let c = ctl::client(args.server.as_deref())?;
+    if args.output.is_some() || args.metadata_file.is_some() {
+        bail!("--output and --metadata-file apply to --local builds; a pool build pushes to its -t references");
+    }
+    if args.tags.is_empty() && !args.no_push {
+        bail!("give at least one -t REFERENCE to push to, or --no-push");
+    }
+    let registry = c.registry_host().to_owned();
+    let tags: Vec<String> = args.tags.iter().map(|t| qualify_tag(t, &registry)).collect();
+    for t in &tags {
+        t.parse::<oci::Reference>().with_context(|| format!("-t {t}"))?;
+    }
+    let mut build_args = BTreeMap::new();
+    for kv in &args.build_args {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--build-arg {kv}: expected KEY=VALUE"))?;
+        build_args.insert(k.to_owned(), v.to_owned());
+    }
+    let mut labels = BTreeMap::new();
+    for kv in &args.labels {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--label {kv}: expected KEY=VALUE"))?;
+        labels.insert(k.to_owned(), v.to_owned());
+    }
+    let mut secrets = BTreeMap::new();
+    for spec in &args.secrets {
+        let (id, data) = crate::build_cmd::read_secret(spec)?;
+        let text = String::from_utf8(data)
+            .with_context(|| format!("--secret id={id}: pool builds carry text secrets only"))?;
+        secrets.insert(id, text);
+    }
+
+    let ctx = args.context.to_string_lossy().into_owned();
+    let (context, dockerfile, inline) = if is_url(&ctx) {
+        let inline = match &args.file {
+            Some(f) if f.exists() => Some(
+                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+            ),
+            _ => None,
+        };
+        let rel = args
+            .file
+            .as_ref()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "Dockerfile".into());
+        (ContextSource::Url { url: ctx.clone() }, rel, inline)
+    } else {
+        let dir = &args.context;
+        let file: PathBuf = args.file.clone().unwrap_or_else(|| dir.join("Dockerfile"));
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading the Dockerfile {}", file.display()))?;
+        // Check it here: a broken Dockerfile fails before any upload.
+        let opts = dockerfile::BuildOptions {
+            build_args: build_args.clone(),
+            ..Default::default()
+        };
+        if let Err(errs) = dockerfile::check(&text, &opts, args.target.as_deref()) {
+            bail!("{}: {errs}", file.display());
+        }
+        let rel = file
+            .strip_prefix(dir)
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "Dockerfile".into());
+        let digest = upload_context(&c, dir, &rel).await?;
+        (ContextSource::Upload { digest }, rel, Some(text))
+    };
+    let req = RunRequest {
+        pool: args.pool.clone(),
+        build: BuildSpec {
+            context,
+            dockerfile,
+            dockerfile_inline: inline,
+            tags,
+            build_args,
+            labels,
+            target: args.target.clone(),
+            platform: Some(args.platform.clone()),
+            no_cache: args.no_cache,
+            no_push: args.no_push,
+        },
+        secrets,
+        timeout_secs: args.timeout.map(|d| d.as_secs().max(1)),
+    };
+    let run = c.submit_run(&req).await.context("queueing the build")?;
+    if args.no_wait {
+        println!("{}", run.id);
+        return Ok(());
+    }
+    eprintln!("run {} queued on pool {}", run.id, run.pool);
+    let run = ctl::follow(&c, &run.id, true, !args.no_logs).await?;
+    if args.format == "json" {
+        println!("{}", serde_json::to_string_pretty(&run)?);
+    }
+    match run.state {
+        RunState::Succeeded => {
+            if args.format != "json" {
+                for t in &run.build.tags {
+                    match &run.image_digest {
+                        Some(d) => println!("{t}@{d}"),
+                        None => println!("{t}"),
+                    }
+                }
+            }
+            Ok(())
+        }
+        state => {
+            let why = run.message.clone().unwrap_or_default();
+            if let Some(code) = run.exit_code {
+                eprintln!("error: run {} {state} (exit code {code}) {why}", run.id);
+                std::process::exit(code.clamp(1, 255));
+            }
+            bail!("run {} {state}: {why}", run.id)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::qualify_tag;
+
+    #[test]
+    fn tags_without_a_host_go_to_the_server_registry() {
+        assert_eq!(qualify_tag("app:1", "127.0.0.1:5000"), "127.0.0.1:5000/app:1");
+        assert_eq!(qualify_tag("team/app", "r:5000"), "r:5000/team/app");
+        assert_eq!(qualify_tag("localhost/app", "r:5000"), "localhost/app");
+        assert_eq!(qualify_tag("reg.example.com/app:2", "r:5000"), "reg.example.com/app:2");
+        assert_eq!(qualify_tag("10.0.0.1:5000/app", "r:5000"), "10.0.0.1:5000/app");
+    }
+}

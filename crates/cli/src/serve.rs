@@ -1,0 +1,277 @@
+//! The long-running processes: `slipway server`, `slipway up` (server plus a
+//! local pool, for a first try) and `slipway agent`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use registry::{Registry, RegistryConfig};
+use server::{AgentCommand, Server, ServerConfig};
+
+#[derive(clap::Args)]
+pub struct ServerArgs {
+    /// Address to listen on, e.g. 127.0.0.1:5000 or 10.0.0.5:443.
+    #[arg(long, env = "SLIPWAY_LISTEN", default_value = "127.0.0.1:5000")]
+    listen: SocketAddr,
+    /// Data directory: database, blobs, contexts and tokens live here. On
+    /// first start an admin token is written to DATA/admin-token (mode 0600).
+    #[arg(long, env = "SLIPWAY_DATA")]
+    data: PathBuf,
+    /// URL clients and agents reach this server at (the token realm of
+    /// registry challenges, and the registry host of unqualified tags).
+    /// Defaults to http://LISTEN.
+    #[arg(long, env = "SLIPWAY_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Database URL: sqlite://PATH or postgres://… (default: SQLite in DATA).
+    #[arg(long, env = "SLIPWAY_DATABASE")]
+    database: Option<String>,
+    /// How long an agent's lease lives without a heartbeat; a run whose
+    /// agent goes silent this long is re-queued.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    lease_ttl: Duration,
+    /// Run time limit when a build gives none.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    default_timeout: Duration,
+    /// Leases a run may use (agents lost) before it ends in error.
+    #[arg(long, default_value_t = 3)]
+    max_attempts: u32,
+    /// Start the agents of pools created with --local (as `slipway up` does).
+    #[arg(long)]
+    local_agents: bool,
+}
+
+#[derive(clap::Args)]
+pub struct UpArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:5000")]
+    listen: SocketAddr,
+    /// Data directory (running `up` again on it resumes).
+    #[arg(long, default_value = ".slipway")]
+    data: PathBuf,
+    /// Agents in the local pool `default`.
+    #[arg(long, default_value_t = 2)]
+    agents: u32,
+}
+
+#[derive(clap::Args)]
+pub struct AgentArgs {
+    /// Server URL.
+    #[arg(long, env = "SLIPWAY_SERVER")]
+    server: String,
+    /// Pool this agent serves (must match its token).
+    #[arg(long)]
+    pool: String,
+    /// Agent token of the pool (`slipway pool token NAME`).
+    #[arg(long, env = "SLIPWAY_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Scratch space for runs.
+    #[arg(long, default_value = ".slipway-agent")]
+    work_dir: PathBuf,
+    /// Layer store and build cache (shared by agents of one machine);
+    /// default WORK_DIR/build.
+    #[arg(long, env = "SLIPWAY_BUILD_DATA")]
+    build_data: Option<PathBuf>,
+    /// Name shown in `slipway pool show` (default: host-pid).
+    #[arg(long)]
+    agent_id: Option<String>,
+    /// Registry host:port the builds may reach over plain HTTP; repeatable.
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
+}
+
+pub async fn open_registry(data: &Path, public_url: Option<String>) -> Result<Arc<Registry>> {
+    std::fs::create_dir_all(data)
+        .with_context(|| format!("creating data directory {}", data.display()))?;
+    let mut config = RegistryConfig::new(data);
+    config.auth.public_url = public_url;
+    Registry::open(config)
+        .await
+        .with_context(|| format!("opening the registry in {}", data.display()))
+}
+
+fn host_of(url: &str) -> String {
+    let rest = url.trim_start_matches("https://").trim_start_matches("http://");
+    rest.split('/').next().unwrap_or(rest).to_owned()
+}
+
+/// What `serve` started, for `up` to print.
+struct Running {
+    url: String,
+}
+
+async fn serve(args: ServerArgs, on_ready: impl FnOnce(&Running, &Arc<Server>)) -> Result<()> {
+    let reg = open_registry(&args.data, args.public_url.clone()).await?;
+    let token_path = server::admin_token_path(&args.data);
+    if reg
+        .auth()
+        .ensure_admin_token(&token_path)
+        .context("creating the admin token")?
+    {
+        eprintln!("created an admin API token in {}", token_path.display());
+    }
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    let url = args
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let mut config = ServerConfig::new(&args.data, host_of(&url));
+    config.database_url = args.database.clone();
+    config.lease_ttl = args.lease_ttl;
+    config.default_timeout = args.default_timeout;
+    config.max_attempts = args.max_attempts.max(1);
+    if args.local_agents {
+        let mut agent_args = vec![
+            "agent".to_owned(),
+            "--build-data".to_owned(),
+            args.data.join("build").to_string_lossy().into_owned(),
+        ];
+        if !addr.ip().is_loopback() {
+            agent_args.push("--insecure-registry".into());
+            agent_args.push(host_of(&url));
+        }
+        config.agent_command = Some(AgentCommand {
+            program: std::env::current_exe().context("locating the slipway binary")?,
+            args: agent_args,
+            work_root: args.data.join("agents"),
+            env: Vec::new(),
+        });
+    }
+    let srv = Server::open(config, reg.clone())
+        .await
+        .with_context(|| format!("opening the control plane in {}", args.data.display()))?;
+    // Small responses (manifests, HEADs, log pages) must not wait on
+    // Nagle's algorithm and the client's delayed ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!("TCP_NODELAY: {e}");
+        }
+    });
+    let app = reg.router().merge(srv.router());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let background = {
+        let srv = srv.clone();
+        let url = url.clone();
+        let mut rx = stop_rx.clone();
+        tokio::spawn(async move {
+            srv.run_background(url, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await;
+        })
+    };
+    eprintln!("slipway server listening on {url} (API at /api/v1, registry at /v2/)");
+    on_ready(&Running { url: url.clone() }, &srv);
+    let mut rx = stop_rx.clone();
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown().await;
+            let _ = stop_tx.send(true);
+            let _ = rx.wait_for(|s| *s).await;
+        })
+        .await;
+    // Local agents stop before we return (they die with us anyway).
+    let _ = background.await;
+    served.context("serving HTTP")
+}
+
+pub async fn server(args: ServerArgs) -> Result<()> {
+    serve(args, |_, _| {}).await
+}
+
+pub async fn up(args: UpArgs) -> Result<()> {
+    let data = args.data.clone();
+    let agents = args.agents;
+    let sargs = ServerArgs {
+        listen: args.listen,
+        data: args.data,
+        public_url: None,
+        database: None,
+        lease_ttl: Duration::from_secs(10),
+        default_timeout: Duration::from_secs(3600),
+        max_attempts: 3,
+        local_agents: true,
+    };
+    // The pool must exist before the supervisor's first look, so create it
+    // through the database directly, before serving.
+    serve(sargs, move |running, srv| {
+        let srv = srv.clone();
+        let url = running.url.clone();
+        let token = server::admin_token_path(&data);
+        tokio::spawn(async move {
+            let spec = api::PoolSpec {
+                name: "default".into(),
+                tier: api::Tier::S1,
+                count: agents,
+                network: Some("local".into()),
+                local: true,
+            };
+            let db = srv.db();
+            let made = db.create_pool(&spec).await;
+            let updated = match made {
+                Ok(true) => Ok(true),
+                Ok(false) => db.update_pool("default", Some(agents), None).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = updated {
+                eprintln!("error: creating the local pool: {e}");
+                return;
+            }
+            let host = host_of(&url);
+            eprintln!(
+                "\nlocal pool `default`: {agents} agents\nadmin token: {}\n\nto build, paste:\n  export SLIPWAY_SERVER={url} SLIPWAY_TOKEN=$(cat {})\n  slipway build -t {host}/hello:1 examples/hello\n",
+                token.display(),
+                token.display(),
+            );
+        });
+    })
+    .await
+}
+
+pub async fn agent(args: AgentArgs) -> Result<()> {
+    let id = args.agent_id.clone().unwrap_or_else(|| {
+        let host = rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned();
+        format!("{host}-{}", std::process::id())
+    });
+    let config = agent::AgentConfig {
+        server: args.server.clone(),
+        token: args.token.clone(),
+        pool: args.pool.clone(),
+        agent_id: id.clone(),
+        build_data: args
+            .build_data
+            .clone()
+            .unwrap_or_else(|| args.work_dir.join("build")),
+        work_dir: args.work_dir.clone(),
+        program: std::env::current_exe().context("locating the slipway binary")?,
+        insecure_registries: args.insecure_registries.clone(),
+        poll: Duration::from_secs(20),
+    };
+    eprintln!("agent {id} of pool {} serving {}", args.pool, args.server);
+    agent::run(config, shutdown())
+        .await
+        .with_context(|| format!("agent {id}"))
+}
+
+pub async fn shutdown() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(_) => {
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term.recv() => {},
+    }
+    tracing::info!("shutting down");
+}
