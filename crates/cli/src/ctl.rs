@@ -61,7 +61,9 @@ pub struct LoginArgs {
 
 pub async fn login(args: LoginArgs) -> Result<()> {
     if !args.token_stdin {
-        bail!("pass the token on standard input with --token-stdin (it must not sit in shell history)");
+        bail!(
+            "pass the token on standard input with --token-stdin (it must not sit in shell history)"
+        );
     }
     let mut token = String::new();
     std::io::stdin()
@@ -172,9 +174,18 @@ pub async fn pool(server: Option<&str>, cmd: PoolCommand, format: Format) -> Res
             if json {
                 return print_json(&p);
             }
-            println!("pool {} created: tier {}, {} agents{}", p.name, p.tier, p.count, if p.local { " (local)" } else { "" });
+            println!(
+                "pool {} created: tier {}, {} agents{}",
+                p.name,
+                p.tier,
+                p.count,
+                if p.local { " (local)" } else { "" }
+            );
             if !p.local {
-                println!("next: `slipway pool token {}` and start agents with `slipway agent --pool {} …`", p.name, p.name);
+                println!(
+                    "next: `slipway pool token {}` and start agents with `slipway agent --pool {} …`",
+                    p.name, p.name
+                );
             }
         }
         PoolCommand::Update { name, count, tier } => {
@@ -201,7 +212,10 @@ pub async fn pool(server: Option<&str>, cmd: PoolCommand, format: Format) -> Res
                 if p.local { "local" } else { "external" }
             );
             println!("queue: {} queued, {} running", p.queued, p.running);
-            println!("{:<32} {:<8} {:<22} RUN", "AGENT", "STATUS", "LAST HEARTBEAT");
+            println!(
+                "{:<32} {:<8} {:<22} RUN",
+                "AGENT", "STATUS", "LAST HEARTBEAT"
+            );
             for a in &s.agents {
                 println!(
                     "{:<32} {:<8} {:<22} {}",
@@ -217,7 +231,10 @@ pub async fn pool(server: Option<&str>, cmd: PoolCommand, format: Format) -> Res
             if json {
                 return print_json(&pools);
             }
-            println!("{:<20} {:<5} {:>5} {:>7} {:>8}  NETWORK", "NAME", "TIER", "COUNT", "QUEUED", "RUNNING");
+            println!(
+                "{:<20} {:<5} {:>5} {:>7} {:>8}  NETWORK",
+                "NAME", "TIER", "COUNT", "QUEUED", "RUNNING"
+            );
             for p in pools {
                 println!(
                     "{:<20} {:<5} {:>5} {:>7} {:>8}  {}",
@@ -297,7 +314,10 @@ pub async fn runs(server: Option<&str>, cmd: RunsCommand, format: Format) -> Res
             if json {
                 return print_json(&runs);
             }
-            println!("{:<8} {:<12} {:<10} {:<22} {:>8}  TAGS", "RUN", "POOL", "STATE", "CREATED", "TIME");
+            println!(
+                "{:<8} {:<12} {:<10} {:<22} {:>8}  TAGS",
+                "RUN", "POOL", "STATE", "CREATED", "TIME"
+            );
             for r in runs {
                 println!(
                     "{:<8} {:<12} {:<10} {:<22} {:>8}  {}",
@@ -388,7 +408,15 @@ pub async fn follow(c: &api::Client, id: &str, wait: bool, print: bool) -> Resul
     let mut warned = false;
     loop {
         let page = match c
-            .logs(id, after, if wait { Duration::from_secs(20) } else { Duration::ZERO })
+            .logs(
+                id,
+                after,
+                if wait {
+                    Duration::from_secs(20)
+                } else {
+                    Duration::ZERO
+                },
+            )
             .await
         {
             Ok(p) => p,

@@ -49,7 +49,13 @@ enum Command {
         #[arg(long, env = "SLIPWAY_SERVER", global = true)]
         server: Option<String>,
         /// Output format.
-        #[arg(short = 'o', long = "output", value_enum, default_value = "text", global = true)]
+        #[arg(
+            short = 'o',
+            long = "output",
+            value_enum,
+            default_value = "text",
+            global = true
+        )]
         output: ctl::Format,
     },
     /// List, inspect and cancel runs.
@@ -59,7 +65,13 @@ enum Command {
         #[arg(long, env = "SLIPWAY_SERVER", global = true)]
         server: Option<String>,
         /// Output format.
-        #[arg(short = 'o', long = "output", value_enum, default_value = "text", global = true)]
+        #[arg(
+            short = 'o',
+            long = "output",
+            value_enum,
+            default_value = "text",
+            global = true
+        )]
         output: ctl::Format,
     },
     /// Print a run's log; -f follows it until the run ends.
@@ -144,7 +156,9 @@ fn main() -> ExitCode {
 /// restarted parent would not know about.
 fn die_with_parent() {
     let parent = rustix::process::getppid();
-    if let Err(e) = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL)) {
+    if let Err(e) =
+        rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+    {
         eprintln!("warning: cannot tie this process to its parent: {e}");
     }
     // The parent may have died before the call above took effect.

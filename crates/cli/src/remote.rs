@@ -23,7 +23,8 @@ fn is_url(s: &str) -> bool {
 /// server's own registry (a host has a `.` or `:`, or is `localhost`).
 pub fn qualify_tag(tag: &str, registry: &str) -> String {
     let first = tag.split('/').next().unwrap_or(tag);
-    let has_host = tag.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
+    let has_host =
+        tag.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
     if has_host {
         tag.to_owned()
     } else {
@@ -108,15 +109,22 @@ async fn upload_context(c: &api::Client, dir: &Path, dockerfile_rel: &str) -> Re
 pub async fn build(args: BuildArgs) -> Result<()> {
     let c = ctl::client(args.server.as_deref())?;
     if args.output.is_some() || args.metadata_file.is_some() {
-        bail!("--output and --metadata-file apply to --local builds; a pool build pushes to its -t references");
+        bail!(
+            "--output and --metadata-file apply to --local builds; a pool build pushes to its -t references"
+        );
     }
     if args.tags.is_empty() && !args.no_push {
         bail!("give at least one -t REFERENCE to push to, or --no-push");
     }
     let registry = c.registry_host().to_owned();
-    let tags: Vec<String> = args.tags.iter().map(|t| qualify_tag(t, &registry)).collect();
+    let tags: Vec<String> = args
+        .tags
+        .iter()
+        .map(|t| qualify_tag(t, &registry))
+        .collect();
     for t in &tags {
-        t.parse::<oci::Reference>().with_context(|| format!("-t {t}"))?;
+        t.parse::<oci::Reference>()
+            .with_context(|| format!("-t {t}"))?;
     }
     let mut build_args = BTreeMap::new();
     for kv in &args.build_args {
@@ -230,10 +238,19 @@ mod tests {
 
     #[test]
     fn tags_without_a_host_go_to_the_server_registry() {
-        assert_eq!(qualify_tag("app:1", "127.0.0.1:5000"), "127.0.0.1:5000/app:1");
+        assert_eq!(
+            qualify_tag("app:1", "127.0.0.1:5000"),
+            "127.0.0.1:5000/app:1"
+        );
         assert_eq!(qualify_tag("team/app", "r:5000"), "r:5000/team/app");
         assert_eq!(qualify_tag("localhost/app", "r:5000"), "localhost/app");
-        assert_eq!(qualify_tag("reg.example.com/app:2", "r:5000"), "reg.example.com/app:2");
-        assert_eq!(qualify_tag("10.0.0.1:5000/app", "r:5000"), "10.0.0.1:5000/app");
+        assert_eq!(
+            qualify_tag("reg.example.com/app:2", "r:5000"),
+            "reg.example.com/app:2"
+        );
+        assert_eq!(
+            qualify_tag("10.0.0.1:5000/app", "r:5000"),
+            "10.0.0.1:5000/app"
+        );
     }
 }

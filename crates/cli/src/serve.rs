@@ -92,7 +92,9 @@ pub async fn open_registry(data: &Path, public_url: Option<String>) -> Result<Ar
 }
 
 fn host_of(url: &str) -> String {
-    let rest = url.trim_start_matches("https://").trim_start_matches("http://");
+    let rest = url
+        .trim_start_matches("https://")
+        .trim_start_matches("http://");
     rest.split('/').next().unwrap_or(rest).to_owned()
 }
 

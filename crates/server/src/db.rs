@@ -56,6 +56,17 @@ pub struct Claimed {
     pub fence: i64,
 }
 
+/// What a cancel did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancel {
+    NotFound,
+    /// It was queued and is canceled now.
+    Canceled,
+    /// It is running; its agent is told to stop.
+    Requested,
+    AlreadyFinal(RunState),
+}
+
 /// What the reaper found and did, for logs and notifications.
 #[derive(Debug, Default)]
 pub struct Reaped {
@@ -778,8 +789,8 @@ impl Db {
     }
 
     /// Cancel: a queued run ends at once; a running one is flagged for its
-    /// agent. `None` when the run does not exist; the state after.
-    pub async fn cancel(&self, run: &str) -> Result<Option<RunState>> {
+    /// agent; a final one stays as it is.
+    pub async fn cancel(&self, run: &str) -> Result<Cancel> {
         let _w = self.write_lock().await;
         let mut tx = self.pool.begin().await?;
         let r = sqlx::query(
@@ -792,16 +803,22 @@ impl Db {
         if r.rows_affected() == 1 {
             Self::append_note(&mut tx, run, 0, -3, "canceled while queued").await?;
             tx.commit().await?;
-            return Ok(Some(RunState::Canceled));
+            return Ok(Cancel::Canceled);
         }
-        sqlx::query(
+        let r = sqlx::query(
             "UPDATE runs SET cancel_reason = COALESCE(cancel_reason, 'canceled') WHERE id = $1 AND state = 'running'",
         )
         .bind(run)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        self.run_state(run).await
+        if r.rows_affected() == 1 {
+            return Ok(Cancel::Requested);
+        }
+        Ok(match self.run_state(run).await? {
+            Some(state) => Cancel::AlreadyFinal(state),
+            None => Cancel::NotFound,
+        })
     }
 
     /// After a server restart: give every running lease a full period, since

@@ -20,6 +20,7 @@ use futures_util::TryStreamExt;
 use registry::auth::{Access, Action, Principal};
 use serde::Deserialize;
 
+use crate::db::Cancel;
 use crate::{Server, hash_secret, random_token};
 
 type S = State<Arc<Server>>;
@@ -486,14 +487,16 @@ async fn show_run(State(s): S, headers: HeaderMap, Path(id): Path<String>) -> R<
 
 async fn cancel_run(State(s): S, headers: HeaderMap, Path(id): Path<String>) -> R<Response> {
     user(&s, &headers)?;
-    let Some(state) = s.db.cancel(&id).await? else {
-        return Err(not_found(format!("run {id} does not exist")));
-    };
-    if state == RunState::Canceled {
-        s.revoke_run_credentials(&id);
-        s.runs.wake_and_forget(&id);
-    } else if state.is_final() {
-        return Err(conflict(format!("run {id} already ended: {state}")));
+    match s.db.cancel(&id).await? {
+        Cancel::NotFound => return Err(not_found(format!("run {id} does not exist"))),
+        Cancel::AlreadyFinal(state) => {
+            return Err(conflict(format!("run {id} already ended: {state}")));
+        }
+        Cancel::Canceled => {
+            s.revoke_run_credentials(&id);
+            s.runs.wake_and_forget(&id);
+        }
+        Cancel::Requested => tracing::info!(run = id, "cancel requested"),
     }
     let run =
         s.db.run(&id)

@@ -5,6 +5,8 @@
 //! the test rather than skipping it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod build_features;
+mod control;
 mod crash;
 mod dockerfile;
 mod harness;

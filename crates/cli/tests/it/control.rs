@@ -1,0 +1,990 @@
+//! The control plane end to end, with real processes: `slipway up` or
+//! `slipway server` plus `slipway agent`s, builds submitted by the real CLI
+//! or the typed API client, and faults made with SIGKILL.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use api::{BuildSpec, ContextSource, RunRequest, RunState};
+
+use crate::harness::{ok, tool};
+
+const SLIPWAY: &str = env!("CARGO_BIN_EXE_slipway");
+
+fn need_root() -> bool {
+    if rustix::process::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "needs root; refusing to skip in CI"
+    );
+    eprintln!("skipping: needs root");
+    false
+}
+
+/// A child process killed on drop, with its stderr in a file.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(cmd: &mut Command, log: PathBuf) -> Proc {
+        let f = std::fs::File::create(&log).unwrap();
+        let child = cmd.stdout(Stdio::null()).stderr(f).spawn().unwrap();
+        Proc { child, log }
+    }
+
+    fn text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait for `needle` in the log; returns what follows it.
+    fn wait_for(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let t = self.text();
+            if let Some(rest) = t.split(needle).nth(1) {
+                return rest.to_owned();
+            }
+            assert!(Instant::now() < deadline, "never saw {needle:?} in:\n{t}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn sigkill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.sigkill();
+    }
+}
+
+/// A `slipway server` on a loopback port (fixed on restarts, so agents
+/// find it again).
+pub struct Plane {
+    pub dir: PathBuf,
+    pub data: PathBuf,
+    pub server: Option<Proc>,
+    pub url: String,
+    pub token: String,
+    pub agents: Vec<Proc>,
+    starts: u32,
+}
+
+impl Plane {
+    pub fn start(dir: &Path, extra: &[&str]) -> Plane {
+        let mut p = Plane {
+            dir: dir.to_owned(),
+            data: dir.join("data"),
+            server: None,
+            url: String::new(),
+            token: String::new(),
+            agents: Vec::new(),
+            starts: 0,
+        };
+        p.boot("127.0.0.1:0", extra);
+        p
+    }
+
+    fn boot(&mut self, listen: &str, extra: &[&str]) {
+        self.starts += 1;
+        let proc = Proc::spawn(
+            Command::new(SLIPWAY)
+                .args(["server", "--listen", listen, "--data"])
+                .arg(&self.data)
+                .args(extra)
+                .env("SLIPWAY_LOG", "info"),
+            self.dir.join(format!("server-{}.log", self.starts)),
+        );
+        let rest = proc.wait_for("listening on ");
+        self.url = rest.split_whitespace().next().unwrap().to_owned();
+        self.token = std::fs::read_to_string(self.data.join("admin-token"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        self.server = Some(proc);
+    }
+
+    /// SIGKILL the server, then start it again on the same port and data.
+    pub fn kill_and_restart(&mut self, extra: &[&str], pause: Duration) {
+        if let Some(mut s) = self.server.take() {
+            s.sigkill();
+        }
+        std::thread::sleep(pause);
+        let listen = self.host();
+        self.boot(&listen, extra);
+    }
+
+    pub fn host(&self) -> String {
+        self.url.trim_start_matches("http://").to_owned()
+    }
+
+    pub fn client(&self) -> api::Client {
+        api::Client::new(&self.url, Some(self.token.clone())).unwrap()
+    }
+
+    pub fn cli(&self) -> Command {
+        let mut c = Command::new(SLIPWAY);
+        c.env("SLIPWAY_SERVER", &self.url)
+            .env("SLIPWAY_TOKEN", &self.token)
+            .env("DOCKER_CONFIG", self.docker_config())
+            .env("SLIPWAY_CONFIG", self.dir.join("none.json"));
+        c
+    }
+
+    /// A docker config.json with the admin token for our registry.
+    pub fn docker_config(&self) -> PathBuf {
+        let d = self.dir.join("docker");
+        std::fs::create_dir_all(&d).unwrap();
+        let auth = base64(&format!("admin:{}", self.token));
+        std::fs::write(
+            d.join("config.json"),
+            format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, self.host()),
+        )
+        .unwrap();
+        d
+    }
+
+    pub fn start_agent(&mut self, pool: &str, token: &str, name: &str) {
+        let work = self.dir.join(format!("agent-{name}"));
+        let proc = Proc::spawn(
+            Command::new(SLIPWAY)
+                .args([
+                    "agent",
+                    "--server",
+                    &self.url,
+                    "--pool",
+                    pool,
+                    "--agent-id",
+                    name,
+                    "--work-dir",
+                ])
+                .arg(&work)
+                .env("SLIPWAY_TOKEN", token)
+                .env("SLIPWAY_LOG", "info"),
+            self.dir.join(format!("agent-{name}.log")),
+        );
+        self.agents.push(proc);
+    }
+
+    /// Import the host's busybox as `<host>/base/busybox:1`.
+    pub fn import_busybox(&self) -> String {
+        let rootfs = self.dir.join("rootfs");
+        busybox_rootfs(&rootfs);
+        let r = format!("{}/base/busybox:1", self.host());
+        ok(self
+            .cli()
+            .args(["image", "import", "--cmd", "sh", "-t", &r])
+            .arg(&rootfs));
+        r
+    }
+}
+
+pub fn busybox_rootfs(root: &Path) {
+    let bin = root.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(root.join("tmp")).unwrap();
+    let busybox = tool("busybox");
+    std::fs::copy(busybox, bin.join("busybox")).unwrap();
+    for a in [
+        "sh", "cat", "echo", "sleep", "seq", "ls", "uname", "true", "false", "wc", "grep", "env",
+        "mkdir", "touch",
+    ] {
+        let l = bin.join(a);
+        if !l.exists() {
+            std::os::unix::fs::symlink("busybox", l).unwrap();
+        }
+    }
+}
+
+fn base64(s: &str) -> String {
+    use std::io::Write;
+    let mut out = Vec::new();
+    {
+        let mut enc = Command::new("base64")
+            .arg("-w0")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        enc.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+        out.extend(enc.wait_with_output().unwrap().stdout);
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// A context dir with a Dockerfile.
+fn context(dir: &Path, dockerfile: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("Dockerfile"), dockerfile).unwrap();
+    dir.to_owned()
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Pack and upload a context through the library the CLI uses.
+async fn upload(c: &api::Client, dir: &Path) -> String {
+    let out = dir.with_extension("tar.zst");
+    let packed = context::pack(dir, "Dockerfile", &out, &mut |_| {}).unwrap();
+    let bytes = std::fs::read(&out).unwrap();
+    c.upload_context(&packed.digest.to_string(), bytes.len() as u64, bytes)
+        .await
+        .unwrap();
+    packed.digest.to_string()
+}
+
+fn spec(digest: &str, dockerfile: &str, tag: &str) -> BuildSpec {
+    BuildSpec {
+        context: ContextSource::Upload {
+            digest: digest.into(),
+        },
+        dockerfile: "Dockerfile".into(),
+        dockerfile_inline: Some(dockerfile.into()),
+        tags: vec![tag.into()],
+        build_args: BTreeMap::new(),
+        labels: BTreeMap::new(),
+        target: None,
+        platform: None,
+        no_cache: true,
+        no_push: false,
+    }
+}
+
+async fn wait_state(
+    c: &api::Client,
+    id: &str,
+    want: impl Fn(RunState) -> bool,
+    secs: u64,
+) -> api::Run {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let r = c.run(id).await.unwrap();
+        if want(r.state) {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "run {id} stuck in {}: {r:?}",
+            r.state
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn full_log(c: &api::Client, id: &str) -> Vec<api::LogChunk> {
+    let mut all = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = c.logs(id, after, Duration::ZERO).await.unwrap();
+        if page.chunks.is_empty() {
+            return all;
+        }
+        after = page.next;
+        all.extend(page.chunks);
+    }
+}
+
+async fn wait_log(c: &api::Client, id: &str, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text: String = full_log(c, id).await.into_iter().map(|c| c.data).collect();
+        if text.contains(needle) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "log of {id} never showed {needle:?}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `slipway up` + `slipway build` of examples/hello: exit 0, the image is
+/// pullable by skopeo; a failing Dockerfile exits non-zero with its error in
+/// the streamed log; an unchanged context is not uploaded twice.
+#[test]
+fn up_builds_examples_hello_and_reports_failures() {
+    if !need_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let up = Proc::spawn(
+        Command::new(SLIPWAY)
+            .args(["up", "--listen", "127.0.0.1:0", "--agents", "2", "--data"])
+            .arg(&data),
+        tmp.path().join("up.log"),
+    );
+    let url = up
+        .wait_for("listening on ")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    up.wait_for("to build, paste:");
+    let plane = Plane {
+        dir: tmp.path().to_owned(),
+        data: data.clone(),
+        server: None,
+        url: url.clone(),
+        token: std::fs::read_to_string(data.join("admin-token"))
+            .unwrap()
+            .trim()
+            .to_owned(),
+        agents: Vec::new(),
+        starts: 0,
+    };
+    let base = plane.import_busybox();
+    let hello = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello");
+    let out = plane
+        .cli()
+        .args(["build", "-t", "hello:1", "--build-arg"])
+        .arg(format!("BASE={base}"))
+        .arg(&hello)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "build failed:\n{stdout}\n{stderr}\nup:\n{}",
+        up.text()
+    );
+    assert!(
+        stdout.contains("Hello from a Slipway agent pool!"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("(uploaded)"), "{stderr}");
+    let reference = format!("{}/hello:1", plane.host());
+    let pushed = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with(&reference))
+        .expect("the pushed reference is printed");
+    let digest = pushed.split('@').nth(1).unwrap();
+    let inspect = ok(Command::new(tool("skopeo"))
+        .args(["inspect", "--tls-verify=false", "--creds"])
+        .arg(format!("admin:{}", plane.token))
+        .arg(format!("docker://{reference}")));
+    let v: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    assert_eq!(v["Digest"], digest);
+    assert_eq!(v["Labels"]["org.opencontainers.image.title"], "hello");
+
+    // The same context again: not uploaded a second time.
+    let again = plane
+        .cli()
+        .args(["build", "--no-wait", "-t", "hello:2", "--build-arg"])
+        .arg(format!("BASE={base}"))
+        .arg(&hello)
+        .output()
+        .unwrap();
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("(already on the server)"));
+
+    // A failing RUN: non-zero exit, the error in the streamed log.
+    let bad = context(
+        &tmp.path().join("bad"),
+        &format!("FROM {base}\nRUN echo about to fail && exit 3\n"),
+    );
+    let out = plane
+        .cli()
+        .args(["build", "-t", "bad:1"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stdout.contains("about to fail"), "{stdout}");
+    assert!(
+        stdout.contains("exit code 3") || stderr.contains("exit code 3"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains(":2"),
+        "the log names the Dockerfile line: {stdout}"
+    );
+
+    // A broken Dockerfile is refused before anything is queued.
+    let broken = context(&tmp.path().join("broken"), "FROM\n");
+    let out = plane
+        .cli()
+        .args(["build", "-t", "x:1"])
+        .arg(&broken)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Dockerfile"));
+    drop(up);
+}
+
+/// SIGKILL of an agent in the middle of a RUN: the lease expires, the run
+/// is re-queued and succeeds on the other agent; the log shows both attempts.
+#[test]
+fn killed_agent_run_is_requeued_and_finishes_elsewhere() {
+    if !need_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut plane = Plane::start(tmp.path(), &["--lease-ttl", "2s"]);
+    let rt = rt();
+    let c = plane.client();
+    rt.block_on(c.create_pool(&api::PoolSpec {
+        name: "p".into(),
+        tier: api::Tier::S1,
+        count: 2,
+        network: None,
+        local: false,
+    }))
+    .unwrap();
+    let token = rt.block_on(c.pool_token("p")).unwrap().token;
+    let base = plane.import_busybox();
+    plane.start_agent("p", &token, "a1");
+    let df = format!("FROM {base}\nRUN echo slow-step-start && sleep 4 && echo slow-step-done\n");
+    let dir = context(&tmp.path().join("ctx"), &df);
+    let tag = format!("{}/requeue:1", plane.host());
+    let run = rt.block_on(async {
+        let d = upload(&c, &dir).await;
+        c.submit_run(&RunRequest {
+            pool: "p".into(),
+            build: spec(&d, &df, &tag),
+            secrets: BTreeMap::new(),
+            timeout_secs: None,
+        })
+        .await
+        .unwrap()
+    });
+    rt.block_on(wait_log(&c, &run.id, "slow-step-start"));
+    // The second agent joins; the first dies mid-RUN.
+    plane.start_agent("p", &token, "a2");
+    plane.agents[0].sigkill();
+    let done = rt.block_on(wait_state(&c, &run.id, RunState::is_final, 90));
+    assert_eq!(
+        done.state,
+        RunState::Succeeded,
+        "{done:?}\n{}",
+        plane.agents[1].text()
+    );
+    assert_eq!(done.attempts.len(), 2, "{done:?}");
+    assert_eq!(done.attempts[0].agent, "a1");
+    assert_eq!(done.attempts[0].outcome.as_deref(), Some("lost"));
+    assert_eq!(done.attempts[1].agent, "a2");
+    assert!(done.attempts[1].fence > done.attempts[0].fence);
+    let log: String = rt
+        .block_on(full_log(&c, &run.id))
+        .into_iter()
+        .map(|c| c.data)
+        .collect();
+    assert!(log.contains("attempt 1 started on agent a1"), "{log}");
+    assert!(log.contains("stopped responding"), "{log}");
+    assert!(log.contains("attempt 2 started on agent a2"), "{log}");
+    assert!(log.contains("slow-step-done"), "{log}");
+    // The killed agent's build went with it: nothing of attempt 1 still runs.
+    let ps = ok(Command::new("ps").args(["-eo", "args"]));
+    assert!(
+        !ps.lines().any(|l| l.contains("agent-a1/runs")),
+        "a build of the killed agent survived:\n{ps}"
+    );
+}
+
+/// SIGKILL of the server mid-run, then a restart: the agent keeps building,
+/// its log reaches the new server, and the log is contiguous (no line lost,
+/// none doubled).
+#[test]
+fn killed_server_restarts_and_the_run_completes_with_a_whole_log() {
+    if !need_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut plane = Plane::start(tmp.path(), &["--lease-ttl", "3s"]);
+    let rt = rt();
+    let c = plane.client();
+    rt.block_on(c.create_pool(&api::PoolSpec {
+        name: "p".into(),
+        tier: api::Tier::S1,
+        count: 1,
+        network: None,
+        local: false,
+    }))
+    .unwrap();
+    let token = rt.block_on(c.pool_token("p")).unwrap().token;
+    let base = plane.import_busybox();
+    plane.start_agent("p", &token, "solo");
+    let df = format!("FROM {base}\nRUN for i in $(seq 1 40); do echo line-$i; sleep 0.1; done\n");
+    let dir = context(&tmp.path().join("ctx"), &df);
+    let tag = format!("{}/restart:1", plane.host());
+    let run = rt.block_on(async {
+        let d = upload(&c, &dir).await;
+        c.submit_run(&RunRequest {
+            pool: "p".into(),
+            build: spec(&d, &df, &tag),
+            secrets: BTreeMap::new(),
+            timeout_secs: None,
+        })
+        .await
+        .unwrap()
+    });
+    rt.block_on(wait_log(&c, &run.id, "line-5\n"));
+    plane.kill_and_restart(&["--lease-ttl", "3s"], Duration::from_millis(1500));
+    let c = plane.client();
+    let done = rt.block_on(wait_state(&c, &run.id, RunState::is_final, 90));
+    assert_eq!(
+        done.state,
+        RunState::Succeeded,
+        "{done:?}\n{}",
+        plane.agents[0].text()
+    );
+    assert_eq!(done.attempts.len(), 1, "the run was not redone: {done:?}");
+    let chunks = rt.block_on(full_log(&c, &run.id));
+    let positions: Vec<u64> = chunks.iter().map(|c| c.pos).collect();
+    let expected: Vec<u64> = (1..=chunks.len() as u64).collect();
+    assert_eq!(positions, expected, "log positions have gaps");
+    let text: String = chunks.iter().map(|c| c.data.as_str()).collect();
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("line-")).collect();
+    let want: Vec<String> = (1..=40).map(|i| format!("line-{i}")).collect();
+    assert_eq!(lines, want, "log lines lost or doubled:\n{text}");
+}
+
+/// 50 builds at once on a pool of 4 agents: all succeed, each ran once, no
+/// agent ran two at a time, and every lease had its own fencing number.
+#[test]
+fn fifty_concurrent_builds_on_four_agents() {
+    if !need_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut plane = Plane::start(tmp.path(), &[]);
+    let rt = rt();
+    let c = plane.client();
+    rt.block_on(c.create_pool(&api::PoolSpec {
+        name: "ci".into(),
+        tier: api::Tier::S1,
+        count: 4,
+        network: None,
+        local: false,
+    }))
+    .unwrap();
+    let token = rt.block_on(c.pool_token("ci")).unwrap().token;
+    let base = plane.import_busybox();
+    for i in 0..4 {
+        plane.start_agent("ci", &token, &format!("ag{i}"));
+    }
+    let df = format!("FROM {base}\nARG N\nRUN echo build-$N > /n.txt && cat /n.txt\n");
+    let dir = context(&tmp.path().join("ctx"), &df);
+    let host = plane.host();
+    let runs = rt.block_on(async {
+        let d = upload(&c, &dir).await;
+        let submits = (0..50).map(|n| {
+            let c = c.clone();
+            let mut s = spec(&d, &df, &format!("{host}/many:{n}"));
+            s.build_args.insert("N".into(), n.to_string());
+            async move {
+                c.submit_run(&RunRequest {
+                    pool: "ci".into(),
+                    build: s,
+                    secrets: BTreeMap::new(),
+                    timeout_secs: None,
+                })
+                .await
+                .unwrap()
+            }
+        });
+        futures_util::future::join_all(submits).await
+    });
+    let mut done = Vec::new();
+    for r in &runs {
+        done.push(rt.block_on(wait_state(&c, &r.id, RunState::is_final, 600)));
+    }
+    let mut fences = HashSet::new();
+    let mut by_agent: BTreeMap<String, Vec<(i64, i64)>> = BTreeMap::new();
+    for (n, r) in done.iter().enumerate() {
+        assert_eq!(r.state, RunState::Succeeded, "{r:?}");
+        assert_eq!(r.attempts.len(), 1, "{r:?}");
+        let a = &r.attempts[0];
+        assert!(fences.insert(a.fence), "fence {} granted twice", a.fence);
+        by_agent
+            .entry(a.agent.clone())
+            .or_default()
+            .push((a.started_at, a.ended_at.unwrap()));
+        let log: String = rt
+            .block_on(full_log(&c, &r.id))
+            .into_iter()
+            .map(|c| c.data)
+            .collect();
+        assert!(log.contains(&format!("build-{n}")), "{log}");
+    }
+    assert!(by_agent.len() >= 2, "work spread over agents: {by_agent:?}");
+    for (agent, mut spans) in by_agent {
+        spans.sort();
+        for w in spans.windows(2) {
+            assert!(w[0].1 <= w[1].0, "{agent} held two runs at once: {w:?}");
+        }
+    }
+}
+
+/// Cancel stops a running build; a timeout ends a run as timed-out.
+#[test]
+fn cancel_and_timeout_stop_running_builds() {
+    if !need_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut plane = Plane::start(tmp.path(), &[]);
+    let rt = rt();
+    let c = plane.client();
+    rt.block_on(c.create_pool(&api::PoolSpec {
+        name: "p".into(),
+        tier: api::Tier::S1,
+        count: 1,
+        network: None,
+        local: false,
+    }))
+    .unwrap();
+    let token = rt.block_on(c.pool_token("p")).unwrap().token;
+    let base = plane.import_busybox();
+    plane.start_agent("p", &token, "x");
+    let df = format!("FROM {base}\nRUN echo sleeping-now && sleep 60\n");
+    let dir = context(&tmp.path().join("ctx"), &df);
+    let tag = format!("{}/sleepy:1", plane.host());
+    let (a, b) = rt.block_on(async {
+        let d = upload(&c, &dir).await;
+        let a = c
+            .submit_run(&RunRequest {
+                pool: "p".into(),
+                build: spec(&d, &df, &tag),
+                secrets: BTreeMap::new(),
+                timeout_secs: None,
+            })
+            .await
+            .unwrap();
+        let b = c
+            .submit_run(&RunRequest {
+                pool: "p".into(),
+                build: spec(&d, &df, &tag),
+                secrets: BTreeMap::new(),
+                timeout_secs: Some(3),
+            })
+            .await
+            .unwrap();
+        (a, b)
+    });
+    rt.block_on(wait_log(&c, &a.id, "sleeping-now"));
+    let t0 = Instant::now();
+    let out = plane
+        .cli()
+        .args(["runs", "cancel", &a.id])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = rt.block_on(wait_state(&c, &a.id, RunState::is_final, 30));
+    eprintln!("cancel took {:?}", t0.elapsed());
+    assert_eq!(r.state, RunState::Canceled, "{r:?}");
+    // The next run starts on the freed agent and runs into its timeout.
+    let r = rt.block_on(wait_state(&c, &b.id, RunState::is_final, 60));
+    assert_eq!(r.state, RunState::TimedOut, "{r:?}");
+    let ps = ok(Command::new("ps").args(["-eo", "args"]));
+    assert!(
+        !ps.lines().any(|l| l.contains("sleep 60")),
+        "a stopped RUN survived:\n{ps}"
+    );
+    // A queued run cancels at once; a finished one cannot be canceled.
+    let out = plane
+        .cli()
+        .args(["runs", "cancel", &a.id])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already ended"));
+}
+
+/// Tokens: pool A's agent token cannot lease or touch pool B's runs;
+/// no token → 401; tokens and secrets are not stored in clear; the per-run
+/// registry credential is not an API token and dies with the run.
+#[test]
+fn tokens_and_secrets_are_scoped_and_never_stored_in_clear() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plane = Plane::start(tmp.path(), &[]);
+    let rt = rt();
+    let c = plane.client();
+    rt.block_on(async {
+        for name in ["a", "b"] {
+            c.create_pool(&api::PoolSpec {
+                name: name.into(),
+                tier: api::Tier::S2,
+                count: 0,
+                network: None,
+                local: false,
+            })
+            .await
+            .unwrap();
+        }
+        let ta = c.pool_token("a").await.unwrap().token;
+        let tb = c.pool_token("b").await.unwrap().token;
+        let dir = context(&tmp.path().join("ctx"), "FROM scratch\n");
+        let d = upload(&c, &dir).await;
+        let secret = "s3cr3t-VALUE-never-in-clear";
+        let mut secrets = BTreeMap::new();
+        secrets.insert("npm".to_owned(), secret.to_owned());
+        let tag = format!("{}/app:1", plane.host());
+        let run = c
+            .submit_run(&RunRequest {
+                pool: "b".into(),
+                build: spec(&d, "FROM scratch\n", &tag),
+                secrets,
+                timeout_secs: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(run.secret_ids, vec!["npm".to_owned()]);
+
+        // Pool A's agent sees nothing; it cannot touch B's run either.
+        let agent_a = api::Client::new(&plane.url, Some(ta.clone())).unwrap();
+        let none = agent_a
+            .lease(&api::LeaseRequest {
+                agent: "spy".into(),
+                wait_secs: 1,
+            })
+            .await
+            .unwrap();
+        assert!(none.is_none(), "pool A leased pool B's run");
+        let hb = agent_a
+            .heartbeat(
+                &run.id,
+                &api::Heartbeat {
+                    token: "guess".into(),
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(hb.status(), Some(403), "{hb}");
+
+        // Without a token: 401 everywhere; an agent token is no user token.
+        let anon = api::Client::new(&plane.url, None).unwrap();
+        assert_eq!(
+            anon.list_runs(None, None, 1).await.unwrap_err().status(),
+            Some(401)
+        );
+        assert_eq!(anon.list_pools().await.unwrap_err().status(), Some(401));
+        let e = anon
+            .lease(&api::LeaseRequest {
+                agent: "x".into(),
+                wait_secs: 0,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.status(), Some(401));
+        assert_eq!(
+            agent_a.list_runs(None, None, 1).await.unwrap_err().status(),
+            Some(401)
+        );
+
+        // Pool B's agent gets the run with the secret in clear, a fence
+        // number and a registry credential for this run only.
+        let agent_b = api::Client::new(&plane.url, Some(tb.clone())).unwrap();
+        let lease = agent_b
+            .lease(&api::LeaseRequest {
+                agent: "b1".into(),
+                wait_secs: 5,
+            })
+            .await
+            .unwrap()
+            .expect("pool B's agent leases the run");
+        assert_eq!(lease.run.id, run.id);
+        assert_eq!(lease.secrets.get("npm").map(String::as_str), Some(secret));
+        assert_eq!(lease.limits.cpus, 4);
+        assert_eq!(lease.limits.memory_bytes, 8 << 30);
+        let reg = lease.registry.clone().unwrap();
+        let run_token = api::Client::new(&plane.url, Some(reg.password.clone())).unwrap();
+        assert_eq!(
+            run_token
+                .list_runs(None, None, 1)
+                .await
+                .unwrap_err()
+                .status(),
+            Some(401)
+        );
+        let http = reqwest::Client::new();
+        let v2 = format!("{}/v2/app/tags/list", plane.url);
+        let before = http
+            .get(&v2)
+            .basic_auth("x", Some(&reg.password))
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(
+            before.status(),
+            401,
+            "the run credential works while the run lives"
+        );
+
+        // A wrong lease token is fenced off; the right one finishes the run.
+        let wrong = agent_b
+            .report(
+                &run.id,
+                &api::RunResult {
+                    token: "lease_forged".into(),
+                    outcome: api::Outcome::Succeeded,
+                    exit_code: Some(0),
+                    image_digest: None,
+                    message: None,
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(wrong.status(), Some(409));
+        agent_b
+            .upload_logs(
+                &run.id,
+                &api::LogUpload {
+                    token: lease.token.clone(),
+                    chunks: vec![api::AgentChunk {
+                        seq: 1,
+                        data: "one\n".into(),
+                    }],
+                },
+            )
+            .await
+            .unwrap();
+        // The same chunk again (a retry) is stored once.
+        agent_b
+            .upload_logs(
+                &run.id,
+                &api::LogUpload {
+                    token: lease.token.clone(),
+                    chunks: vec![
+                        api::AgentChunk {
+                            seq: 1,
+                            data: "one\n".into(),
+                        },
+                        api::AgentChunk {
+                            seq: 2,
+                            data: "two\n".into(),
+                        },
+                    ],
+                },
+            )
+            .await
+            .unwrap();
+        let done = agent_b
+            .report(
+                &run.id,
+                &api::RunResult {
+                    token: lease.token.clone(),
+                    outcome: api::Outcome::Failed,
+                    exit_code: Some(1),
+                    image_digest: None,
+                    message: Some("test".into()),
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(done.state, RunState::Failed);
+        let text: String = full_log(&c, &run.id)
+            .await
+            .into_iter()
+            .map(|c| c.data)
+            .collect();
+        assert_eq!(text.matches("one\n").count(), 1, "{text}");
+        assert!(text.contains("two\n"));
+        let late = agent_b
+            .heartbeat(
+                &run.id,
+                &api::Heartbeat {
+                    token: lease.token.clone(),
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            late.status(),
+            Some(409),
+            "a finished lease cannot be extended"
+        );
+        let after = http
+            .get(&v2)
+            .basic_auth("x", Some(&reg.password))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            after.status(),
+            401,
+            "the run credential is revoked with the run"
+        );
+
+        // Nothing secret sits in clear on disk: not the secret, not a token.
+        let mut found = Vec::new();
+        let mut stack = vec![plane.data.clone()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.file_name().is_some_and(|n| n != "admin-token") {
+                    let bytes = std::fs::read(&p).unwrap();
+                    for needle in [
+                        secret,
+                        ta.as_str(),
+                        tb.as_str(),
+                        lease.token.as_str(),
+                        reg.password.as_str(),
+                        plane.token.as_str(),
+                    ] {
+                        if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                            found.push((p.clone(), needle.to_owned()));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(found.is_empty(), "stored in clear: {found:?}");
+
+        // Pools: a busy pool is not deleted without force.
+        let run2 = c
+            .submit_run(&RunRequest {
+                pool: "a".into(),
+                build: spec(&d, "FROM scratch\n", &tag),
+                secrets: BTreeMap::new(),
+                timeout_secs: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            c.delete_pool("a", false).await.unwrap_err().status(),
+            Some(409)
+        );
+        c.delete_pool("a", true).await.unwrap();
+        assert_eq!(c.run(&run2.id).await.unwrap().state, RunState::Canceled);
+        // The OpenAPI document is served.
+        let doc = c.openapi().await.unwrap();
+        assert!(doc["paths"]["/agent/lease"]["post"].is_object());
+    });
+}
