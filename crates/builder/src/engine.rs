@@ -65,6 +65,12 @@ pub enum BuildError {
         path: String,
         problem: String,
     },
+    #[error("{file}:{line}: RUN: {problem}")]
+    Run {
+        file: String,
+        line: u32,
+        problem: String,
+    },
     #[error("{context}: {source}")]
     Step {
         context: String,
@@ -97,6 +103,26 @@ pub struct BuildRequest {
     pub cache_dir: Option<PathBuf>,
     /// The creation time written into the config and history (RFC 3339).
     pub created: String,
+    /// `--secret` values by id, for `RUN --mount=type=secret`. Never
+    /// written to a layer, the config, the history or the cache key.
+    pub secrets: BTreeMap<String, Vec<u8>>,
+    /// `--label`s, set on the image built.
+    pub labels: BTreeMap<String, String>,
+    /// Limits of every RUN step (`--memory`, `--cpus`).
+    pub run_limits: sandbox::Limits,
+    /// Where `RUN --mount=type=cache` directories live (kept between builds,
+    /// also with `--no-cache`, as BuildKit keeps them).
+    pub cache_mounts_dir: PathBuf,
+    /// Also write the image as an OCI layout tarball (`--output type=oci`).
+    pub oci_archive: Option<OciArchive>,
+}
+
+/// `--output type=oci,dest=FILE`.
+#[derive(Debug, Clone)]
+pub struct OciArchive {
+    pub dest: PathBuf,
+    /// Recorded as the image's `org.opencontainers.image.ref.name`.
+    pub name: Option<Reference>,
 }
 
 /// The built image.
@@ -109,9 +135,9 @@ pub struct BuildResult {
 }
 
 #[derive(Clone)]
-struct NewLayer {
-    info: LayerInfo,
-    file: PathBuf,
+pub(crate) struct NewLayer {
+    pub info: LayerInfo,
+    pub file: PathBuf,
 }
 
 /// What a stage has built so far; a stage `FROM` another starts from a copy.
@@ -139,6 +165,266 @@ fn find_stage(df: &dockerfile::Dockerfile, current: usize, name: &str) -> Option
     df.stages[..current]
         .iter()
         .position(|s| s.name.as_deref() == Some(lower.as_str()))
+}
+
+/// The tree `COPY --from` and `RUN --mount=…,from=` read: an earlier
+/// stage's layers or an image's, merged into a plain directory once per build.
+#[allow(clippy::too_many_arguments)]
+async fn from_root(
+    from: &str,
+    df: &dockerfile::Dockerfile,
+    si: usize,
+    states: &HashMap<usize, StageState>,
+    store: &LayerStore,
+    client: &Arc<Client>,
+    req: &BuildRequest,
+    file: &str,
+    line: u32,
+) -> Result<PathBuf, BuildError> {
+    let unsupported = |what: String| BuildError::Unsupported {
+        file: file.to_owned(),
+        line,
+        instruction: "--from".into(),
+        what,
+    };
+    let (key, layers) = match find_stage(df, si, from) {
+        Some(dep) => match states.get(&dep) {
+            Some(d) => (format!("stage-{dep}"), d.lowers.clone()),
+            None => return Err(unsupported("a stage that is not built before it".into())),
+        },
+        None => {
+            let r: Reference = from
+                .parse()
+                .map_err(|e: oci::ReferenceError| unsupported(format!("--from={from}: {e}")))?;
+            let pulled = store
+                .pull(client, &r, &req.platform)
+                .await
+                .map_err(step_err(format!("pulling {r}")))?;
+            (
+                format!("image-{}", pulled.manifest_digest.hex()),
+                pulled.layers,
+            )
+        }
+    };
+    let root = req.work_dir.join("merged").join(key);
+    if !root.is_dir() {
+        merge_layers(&layers, &root).map_err(step_err(format!("{file}:{line}: --from={from}")))?;
+    }
+    Ok(root)
+}
+
+/// The argv of a RUN, and the heredoc to run as a file when it has a
+/// shebang (`(name, body)`, run from `/dev/pipes/<name>`). Heredocs follow
+/// BuildKit: a command that is only `<<EOF` runs the body through the shell
+/// (or as a file with a shebang); otherwise the heredocs are put back after
+/// the command line for the shell to read.
+#[allow(clippy::type_complexity)]
+fn run_argv(
+    cl: &dockerfile::instructions::CommandLine,
+    shell: &[String],
+) -> Result<(Vec<String>, Option<(String, String)>), String> {
+    let with_shell = |cmd: String| shell.iter().cloned().chain([cmd]).collect::<Vec<_>>();
+    if cl.heredocs.is_empty() {
+        return Ok((
+            if cl.shell_form {
+                with_shell(cl.args.join(" "))
+            } else {
+                cl.args.clone()
+            },
+            None,
+        ));
+    }
+    if !cl.shell_form || cl.args.len() != 1 {
+        return Err("heredocs in the exec form".into());
+    }
+    let cmd = cl.args[0].trim();
+    let first = &cl.heredocs[0];
+    let only_heredoc = cmd
+        .strip_prefix("<<")
+        .map(|r| r.trim_start_matches('-').trim_matches(['\'', '"']))
+        .is_some_and(|name| name == first.name);
+    if only_heredoc && cl.heredocs.len() == 1 {
+        if first.content.starts_with("#!") {
+            let path = format!("/dev/pipes/{}", first.name);
+            return Ok((
+                with_shell(path),
+                Some((first.name.clone(), first.content.clone())),
+            ));
+        }
+        return Ok((with_shell(first.content.clone()), None));
+    }
+    let mut script = cl.args[0].clone();
+    for h in &cl.heredocs {
+        script.push('\n');
+        script.push_str(&h.content);
+        script.push_str(&h.name);
+    }
+    Ok((with_shell(script), None))
+}
+
+/// `--exclude` patterns as one matcher (the `.dockerignore` syntax,
+/// `!` exceptions included, as BuildKit's patternmatcher reads them).
+fn exclude_matcher(
+    excludes: &[String],
+) -> Result<Option<dockerfile::IgnoreMatcher>, (String, String)> {
+    if excludes.is_empty() {
+        return Ok(None);
+    }
+    dockerfile::IgnoreMatcher::parse(&excludes.join("\n"))
+        .map(Some)
+        .map_err(|e| (format!("--exclude={}", excludes.join(",")), e.to_string()))
+}
+
+/// COPY/ADD heredocs written out as files named after their delimiter
+/// (mode 0644, as BuildKit makes them), outside any layer.
+fn write_inline(
+    dir: &Path,
+    inline: &[dockerfile::instructions::InlineFile],
+) -> Result<(), (String, String)> {
+    let _ = std::fs::remove_dir_all(dir);
+    if inline.is_empty() {
+        return Ok(());
+    }
+    let fail = |name: &str, e: std::io::Error| (format!("<<{name}"), e.to_string());
+    std::fs::create_dir_all(dir).map_err(|e| fail("", e))?;
+    for h in inline {
+        if h.name.contains('/') || h.name == "." || h.name == ".." {
+            return Err((format!("<<{}", h.name), "not a file name".into()));
+        }
+        let at = dir.join(&h.name);
+        std::fs::write(&at, &h.content).map_err(|e| fail(&h.name, e))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| fail(&h.name, e))?;
+    }
+    Ok(())
+}
+
+/// Copy the heredoc files of a COPY/ADD to `dest` (into it when it is a
+/// directory by Docker's rules).
+#[allow(clippy::too_many_arguments)]
+fn copy_inline(
+    dir: &Path,
+    inline: &[dockerfile::instructions::InlineFile],
+    how: &CopySpec<'_>,
+    dest: &str,
+    dest_as_written: &str,
+    planned: &[Planned],
+    upper: &Path,
+    lowers: &[PathBuf],
+) -> Result<(), (String, String)> {
+    let into_dir = dest_as_written.ends_with('/') || planned.len() + inline.len() > 1;
+    let spec = CopySpec {
+        root: dir,
+        ignore: None,
+        exclude: None,
+        owner: how.owner,
+        mode: how.mode,
+    };
+    for h in inline {
+        copy_source(&spec, &h.name, dest, into_dir, upper, lowers)
+            .map_err(|e| (format!("<<{}", h.name), e))?;
+    }
+    Ok(())
+}
+
+/// One source of a COPY/ADD after wildcard expansion, with where it goes.
+struct Planned {
+    source: String,
+    dest: String,
+    into_dir: bool,
+}
+
+/// Expand the sources of a COPY/ADD (wildcards; `--parents`) into what to
+/// copy where. Docker's rule: several sources need a directory destination
+/// written with a trailing `/` (`extra` counts heredocs and URLs).
+fn plan_sources(
+    root: &Path,
+    sources: &[String],
+    dest: &str,
+    dest_is_dir: bool,
+    parents: bool,
+    ignore: Option<&dockerfile::IgnoreMatcher>,
+    extra: usize,
+) -> Result<Vec<Planned>, (String, String)> {
+    use crate::sources::{expand, has_wildcards, kept_rel, split_parents};
+    let ignored = |m: &str| {
+        let is_dir = root.join(m).is_dir();
+        let rel = clean_rel(m).map(|p| p.to_string_lossy().into_owned());
+        !is_dir
+            && ignore
+                .zip(rel)
+                .is_some_and(|(i, r)| !r.is_empty() && i.matches(&r, false))
+    };
+    let mut found: Vec<(String, Option<PathBuf>)> = Vec::new();
+    for s in sources {
+        let fail = |e: String| (s.clone(), e);
+        if parents {
+            let (pivot, kept) = split_parents(s);
+            let pivot_rel =
+                kept_rel(&pivot).ok_or_else(|| fail("the source leaves the context".into()))?;
+            let joined = if pivot.is_empty() {
+                kept.clone()
+            } else {
+                format!("{pivot}/{kept}")
+            };
+            for m in expand(root, &joined).map_err(fail)? {
+                if has_wildcards(&joined) && ignored(&m) {
+                    continue;
+                }
+                let below = clean_rel(&m)
+                    .and_then(|p| p.strip_prefix(&pivot_rel).ok().map(Path::to_path_buf))
+                    .ok_or_else(|| fail("the source leaves the context".into()))?;
+                found.push((m, Some(below)));
+            }
+        } else {
+            for m in expand(root, s).map_err(fail)? {
+                if has_wildcards(s) && ignored(&m) {
+                    continue;
+                }
+                found.push((m, None));
+            }
+        }
+    }
+    let total = found.len() + extra;
+    if total > 1 && !dest_is_dir && !parents {
+        return Err((
+            sources.join(" "),
+            "with more than one source, the destination must be a directory and end with a /"
+                .into(),
+        ));
+    }
+    let into_dir = dest_is_dir || total > 1;
+    let base = dest.trim_end_matches('/');
+    Ok(found
+        .into_iter()
+        .map(|(source, kept)| match kept {
+            None => Planned {
+                source,
+                dest: dest.to_owned(),
+                into_dir,
+            },
+            Some(k) => {
+                // --parents: the path below the pivot is kept under dest.
+                let is_dir = root.join(&source).is_dir();
+                let under = if is_dir {
+                    k
+                } else {
+                    k.parent().map(Path::to_path_buf).unwrap_or_default()
+                };
+                let dest = if under.as_os_str().is_empty() {
+                    format!("{base}/")
+                } else {
+                    format!("{base}/{}/", under.display())
+                };
+                Planned {
+                    source,
+                    dest,
+                    into_dir: true,
+                }
+            }
+        })
+        .collect())
 }
 
 /// The filesystem that overlay-form layer dirs (bottom to top) stand for,
@@ -280,6 +566,33 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                 }
             }
         };
+        // ONBUILD triggers of what the stage starts from run first, as in
+        // BuildKit: the base image's, or the ONBUILDs of the stage it is
+        // FROM (kept in that stage's config). They do not carry over.
+        let triggers: Vec<String> = st
+            .image
+            .container_config()
+            .remove("OnBuild")
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default();
+        let mut steps: Vec<(dockerfile::Instruction, Option<String>)> = Vec::new();
+        for t in &triggers {
+            let (_, tdf, _) = dockerfile::check(&format!("FROM scratch\n{t}\n"), &opts, None)
+                .map_err(|errors| BuildError::Dockerfile {
+                    file: format!(
+                        "{file}:{}: ONBUILD trigger {t:?} of {}",
+                        stage.pos.line, stage.base
+                    ),
+                    errors,
+                })?;
+            for mut i in tdf.stages.into_iter().flat_map(|s| s.instructions) {
+                // Errors and history point at the FROM that ran them.
+                i.line = stage.pos.line;
+                i.end_line = stage.pos.line;
+                steps.push((i, Some(t.clone())));
+            }
+        }
+        steps.extend(stage.instructions.iter().cloned().map(|i| (i, None)));
         let StageState {
             image,
             lowers,
@@ -289,21 +602,24 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
             cache_key,
             ..
         } = &mut st;
-        for (n, ins) in stage.instructions.iter().enumerate() {
+        for (n, (ins, trigger)) in steps.iter().enumerate() {
             let line = ins.line;
-            let label = format!("[{}/{}]", n + 2, stage.instructions.len() + 1);
+            let label = format!("[{}/{}]", n + 2, steps.len() + 1);
             // History shows the instruction as written, as `docker history` does.
             let first = (ins.line as usize).saturating_sub(1);
             let last = (ins.end_line as usize)
                 .max(first + 1)
                 .min(source_lines.len());
-            let created_by = source_lines
-                .get(first..last)
-                .map(|l| l.join("\n"))
-                .unwrap_or_default()
-                .chars()
-                .take(1000)
-                .collect::<String>();
+            let created_by = match trigger {
+                Some(t) => t.clone(),
+                None => source_lines
+                    .get(first..last)
+                    .map(|l| l.join("\n"))
+                    .unwrap_or_default(),
+            }
+            .chars()
+            .take(1000)
+            .collect::<String>();
             let env_args: Vec<String> = args.iter().map(|(k, v)| format!("{k}={v}")).collect();
             let mut key = next_key(
                 cache_key,
@@ -311,26 +627,47 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
             );
             match &ins.command {
                 Command::Run(run) => {
-                    if !run.mounts.is_empty() || run.network.is_some() || run.security.is_some() {
-                        return Err(unsupported(
-                            line,
-                            "RUN",
-                            "--mount, --network and --security",
-                        ));
+                    if run.security.as_deref() == Some("insecure") {
+                        return Err(unsupported(line, "RUN", "--security=insecure"));
                     }
-                    if !run.command.heredocs.is_empty() {
-                        return Err(unsupported(line, "RUN", "heredocs"));
-                    }
-                    let argv: Vec<String> = if run.command.shell_form {
-                        shell
-                            .iter()
-                            .cloned()
-                            .chain([run.command.args.join(" ")])
-                            .collect()
-                    } else {
-                        run.command.args.clone()
+                    let step_no = si * 10_000 + n;
+                    let scratch = req.work_dir.join(format!("scratch-{step_no}"));
+                    let (argv, script) = run_argv(&run.command, shell)
+                        .map_err(|what| unsupported(line, "RUN", &what))?;
+                    let shown = argv.join(" ");
+                    let shown = match shown.split_once('\n') {
+                        Some((first, _)) => format!("{first} …"),
+                        None => shown,
                     };
-                    say(out, &format!("{label} RUN {}", argv.join(" "))).await;
+                    say(out, &format!("{label} RUN {shown}")).await;
+                    // Bind mounts read files: their content is part of the key.
+                    let mut roots = Vec::with_capacity(run.mounts.len());
+                    let mut mount_hashes = Vec::new();
+                    for m in &run.mounts {
+                        if m.kind != "bind" {
+                            roots.push(None);
+                            continue;
+                        }
+                        let root = match &m.from {
+                            Some(from) => Some(
+                                from_root(from, &df, si, &states, store, client, req, &file, line)
+                                    .await?,
+                            ),
+                            None => None,
+                        };
+                        let (hash_root, hash_ignore) = match &root {
+                            Some(r) => (r.clone(), None),
+                            None => (req.context.clone(), ignore.as_ref()),
+                        };
+                        mount_hashes.push(hash_sources(
+                            &hash_root,
+                            &[m.source.clone().unwrap_or_else(|| "/".into())],
+                            hash_ignore,
+                        ));
+                        roots.push(root);
+                    }
+                    let parts: Vec<&str> = mount_hashes.iter().map(String::as_str).collect();
+                    key = next_key(&key, &parts);
                     if let Some(hit) = cache_lookup(req, &key) {
                         say(out, &format!("{label} CACHED")).await;
                         stack_layer(
@@ -345,7 +682,58 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                         *cache_key = key;
                         continue;
                     }
-                    let step = new_step_dir(&req.work_dir, si * 10_000 + n)?;
+                    let step = new_step_dir(&req.work_dir, step_no)?;
+                    let run_err = |problem: String| BuildError::Run {
+                        file: file.clone(),
+                        line,
+                        problem,
+                    };
+                    let _ = std::fs::remove_dir_all(&scratch);
+                    std::fs::create_dir_all(&scratch)
+                        .map_err(step_err(format!("creating {}", scratch.display())))?;
+                    let scratch = scratch
+                        .canonicalize()
+                        .map_err(step_err(format!("creating {}", scratch.display())))?;
+                    std::fs::create_dir_all(&req.cache_mounts_dir).map_err(step_err(format!(
+                        "creating {}",
+                        req.cache_mounts_dir.display()
+                    )))?;
+                    let workdir = image
+                        .container_config()
+                        .get("WorkingDir")
+                        .and_then(|v| v.as_str())
+                        .filter(|w| !w.is_empty())
+                        .unwrap_or("/")
+                        .to_owned();
+                    let mut prepared = crate::run_mounts::prepare(
+                        &run.mounts,
+                        &roots,
+                        &crate::run_mounts::MountContext {
+                            context: &req.context,
+                            ignore: ignore.as_ref(),
+                            secrets: &req.secrets,
+                            cache_root: &req.cache_mounts_dir,
+                            scratch: &scratch,
+                            workdir: &workdir,
+                        },
+                    )
+                    .map_err(run_err)?;
+                    if let Some((name, body)) = &script {
+                        // A heredoc with a shebang runs as a file, from
+                        // /dev/pipes as in BuildKit, outside the layer.
+                        let pipes = scratch.join("pipes");
+                        std::fs::create_dir_all(&pipes).map_err(|e| run_err(e.to_string()))?;
+                        let at = pipes.join(name);
+                        std::fs::write(&at, body).map_err(|e| run_err(e.to_string()))?;
+                        use std::os::unix::fs::PermissionsExt;
+                        std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o755))
+                            .map_err(|e| run_err(e.to_string()))?;
+                        prepared.mounts.push(sandbox::Mount::Bind {
+                            source: pipes,
+                            target: "/dev/pipes".into(),
+                            readonly: true,
+                        });
+                    }
                     let rootfs = RootFs {
                         lower: lowers.iter().rev().cloned().collect(),
                         upper: step.join("upper"),
@@ -359,22 +747,41 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                         &ImageRun {
                             entrypoint: Some(argv.clone()),
                             args: Some(Vec::new()),
-                            env: args.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+                            env: args
+                                .iter()
+                                .map(|(k, v)| format!("{k}={v}"))
+                                .chain(prepared.env.iter().cloned())
+                                .collect(),
                             ..Default::default()
                         },
                     )
                     .map_err(step_err(format!("{file}:{line}: RUN")))?;
                     let mut spec = RunSpec::new(rootfs, argv.clone());
                     spec.process = process;
+                    spec.mounts = prepared.mounts;
+                    spec.secrets = prepared.secrets;
+                    spec.limits = req.run_limits.clone();
+                    if run.network.as_deref() == Some("none") {
+                        spec.network = sandbox::Network::None;
+                    }
                     let outcome = sandbox
                         .run(&spec, out, err, &Default::default())
                         .await
-                        .map_err(step_err(format!("{file}:{line}: RUN")))?;
+                        .map_err(step_err(format!("{file}:{line}: RUN")));
+                    let _ = std::fs::remove_dir_all(&scratch);
+                    let outcome = outcome?;
+                    if outcome.limits_not_enforced {
+                        let _ = err
+                            .write_all(
+                                b"warning: no writable cgroup controller here: --memory/--cpus are not enforced\n",
+                            )
+                            .await;
+                    }
                     if !outcome.status.success() {
                         return Err(BuildError::RunFailed {
                             file: file.clone(),
                             line,
-                            command: argv.join(" "),
+                            command: shown,
                             code: outcome.status.code,
                         });
                     }
@@ -390,76 +797,59 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                     );
                 }
                 Command::Copy(c) => {
-                    if c.link || c.parents || !c.excludes.is_empty() {
-                        return Err(unsupported(line, "COPY", "--link, --parents and --exclude"));
-                    }
-                    if !c.inline.is_empty() {
-                        return Err(unsupported(line, "COPY", "heredocs"));
-                    }
-                    say(
-                        out,
-                        &format!("{label} COPY {} {}", c.sources.join(" "), c.dest),
-                    )
-                    .await;
-                    let step = new_step_dir(&req.work_dir, si * 10_000 + n)?;
-                    let upper = step.join("upper");
+                    let shown: Vec<String> = c
+                        .sources
+                        .iter()
+                        .cloned()
+                        .chain(c.inline.iter().map(|h| format!("<<{}", h.name)))
+                        .collect();
+                    say(out, &format!("{label} COPY {} {}", shown.join(" "), c.dest)).await;
+                    let step_no = si * 10_000 + n;
+                    let copy_err = |(path, problem): (String, String)| BuildError::Copy {
+                        file: file.clone(),
+                        line,
+                        path,
+                        problem,
+                    };
                     let dest = absolute_dest(image, &c.dest);
-                    let into_dir = c.dest.ends_with('/') || c.sources.len() > 1;
                     let source_root = match &c.from {
                         None => req.context.clone(),
                         Some(from) => {
-                            let (key, layers) = match find_stage(&df, si, from) {
-                                Some(dep) => match states.get(&dep) {
-                                    Some(d) => (format!("stage-{dep}"), d.lowers.clone()),
-                                    None => {
-                                        return Err(unsupported(
-                                            line,
-                                            "COPY",
-                                            "--from a stage that is not built before it",
-                                        ));
-                                    }
-                                },
-                                None => {
-                                    let r: Reference =
-                                        from.parse().map_err(|e: oci::ReferenceError| {
-                                            unsupported(
-                                                line,
-                                                "COPY",
-                                                &format!("--from={from}: {e}"),
-                                            )
-                                        })?;
-                                    let pulled = store
-                                        .pull(client, &r, &req.platform)
-                                        .await
-                                        .map_err(step_err(format!("pulling {r}")))?;
-                                    (
-                                        format!("image-{}", pulled.manifest_digest.hex()),
-                                        pulled.layers,
-                                    )
-                                }
-                            };
-                            let root = req.work_dir.join("merged").join(key);
-                            if !root.is_dir() {
-                                merge_layers(&layers, &root).map_err(step_err(format!(
-                                    "{file}:{line}: COPY --from={from}"
-                                )))?;
-                            }
-                            root
+                            from_root(from, &df, si, &states, store, client, req, &file, line)
+                                .await?
                         }
                     };
+                    let ignore_here = if c.from.is_none() {
+                        ignore.as_ref()
+                    } else {
+                        None
+                    };
+                    let exclude = exclude_matcher(&c.excludes).map_err(copy_err)?;
+                    let inline_dir = req.work_dir.join(format!("inline-{step_no}"));
+                    write_inline(&inline_dir, &c.inline).map_err(copy_err)?;
+                    let planned = plan_sources(
+                        &source_root,
+                        &c.sources,
+                        &dest,
+                        c.dest.ends_with('/'),
+                        c.parents,
+                        ignore_here,
+                        c.inline.len(),
+                    )
+                    .map_err(copy_err)?;
+                    let planned_sources: Vec<String> =
+                        planned.iter().map(|p| p.source.clone()).collect();
+                    let inline_names: Vec<String> =
+                        c.inline.iter().map(|h| h.name.clone()).collect();
                     key = next_key(
                         &key,
-                        &[&hash_sources(
-                            &source_root,
-                            &c.sources,
-                            if c.from.is_none() {
-                                ignore.as_ref()
-                            } else {
-                                None
-                            },
-                        )],
+                        &[
+                            &hash_sources(&source_root, &planned_sources, ignore_here),
+                            &hash_sources(&inline_dir, &inline_names, None),
+                        ],
                     );
                     if let Some(hit) = cache_lookup(req, &key) {
+                        let _ = std::fs::remove_dir_all(&inline_dir);
                         say(out, &format!("{label} CACHED")).await;
                         stack_layer(
                             image,
@@ -473,6 +863,8 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                         *cache_key = key;
                         continue;
                     }
+                    let step = new_step_dir(&req.work_dir, step_no)?;
+                    let upper = step.join("upper");
                     let (owner, mode) =
                         ownership(c.chown.as_deref(), c.chmod.as_deref(), lowers, &step).map_err(
                             |problem| BuildError::Copy {
@@ -482,30 +874,35 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                                 problem,
                             },
                         )?;
-                    let ignore = if c.from.is_none() {
-                        ignore.as_ref()
-                    } else {
-                        None
+                    let how = CopySpec {
+                        root: &source_root,
+                        ignore: ignore_here,
+                        exclude: exclude.as_ref(),
+                        owner,
+                        mode,
                     };
-                    for source in &c.sources {
-                        copy_source(
-                            &source_root,
-                            ignore,
-                            owner,
-                            mode,
-                            source,
-                            &dest,
-                            into_dir,
-                            &upper,
-                            lowers,
-                        )
-                        .map_err(|problem| BuildError::Copy {
-                            file: file.clone(),
-                            line,
-                            path: source.clone(),
-                            problem,
-                        })?;
+                    for p in &planned {
+                        copy_source(&how, &p.source, &p.dest, p.into_dir, &upper, lowers).map_err(
+                            |problem| BuildError::Copy {
+                                file: file.clone(),
+                                line,
+                                path: p.source.clone(),
+                                problem,
+                            },
+                        )?;
                     }
+                    copy_inline(
+                        &inline_dir,
+                        &c.inline,
+                        &how,
+                        &dest,
+                        &c.dest,
+                        &planned,
+                        &upper,
+                        lowers,
+                    )
+                    .map_err(copy_err)?;
+                    let _ = std::fs::remove_dir_all(&inline_dir);
                     let (upper_dir, layer) = finish_step(&step, req, &key)?;
                     stack_layer(
                         image,
@@ -518,22 +915,18 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                     );
                 }
                 Command::Add(a) => {
-                    if a.link || a.keep_git_dir || !a.excludes.is_empty() || !a.inline.is_empty() {
-                        return Err(unsupported(
-                            line,
-                            "ADD",
-                            "--link, --keep-git-dir, --exclude and heredocs",
-                        ));
+                    if a.keep_git_dir {
+                        return Err(unsupported(line, "ADD", "--keep-git-dir (git sources)"));
                     }
-                    say(
-                        out,
-                        &format!("{label} ADD {} {}", a.sources.join(" "), a.dest),
-                    )
-                    .await;
-                    let step = new_step_dir(&req.work_dir, si * 10_000 + n)?;
-                    let upper = step.join("upper");
+                    let shown: Vec<String> = a
+                        .sources
+                        .iter()
+                        .cloned()
+                        .chain(a.inline.iter().map(|h| format!("<<{}", h.name)))
+                        .collect();
+                    say(out, &format!("{label} ADD {} {}", shown.join(" "), a.dest)).await;
+                    let step_no = si * 10_000 + n;
                     let dest = absolute_dest(image, &a.dest);
-                    let into_dir = a.dest.ends_with('/') || a.sources.len() > 1;
                     let add_err = |path: &str| {
                         let (file, path) = (file.clone(), path.to_owned());
                         move |problem: String| BuildError::Copy {
@@ -543,26 +936,56 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                             problem,
                         }
                     };
-                    let remote_unpinned = a
-                        .sources
-                        .iter()
-                        .any(|x| x.starts_with("http://") || x.starts_with("https://"))
-                        && a.checksum.is_none();
+                    let copy_err = |(path, problem): (String, String)| BuildError::Copy {
+                        file: file.clone(),
+                        line,
+                        path,
+                        problem,
+                    };
+                    let is_url = |x: &str| x.starts_with("http://") || x.starts_with("https://");
+                    let urls: Vec<&String> = a.sources.iter().filter(|x| is_url(x)).collect();
+                    let locals: Vec<String> =
+                        a.sources.iter().filter(|x| !is_url(x)).cloned().collect();
+                    let exclude = exclude_matcher(&a.excludes).map_err(copy_err)?;
+                    let inline_dir = req.work_dir.join(format!("inline-{step_no}"));
+                    write_inline(&inline_dir, &a.inline).map_err(copy_err)?;
+                    let planned = plan_sources(
+                        &req.context,
+                        &locals,
+                        &dest,
+                        a.dest.ends_with('/'),
+                        false,
+                        ignore.as_ref(),
+                        a.inline.len() + urls.len(),
+                    )
+                    .map_err(copy_err)?;
+                    let into_dir =
+                        a.dest.ends_with('/') || planned.len() + a.inline.len() + urls.len() > 1;
+                    let remote_unpinned = !urls.is_empty() && a.checksum.is_none();
                     // A URL without --checksum can change under us: never reuse it.
                     let nonce = if remote_unpinned {
                         format!("{:?}", std::time::SystemTime::now())
                     } else {
                         String::new()
                     };
+                    let planned_sources: Vec<String> = planned
+                        .iter()
+                        .map(|p| p.source.clone())
+                        .chain(urls.iter().map(|u| u.to_string()))
+                        .collect();
+                    let inline_names: Vec<String> =
+                        a.inline.iter().map(|h| h.name.clone()).collect();
                     key = next_key(
                         &key,
                         &[
-                            &hash_sources(&req.context, &a.sources, ignore.as_ref()),
+                            &hash_sources(&req.context, &planned_sources, ignore.as_ref()),
+                            &hash_sources(&inline_dir, &inline_names, None),
                             a.checksum.as_deref().unwrap_or(""),
                             &nonce,
                         ],
                     );
                     if let Some(hit) = cache_lookup(req, &key) {
+                        let _ = std::fs::remove_dir_all(&inline_dir);
                         say(out, &format!("{label} CACHED")).await;
                         stack_layer(
                             image,
@@ -576,56 +999,66 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                         *cache_key = key;
                         continue;
                     }
+                    let step = new_step_dir(&req.work_dir, step_no)?;
+                    let upper = step.join("upper");
                     let (owner, mode) =
                         ownership(a.chown.as_deref(), a.chmod.as_deref(), lowers, &step)
                             .map_err(add_err("--chown/--chmod"))?;
-                    for source in &a.sources {
-                        if source.starts_with("http://") || source.starts_with("https://") {
-                            if source.ends_with(".git") || source.contains(".git#") {
-                                return Err(unsupported(line, "ADD", "git sources"));
-                            }
-                            add_url(
-                                source,
-                                a.checksum.as_deref(),
-                                &dest,
-                                into_dir,
-                                owner,
-                                mode,
-                                &upper,
-                                lowers,
-                            )
-                            .await
-                            .map_err(add_err(source))?;
-                            continue;
+                    if a.checksum.is_some() && urls.is_empty() {
+                        return Err(unsupported(
+                            line,
+                            "ADD",
+                            "--checksum on a local source (Docker allows it only for URLs)",
+                        ));
+                    }
+                    for source in &urls {
+                        if source.ends_with(".git") || source.contains(".git#") {
+                            return Err(unsupported(line, "ADD", "git sources"));
                         }
-                        if a.checksum.is_some() {
-                            return Err(unsupported(
-                                line,
-                                "ADD",
-                                "--checksum on a local source (Docker allows it only for URLs)",
-                            ));
-                        }
+                        add_url(
+                            source,
+                            a.checksum.as_deref(),
+                            &dest,
+                            into_dir,
+                            owner,
+                            mode,
+                            &upper,
+                            lowers,
+                        )
+                        .await
+                        .map_err(add_err(source))?;
+                    }
+                    let how = CopySpec {
+                        root: &req.context,
+                        ignore: ignore.as_ref(),
+                        exclude: exclude.as_ref(),
+                        owner,
+                        mode,
+                    };
+                    for p in &planned {
                         let extracted = if a.unpack == Some(false) {
                             false
                         } else {
-                            add_archive(&req.context, source, &dest, &upper, lowers)
-                                .map_err(add_err(source))?
+                            add_archive(&req.context, &p.source, &p.dest, &upper, lowers)
+                                .map_err(add_err(&p.source))?
                         };
                         if !extracted {
-                            copy_source(
-                                &req.context,
-                                ignore.as_ref(),
-                                owner,
-                                mode,
-                                source,
-                                &dest,
-                                into_dir,
-                                &upper,
-                                lowers,
-                            )
-                            .map_err(add_err(source))?;
+                            copy_source(&how, &p.source, &p.dest, p.into_dir, &upper, lowers)
+                                .map_err(add_err(&p.source))?;
                         }
                     }
+                    copy_inline(
+                        &inline_dir,
+                        &a.inline,
+                        &how,
+                        &dest,
+                        &a.dest,
+                        &planned,
+                        &upper,
+                        lowers,
+                    )
+                    .map_err(copy_err)?;
+                    let _ = std::fs::remove_dir_all(&inline_dir);
                     let (upper_dir, layer) = finish_step(&step, req, &key)?;
                     stack_layer(
                         image,
@@ -777,14 +1210,53 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                 Command::Maintainer { name } => {
                     image.add_empty_step(&format!("MAINTAINER {name}"), &req.created);
                 }
-                other => {
-                    let name = format!("{other:?}");
-                    let name = name
-                        .split(['(', ' ', '{'])
-                        .next()
-                        .unwrap_or("instruction")
-                        .to_uppercase();
-                    return Err(unsupported(line, &name, "this instruction"));
+                Command::Healthcheck(h) => {
+                    // Docker's HealthConfig: durations in nanoseconds, and
+                    // zero values left out (`omitempty`).
+                    let mut hc = serde_json::Map::new();
+                    hc.insert("Test".into(), json!(h.test));
+                    for (k, v) in [
+                        ("Interval", h.interval_ns),
+                        ("Timeout", h.timeout_ns),
+                        ("StartPeriod", h.start_period_ns),
+                        ("StartInterval", h.start_interval_ns),
+                    ] {
+                        if let Some(v) = v.filter(|v| *v > 0) {
+                            hc.insert(k.into(), json!(v));
+                        }
+                    }
+                    if let Some(r) = h.retries.filter(|r| *r > 0) {
+                        hc.insert("Retries".into(), json!(r));
+                    }
+                    image
+                        .container_config()
+                        .insert("Healthcheck".into(), serde_json::Value::Object(hc));
+                    image.add_empty_step(&created_by, &req.created);
+                }
+                Command::Volume { paths } => {
+                    let cfg = image.container_config();
+                    let entry = cfg.entry("Volumes").or_insert_with(|| json!({}));
+                    if !entry.is_object() {
+                        *entry = json!({});
+                    }
+                    if let Some(map) = entry.as_object_mut() {
+                        for p in paths {
+                            map.insert(p.clone(), json!({}));
+                        }
+                    }
+                    image.add_empty_step(&created_by, &req.created);
+                }
+                Command::Onbuild { expression, .. } => {
+                    // Recorded for images built FROM this one; BuildKit adds
+                    // no history entry for it.
+                    let cfg = image.container_config();
+                    let entry = cfg.entry("OnBuild").or_insert_with(|| json!([]));
+                    if !entry.is_array() {
+                        *entry = json!([]);
+                    }
+                    if let Some(list) = entry.as_array_mut() {
+                        list.push(json!(expression));
+                    }
                 }
             }
             *cache_key = key;
@@ -796,6 +1268,19 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
             std::io::Error::other("the target stage was not built"),
         ));
     };
+    if !req.labels.is_empty() {
+        // `--label`: on the image built, as buildx does.
+        let cfg = st.image.container_config();
+        let entry = cfg.entry("Labels").or_insert_with(|| json!({}));
+        if !entry.is_object() {
+            *entry = json!({});
+        }
+        if let Some(map) = entry.as_object_mut() {
+            for (k, v) in &req.labels {
+                map.insert(k.clone(), json!(v));
+            }
+        }
+    }
     let built = st
         .image
         .finish(&req.created)
@@ -813,6 +1298,22 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
         )
         .await?;
         pushed.push(tag.clone());
+    }
+    if let Some(archive) = &req.oci_archive {
+        let dest = &archive.dest;
+        say(out, &format!("writing {}", dest.display())).await;
+        crate::oci_archive::write(
+            client,
+            &st.origin,
+            &st.origin_manifest,
+            &st.new_layers,
+            &built,
+            archive.name.as_ref(),
+            &req.work_dir,
+            dest,
+        )
+        .await
+        .map_err(step_err(format!("writing {}", dest.display())))?;
     }
     say(out, &format!("built {}", built.manifest_digest)).await;
     Ok(BuildResult {
@@ -984,7 +1485,9 @@ fn hash_sources(
             let filter = Filter {
                 ignore,
                 rel: rel.to_string_lossy().into_owned(),
-                owner: (0, 0),
+                exclude: None,
+                xrel: String::new(),
+                owner: None,
                 mode: None,
             };
             walk(&mut d, &root.join(&rel), &filter);
@@ -1245,24 +1748,29 @@ fn make_dirs(upper: &Path, rel: &Path, lowers: &[PathBuf]) -> std::io::Result<()
     Ok(())
 }
 
-/// Docker's COPY for one plain source: a file goes to `dest` (or into it
-/// when it is a directory); a directory's contents are copied into `dest`.
-/// Files are owned by root; modes and times are kept.
-#[allow(clippy::too_many_arguments)]
-fn copy_source(
-    context: &Path,
-    ignore: Option<&dockerfile::IgnoreMatcher>,
+/// How one COPY/ADD copies: where sources are read, what is left out,
+/// and the owner and mode of what it writes.
+struct CopySpec<'a> {
+    root: &'a Path,
+    ignore: Option<&'a dockerfile::IgnoreMatcher>,
+    exclude: Option<&'a dockerfile::IgnoreMatcher>,
     owner: (u32, u32),
     mode: Option<u32>,
+}
+
+/// Docker's COPY for one plain source (wildcards already expanded): a file
+/// goes to `dest` (or into it when it is a directory); a directory's
+/// contents are copied into `dest`. Files are owned by root unless
+/// `--chown`; modes and times are kept.
+fn copy_source(
+    how: &CopySpec<'_>,
     source: &str,
     dest: &str,
     into_dir: bool,
     upper: &Path,
     lowers: &[PathBuf],
 ) -> Result<(), String> {
-    if source.contains(['*', '?', '[']) {
-        return Err("wildcards are not supported yet".into());
-    }
+    let (context, ignore) = (how.root, how.ignore);
     let rel = clean_rel(source).ok_or("the source is outside the build context")?;
     let from = context.join(&rel);
     // A symlink on the way must not lead out of the context (or stage).
@@ -1304,47 +1812,74 @@ fn copy_source(
     let filter = Filter {
         ignore,
         rel: rel_str,
-        owner,
-        mode,
+        exclude: how.exclude,
+        xrel: String::new(),
+        owner: Some(how.owner),
+        mode: how.mode,
     };
     copy_tree(&from, &upper.join(&target_rel), meta.is_dir(), &filter).map_err(|e| e.to_string())
 }
 
-/// Which context paths COPY may take: `.dockerignore`, with paths relative
-/// to the context (`rel` is where the walk is).
-struct Filter<'a> {
-    ignore: Option<&'a dockerfile::IgnoreMatcher>,
-    rel: String,
-    /// Owner of everything copied (`--chown`; root by default).
-    owner: (u32, u32),
+/// Which paths COPY may take: `.dockerignore` (paths relative to the
+/// context, `rel`) and `--exclude` (paths relative to the source being
+/// copied, `xrel`; the source itself is never excluded, as in BuildKit).
+pub(crate) struct Filter<'a> {
+    pub ignore: Option<&'a dockerfile::IgnoreMatcher>,
+    pub rel: String,
+    pub exclude: Option<&'a dockerfile::IgnoreMatcher>,
+    pub xrel: String,
+    /// Owner of everything copied (`--chown`; root for COPY); `None` keeps
+    /// the source's owners (a bind mount's copy).
+    pub owner: Option<(u32, u32)>,
     /// `--chmod`: the mode of everything copied.
-    mode: Option<u32>,
+    pub mode: Option<u32>,
 }
 
 impl Filter<'_> {
     fn child(&self, name: &std::ffi::OsStr) -> Filter<'_> {
         let name = name.to_string_lossy();
+        let join = |base: &str| {
+            if base.is_empty() {
+                name.clone().into_owned()
+            } else {
+                format!("{base}/{name}")
+            }
+        };
         Filter {
             ignore: self.ignore,
-            rel: if self.rel.is_empty() {
-                name.into_owned()
-            } else {
-                format!("{}/{name}", self.rel)
-            },
+            rel: join(&self.rel),
+            exclude: self.exclude,
+            xrel: join(&self.xrel),
             owner: self.owner,
             mode: self.mode,
         }
     }
 
     fn decide(&self, is_dir: bool) -> dockerfile::Decision {
-        match self.ignore {
+        use dockerfile::Decision;
+        let ignored = match self.ignore {
             Some(i) if !self.rel.is_empty() => i.decide(&self.rel, is_dir),
-            _ => dockerfile::Decision::Include,
+            _ => Decision::Include,
+        };
+        let excluded = match self.exclude {
+            Some(x) if !self.xrel.is_empty() => x.decide(&self.xrel, is_dir),
+            _ => Decision::Include,
+        };
+        // The stricter of the two.
+        match (ignored, excluded) {
+            (Decision::SkipDir, _) | (_, Decision::SkipDir) => Decision::SkipDir,
+            (Decision::Exclude, _) | (_, Decision::Exclude) => Decision::Exclude,
+            _ => Decision::Include,
         }
     }
 }
 
-fn copy_tree(
+fn owner_of(filter: &Filter<'_>, meta: &std::fs::Metadata) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    filter.owner.unwrap_or((meta.uid(), meta.gid()))
+}
+
+pub(crate) fn copy_tree(
     from: &Path,
     to: &Path,
     contents_only: bool,
@@ -1383,7 +1918,8 @@ fn copy_tree(
     } else if ft.is_symlink() {
         let _ = std::fs::remove_file(to);
         std::os::unix::fs::symlink(std::fs::read_link(from)?, to)?;
-        std::os::unix::fs::lchown(to, Some(filter.owner.0), Some(filter.owner.1))?;
+        let (uid, gid) = owner_of(filter, &meta);
+        std::os::unix::fs::lchown(to, Some(uid), Some(gid))?;
         return Ok(());
     } else if ft.is_file() {
         std::fs::copy(from, to)?;
@@ -1393,7 +1929,8 @@ fn copy_tree(
             from.display()
         )));
     }
-    std::os::unix::fs::chown(to, Some(filter.owner.0), Some(filter.owner.1))?;
+    let (uid, gid) = owner_of(filter, &meta);
+    std::os::unix::fs::chown(to, Some(uid), Some(gid))?;
     if let Some(mode) = filter.mode {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode))?;

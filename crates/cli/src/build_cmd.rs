@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use builder::{BuildRequest, Compression, LayerOptions, LayerStore};
+use builder::{BuildRequest, Compression, LayerOptions, LayerStore, OciArchive};
 use regclient::{Client, ClientConfig, DockerConfig};
 use sandbox::{InitCommand, Mode, Sandbox, SandboxConfig};
 
@@ -15,53 +15,142 @@ use sandbox::{InitCommand, Mode, Sandbox, SandboxConfig};
 pub struct BuildArgs {
     /// Build on this machine (the only mode until agent pools land).
     #[arg(long)]
-    local: bool,
+    pub(crate) local: bool,
     /// Dockerfile path (default: CONTEXT/Dockerfile).
     #[arg(short = 'f', long = "file")]
-    file: Option<PathBuf>,
+    pub(crate) file: Option<PathBuf>,
     /// Image reference to push to; repeatable.
     #[arg(short = 't', long = "tag")]
-    tags: Vec<String>,
+    pub(crate) tags: Vec<String>,
     /// Build-time variable KEY=VALUE; repeatable.
     #[arg(long = "build-arg")]
-    build_args: Vec<String>,
+    pub(crate) build_args: Vec<String>,
     /// Stage to build (default: the last).
     #[arg(long)]
-    target: Option<String>,
+    pub(crate) target: Option<String>,
     /// Platform of the base image, os/arch[/variant].
     #[arg(long, default_value = "linux/amd64")]
-    platform: String,
+    pub(crate) platform: String,
     /// Registry host:port to reach over plain HTTP (loopback always is); repeatable.
     #[arg(long = "insecure-registry")]
-    insecure_registries: Vec<String>,
+    pub(crate) insecure_registries: Vec<String>,
     /// Build but push nothing.
     #[arg(long)]
-    no_push: bool,
+    pub(crate) no_push: bool,
     /// Write the image digest to this file.
     #[arg(long)]
-    iidfile: Option<PathBuf>,
+    pub(crate) iidfile: Option<PathBuf>,
     /// Layer compression: gzip or zstd.
     #[arg(long, default_value = "gzip")]
-    compression: String,
+    pub(crate) compression: String,
     /// Build every step, ignoring the local cache.
     #[arg(long)]
-    no_cache: bool,
+    pub(crate) no_cache: bool,
     /// Where layers, sandbox state, the build cache and step scratch live.
     #[arg(long, default_value = ".slipway")]
-    data: PathBuf,
+    pub(crate) data: PathBuf,
+    /// A secret for `RUN --mount=type=secret`: id=ID,src=FILE or id=ID,env=VAR
+    /// (docker build's syntax); repeatable. Never stored in the image.
+    #[arg(long = "secret")]
+    pub(crate) secrets: Vec<String>,
+    /// Label KEY=VALUE set on the image; repeatable.
+    #[arg(long = "label")]
+    pub(crate) labels: Vec<String>,
+    /// Write the build's result as JSON (containerimage.digest, image.name …), as buildx does.
+    #[arg(long)]
+    pub(crate) metadata_file: Option<PathBuf>,
+    /// type=oci,dest=FILE.tar: write an OCI layout tarball instead of pushing;
+    /// type=registry: push to the -t references (the default).
+    #[arg(long)]
+    pub(crate) output: Option<String>,
+    /// Progress output: auto, plain or tty (all print the step lines).
+    #[arg(long, default_value = "auto")]
+    pub(crate) progress: String,
+    /// Memory limit of each RUN step: bytes, or with a unit (512m, 3g).
+    #[arg(long)]
+    pub(crate) memory: Option<String>,
+    /// CPU limit of each RUN step, in CPUs (1.5 = one and a half).
+    #[arg(long)]
+    pub(crate) cpus: Option<f64>,
     /// Build context directory.
-    context: PathBuf,
+    pub(crate) context: PathBuf,
 }
 
-fn docker_config_path() -> Option<PathBuf> {
+pub(crate) fn docker_config_path() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("DOCKER_CONFIG") {
         return Some(PathBuf::from(dir).join("config.json"));
     }
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json"))
 }
 
+/// `512m`, `3g`, `1.5GiB`, `1048576` → bytes, binary multiples as docker's
+/// `--memory` reads them.
+fn parse_bytes(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let num_len = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let num: f64 = s[..num_len].parse().ok()?;
+    let unit = s[num_len..].trim().to_ascii_lowercase();
+    let unit = unit.strip_suffix('b').unwrap_or(&unit);
+    let unit = unit.strip_suffix('i').unwrap_or(unit);
+    let mult: f64 = match unit {
+        "" => 1.0,
+        "k" => 1024.0,
+        "m" => 1024f64.powi(2),
+        "g" => 1024f64.powi(3),
+        "t" => 1024f64.powi(4),
+        _ => return None,
+    };
+    let v = num * mult;
+    (v.is_finite() && v >= 1.0 && v < u64::MAX as f64).then_some(v as u64)
+}
+
+/// `--secret id=ID,src=FILE | id=ID,env=VAR` (also `source=`, `type=file|env`;
+/// an id alone reads the environment variable of that name, as buildx does).
+pub(crate) fn read_secret(spec: &str) -> Result<(String, Vec<u8>)> {
+    let (mut id, mut src, mut env, mut typ) = (None, None, None, None);
+    for field in spec.split(',') {
+        let (k, v) = field
+            .split_once('=')
+            .with_context(|| format!("--secret {spec}: {field:?} is not key=value"))?;
+        match k.trim() {
+            "id" => id = Some(v.to_owned()),
+            "src" | "source" => src = Some(v.to_owned()),
+            "env" => env = Some(v.to_owned()),
+            "type" => typ = Some(v.to_owned()),
+            other => bail!("--secret {spec}: unknown key {other:?} (id, src, env, type)"),
+        }
+    }
+    if typ.as_deref() == Some("env") && env.is_none() {
+        env = src.take();
+    }
+    let id = id
+        .or_else(|| {
+            src.as_deref()
+                .and_then(|p| std::path::Path::new(p).file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .with_context(|| format!("--secret {spec}: needs id=ID"))?;
+    let data = match (src, env) {
+        (Some(path), None) => {
+            std::fs::read(&path).with_context(|| format!("--secret id={id}: reading {path}"))?
+        }
+        (None, Some(var)) => std::env::var_os(&var)
+            .with_context(|| format!("--secret id={id}: environment variable {var} is not set"))?
+            .into_encoded_bytes(),
+        (None, None) => std::env::var_os(&id)
+            .with_context(|| {
+                format!("--secret id={id}: give src=FILE or env=VAR (no variable {id} is set)")
+            })?
+            .into_encoded_bytes(),
+        (Some(_), Some(_)) => bail!("--secret {spec}: give src or env, not both"),
+    };
+    Ok((id, data))
+}
+
 /// RFC 3339 for `SOURCE_DATE_EPOCH` when set (reproducible builds), else now.
-fn created(epoch: Option<u64>) -> String {
+pub(crate) fn created(epoch: Option<u64>) -> String {
     let t = epoch.map_or_else(SystemTime::now, |e| UNIX_EPOCH + Duration::from_secs(e));
     humantime::format_rfc3339_seconds(t).to_string()
 }
@@ -71,9 +160,6 @@ pub async fn run(args: BuildArgs) -> Result<()> {
         bail!(
             "remote builds on an agent pool need the control plane, which has not landed yet; use --local to build on this machine"
         );
-    }
-    if args.tags.is_empty() && !args.no_push {
-        bail!("give at least one -t REFERENCE to push to, or --no-push");
     }
     let tags = args
         .tags
@@ -109,10 +195,77 @@ pub async fn run(args: BuildArgs) -> Result<()> {
             &DockerConfig::load(&path).with_context(|| format!("reading {}", path.display()))?,
         );
     }
+    let mut secrets = BTreeMap::new();
+    for spec in &args.secrets {
+        let (id, data) = read_secret(spec)?;
+        secrets.insert(id, data);
+    }
+    let mut labels = BTreeMap::new();
+    for kv in &args.labels {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--label {kv}: expected KEY=VALUE"))?;
+        labels.insert(k.to_owned(), v.to_owned());
+    }
+    if !matches!(args.progress.as_str(), "auto" | "plain" | "tty") {
+        bail!("--progress {}: use auto, plain or tty", args.progress);
+    }
+    let memory = args
+        .memory
+        .as_deref()
+        .map(|m| {
+            parse_bytes(m).with_context(|| format!("--memory {m}: expected bytes or 512m, 3g …"))
+        })
+        .transpose()?;
+    if let Some(c) = args.cpus
+        && !(c.is_finite() && c > 0.0)
+    {
+        bail!("--cpus {c}: expected a positive number of CPUs");
+    }
+    let mut oci_dest = None;
+    let mut push = !args.no_push;
+    if let Some(o) = &args.output {
+        let mut typ = None;
+        let mut dest = None;
+        for field in o.split(',') {
+            match field.split_once('=') {
+                Some(("type", v)) => typ = Some(v.to_owned()),
+                Some(("dest", v)) => dest = Some(PathBuf::from(v)),
+                // buildx's tar=true is what we write anyway; names come from -t.
+                Some(("tar", "true")) | Some(("name", _)) => {}
+                _ => bail!("--output {o}: expected type=oci,dest=FILE or type=registry"),
+            }
+        }
+        match typ.as_deref() {
+            Some("oci") => {
+                oci_dest = Some(dest.with_context(|| format!("--output {o}: needs dest=FILE"))?);
+                // As buildx: an exported image is not pushed too.
+                push = false;
+            }
+            Some("registry") if !args.no_push => push = true,
+            Some("registry") => bail!("--output type=registry contradicts --no-push"),
+            _ => bail!("--output {o}: expected type=oci,dest=FILE or type=registry"),
+        }
+    }
+    if tags.is_empty() && push {
+        bail!("give at least one -t REFERENCE to push to, or --no-push");
+    }
+    // The sandbox mounts host paths: every path it sees must be absolute.
+    std::fs::create_dir_all(&args.data)
+        .with_context(|| format!("creating {}", args.data.display()))?;
+    let data = args
+        .data
+        .canonicalize()
+        .with_context(|| format!("resolving {}", args.data.display()))?;
+    let context = args
+        .context
+        .canonicalize()
+        .with_context(|| format!("build context {}", args.context.display()))?;
+
     let client = Arc::new(Client::new(config)?);
     let mode = Mode::detect().context("detecting how to isolate RUN steps")?;
     let store = LayerStore::open(
-        args.data.join("layers"),
+        data.join("layers"),
         matches!(mode, Mode::UserNamespace { .. }),
     )
     .context("opening the layer store")?;
@@ -120,18 +273,17 @@ pub async fn run(args: BuildArgs) -> Result<()> {
         program: std::env::current_exe().context("locating the slipway binary")?,
         args: vec!["sandbox-init".into()],
     };
-    let sandbox = Sandbox::new(SandboxConfig::new(mode, init, args.data.join("sandbox")));
-    let work = args
-        .data
+    let sandbox = Sandbox::new(SandboxConfig::new(mode, init, data.join("sandbox")));
+    let work = data
         .join("work")
         .join(format!("build-{}", std::process::id()));
     let request = BuildRequest {
         dockerfile: args
             .file
             .clone()
-            .unwrap_or_else(|| args.context.join("Dockerfile")),
-        context: args.context.clone(),
-        tags: if args.no_push { Vec::new() } else { tags },
+            .unwrap_or_else(|| context.join("Dockerfile")),
+        context,
+        tags: if push { tags.clone() } else { Vec::new() },
         build_args,
         target: args.target.clone(),
         platform,
@@ -141,7 +293,19 @@ pub async fn run(args: BuildArgs) -> Result<()> {
             source_date_epoch: epoch,
         },
         created: created(epoch),
-        cache_dir: (!args.no_cache).then(|| args.data.join("cache")),
+        cache_dir: (!args.no_cache).then(|| data.join("cache")),
+        secrets,
+        labels,
+        run_limits: sandbox::Limits {
+            memory,
+            cpus: args.cpus,
+            ..Default::default()
+        },
+        cache_mounts_dir: data.join("cache-mounts"),
+        oci_archive: oci_dest.map(|dest| OciArchive {
+            dest,
+            name: tags.first().cloned(),
+        }),
     };
     let result = builder::build(
         &request,
@@ -156,6 +320,22 @@ pub async fn run(args: BuildArgs) -> Result<()> {
     let result = result?;
     if let Some(path) = &args.iidfile {
         std::fs::write(path, result.manifest_digest.to_string())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.metadata_file {
+        // The keys buildx writes with --metadata-file.
+        let names: Vec<String> = tags.iter().map(ToString::to_string).collect();
+        let metadata = serde_json::json!({
+            "containerimage.digest": result.manifest_digest.to_string(),
+            "containerimage.config.digest": oci::Digest::sha256(&result.config).to_string(),
+            "containerimage.descriptor": {
+                "mediaType": oci::media_type::OCI_MANIFEST,
+                "digest": result.manifest_digest.to_string(),
+                "size": result.manifest.len(),
+            },
+            "image.name": names.join(","),
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&metadata)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
     for r in &result.pushed {

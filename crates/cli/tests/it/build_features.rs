@@ -1,0 +1,716 @@
+//! `slipway build --local` features beyond the first slice, end to end with
+//! the real binary against a real `slipway server`: secrets and the other
+//! `RUN --mount` types, heredocs, HEALTHCHECK/VOLUME/ONBUILD, COPY wildcards
+//! and `--exclude/--parents/--link`, the `--label`, `--metadata-file`,
+//! `--output type=oci` and `--progress` flags, and RUN resource limits.
+//! Every image is read back by skopeo and umoci, not by our own code.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crate::harness::{ok, run, sha256_hex, tool};
+use crate::slice::{Fixture, fixture};
+
+/// Every Dockerfile here starts from the fixture's busybox with its applets
+/// installed, so shell-form RUN finds /bin/sh and friends.
+fn base(host: &str) -> String {
+    base_as(host, None)
+}
+
+fn base_as(host: &str, name: Option<&str>) -> String {
+    let as_name = name.map(|n| format!(" AS {n}")).unwrap_or_default();
+    format!(
+        "FROM {host}/base/busybox:v1{as_name}\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n"
+    )
+}
+
+fn slipway(fx: &Fixture) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_slipway"));
+    c.env("DOCKER_CONFIG", &fx.docker)
+        .args(["build", "--local", "--progress", "plain", "--data"])
+        .arg(fx.tmp.path().join("sl"));
+    c
+}
+
+fn build(fx: &Fixture, ctx: &Path, dockerfile: &str, extra: &[&str]) -> Output {
+    build_env(fx, ctx, dockerfile, extra, &[])
+}
+
+fn build_env(
+    fx: &Fixture,
+    ctx: &Path,
+    dockerfile: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Output {
+    std::fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
+    run(slipway(fx).envs(env.iter().copied()).args(extra).arg(ctx))
+}
+
+fn must(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "build failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Copy `reference` into an OCI layout with skopeo; returns the layout dir.
+fn fetch_layout(fx: &Fixture, reference: &str, name: &str) -> PathBuf {
+    let layout = fx.tmp.path().join(format!("layout-{name}"));
+    ok(Command::new(tool("skopeo"))
+        .env("REGISTRY_AUTH_FILE", fx.docker.join("config.json"))
+        .args(["copy", "--src-tls-verify=false"])
+        .arg(format!("docker://{reference}"))
+        .arg(format!("oci:{}:v1", layout.display())));
+    layout
+}
+
+/// umoci's unpacked rootfs and runtime config of the image in `layout`.
+fn unpack(fx: &Fixture, layout: &Path, name: &str) -> (PathBuf, serde_json::Value) {
+    let bundle = fx.tmp.path().join(format!("bundle-{name}"));
+    ok(Command::new(tool("umoci"))
+        .args(["unpack", "--image", &format!("{}:v1", layout.display())])
+        .arg(&bundle));
+    let config =
+        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
+    (bundle.join("rootfs"), config)
+}
+
+/// The image config as the registry serves it.
+fn image_config(fx: &Fixture, reference: &str) -> serde_json::Value {
+    serde_json::from_slice(
+        ok(Command::new(tool("skopeo"))
+            .env("REGISTRY_AUTH_FILE", fx.docker.join("config.json"))
+            .args(["inspect", "--config", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://{reference}")))
+        .as_bytes(),
+    )
+    .unwrap()
+}
+
+fn read(root: &Path, p: &str) -> String {
+    std::fs::read_to_string(root.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"))
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn secrets_are_readable_in_run_and_in_no_layer_config_or_history() {
+    let Some(fx) = fixture() else { return };
+    let host = fx.srv.addr.clone();
+    let ctx = fx.tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    // Random per run, so a match can only come from this build.
+    let nonce = sha256_hex(format!("{:?}", std::time::SystemTime::now()).as_bytes());
+    let file_secret = format!("file-secret-{}", &nonce[..24]);
+    let env_secret = format!("env-secret-{}", &nonce[24..48]);
+    let secret_file = fx.tmp.path().join("token.txt");
+    std::fs::write(&secret_file, &file_secret).unwrap();
+    let dockerfile = format!(
+        "{}\
+RUN --mount=type=secret,id=tok sha256sum /run/secrets/tok > /proof-default && stat -c '%u:%g %a' /run/secrets/tok >> /proof-default\n\
+RUN --mount=type=secret,id=tok,target=/root/.npmrc,uid=1001,gid=7,mode=0440 stat -c '%u:%g %a' /root/.npmrc > /proof-target && sha256sum /root/.npmrc >> /proof-target\n\
+RUN --mount=type=secret,id=envtok,env=TOKEN printf %s \"$TOKEN\" | sha256sum > /proof-env\n\
+RUN --mount=type=secret,id=absent echo optional secrets may be missing > /proof-optional\n\
+RUN --mount=type=secret,id=tok cp /run/secrets/tok /copy && rm /copy && echo done > /proof-cleanup\n",
+        base(&host)
+    );
+    let reference = format!("{host}/app/secrets:v1");
+    must(build_env(
+        &fx,
+        &ctx,
+        &dockerfile,
+        &[
+            "-t",
+            &reference,
+            "--secret",
+            &format!("id=tok,src={}", secret_file.display()),
+            "--secret",
+            "id=envtok,env=SLIPWAY_TEST_SECRET",
+        ],
+        &[("SLIPWAY_TEST_SECRET", &env_secret)],
+    ));
+    let layout = fetch_layout(&fx, &reference, "secrets");
+    let (rootfs, _) = unpack(&fx, &layout, "secrets");
+    let file_hash = sha256_hex(file_secret.as_bytes());
+    let default = read(&rootfs, "proof-default");
+    assert!(default.starts_with(&file_hash), "{default}");
+    assert!(default.ends_with("0:0 400\n"), "{default}");
+    let target = read(&rootfs, "proof-target");
+    assert!(
+        target.starts_with("1001:7 440\n") && target.contains(&file_hash),
+        "{target}"
+    );
+    assert!(read(&rootfs, "proof-optional").contains("optional"));
+    // Mount points and secret files stay out of the image.
+    for p in ["run/secrets/tok", "root/.npmrc", "copy"] {
+        assert!(!rootfs.join(p).exists(), "{p} leaked into the image");
+    }
+    let env_proof = read(&rootfs, "proof-env");
+    assert!(
+        env_proof.starts_with(&sha256_hex(env_secret.as_bytes())),
+        "the env secret was not in $TOKEN: {env_proof}"
+    );
+
+    // Every blob of the pushed image: layers (compressed and not), config
+    // and manifest hold neither secret.
+    let mut scanned = 0;
+    for e in std::fs::read_dir(layout.join("blobs/sha256")).unwrap() {
+        let path = e.unwrap().path();
+        let raw = std::fs::read(&path).unwrap();
+        let plain = Command::new("gzip").arg("-dc").arg(&path).output().unwrap();
+        for bytes in [&raw, &plain.stdout] {
+            for s in [&file_secret, &env_secret] {
+                assert!(
+                    !contains(bytes, s.as_bytes()),
+                    "secret found in blob {}",
+                    path.display()
+                );
+            }
+        }
+        scanned += 1;
+    }
+    assert!(scanned >= 8, "only {scanned} blobs scanned");
+    let config = image_config(&fx, &reference);
+    let text = config.to_string();
+    assert!(!text.contains(&file_secret) && !text.contains(&env_secret));
+    assert!(
+        config["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["created_by"]
+                .as_str()
+                .is_some_and(|c| c.contains("--mount=type=secret,id=tok"))),
+        "{config}"
+    );
+
+    // A required secret that was not given fails the build with its line.
+    let out = build(
+        &fx,
+        &ctx,
+        &format!(
+            "{}RUN --mount=type=secret,id=nope,required true\n",
+            base(&host)
+        ),
+        &["--no-push"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("Dockerfile:3: RUN") && err.contains("nope"),
+        "{err}"
+    );
+}
+
+#[test]
+fn cache_bind_and_tmpfs_mounts() {
+    let Some(fx) = fixture() else { return };
+    let host = fx.srv.addr.clone();
+    let ctx = fx.tmp.path().join("ctx");
+    std::fs::create_dir_all(ctx.join("data")).unwrap();
+    std::fs::write(ctx.join("data/in.txt"), "from the context\n").unwrap();
+    std::fs::write(ctx.join("data/secret.key"), "ignored\n").unwrap();
+    std::fs::write(ctx.join(".dockerignore"), "data/secret.key\n").unwrap();
+    let dockerfile = format!(
+        "{gen}\
+    RUN echo generated > /gen.txt\n\
+    {b}\
+    RUN --mount=type=cache,target=/var/cache/app echo run >> /var/cache/app/count && wc -l < /var/cache/app/count > /cache-count\n\
+    RUN --mount=type=bind,source=data,target=/mnt/data cat /mnt/data/in.txt > /from-bind && test ! -e /mnt/data/secret.key && echo ignored-ok > /ignore-proof\n\
+    RUN --mount=type=bind,source=data,target=/mnt/rw,rw echo scribble > /mnt/rw/written && ls /mnt/rw > /rw-list\n\
+    RUN --mount=type=bind,from=gen,source=/gen.txt,target=/g.txt cat /g.txt > /from-stage\n\
+    RUN --mount=type=tmpfs,target=/scratch echo x > /scratch/f && grep -q ' /scratch tmpfs' /proc/mounts && echo tmpfs-ok > /tmpfs-proof\n",
+        gen = base_as(&host, Some("gen")),
+        b = base(&host)
+    );
+    let reference = format!("{host}/app/mounts:v1");
+    must(build(&fx, &ctx, &dockerfile, &["-t", &reference]));
+    let layout = fetch_layout(&fx, &reference, "mounts");
+    let (rootfs, _) = unpack(&fx, &layout, "mounts");
+    assert_eq!(read(&rootfs, "cache-count").trim(), "1");
+    assert_eq!(read(&rootfs, "from-bind"), "from the context\n");
+    assert_eq!(read(&rootfs, "ignore-proof"), "ignored-ok\n");
+    assert!(read(&rootfs, "rw-list").contains("written"));
+    assert!(
+        !ctx.join("data/written").exists(),
+        "an rw bind wrote into the context"
+    );
+    assert_eq!(read(&rootfs, "from-stage"), "generated\n");
+    assert_eq!(read(&rootfs, "tmpfs-proof"), "tmpfs-ok\n");
+    for p in [
+        "var/cache/app/count",
+        "scratch/f",
+        "mnt/rw/written",
+        "mnt/data/in.txt",
+    ] {
+        assert!(!rootfs.join(p).exists(), "{p} leaked into the image");
+    }
+    // The cache mount outlives the build (and --no-cache), as in BuildKit.
+    must(build(
+        &fx,
+        &ctx,
+        &dockerfile,
+        &["-t", &reference, "--no-cache"],
+    ));
+    let layout = fetch_layout(&fx, &reference, "mounts2");
+    let (rootfs, _) = unpack(&fx, &layout, "mounts2");
+    assert_eq!(read(&rootfs, "cache-count").trim(), "2");
+}
+
+#[test]
+fn heredocs_in_run_copy_and_add() {
+    let Some(fx) = fixture() else { return };
+    let host = fx.srv.addr.clone();
+    let ctx = fx.tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    let dockerfile = format!(
+        "{}\
+RUN <<EOF\n\
+echo one > /h1\n\
+echo two >> /h1\n\
+EOF\n\
+RUN <<EOF\n\
+#!/bin/sh\n\
+echo \"script $0\" > /h2\n\
+EOF\n\
+RUN cat <<EOF > /h3\n\
+redirected\n\
+EOF\n\
+RUN cat <<A > /h4 && cat <<B >> /h4\n\
+first\n\
+A\n\
+second\n\
+B\n\
+ARG NAME=world\n\
+COPY <<EOF /etc/greeting\n\
+hello $NAME\n\
+EOF\n\
+COPY --chmod=755 <<'EOF' /usr/local/bin/raw\n\
+echo $NAME stays\n\
+EOF\n\
+COPY <<-EOT <<EOF2 /dir/\n\
+\ttabbed\n\
+\tEOT\n\
+second file\n\
+EOF2\n\
+ADD <<EOF /added.txt\n\
+added\n\
+EOF\n",
+        base(&host)
+    );
+    let reference = format!("{host}/app/heredoc:v1");
+    must(build(&fx, &ctx, &dockerfile, &["-t", &reference]));
+    let layout = fetch_layout(&fx, &reference, "heredoc");
+    let (rootfs, _) = unpack(&fx, &layout, "heredoc");
+    assert_eq!(read(&rootfs, "h1"), "one\ntwo\n");
+    assert_eq!(read(&rootfs, "h2"), "script /dev/pipes/EOF\n");
+    assert_eq!(read(&rootfs, "h3"), "redirected\n");
+    assert_eq!(read(&rootfs, "h4"), "first\nsecond\n");
+    assert_eq!(read(&rootfs, "etc/greeting"), "hello world\n");
+    assert_eq!(read(&rootfs, "usr/local/bin/raw"), "echo $NAME stays\n");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &str| {
+        std::fs::metadata(rootfs.join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    assert_eq!(mode("usr/local/bin/raw"), 0o755);
+    assert_eq!(mode("etc/greeting"), 0o644);
+    assert_eq!(read(&rootfs, "dir/EOT"), "tabbed\n");
+    assert_eq!(read(&rootfs, "dir/EOF2"), "second file\n");
+    assert_eq!(read(&rootfs, "added.txt"), "added\n");
+    assert!(!rootfs.join("dev/pipes").exists());
+}
+
+#[test]
+fn healthcheck_volume_and_onbuild_are_recorded_and_triggers_run() {
+    let Some(fx) = fixture() else { return };
+    let host = fx.srv.addr.clone();
+    let ctx = fx.tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("child.txt"), "from the child's context\n").unwrap();
+    let parent = format!("{host}/app/parent:v1");
+    must(build(
+        &fx,
+        &ctx,
+        &format!(
+            "{}\
+HEALTHCHECK --interval=30s --timeout=5s --start-period=1s --retries=3 CMD [\"/bin/busybox\", \"true\"]\n\
+VOLUME /data /logs\n\
+VOLUME [\"/json\"]\n\
+ONBUILD RUN echo triggered > /onbuild.txt\n\
+ONBUILD COPY child.txt /child.txt\n",
+            base(&host)
+        ),
+        &["-t", &parent],
+    ));
+    let config = image_config(&fx, &parent);
+    let c = &config["config"];
+    assert_eq!(
+        c["Healthcheck"],
+        serde_json::json!({
+            "Test": ["CMD", "/bin/busybox", "true"],
+            "Interval": 30_000_000_000u64,
+            "Timeout": 5_000_000_000u64,
+            "StartPeriod": 1_000_000_000u64,
+            "Retries": 3,
+        }),
+        "{config}"
+    );
+    assert_eq!(
+        c["Volumes"],
+        serde_json::json!({"/data": {}, "/logs": {}, "/json": {}})
+    );
+    assert_eq!(
+        c["OnBuild"],
+        serde_json::json!([
+            "RUN echo triggered > /onbuild.txt",
+            "COPY child.txt /child.txt"
+        ])
+    );
+    // umoci reads the volumes too (as mounts it would need).
+    let layout = fetch_layout(&fx, &parent, "parent");
+    let (parent_root, _) = unpack(&fx, &layout, "parent");
+    assert!(
+        !parent_root.join("onbuild.txt").exists(),
+        "a trigger ran in the image that declared it"
+    );
+
+    // FROM the parent: the triggers run first, then are gone.
+    let child = format!("{host}/app/child:v1");
+    let printed = must(build(
+        &fx,
+        &ctx,
+        &format!("FROM {parent}\nRUN cat /onbuild.txt /child.txt > /seen\nHEALTHCHECK NONE\n"),
+        &["-t", &child],
+    ));
+    assert!(printed.contains("RUN"), "{printed}");
+    let config = image_config(&fx, &child);
+    assert!(config["config"]["OnBuild"].is_null(), "{config}");
+    assert_eq!(
+        config["config"]["Healthcheck"],
+        serde_json::json!({"Test": ["NONE"]})
+    );
+    assert_eq!(
+        config["config"]["Volumes"],
+        serde_json::json!({"/data": {}, "/logs": {}, "/json": {}})
+    );
+    let layout = fetch_layout(&fx, &child, "child");
+    let (rootfs, _) = unpack(&fx, &layout, "child");
+    assert_eq!(
+        read(&rootfs, "seen"),
+        "triggered\nfrom the child's context\n"
+    );
+
+    // FROM a stage with ONBUILD: its triggers run in the stage built on it.
+    let staged = format!("{host}/app/staged:v1");
+    must(build(
+        &fx,
+        &ctx,
+        &format!(
+            "{}ONBUILD RUN echo stage-trigger > /st.txt\nFROM p\nRUN cat /st.txt > /seen\n",
+            base_as(&host, Some("p"))
+        ),
+        &["-t", &staged],
+    ));
+    let layout = fetch_layout(&fx, &staged, "staged");
+    let (rootfs, _) = unpack(&fx, &layout, "staged");
+    assert_eq!(read(&rootfs, "seen"), "stage-trigger\n");
+}
+
+#[test]
+fn copy_wildcards_exclude_parents_and_link() {
+    let Some(fx) = fixture() else { return };
+    let host = fx.srv.addr.clone();
+    let ctx = fx.tmp.path().join("ctx");
+    for d in ["src/x", "src/y", "docs/sub"] {
+        std::fs::create_dir_all(ctx.join(d)).unwrap();
+    }
+    for (f, body) in [
+        ("a.txt", "a"),
+        ("b.txt", "b"),
+        ("c.md", "c"),
+        ("ignored.txt", "never"),
+        ("src/x/one.rs", "one"),
+        ("src/y/two.rs", "two"),
+        ("src/y/skip.tmp", "tmp"),
+        ("docs/keep.md", "keep"),
+        ("docs/drop.bak", "drop"),
+        ("docs/sub/deep.bak", "deep"),
+    ] {
+        std::fs::write(ctx.join(f), body).unwrap();
+    }
+    std::fs::write(ctx.join(".dockerignore"), "ignored.txt\n").unwrap();
+    let reference = format!("{host}/app/globs:v1");
+    must(build(
+        &fx,
+        &ctx,
+        &format!(
+            "{}\
+COPY *.txt /globbed/\n\
+COPY [ab].txt c.* /mixed/\n\
+COPY --exclude=*.bak --exclude=sub docs /docs/\n\
+COPY --exclude=*/*.tmp src/ /src-no-tmp/\n\
+COPY --parents src/*/*.rs /p/\n\
+COPY --parents ./src/./y/two.rs /pivot/\n\
+COPY --link a.txt /linked.txt\n\
+COPY single*.none /nothing/\n",
+            base(&host)
+        ),
+        &["-t", &reference],
+    ));
+    let layout = fetch_layout(&fx, &reference, "globs");
+    let (rootfs, _) = unpack(&fx, &layout, "globs");
+    let names = |d: &str| {
+        let mut v: Vec<String> = std::fs::read_dir(rootfs.join(d))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        names("globbed"),
+        ["a.txt", "b.txt"],
+        ".dockerignore applies to matches"
+    );
+    assert_eq!(names("mixed"), ["a.txt", "b.txt", "c.md"]);
+    assert_eq!(names("docs"), ["keep.md"]);
+    assert_eq!(names("src-no-tmp"), ["x", "y"]);
+    assert_eq!(names("src-no-tmp/y"), ["two.rs"]);
+    assert_eq!(read(&rootfs, "p/src/x/one.rs"), "one");
+    assert_eq!(read(&rootfs, "p/src/y/two.rs"), "two");
+    assert!(!rootfs.join("p/src/y/skip.tmp").exists());
+    assert_eq!(names("pivot"), ["y"]);
+    assert_eq!(read(&rootfs, "pivot/y/two.rs"), "two");
+    assert_eq!(read(&rootfs, "linked.txt"), "a");
+
+    // Several sources into a destination without a trailing slash: refused.
+    let out = build(
+        &fx,
+        &ctx,
+        &format!("{}COPY *.txt /notadir\n", base(&host)),
+        &["--no-push"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("Dockerfile:3: COPY")
+            && err.contains("must be a directory"),
+        "{err}"
+    );
+}
+
+#[test]
+fn labels_metadata_file_and_oci_archive_output() {
+    let Some(fx) = fixture() else { return };
+    let host = fx.srv.addr.clone();
+    let ctx = fx.tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("f.txt"), "in the archive\n").unwrap();
+    let dockerfile = format!(
+        "{}LABEL from.dockerfile=yes\nCOPY f.txt /f.txt\n",
+        base(&host)
+    );
+    let reference = format!("{host}/app/labelled:v1");
+    let meta = fx.tmp.path().join("meta.json");
+    let printed = must(build(
+        &fx,
+        &ctx,
+        &dockerfile,
+        &[
+            "-t",
+            &reference,
+            "--label",
+            "org.example.team=builders",
+            "--label",
+            "from.dockerfile=overridden",
+            "--metadata-file",
+            meta.to_str().unwrap(),
+        ],
+    ));
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+    let digest = metadata["containerimage.digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        printed.contains(&format!("{reference}@{digest}")),
+        "{printed}"
+    );
+    assert_eq!(metadata["image.name"], reference.as_str());
+    let inspected: serde_json::Value = serde_json::from_slice(
+        ok(Command::new(tool("skopeo"))
+            .env("REGISTRY_AUTH_FILE", fx.docker.join("config.json"))
+            .args(["inspect", "--tls-verify=false"])
+            .arg(format!("docker://{reference}")))
+        .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(inspected["Digest"], digest.as_str());
+    assert_eq!(inspected["Labels"]["org.example.team"], "builders");
+    assert_eq!(inspected["Labels"]["from.dockerfile"], "overridden");
+
+    // --output type=oci: an OCI layout tarball, not pushed.
+    let archive = fx.tmp.path().join("image.tar");
+    let not_pushed = format!("{host}/app/archived:v1");
+    let printed = must(build(
+        &fx,
+        &ctx,
+        &dockerfile,
+        &[
+            "-t",
+            &not_pushed,
+            "--output",
+            &format!("type=oci,dest={}", archive.display()),
+            "--metadata-file",
+            meta.to_str().unwrap(),
+        ],
+    ));
+    assert!(!printed.contains(&format!("{not_pushed}@")), "{printed}");
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+    let inspected: serde_json::Value = serde_json::from_slice(
+        ok(Command::new(tool("skopeo"))
+            .arg("inspect")
+            .arg(format!("oci-archive:{}", archive.display())))
+        .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(inspected["Digest"], metadata["containerimage.digest"]);
+    assert_eq!(inspected["Labels"]["from.dockerfile"], "yes");
+    assert_eq!(inspected["Layers"].as_array().unwrap().len(), 5);
+    let layout = fx.tmp.path().join("from-archive");
+    ok(Command::new(tool("skopeo"))
+        .arg("copy")
+        .arg(format!("oci-archive:{}", archive.display()))
+        .arg(format!("oci:{}:v1", layout.display())));
+    let (rootfs, _) = unpack(&fx, &layout, "archive");
+    assert_eq!(read(&rootfs, "f.txt"), "in the archive\n");
+    assert!(
+        rootfs.join("srv/files/f2.txt").is_file(),
+        "base layers missing"
+    );
+    let out = run(Command::new(tool("skopeo"))
+        .env("REGISTRY_AUTH_FILE", fx.docker.join("config.json"))
+        .args(["inspect", "--tls-verify=false"])
+        .arg(format!("docker://{not_pushed}")));
+    assert!(!out.status.success(), "--output type=oci also pushed");
+
+    // Bad flag values are refused before anything is built.
+    for bad in [
+        &["--progress", "fancy"][..],
+        &["--output", "type=tar"],
+        &["--memory", "lots"],
+        &["--cpus", "0"],
+        &["--secret", "id=x,src=/nonexistent/file"],
+    ] {
+        let out = build(&fx, &ctx, &dockerfile, &[&["--no-push"][..], bad].concat());
+        assert!(!out.status.success(), "{bad:?} was accepted");
+    }
+}
+
+/// The cgroup of a running RUN step, seen from the host: `(memory, cpu)`
+/// limit files for cgroup v1, or the one v2 directory.
+fn find_run_cgroup_limits() -> Option<(String, String)> {
+    let root = Path::new("/sys/fs/cgroup");
+    let v2 = root.join("cgroup.controllers").exists();
+    let dirs: Vec<PathBuf> = if v2 {
+        vec![root.join("slipway")]
+    } else {
+        vec![root.join("memory/slipway"), root.join("cpu/slipway")]
+    };
+    let runs = |d: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(d)
+            .map(|r| {
+                r.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    if v2 {
+        let run = runs(&dirs[0]).into_iter().next()?;
+        Some((
+            std::fs::read_to_string(run.join("memory.max")).ok()?,
+            std::fs::read_to_string(run.join("cpu.max")).ok()?,
+        ))
+    } else {
+        let mem = runs(&dirs[0]).into_iter().next()?;
+        let cpu = runs(&dirs[1]).into_iter().next()?;
+        Some((
+            std::fs::read_to_string(mem.join("memory.limit_in_bytes")).ok()?,
+            std::fs::read_to_string(cpu.join("cpu.cfs_quota_us")).ok()?,
+        ))
+    }
+}
+
+#[test]
+fn memory_and_cpu_limits_apply_to_run_steps() {
+    let Some(fx) = fixture() else { return };
+    let host = fx.srv.addr.clone();
+    let ctx = fx.tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    // While the step sleeps, its cgroup is visible on the host.
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("{}RUN sleep 3\n", base(&host)),
+    )
+    .unwrap();
+    let mut child = slipway(&fx)
+        .args([
+            "--no-push",
+            "--no-cache",
+            "--memory",
+            "96m",
+            "--cpus",
+            "0.5",
+        ])
+        .arg(&ctx)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut seen = None;
+    while std::time::Instant::now() < deadline {
+        if let Some(l) = find_run_cgroup_limits() {
+            seen = Some(l);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    let (memory, cpu) = seen.expect("no cgroup of the RUN step appeared");
+    assert_eq!(memory.trim(), (96u64 << 20).to_string());
+    assert!(
+        cpu.trim() == "50000" || cpu.trim() == "50000 100000",
+        "cpu limit {cpu:?}"
+    );
+
+    // The memory limit is enforced: a step that needs more is killed.
+    let hog = "RUN x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo ${#x}\n";
+    let out = build(
+        &fx,
+        &ctx,
+        &format!("{}{hog}", base(&host)),
+        &["--no-push", "--no-cache", "--memory", "32m"],
+    );
+    assert!(!out.status.success(), "a 200 MB step ran in 32 MiB");
+    must(build(
+        &fx,
+        &ctx,
+        &format!("{}RUN true\n", base(&host)),
+        &["--no-push", "--memory", "1g", "--cpus", "1.5"],
+    ));
+}
