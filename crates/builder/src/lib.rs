@@ -14,6 +14,7 @@
 pub mod diff;
 pub mod engine;
 pub mod image;
+pub mod import;
 pub mod layers;
 pub mod oci_archive;
 mod run_mounts;

@@ -1,5 +1,6 @@
-//! `slipway build`: today the `--local` form, which builds on this machine
-//! with the daemonless builder and pushes to the `-t` references.
+//! `slipway build`: the `--local` form builds on this machine with the
+//! daemonless builder and pushes to the `-t` references; without it the
+//! build goes to an agent pool (see `remote.rs`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -13,9 +14,27 @@ use sandbox::{InitCommand, Mode, Sandbox, SandboxConfig};
 
 #[derive(clap::Args)]
 pub struct BuildArgs {
-    /// Build on this machine (the only mode until agent pools land).
+    /// Build on this machine instead of an agent pool.
     #[arg(long)]
     pub(crate) local: bool,
+    /// Agent pool to build on (remote builds).
+    #[arg(long, default_value = "default", conflicts_with = "local")]
+    pub(crate) pool: String,
+    /// Queue the run, print its id and exit (remote builds).
+    #[arg(long, conflicts_with = "local")]
+    pub(crate) no_wait: bool,
+    /// Wait for the run without printing its log (remote builds).
+    #[arg(long, conflicts_with = "local")]
+    pub(crate) no_logs: bool,
+    /// Print the finished run as JSON on stdout (remote builds): --format json.
+    #[arg(long, value_parser = ["text", "json"], default_value = "text", conflicts_with = "local")]
+    pub(crate) format: String,
+    /// Run time limit on the agent, e.g. 30m (remote builds; default: the server's).
+    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "local")]
+    pub(crate) timeout: Option<Duration>,
+    /// Server URL (remote builds; default: $SLIPWAY_SERVER or `slipway login`).
+    #[arg(long, env = "SLIPWAY_SERVER", conflicts_with = "local")]
+    pub(crate) server: Option<String>,
     /// Dockerfile path (default: CONTEXT/Dockerfile).
     #[arg(short = 'f', long = "file")]
     pub(crate) file: Option<PathBuf>,
@@ -157,9 +176,7 @@ pub(crate) fn created(epoch: Option<u64>) -> String {
 
 pub async fn run(args: BuildArgs) -> Result<()> {
     if !args.local {
-        bail!(
-            "remote builds on an agent pool need the control plane, which has not landed yet; use --local to build on this machine"
-        );
+        return crate::remote::build(args).await;
     }
     let tags = args
         .tags
