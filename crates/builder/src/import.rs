@@ -49,7 +49,7 @@ pub async fn import_rootfs(
         context: "creating a temporary layer file".into(),
         source,
     })?;
-    let (root, file, o) = (rootfs.to_owned(), tmp.reopen(), opts.clone());
+    let (root, file, o) = (rootfs.to_owned(), tmp.reopen(), *opts);
     let info = tokio::task::spawn_blocking(move || {
         let file = file.map_err(|source| ImportError::Io {
             context: "opening the temporary layer file".into(),
@@ -75,13 +75,20 @@ pub async fn import_rootfs(
         "config": { "mediaType": oci::media_type::OCI_CONFIG, "digest": oci::Digest::sha256(b"{}").to_string(), "size": 2 },
         "layers": [],
     });
-    let manifest = oci::Manifest::parse(scratch.to_string().as_bytes(), Some(oci::media_type::OCI_MANIFEST))
-        .map_err(|e| ImportError::Io {
-            context: "building the scratch manifest".into(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+    let manifest = oci::Manifest::parse(
+        scratch.to_string().as_bytes(),
+        Some(oci::media_type::OCI_MANIFEST),
+    )
+    .map_err(|e| ImportError::Io {
+        context: "building the scratch manifest".into(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
     let mut image = NewImage::from_base(&manifest, config.to_string().as_bytes())?;
-    image.add_layer(&info, &format!("slipway image import {}", rootfs.display()), created);
+    image.add_layer(
+        &info,
+        &format!("slipway image import {}", rootfs.display()),
+        created,
+    );
     let built = image.finish(created)?;
     let push = |source| ImportError::Push {
         reference: reference.to_string(),
@@ -90,27 +97,39 @@ pub async fn import_rootfs(
     let host = reference.api_host().to_owned();
     let path = tmp.path().to_owned();
     client
-        .push_blob(&host, &reference.repository, &info.digest, info.size, || {
-            match std::fs::File::open(&path) {
+        .push_blob(
+            &host,
+            &reference.repository,
+            &info.digest,
+            info.size,
+            || match std::fs::File::open(&path) {
                 Ok(f) => reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(
                     tokio::fs::File::from_std(f),
                 )),
                 Err(e) => reqwest::Body::wrap_stream(futures_util::stream::once(async move {
                     Err::<bytes::Bytes, _>(e)
                 })),
-            }
-        })
+            },
+        )
         .await
         .map_err(push)?;
     let cfg = bytes::Bytes::from(built.config.clone());
     client
-        .push_blob(&host, &reference.repository, &built.config_digest, cfg.len() as u64, || {
-            reqwest::Body::from(cfg.clone())
-        })
+        .push_blob(
+            &host,
+            &reference.repository,
+            &built.config_digest,
+            cfg.len() as u64,
+            || reqwest::Body::from(cfg.clone()),
+        )
         .await
         .map_err(push)?;
     client
-        .put_manifest(reference, oci::media_type::OCI_MANIFEST, built.manifest.clone().into())
+        .put_manifest(
+            reference,
+            oci::media_type::OCI_MANIFEST,
+            built.manifest.clone().into(),
+        )
         .await
         .map_err(push)?;
     Ok(built)
