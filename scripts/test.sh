@@ -2,7 +2,7 @@
 # The whole test suite, as CI runs it (.ci/run calls this).
 #
 # Installs what the tests need when it is missing: Debian packages (skopeo,
-# buildah, umoci, docker-registry, busybox-static), Go peers built from their
+# buildah, umoci, docker-registry, busybox-static, postgresql, git), Go peers built from their
 # modules (crane, the OCI distribution-spec conformance suite) cached under
 # $SLIPWAY_CACHE, and cargo-nextest. Then: fmt, clippy, every test.
 # Tests start and stop their own servers, on loopback only.
@@ -22,7 +22,7 @@ as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
 
-apt_packages=(skopeo buildah umoci docker-registry busybox-static uidmap attr)
+apt_packages=(skopeo buildah umoci docker-registry busybox-static uidmap attr postgresql git)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -122,14 +122,22 @@ pub async fn url(url: &str, dir: &Path, ctx: &Path) -> Result<(), String> {
     )
     .await?;
     let want = if git_ref.is_empty() { "HEAD" } else { git_ref };
-    run(
+    // Shallow first; servers that cannot (git's dumb HTTP) get a full fetch.
+    let shallow = run(
         git(
             &["fetch", "-q", "--depth", "1", "origin", want],
             Some(&checkout),
         ),
         format!("git fetch {base} {want}"),
     )
-    .await?;
+    .await;
+    if shallow.is_err() {
+        run(
+            git(&["fetch", "-q", "origin", want], Some(&checkout)),
+            format!("git fetch {base} {want}"),
+        )
+        .await?;
+    }
     run(
         git(&["checkout", "-q", "FETCH_HEAD"], Some(&checkout)),
         "git checkout".into(),

@@ -988,3 +988,325 @@ fn tokens_and_secrets_are_scoped_and_never_stored_in_clear() {
         assert!(doc["paths"]["/agent/lease"]["post"].is_object());
     });
 }
+
+/// A PostgreSQL cluster of Debian's `postgresql` package in a temp dir,
+/// owned by the `postgres` user, on a loopback port; stopped on drop.
+struct Postgres {
+    bin: PathBuf,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Postgres {
+    fn start(dir: &Path) -> Postgres {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("Debian's postgresql is not installed: run ./scripts/test.sh")
+            .flatten()
+            .map(|e| e.path().join("bin"))
+            .find(|p| p.join("initdb").is_file())
+            .expect("no /usr/lib/postgresql/*/bin/initdb");
+        let pg = dir.join("pg");
+        std::fs::create_dir_all(&pg).unwrap();
+        ok(Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(&pg)
+            .arg(dir));
+        let as_pg = |prog: &str| {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(bin.join(prog));
+            c
+        };
+        ok(as_pg("initdb")
+            .args(["--auth=trust", "-U", "postgres", "-D"])
+            .arg(pg.join("data")));
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        ok(as_pg("pg_ctl")
+            .arg("-D")
+            .arg(pg.join("data"))
+            .arg("-l")
+            .arg(pg.join("log"))
+            .arg("-w")
+            .arg("-o")
+            .arg(format!("-p {port} -h 127.0.0.1 -k {}", pg.display()))
+            .arg("start"));
+        ok(Command::new(bin.join("psql")).args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-p",
+            &port.to_string(),
+            "-c",
+            "CREATE DATABASE slipway",
+        ]));
+        Postgres { bin, dir: pg, port }
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/slipway", self.port)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+/// The lease protocol under contention, driven through the API by 8
+/// simulated agents racing for 120 runs: every run is leased exactly once,
+/// every lease has its own fencing number, and logs land once each.
+async fn queue_under_contention(url: &str, token: &str) {
+    let c = api::Client::new(url, Some(token.into())).unwrap();
+    c.create_pool(&api::PoolSpec {
+        name: "q".into(),
+        tier: api::Tier::S1,
+        count: 8,
+        network: None,
+        local: false,
+    })
+    .await
+    .unwrap();
+    let agent_token = c.pool_token("q").await.unwrap().token;
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = context(&dir.path().join("ctx"), "FROM scratch\n");
+    let d = upload(&c, &ctx).await;
+    let mut ids = Vec::new();
+    for n in 0..120 {
+        let mut s = spec(&d, "FROM scratch\n", "example.com/x:1");
+        s.build_args.insert("N".into(), n.to_string());
+        ids.push(
+            c.submit_run(&RunRequest {
+                pool: "q".into(),
+                build: s,
+                secrets: BTreeMap::new(),
+                timeout_secs: None,
+            })
+            .await
+            .unwrap()
+            .id,
+        );
+    }
+    let agents = (0..8).map(|i| {
+        let a = api::Client::new(url, Some(agent_token.clone())).unwrap();
+        tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let lease = a
+                    .lease(&api::LeaseRequest {
+                        agent: format!("sim{i}"),
+                        wait_secs: 1,
+                    })
+                    .await
+                    .unwrap();
+                let Some(lease) = lease else { return mine };
+                a.upload_logs(
+                    &lease.run.id,
+                    &api::LogUpload {
+                        token: lease.token.clone(),
+                        chunks: vec![api::AgentChunk {
+                            seq: 1,
+                            data: format!("by sim{i}\n"),
+                        }],
+                    },
+                )
+                .await
+                .unwrap();
+                a.report(
+                    &lease.run.id,
+                    &api::RunResult {
+                        token: lease.token.clone(),
+                        outcome: api::Outcome::Succeeded,
+                        exit_code: Some(0),
+                        image_digest: None,
+                        message: None,
+                    },
+                )
+                .await
+                .unwrap();
+                mine.push((lease.run.id, lease.fence));
+            }
+        })
+    });
+    let mut leased = Vec::new();
+    for h in futures_util::future::join_all(agents).await {
+        leased.extend(h.unwrap());
+    }
+    let runs: HashSet<&String> = leased.iter().map(|(r, _)| r).collect();
+    let fences: HashSet<i64> = leased.iter().map(|(_, f)| *f).collect();
+    assert_eq!(leased.len(), 120, "every run leased exactly once");
+    assert_eq!(runs.len(), 120);
+    assert_eq!(fences.len(), 120, "fences are unique");
+    for id in &ids {
+        let r = c.run(id).await.unwrap();
+        assert_eq!(r.state, RunState::Succeeded);
+        assert_eq!(r.attempts.len(), 1);
+        let log = full_log(&c, id).await;
+        assert_eq!(
+            log.iter()
+                .filter(|ch| ch.data.starts_with("by sim"))
+                .count(),
+            1
+        );
+    }
+}
+
+#[test]
+fn lease_queue_holds_under_contention_on_sqlite() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plane = Plane::start(tmp.path(), &[]);
+    rt().block_on(queue_under_contention(&plane.url, &plane.token));
+}
+
+#[test]
+fn lease_queue_holds_under_contention_on_postgresql() {
+    if !need_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let pg = Postgres::start(tmp.path());
+    let plane = Plane::start(tmp.path(), &["--database", &pg.url()]);
+    rt().block_on(queue_under_contention(&plane.url, &plane.token));
+    // The state is in PostgreSQL, not in a SQLite file.
+    assert!(!plane.data.join("slipway.db").exists());
+}
+
+/// Contexts the agent fetches itself: a git repository (`URL#ref:subdir`,
+/// served over git's dumb HTTP by a loopback web server) and a tarball URL.
+#[test]
+fn git_and_tarball_contexts_are_fetched_by_the_agent() {
+    if !need_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut plane = Plane::start(tmp.path(), &[]);
+    let rt = rt();
+    let c = plane.client();
+    rt.block_on(c.create_pool(&api::PoolSpec {
+        name: "p".into(),
+        tier: api::Tier::S1,
+        count: 1,
+        network: None,
+        local: false,
+    }))
+    .unwrap();
+    let token = rt.block_on(c.pool_token("p")).unwrap().token;
+    let base = plane.import_busybox();
+    plane.start_agent("p", &token, "g");
+
+    // A repository whose `app/` holds the build, on branch `release`.
+    let srv_root = tmp.path().join("www");
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(work.join("app")).unwrap();
+    std::fs::write(
+        work.join("app/Dockerfile"),
+        format!("FROM {base}\nCOPY msg.txt /msg.txt\nRUN cat /msg.txt\n"),
+    )
+    .unwrap();
+    std::fs::write(work.join("app/msg.txt"), "from-git-release\n").unwrap();
+    let git = |args: &[&str], dir: &Path| {
+        ok(Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .current_dir(dir))
+    };
+    git(&["init", "-q", "-b", "release"], &work);
+    git(&["add", "."], &work);
+    git(&["commit", "-q", "-m", "one"], &work);
+    std::fs::create_dir_all(&srv_root).unwrap();
+    ok(Command::new("git")
+        .args(["clone", "-q", "--bare"])
+        .arg(&work)
+        .arg(srv_root.join("repo.git")));
+    ok(Command::new("git")
+        .args(["update-server-info"])
+        .current_dir(srv_root.join("repo.git")));
+    // The tarball: the same app as a .tar.gz.
+    ok(Command::new("tar")
+        .arg("-czf")
+        .arg(srv_root.join("app.tar.gz"))
+        .arg("-C")
+        .arg(work.join("app"))
+        .arg("."));
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let _web = Proc::spawn(
+        Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+            ])
+            .current_dir(&srv_root),
+        tmp.path().join("web.log"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "python http.server did not start: {}",
+            _web.text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for (n, url) in [
+        format!("http://127.0.0.1:{port}/repo.git#release:app"),
+        format!("http://127.0.0.1:{port}/app.tar.gz"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let out = plane
+            .cli()
+            .args([
+                "build",
+                "--no-cache",
+                "--pool",
+                "p",
+                "-t",
+                &format!("fromurl:{n}"),
+                url,
+            ])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{url}:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("from-git-release"), "{stdout}");
+    }
+    // A ref that does not exist: an error that names it.
+    let out = plane
+        .cli()
+        .args([
+            "build",
+            "--pool",
+            "p",
+            "-t",
+            "fromurl:x",
+            &format!("http://127.0.0.1:{port}/repo.git#nope:app"),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("nope"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
