@@ -508,13 +508,12 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
     };
     let text = String::from_utf8_lossy(&src).into_owned();
     let source_lines: Vec<&str> = text.lines().collect();
+    let dockerfile_err = |errors| BuildError::Dockerfile {
+        file: file.clone(),
+        errors,
+    };
     let (_, df, graph) =
-        dockerfile::check(&text, &opts, req.target.as_deref()).map_err(|errors| {
-            BuildError::Dockerfile {
-                file: file.clone(),
-                errors,
-            }
-        })?;
+        dockerfile::check(&text, &opts, req.target.as_deref()).map_err(dockerfile_err)?;
     let ignore = load_ignore(&req.dockerfile, &req.context)?;
     let unsupported = |line: u32, instruction: &str, what: &str| BuildError::Unsupported {
         file: file.clone(),
@@ -524,6 +523,61 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
     };
     std::fs::create_dir_all(&req.work_dir)
         .map_err(step_err(format!("creating {}", req.work_dir.display())))?;
+    // Every base image first: its environment takes part in expansion
+    // (`ENV PATH=$PATH:/x` keeps the base's PATH), so the Dockerfile is
+    // expanded again with it. Base names only use global ARGs: unchanged.
+    let mut bases: HashMap<
+        usize,
+        (
+            Reference,
+            crate::layers::PulledImage,
+            regclient::FetchedManifest,
+        ),
+    > = HashMap::new();
+    let mut base_env = BTreeMap::new();
+    for &si in &graph.needed {
+        let stage = &df.stages[si];
+        if find_stage(&df, si, &stage.base).is_some() {
+            continue;
+        }
+        let base: Reference = stage.base.parse().map_err(|e: oci::ReferenceError| {
+            unsupported(stage.pos.line, "FROM", &e.to_string())
+        })?;
+        say(out, &format!("pulling {base}")).await;
+        let pulled = store
+            .pull(client, &base, &req.platform)
+            .await
+            .map_err(step_err(format!("pulling {base}")))?;
+        let manifest = client
+            .resolve_image(&base, &req.platform)
+            .await
+            .map_err(step_err(format!("pulling {base}")))?;
+        let env: BTreeMap<String, String> =
+            serde_json::from_slice::<serde_json::Value>(&pulled.config)
+                .ok()
+                .and_then(|c| c.pointer("/config/Env").cloned())
+                .and_then(|e| serde_json::from_value::<Vec<String>>(e).ok())
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|kv| {
+                    kv.split_once('=')
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                })
+                .collect();
+        base_env.insert(si, env);
+        bases.insert(si, (base, pulled, manifest));
+    }
+    let (df, graph) = if base_env.values().any(|e| !e.is_empty()) {
+        let opts = dockerfile::BuildOptions {
+            base_env,
+            ..opts.clone()
+        };
+        let (_, df, graph) =
+            dockerfile::check(&text, &opts, req.target.as_deref()).map_err(dockerfile_err)?;
+        (df, graph)
+    } else {
+        (df, graph)
+    };
     let mut states: HashMap<usize, StageState> = HashMap::new();
     for &si in &graph.needed {
         let stage = &df.stages[si];
@@ -536,29 +590,32 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                 )
             })?,
             None => {
-                let base: Reference = stage.base.parse().map_err(|e: oci::ReferenceError| {
-                    unsupported(stage.pos.line, "FROM", &e.to_string())
-                })?;
+                let Some((base, pulled, base_manifest)) = bases.remove(&si) else {
+                    return Err(unsupported(
+                        stage.pos.line,
+                        "FROM",
+                        "a base image that was not pulled",
+                    ));
+                };
                 say(
                     out,
                     &format!("[1/{}] FROM {base}", stage.instructions.len() + 1),
                 )
                 .await;
-                let pulled = store
-                    .pull(client, &base, &req.platform)
-                    .await
-                    .map_err(step_err(format!("pulling {base}")))?;
-                let base_manifest = client
-                    .resolve_image(&base, &req.platform)
-                    .await
-                    .map_err(step_err(format!("pulling {base}")))?;
-                let image = NewImage::from_base(&base_manifest.manifest, &pulled.config)
+                let mut image = NewImage::from_base(&base_manifest.manifest, &pulled.config)
                     .map_err(step_err(format!("{base}")))?;
+                // The base image's SHELL applies to our shell forms too.
+                let shell = image
+                    .container_config()
+                    .get("Shell")
+                    .and_then(|v| serde_json::from_value::<Vec<String>>(v.clone()).ok())
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()]);
                 StageState {
                     image,
                     lowers: pulled.layers.clone(),
                     new_layers: Vec::new(),
-                    shell: vec!["/bin/sh".into(), "-c".into()],
+                    shell,
                     args: BTreeMap::new(),
                     cache_key: format!("{}@{}", base_manifest.digest, req.platform),
                     origin: base,
@@ -602,6 +659,8 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
             cache_key,
             ..
         } = &mut st;
+        // Whether this stage set CMD (an ENTRYPOINT after it keeps it).
+        let mut cmd_set = false;
         for (n, (ins, trigger)) in steps.iter().enumerate() {
             let line = ins.line;
             let label = format!("[{}/{}]", n + 2, steps.len() + 1);
@@ -1171,8 +1230,11 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                         cl.args.clone()
                     };
                     image.container_config().insert(key.into(), json!(value));
-                    if key == "Entrypoint" {
-                        // Docker: a new ENTRYPOINT resets an inherited CMD.
+                    if key == "Cmd" {
+                        cmd_set = true;
+                    } else if !cmd_set {
+                        // BuildKit: a new ENTRYPOINT resets a CMD the stage
+                        // did not set itself (an inherited one).
                         image.container_config().remove("Cmd");
                     }
                     image.add_empty_step(&created_by, &req.created);

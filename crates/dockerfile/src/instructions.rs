@@ -1379,6 +1379,10 @@ pub struct BuildOptions {
     pub build_args: BTreeMap<String, String>,
     pub build_platform: Platform,
     pub target_platform: Platform,
+    /// The environment of each stage's base image (stage index → its
+    /// `Env`), when the caller has it: expansion then sees it as Docker
+    /// does (`ENV PATH=$PATH:/x` keeps the base image's `PATH`).
+    pub base_env: BTreeMap<usize, BTreeMap<String, String>>,
 }
 
 impl Default for BuildOptions {
@@ -1392,6 +1396,7 @@ impl Default for BuildOptions {
             build_args: BTreeMap::new(),
             build_platform: p.clone(),
             target_platform: p,
+            base_env: BTreeMap::new(),
         }
     }
 }
@@ -1436,9 +1441,9 @@ impl Dockerfile {
     /// Applies build arguments and expands variables in every instruction
     /// that Docker expands (FROM, ENV, LABEL, ARG, ADD, COPY, WORKDIR, USER,
     /// VOLUME, EXPOSE, STOPSIGNAL, RUN --mount). RUN/CMD/ENTRYPOINT/SHELL/
-    /// HEALTHCHECK/ONBUILD are left for the shell. The base image's own
-    /// environment is not known here; stages built on earlier stages inherit
-    /// their ENV.
+    /// HEALTHCHECK/ONBUILD are left for the shell. A base image's own
+    /// environment is known only through [`BuildOptions::base_env`]; stages
+    /// built on earlier stages inherit their ENV.
     pub fn expand(&self, opts: &BuildOptions) -> Result<Dockerfile, Vec<Error>> {
         let lex = Lexer::new(self.escape);
         let mut errors = Vec::new();
@@ -1527,6 +1532,7 @@ impl Dockerfile {
                 .position(|n| n.as_deref() == Some(stage.base.to_ascii_lowercase().as_str()));
             let mut env = parent
                 .and_then(|p| final_envs.get(p).cloned())
+                .or_else(|| opts.base_env.get(&stage.index).cloned())
                 .unwrap_or_default();
             let mut args: BTreeMap<String, String> = BTreeMap::new();
             for ins in &mut stage.instructions {
@@ -1731,6 +1737,28 @@ mod tests {
         assert_eq!(parse_go_duration("0"), Some(0));
         assert_eq!(parse_go_duration("5"), None);
         assert_eq!(parse_go_duration("-2ms"), Some(-2_000_000));
+    }
+
+    #[test]
+    fn base_env_is_seen_by_expansion() {
+        let df = crate::parse("FROM img\nENV PATH=$PATH:/extra\nWORKDIR $HOME/app\n").unwrap();
+        let mut opts = BuildOptions::default();
+        opts.base_env.insert(
+            0,
+            BTreeMap::from([
+                ("PATH".to_string(), "/usr/bin".to_string()),
+                ("HOME".to_string(), "/root".to_string()),
+            ]),
+        );
+        let out = df.expand(&opts).unwrap();
+        match &out.stages[0].instructions[0].command {
+            Command::Env { vars } => assert_eq!(vars[0].value, "/usr/bin:/extra"),
+            other => panic!("{other:?}"),
+        }
+        match &out.stages[0].instructions[1].command {
+            Command::Workdir { path } => assert_eq!(path, "/root/app"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

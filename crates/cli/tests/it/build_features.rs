@@ -618,40 +618,36 @@ fn labels_metadata_file_and_oci_archive_output() {
     }
 }
 
-/// The cgroup of a running RUN step, seen from the host: `(memory, cpu)`
-/// limit files for cgroup v1, or the one v2 directory.
-fn find_run_cgroup_limits() -> Option<(String, String)> {
+/// The CPU limit of a running RUN step whose memory limit is `memory`,
+/// seen from the host (other builds may run meanwhile: the memory value
+/// picks ours). cgroup v2: `cpu.max`; v1: `cpu.cfs_quota_us` of the
+/// same-named cgroup in the cpu hierarchy.
+fn find_run_cpu_limit(memory: u64) -> Option<String> {
     let root = Path::new("/sys/fs/cgroup");
     let v2 = root.join("cgroup.controllers").exists();
-    let dirs: Vec<PathBuf> = if v2 {
-        vec![root.join("slipway")]
+    let (mem_dir, mem_file) = if v2 {
+        (root.join("slipway"), "memory.max")
     } else {
-        vec![root.join("memory/slipway"), root.join("cpu/slipway")]
+        (root.join("memory/slipway"), "memory.limit_in_bytes")
     };
-    let runs = |d: &Path| -> Vec<PathBuf> {
-        std::fs::read_dir(d)
-            .map(|r| {
-                r.flatten()
-                    .map(|e| e.path())
-                    .filter(|p| p.is_dir())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    if v2 {
-        let run = runs(&dirs[0]).into_iter().next()?;
-        Some((
-            std::fs::read_to_string(run.join("memory.max")).ok()?,
-            std::fs::read_to_string(run.join("cpu.max")).ok()?,
-        ))
-    } else {
-        let mem = runs(&dirs[0]).into_iter().next()?;
-        let cpu = runs(&dirs[1]).into_iter().next()?;
-        Some((
-            std::fs::read_to_string(mem.join("memory.limit_in_bytes")).ok()?,
-            std::fs::read_to_string(cpu.join("cpu.cfs_quota_us")).ok()?,
-        ))
+    for e in std::fs::read_dir(mem_dir).ok()?.flatten() {
+        let run = e.path();
+        let Ok(m) = std::fs::read_to_string(run.join(mem_file)) else {
+            continue;
+        };
+        if m.trim() != memory.to_string() {
+            continue;
+        }
+        let cpu = if v2 {
+            run.join("cpu.max")
+        } else {
+            root.join("cpu/slipway")
+                .join(e.file_name())
+                .join("cpu.cfs_quota_us")
+        };
+        return std::fs::read_to_string(cpu).ok();
     }
+    None
 }
 
 #[test]
@@ -671,7 +667,7 @@ fn memory_and_cpu_limits_apply_to_run_steps() {
             "--no-push",
             "--no-cache",
             "--memory",
-            "96m",
+            "97m",
             "--cpus",
             "0.5",
         ])
@@ -682,17 +678,13 @@ fn memory_and_cpu_limits_apply_to_run_steps() {
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let mut seen = None;
-    while std::time::Instant::now() < deadline {
-        if let Some(l) = find_run_cgroup_limits() {
-            seen = Some(l);
-            break;
-        }
+    while std::time::Instant::now() < deadline && seen.is_none() {
+        seen = find_run_cpu_limit(97 << 20);
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let status = child.wait().unwrap();
     assert!(status.success());
-    let (memory, cpu) = seen.expect("no cgroup of the RUN step appeared");
-    assert_eq!(memory.trim(), (96u64 << 20).to_string());
+    let cpu = seen.expect("no cgroup with the RUN step's memory limit appeared");
     assert!(
         cpu.trim() == "50000" || cpu.trim() == "50000 100000",
         "cpu limit {cpu:?}"
@@ -713,4 +705,69 @@ fn memory_and_cpu_limits_apply_to_run_steps() {
         &format!("{}RUN true\n", base(&host)),
         &["--no-push", "--memory", "1g", "--cpus", "1.5"],
     ));
+}
+
+#[test]
+fn base_image_env_shell_and_entrypoint_rules_follow_buildkit() {
+    let Some(fx) = fixture() else { return };
+    let host = fx.srv.addr.clone();
+    let ctx = fx.tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    let parent = format!("{host}/app/env-parent:v1");
+    must(build(
+        &fx,
+        &ctx,
+        &format!(
+            "{}ENV BASEVAR=frombase PATH=/opt/tools:/usr/bin:/bin\nSHELL [\"/bin/busybox\", \"sh\", \"-c\"]\nCMD [\"inherited\"]\n",
+            base(&host)
+        ),
+        &["-t", &parent],
+    ));
+    let child = format!("{host}/app/env-child:v1");
+    must(build(
+        &fx,
+        &ctx,
+        &format!(
+            "FROM {parent}\n\
+ENV COMBINED=$BASEVAR-child PATH=$PATH:/extra\n\
+WORKDIR /w/$BASEVAR\n\
+RUN echo \"$COMBINED\" > /combined\n\
+ENTRYPOINT echo entry\n"
+        ),
+        &["-t", &child],
+    ));
+    let config = image_config(&fx, &child);
+    let c = &config["config"];
+    let env: Vec<&str> = c["Env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e.as_str())
+        .collect();
+    assert!(env.contains(&"COMBINED=frombase-child"), "{env:?}");
+    assert!(
+        env.contains(&"PATH=/opt/tools:/usr/bin:/bin:/extra"),
+        "{env:?}"
+    );
+    assert_eq!(c["WorkingDir"], "/w/frombase");
+    // The base's SHELL makes the shell form; an inherited CMD is reset.
+    assert_eq!(
+        c["Entrypoint"],
+        serde_json::json!(["/bin/busybox", "sh", "-c", "echo entry"])
+    );
+    assert!(c["Cmd"].is_null(), "{c}");
+    let layout = fetch_layout(&fx, &child, "env");
+    let (rootfs, _) = unpack(&fx, &layout, "env");
+    assert_eq!(read(&rootfs, "combined"), "frombase-child\n");
+
+    // A CMD set in the same stage survives a later ENTRYPOINT.
+    let second = format!("{host}/app/env-second:v1");
+    must(build(
+        &fx,
+        &ctx,
+        &format!("FROM {parent}\nCMD [\"mine\"]\nENTRYPOINT [\"/bin/busybox\"]\n"),
+        &["-t", &second],
+    ));
+    let config = image_config(&fx, &second);
+    assert_eq!(config["config"]["Cmd"], serde_json::json!(["mine"]));
 }
