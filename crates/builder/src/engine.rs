@@ -115,6 +115,17 @@ pub struct BuildRequest {
     pub cache_mounts_dir: PathBuf,
     /// Also write the image as an OCI layout tarball (`--output type=oci`).
     pub oci_archive: Option<OciArchive>,
+    /// How step lines look (`--progress`).
+    pub progress: Progress,
+}
+
+/// `--progress`: `Plain` for logs, `Tty` for a terminal. Both print a line
+/// per step and a `DONE` line with its time after each RUN/COPY/ADD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Progress {
+    #[default]
+    Plain,
+    Tty,
 }
 
 /// `--output type=oci,dest=FILE`.
@@ -501,6 +512,7 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
     err: &mut E,
 ) -> Result<BuildResult, BuildError> {
     let file = req.dockerfile.display().to_string();
+    let tty = req.progress == Progress::Tty;
     let src = std::fs::read(&req.dockerfile).map_err(step_err(format!("reading {file}")))?;
     let opts = dockerfile::BuildOptions {
         build_args: req.build_args.clone(),
@@ -543,7 +555,7 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
         let base: Reference = stage.base.parse().map_err(|e: oci::ReferenceError| {
             unsupported(stage.pos.line, "FROM", &e.to_string())
         })?;
-        say(out, &format!("pulling {base}")).await;
+        say(out, tty, &format!("pulling {base}")).await;
         let pulled = store
             .pull(client, &base, &req.platform)
             .await
@@ -599,6 +611,7 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                 };
                 say(
                     out,
+                    tty,
                     &format!("[1/{}] FROM {base}", stage.instructions.len() + 1),
                 )
                 .await;
@@ -662,6 +675,7 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
         // Whether this stage set CMD (an ENTRYPOINT after it keeps it).
         let mut cmd_set = false;
         for (n, (ins, trigger)) in steps.iter().enumerate() {
+            let started = std::time::Instant::now();
             let line = ins.line;
             let label = format!("[{}/{}]", n + 2, steps.len() + 1);
             // History shows the instruction as written, as `docker history` does.
@@ -698,7 +712,7 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                         Some((first, _)) => format!("{first} …"),
                         None => shown,
                     };
-                    say(out, &format!("{label} RUN {shown}")).await;
+                    say(out, tty, &format!("{label} RUN {shown}")).await;
                     // Bind mounts read files: their content is part of the key.
                     let mut roots = Vec::with_capacity(run.mounts.len());
                     let mut mount_hashes = Vec::new();
@@ -728,7 +742,7 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                     let parts: Vec<&str> = mount_hashes.iter().map(String::as_str).collect();
                     key = next_key(&key, &parts);
                     if let Some(hit) = cache_lookup(req, &key) {
-                        say(out, &format!("{label} CACHED")).await;
+                        say(out, tty, &format!("{label} CACHED")).await;
                         stack_layer(
                             image,
                             lowers,
@@ -862,7 +876,12 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                         .cloned()
                         .chain(c.inline.iter().map(|h| format!("<<{}", h.name)))
                         .collect();
-                    say(out, &format!("{label} COPY {} {}", shown.join(" "), c.dest)).await;
+                    say(
+                        out,
+                        tty,
+                        &format!("{label} COPY {} {}", shown.join(" "), c.dest),
+                    )
+                    .await;
                     let step_no = si * 10_000 + n;
                     let copy_err = |(path, problem): (String, String)| BuildError::Copy {
                         file: file.clone(),
@@ -909,7 +928,7 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                     );
                     if let Some(hit) = cache_lookup(req, &key) {
                         let _ = std::fs::remove_dir_all(&inline_dir);
-                        say(out, &format!("{label} CACHED")).await;
+                        say(out, tty, &format!("{label} CACHED")).await;
                         stack_layer(
                             image,
                             lowers,
@@ -983,7 +1002,12 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                         .cloned()
                         .chain(a.inline.iter().map(|h| format!("<<{}", h.name)))
                         .collect();
-                    say(out, &format!("{label} ADD {} {}", shown.join(" "), a.dest)).await;
+                    say(
+                        out,
+                        tty,
+                        &format!("{label} ADD {} {}", shown.join(" "), a.dest),
+                    )
+                    .await;
                     let step_no = si * 10_000 + n;
                     let dest = absolute_dest(image, &a.dest);
                     let add_err = |path: &str| {
@@ -1045,7 +1069,7 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                     );
                     if let Some(hit) = cache_lookup(req, &key) {
                         let _ = std::fs::remove_dir_all(&inline_dir);
-                        say(out, &format!("{label} CACHED")).await;
+                        say(out, tty, &format!("{label} CACHED")).await;
                         stack_layer(
                             image,
                             lowers,
@@ -1130,7 +1154,7 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                     );
                 }
                 Command::Workdir { path } => {
-                    say(out, &format!("{label} WORKDIR {path}")).await;
+                    say(out, tty, &format!("{label} WORKDIR {path}")).await;
                     let current = image
                         .container_config()
                         .get("WorkingDir")
@@ -1149,7 +1173,7 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                         .ok_or_else(|| unsupported(line, "WORKDIR", "a path that leaves /"))?;
                     if !rel.as_os_str().is_empty() && !exists_in(lowers, &rel) {
                         if let Some(hit) = cache_lookup(req, &key) {
-                            say(out, &format!("{label} CACHED")).await;
+                            say(out, tty, &format!("{label} CACHED")).await;
                             stack_layer(
                                 image,
                                 lowers,
@@ -1180,7 +1204,7 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                     }
                 }
                 Command::Env { vars } => {
-                    say(out, &format!("{label} ENV")).await;
+                    say(out, tty, &format!("{label} ENV")).await;
                     let cfg = image.container_config();
                     let mut env: Vec<String> = cfg
                         .get("Env")
@@ -1321,6 +1345,13 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                     }
                 }
             }
+            if matches!(
+                ins.command,
+                Command::Run(_) | Command::Copy(_) | Command::Add(_)
+            ) {
+                let secs = started.elapsed().as_secs_f64();
+                say(out, tty, &format!("{label} DONE {secs:.1}s")).await;
+            }
             *cache_key = key;
         }
         states.insert(si, st);
@@ -1349,7 +1380,7 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
         .map_err(step_err("assembling the image"))?;
     let mut pushed = Vec::new();
     for tag in &req.tags {
-        say(out, &format!("pushing {tag}")).await;
+        say(out, tty, &format!("pushing {tag}")).await;
         push(
             client,
             &st.origin,
@@ -1363,7 +1394,7 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
     }
     if let Some(archive) = &req.oci_archive {
         let dest = &archive.dest;
-        say(out, &format!("writing {}", dest.display())).await;
+        say(out, tty, &format!("writing {}", dest.display())).await;
         crate::oci_archive::write(
             client,
             &st.origin,
@@ -1377,7 +1408,7 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
         .await
         .map_err(step_err(format!("writing {}", dest.display())))?;
     }
-    say(out, &format!("built {}", built.manifest_digest)).await;
+    say(out, tty, &format!("built {}", built.manifest_digest)).await;
     Ok(BuildResult {
         manifest_digest: built.manifest_digest,
         config: built.config,
@@ -1386,8 +1417,15 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
     })
 }
 
-async fn say<W: AsyncWrite + Unpin>(out: &mut W, line: &str) {
-    let _ = out.write_all(format!("#### {line}\n").as_bytes()).await;
+/// A step line. On a terminal (`--progress tty`) it stands out in bold from
+/// the RUN output around it; plain, it is the same text without escapes.
+async fn say<W: AsyncWrite + Unpin>(out: &mut W, tty: bool, line: &str) {
+    let text = if tty {
+        format!("\x1b[1m#### {line}\x1b[0m\n")
+    } else {
+        format!("#### {line}\n")
+    };
+    let _ = out.write_all(text.as_bytes()).await;
     let _ = out.flush().await;
 }
 

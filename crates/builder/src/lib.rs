@@ -22,7 +22,7 @@ mod sources;
 pub mod unpack;
 
 pub use diff::{Compression, DiffError, LayerInfo, LayerOptions, write_layer};
-pub use engine::{BuildError, BuildRequest, BuildResult, OciArchive, build};
+pub use engine::{BuildError, BuildRequest, BuildResult, OciArchive, Progress, build};
 pub use image::{BuiltImage, ImageError, NewImage};
 pub use layers::{LayerStore, LayerStoreError, PulledImage, chain_ids};
 pub use unpack::{Applied, UnpackError, WhiteoutMode, apply_layer};

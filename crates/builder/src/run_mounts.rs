@@ -101,10 +101,7 @@ pub(crate) fn prepare(
                     Some(s) => {
                         let rel = crate::sources::kept_rel(s)
                             .ok_or("the cache source leaves the cache")?;
-                        let at = dir.join(rel);
-                        std::fs::create_dir_all(&at)
-                            .map_err(|e| format!("cache mount {id}: {e}"))?;
-                        at
+                        cache_subdir(&dir, &rel).map_err(|e| format!("cache mount {id}: {e}"))?
                     }
                     None => dir,
                 };
@@ -224,6 +221,25 @@ fn secret(m: &Mount, i: usize, cx: &MountContext<'_>, out: &mut Prepared) -> Res
     Ok(())
 }
 
+/// `rel` under the cache dir `dir`, created as needed. Earlier RUN steps
+/// wrote the cache as root: a symlink in it must not lead the bind mount to
+/// a host path, so no component may be a symlink.
+fn cache_subdir(dir: &Path, rel: &Path) -> Result<PathBuf, String> {
+    let mut at = dir.to_path_buf();
+    for c in rel.components() {
+        at.push(c);
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(format!("{} is a symlink", at.display()));
+            }
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(format!("{} is not a directory", at.display())),
+            Err(_) => std::fs::create_dir(&at).map_err(|e| e.to_string())?,
+        }
+    }
+    Ok(at)
+}
+
 fn create_cache_dir(dir: &Path, m: &Mount) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     // Built aside and renamed, so a concurrent build never sees it half made.
@@ -295,6 +311,21 @@ mod tests {
                 .is_empty()
         );
         assert!(prepare(&[mount("type=secret,id=nope,required")], &[None], &cx).is_err());
+    }
+
+    #[test]
+    fn cache_sources_never_follow_symlinks() {
+        let d = tempfile::tempdir().unwrap();
+        let cache = d.path().join("cache");
+        std::fs::create_dir_all(cache.join("real")).unwrap();
+        std::os::unix::fs::symlink(d.path(), cache.join("link")).unwrap();
+        assert_eq!(
+            cache_subdir(&cache, Path::new("real/sub")).unwrap(),
+            cache.join("real/sub")
+        );
+        assert!(cache.join("real/sub").is_dir());
+        assert!(cache_subdir(&cache, Path::new("link/x")).is_err());
+        assert!(!d.path().join("x").exists());
     }
 
     #[test]

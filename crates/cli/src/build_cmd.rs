@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use builder::{BuildRequest, Compression, LayerOptions, LayerStore, OciArchive};
+use builder::{BuildRequest, Compression, LayerOptions, LayerStore, OciArchive, Progress};
 use regclient::{Client, ClientConfig, DockerConfig};
 use sandbox::{InitCommand, Mode, Sandbox, SandboxConfig};
 
@@ -82,7 +82,8 @@ pub struct BuildArgs {
     /// type=registry: push to the -t references (the default).
     #[arg(long)]
     pub(crate) output: Option<String>,
-    /// Progress output: auto, plain or tty (all print the step lines).
+    /// Progress output: plain (step lines for logs), tty (bold step lines),
+    /// auto (tty on a terminal).
     #[arg(long, default_value = "auto")]
     pub(crate) progress: String,
     /// Memory limit of each RUN step: bytes, or with a unit (512m, 3g).
@@ -323,6 +324,13 @@ pub async fn run(args: BuildArgs) -> Result<()> {
             dest,
             name: tags.first().cloned(),
         }),
+        progress: match args.progress.as_str() {
+            "tty" => Progress::Tty,
+            "plain" => Progress::Plain,
+            // auto: bold step lines only where a person is watching.
+            _ if std::io::IsTerminal::is_terminal(&std::io::stdout()) => Progress::Tty,
+            _ => Progress::Plain,
+        },
     };
     let result = builder::build(
         &request,

@@ -559,6 +559,33 @@ fn labels_metadata_file_and_oci_archive_output() {
     assert_eq!(inspected["Labels"]["org.example.team"], "builders");
     assert_eq!(inspected["Labels"]["from.dockerfile"], "overridden");
 
+    // Plain progress: a step line, then DONE with its time; tty: in bold.
+    assert!(
+        printed.contains("#### [4/4] COPY f.txt /f.txt"),
+        "{printed}"
+    );
+    assert!(printed.contains("#### [4/4] DONE "), "{printed}");
+    assert!(
+        !printed.contains('\x1b'),
+        "escapes in plain output: {printed}"
+    );
+    let tty = must(run(Command::new(env!("CARGO_BIN_EXE_slipway"))
+        .env("DOCKER_CONFIG", &fx.docker)
+        .args([
+            "build",
+            "--local",
+            "--progress",
+            "tty",
+            "--no-push",
+            "--data",
+        ])
+        .arg(fx.tmp.path().join("sl"))
+        .arg(&ctx)));
+    assert!(
+        tty.contains("\x1b[1m#### [4/4] COPY f.txt /f.txt\x1b[0m"),
+        "{tty}"
+    );
+
     // --output type=oci: an OCI layout tarball, not pushed.
     let archive = fx.tmp.path().join("image.tar");
     let not_pushed = format!("{host}/app/archived:v1");
