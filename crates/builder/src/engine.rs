@@ -117,6 +117,11 @@ pub struct BuildRequest {
     pub oci_archive: Option<OciArchive>,
     /// How step lines look (`--progress`).
     pub progress: Progress,
+    /// Registry caches to reuse steps from (`--cache-from`), when the local
+    /// cache misses. Ignored with `--no-cache`.
+    pub cache_from: Vec<Reference>,
+    /// Where to push this build's steps as a cache (`--cache-to`).
+    pub cache_to: Option<Reference>,
 }
 
 /// `--progress`: `Plain` for logs, `Tty` for a terminal. Both print a line
@@ -590,6 +595,19 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
     } else {
         (df, graph)
     };
+    // Registry caches: read once, consulted when the local cache misses.
+    let remote = if req.cache_dir.is_some() && !req.cache_from.is_empty() {
+        let (remote, warnings) =
+            crate::remote_cache::RemoteCache::load(client, &req.cache_from).await;
+        for w in warnings {
+            let _ = err.write_all(format!("warning: {w}\n").as_bytes()).await;
+        }
+        remote
+    } else {
+        Default::default()
+    };
+    // Every layer step of every stage, with its cache key, for --cache-to.
+    let mut done_steps: Vec<(String, NewLayer)> = Vec::new();
     let mut states: HashMap<usize, StageState> = HashMap::new();
     for &si in &graph.needed {
         let stage = &df.stages[si];
@@ -741,7 +759,9 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                     }
                     let parts: Vec<&str> = mount_hashes.iter().map(String::as_str).collect();
                     key = next_key(&key, &parts);
-                    if let Some(hit) = cache_lookup(req, &key) {
+                    if let Some(hit) =
+                        find_cached(req, &key, &remote, client, store, lowers, err).await
+                    {
                         say(out, tty, &format!("{label} CACHED")).await;
                         stack_layer(
                             image,
@@ -751,6 +771,7 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                             hit.layer,
                             &created_by,
                             &req.created,
+                            (&mut done_steps, &key),
                         );
                         *cache_key = key;
                         continue;
@@ -867,6 +888,7 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                         layer,
                         &created_by,
                         &req.created,
+                        (&mut done_steps, &key),
                     );
                 }
                 Command::Copy(c) => {
@@ -926,7 +948,9 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                             &hash_sources(&inline_dir, &inline_names, None),
                         ],
                     );
-                    if let Some(hit) = cache_lookup(req, &key) {
+                    if let Some(hit) =
+                        find_cached(req, &key, &remote, client, store, lowers, err).await
+                    {
                         let _ = std::fs::remove_dir_all(&inline_dir);
                         say(out, tty, &format!("{label} CACHED")).await;
                         stack_layer(
@@ -937,6 +961,7 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                             hit.layer,
                             &created_by,
                             &req.created,
+                            (&mut done_steps, &key),
                         );
                         *cache_key = key;
                         continue;
@@ -990,6 +1015,7 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                         layer,
                         &created_by,
                         &req.created,
+                        (&mut done_steps, &key),
                     );
                 }
                 Command::Add(a) => {
@@ -1067,7 +1093,9 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                             &nonce,
                         ],
                     );
-                    if let Some(hit) = cache_lookup(req, &key) {
+                    if let Some(hit) =
+                        find_cached(req, &key, &remote, client, store, lowers, err).await
+                    {
                         let _ = std::fs::remove_dir_all(&inline_dir);
                         say(out, tty, &format!("{label} CACHED")).await;
                         stack_layer(
@@ -1078,6 +1106,7 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                             hit.layer,
                             &created_by,
                             &req.created,
+                            (&mut done_steps, &key),
                         );
                         *cache_key = key;
                         continue;
@@ -1151,6 +1180,7 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                         layer,
                         &created_by,
                         &req.created,
+                        (&mut done_steps, &key),
                     );
                 }
                 Command::Workdir { path } => {
@@ -1172,7 +1202,9 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                     let rel = clean_rel(&abs)
                         .ok_or_else(|| unsupported(line, "WORKDIR", "a path that leaves /"))?;
                     if !rel.as_os_str().is_empty() && !exists_in(lowers, &rel) {
-                        if let Some(hit) = cache_lookup(req, &key) {
+                        if let Some(hit) =
+                            find_cached(req, &key, &remote, client, store, lowers, err).await
+                        {
                             say(out, tty, &format!("{label} CACHED")).await;
                             stack_layer(
                                 image,
@@ -1182,6 +1214,7 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                                 hit.layer,
                                 &created_by,
                                 &req.created,
+                                (&mut done_steps, &key),
                             );
                             *cache_key = key;
                             continue;
@@ -1198,6 +1231,7 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                             layer,
                             &created_by,
                             &req.created,
+                            (&mut done_steps, &key),
                         );
                     } else {
                         image.add_empty_step(&created_by, &req.created);
@@ -1408,6 +1442,12 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
         .await
         .map_err(step_err(format!("writing {}", dest.display())))?;
     }
+    if let Some(to) = &req.cache_to {
+        say(out, tty, &format!("exporting cache to {to}")).await;
+        crate::remote_cache::export(client, to, &done_steps)
+            .await
+            .map_err(step_err(format!("--cache-to {to}")))?;
+    }
     say(out, tty, &format!("built {}", built.manifest_digest)).await;
     Ok(BuildResult {
         manifest_digest: built.manifest_digest,
@@ -1453,6 +1493,7 @@ fn next_key(prev: &str, parts: &[&str]) -> String {
 
 /// Put a step's layer (fresh or from the cache) on top of the stage: into
 /// the image, the overlay lowers of later steps, and the layers to push.
+#[allow(clippy::too_many_arguments)]
 fn stack_layer(
     image: &mut NewImage,
     lowers: &mut Vec<PathBuf>,
@@ -1461,10 +1502,46 @@ fn stack_layer(
     layer: NewLayer,
     created_by: &str,
     created: &str,
+    (done, key): (&mut Vec<(String, NewLayer)>, &str),
 ) {
     image.add_layer(&layer.info, created_by, created);
     lowers.push(upper);
+    done.push((key.to_owned(), layer.clone()));
     new_layers.push(layer);
+}
+
+/// A step in the local cache, or brought into it from a `--cache-from`.
+#[allow(clippy::too_many_arguments)]
+async fn find_cached<E: AsyncWrite + Unpin>(
+    req: &BuildRequest,
+    key: &str,
+    remote: &crate::remote_cache::RemoteCache,
+    client: &Arc<Client>,
+    store: &LayerStore,
+    lowers: &[PathBuf],
+    err: &mut E,
+) -> Option<CacheHit> {
+    if let Some(hit) = cache_lookup(req, key) {
+        return Some(hit);
+    }
+    let dir = req.cache_dir.as_ref()?;
+    if remote.is_empty() {
+        return None;
+    }
+    match remote
+        .import(client, key, dir, store.whiteout_mode(), lowers)
+        .await
+    {
+        Ok(true) => cache_lookup(req, key),
+        Ok(false) => None,
+        // A cache that fails is a warning: the step is built instead.
+        Err(e) => {
+            let _ = err
+                .write_all(format!("warning: cache import: {e}\n").as_bytes())
+                .await;
+            None
+        }
+    }
 }
 
 /// A step found in the local cache.

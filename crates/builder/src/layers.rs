@@ -89,6 +89,12 @@ impl LayerStore {
         })
     }
 
+    /// How this store writes whiteouts: what any other overlay lower dir
+    /// of the same builds (an imported cache step) must use too.
+    pub fn whiteout_mode(&self) -> WhiteoutMode {
+        self.mode
+    }
+
     pub fn snapshot_path(&self, chain_id: &Digest) -> PathBuf {
         self.root.join("snapshots").join(chain_id.hex())
     }

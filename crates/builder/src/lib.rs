@@ -17,6 +17,7 @@ pub mod image;
 pub mod import;
 pub mod layers;
 pub mod oci_archive;
+pub mod remote_cache;
 mod run_mounts;
 mod sources;
 pub mod unpack;

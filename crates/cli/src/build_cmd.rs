@@ -92,6 +92,12 @@ pub struct BuildArgs {
     /// CPU limit of each RUN step, in CPUs (1.5 = one and a half).
     #[arg(long)]
     pub(crate) cpus: Option<f64>,
+    /// A registry cache to reuse steps from: REF or type=registry,ref=REF; repeatable.
+    #[arg(long = "cache-from")]
+    pub(crate) cache_from: Vec<String>,
+    /// Push this build's steps as a registry cache: REF or type=registry,ref=REF[,mode=max].
+    #[arg(long = "cache-to")]
+    pub(crate) cache_to: Option<String>,
     /// Build context directory.
     pub(crate) context: PathBuf,
 }
@@ -167,6 +173,25 @@ pub(crate) fn read_secret(spec: &str) -> Result<(String, Vec<u8>)> {
         (Some(_), Some(_)) => bail!("--secret {spec}: give src or env, not both"),
     };
     Ok((id, data))
+}
+
+/// `--cache-from`/`--cache-to`: a bare reference, or buildx's
+/// `type=registry,ref=REF[,mode=min|max]` (every step is exported: `max`).
+fn cache_ref(flag: &str, spec: &str) -> Result<oci::Reference> {
+    let reference = if spec.contains('=') {
+        let mut r = None;
+        for field in spec.split(',') {
+            match field.split_once('=') {
+                Some(("ref", v)) => r = Some(v),
+                Some(("type", "registry")) | Some(("mode", "max" | "min")) => {}
+                _ => bail!("{flag} {spec}: expected REF or type=registry,ref=REF"),
+            }
+        }
+        r.with_context(|| format!("{flag} {spec}: needs ref=REF"))?
+    } else {
+        spec
+    };
+    reference.parse().with_context(|| format!("{flag} {spec}"))
 }
 
 /// RFC 3339 for `SOURCE_DATE_EPOCH` when set (reproducible builds), else now.
@@ -324,6 +349,16 @@ pub async fn run(args: BuildArgs) -> Result<()> {
             dest,
             name: tags.first().cloned(),
         }),
+        cache_from: args
+            .cache_from
+            .iter()
+            .map(|c| cache_ref("--cache-from", c))
+            .collect::<Result<_>>()?,
+        cache_to: args
+            .cache_to
+            .as_deref()
+            .map(|c| cache_ref("--cache-to", c))
+            .transpose()?,
         progress: match args.progress.as_str() {
             "tty" => Progress::Tty,
             "plain" => Progress::Plain,

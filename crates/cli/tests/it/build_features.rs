@@ -798,3 +798,84 @@ ENTRYPOINT echo entry\n"
     let config = image_config(&fx, &second);
     assert_eq!(config["config"]["Cmd"], serde_json::json!(["mine"]));
 }
+
+#[test]
+fn registry_cache_is_shared_between_two_work_dirs() {
+    let Some(fx) = fixture() else { return };
+    let host = fx.srv.addr.clone();
+    let ctx = fx.tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("input.txt"), "first\n").unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "{}\
+RUN echo step-one-ran && echo one > /one\n\
+COPY input.txt /input.txt\n\
+RUN echo step-three-ran && cat /input.txt > /copy\n",
+            base(&host)
+        ),
+    )
+    .unwrap();
+    let cache = format!("{host}/cache/app:buildcache");
+    // Each build in a work dir of its own: only the registry is shared.
+    let build_in = |data: &str, tag: &str, extra: &[&str]| {
+        let iid = fx.tmp.path().join(format!("{data}.iid"));
+        let out = must(run(Command::new(env!("CARGO_BIN_EXE_slipway"))
+            .env("DOCKER_CONFIG", &fx.docker)
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .args(["build", "--local", "--progress", "plain", "--data"])
+            .arg(fx.tmp.path().join(data))
+            .args(["-t", &format!("{host}/app/{tag}:v1"), "--iidfile"])
+            .arg(&iid)
+            .args(extra)
+            .arg(&ctx)));
+        (out, std::fs::read_to_string(&iid).unwrap())
+    };
+    let ran = |out: &str, step: &str| out.lines().any(|l| l == step);
+    let (first, id1) = build_in(
+        "a",
+        "first",
+        &["--cache-to", &format!("type=registry,ref={cache},mode=max")],
+    );
+    assert!(
+        ran(&first, "step-one-ran") && ran(&first, "step-three-ran"),
+        "{first}"
+    );
+    assert!(
+        first.contains(&format!("exporting cache to {cache}")),
+        "{first}"
+    );
+
+    let (second, id2) = build_in("b", "second", &["--cache-from", &cache]);
+    assert!(
+        !ran(&second, "step-one-ran") && !ran(&second, "step-three-ran"),
+        "a step ran although the registry cache had it: {second}"
+    );
+    assert_eq!(second.matches("CACHED").count(), 4, "{second}");
+    assert_eq!(id1, id2, "the same steps from the cache gave another image");
+    let layout = fetch_layout(&fx, &format!("{host}/app/second:v1"), "second");
+    let (rootfs, _) = unpack(&fx, &layout, "second");
+    assert_eq!(read(&rootfs, "copy"), "first\n");
+    assert_eq!(read(&rootfs, "one"), "one\n");
+
+    // A changed file: the steps before it still come from the cache.
+    std::fs::write(ctx.join("input.txt"), "second\n").unwrap();
+    let (third, id3) = build_in("c", "third", &["--cache-from", &cache]);
+    assert!(!ran(&third, "step-one-ran"), "{third}");
+    assert!(ran(&third, "step-three-ran"), "{third}");
+    assert_ne!(id3, id1);
+
+    // An unreadable cache is a warning, not a failure.
+    let out = run(Command::new(env!("CARGO_BIN_EXE_slipway"))
+        .env("DOCKER_CONFIG", &fx.docker)
+        .args(["build", "--local", "--no-push", "--data"])
+        .arg(fx.tmp.path().join("d"))
+        .args(["--cache-from", &format!("{host}/cache/none:missing")])
+        .arg(&ctx));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && err.contains("warning: --cache-from"),
+        "{err}"
+    );
+}

@@ -1,0 +1,279 @@
+//! The build cache shared through a registry (`--cache-to REF`,
+//! `--cache-from REF`), so every agent of a pool, or two work dirs of one
+//! machine, reuse each other's steps.
+//!
+//! What is stored at `REF` is an OCI image manifest whose layers are the
+//! layers of every step the build produced (all stages: BuildKit's
+//! `mode=max`), and whose config (media type [`CONFIG_MEDIA_TYPE`]) maps
+//! each step's cache key (the same chained key as the local cache: base
+//! digest, instruction, build args, content of the files read) to its layer
+//! and diffID. Importing a step downloads its layer and unpacks it, in
+//! overlay form, as the step's upper dir in the local cache, which then
+//! serves it like a step built here. Cache keys never hold secrets.
+//!
+//! A cache that cannot be read is a warning, never a failed build, as in
+//! BuildKit; a cache that cannot be written fails the build (the caller
+//! asked for it).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use oci::{Digest, Reference};
+use regclient::Client;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::diff::LayerInfo;
+use crate::engine::NewLayer;
+use crate::unpack::WhiteoutMode;
+
+/// Media type of the cache's config blob.
+pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.slipway.buildcache.config.v1+json";
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RemoteCacheError {
+    #[error("{what}: {source}")]
+    Registry {
+        what: String,
+        #[source]
+        source: regclient::RegClientError,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The config blob: one entry per cached step.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CacheConfig {
+    steps: Vec<CacheStep>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CacheStep {
+    key: String,
+    digest: String,
+    diff_id: String,
+    size: u64,
+    media_type: String,
+}
+
+/// The steps every `--cache-from` offers, by cache key.
+#[derive(Default)]
+pub(crate) struct RemoteCache {
+    steps: HashMap<String, (Reference, CacheStep)>,
+}
+
+impl RemoteCache {
+    /// Read the caches at `refs`; the first one offering a key wins.
+    /// Unreadable caches come back as warnings.
+    pub async fn load(client: &Arc<Client>, refs: &[Reference]) -> (RemoteCache, Vec<String>) {
+        let mut cache = RemoteCache::default();
+        let mut warnings = Vec::new();
+        for r in refs {
+            match read_config(client, r).await {
+                Ok(config) => {
+                    for s in config.steps {
+                        cache
+                            .steps
+                            .entry(s.key.clone())
+                            .or_insert_with(|| (r.clone(), s));
+                    }
+                }
+                Err(e) => warnings.push(format!("--cache-from {r}: {e}")),
+            }
+        }
+        (cache, warnings)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    /// Bring the step `key` into the local cache at `cache_dir/key` (upper
+    /// dir, layer blob, `layer.json` last). `Ok(false)` when no cache has it.
+    pub async fn import(
+        &self,
+        client: &Arc<Client>,
+        key: &str,
+        cache_dir: &Path,
+        mode: WhiteoutMode,
+        lowers: &[PathBuf],
+    ) -> Result<bool, RemoteCacheError> {
+        let Some((from, step)) = self.steps.get(key) else {
+            return Ok(false);
+        };
+        let digest: Digest = step
+            .digest
+            .parse()
+            .map_err(|e| RemoteCacheError::Invalid(format!("{from}: layer digest: {e}")))?;
+        let diff_id: Digest = step
+            .diff_id
+            .parse()
+            .map_err(|e| RemoteCacheError::Invalid(format!("{from}: diff_id: {e}")))?;
+        let io = |what: String| move |source| RemoteCacheError::Io { what, source };
+        std::fs::create_dir_all(cache_dir)
+            .map_err(io(format!("creating {}", cache_dir.display())))?;
+        // Assembled aside and renamed in, as a local step is: complete or absent.
+        let tmp = cache_dir.join(format!("{key}.import-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(tmp.join("upper"))
+            .map_err(io(format!("creating {}", tmp.display())))?;
+        let layer = tmp.join("layer");
+        let mut f = tokio::fs::File::create(&layer)
+            .await
+            .map_err(io(format!("creating {}", layer.display())))?;
+        client
+            .get_blob(from.api_host(), &from.repository, &digest, &mut f)
+            .await
+            .map_err(|source| RemoteCacheError::Registry {
+                what: format!("downloading cached layer {digest} from {from}"),
+                source,
+            })?;
+        drop(f);
+        let (layer_path, upper, lowers_owned) = (layer.clone(), tmp.join("upper"), lowers.to_vec());
+        let (d, di) = (digest.clone(), diff_id.clone());
+        tokio::task::spawn_blocking(move || -> Result<(), RemoteCacheError> {
+            let f = std::fs::File::open(&layer_path)
+                .map_err(io(format!("opening {}", layer_path.display())))?;
+            crate::unpack::apply_layer(
+                std::io::BufReader::with_capacity(1 << 20, f),
+                &d,
+                Some(&di),
+                &upper,
+                mode,
+                &lowers_owned,
+            )
+            .map_err(|e| RemoteCacheError::Invalid(format!("unpacking cached layer {d}: {e}")))?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| RemoteCacheError::Invalid(e.to_string()))??;
+        let info = LayerInfo {
+            digest,
+            diff_id,
+            size: step.size,
+            media_type: step.media_type.clone(),
+            entries: 0,
+        };
+        let json =
+            serde_json::to_vec(&info).map_err(|e| RemoteCacheError::Invalid(e.to_string()))?;
+        std::fs::write(tmp.join("layer.json"), json).map_err(io("writing layer.json".into()))?;
+        let dest = cache_dir.join(key);
+        if std::fs::rename(&tmp, &dest).is_err() {
+            // Another build stored it meanwhile: theirs serves as well.
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        Ok(true)
+    }
+}
+
+async fn read_config(client: &Arc<Client>, r: &Reference) -> Result<CacheConfig, RemoteCacheError> {
+    let reg = |what: String| move |source| RemoteCacheError::Registry { what, source };
+    let m = client
+        .get_manifest(r)
+        .await
+        .map_err(reg("reading the cache manifest".into()))?;
+    let oci::ManifestKind::Image { config, .. } = &m.manifest.kind else {
+        return Err(RemoteCacheError::Invalid(
+            "not a build cache (an index)".into(),
+        ));
+    };
+    if config.media_type != CONFIG_MEDIA_TYPE {
+        return Err(RemoteCacheError::Invalid(format!(
+            "not a build cache (config is {})",
+            config.media_type
+        )));
+    }
+    let mut bytes = Vec::new();
+    client
+        .get_blob(r.api_host(), &r.repository, &config.digest, &mut bytes)
+        .await
+        .map_err(reg("reading the cache config".into()))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| RemoteCacheError::Invalid(format!("the cache config: {e}")))
+}
+
+/// Push every step of `steps` (cache key and layer) to `to` as a cache:
+/// the layers (skipped where the registry has them), the config, the
+/// manifest. Returns the manifest digest.
+pub(crate) async fn export(
+    client: &Arc<Client>,
+    to: &Reference,
+    steps: &[(String, NewLayer)],
+) -> Result<Digest, RemoteCacheError> {
+    let host = to.api_host().to_owned();
+    let reg = |what: String| move |source| RemoteCacheError::Registry { what, source };
+    let mut seen = std::collections::HashSet::new();
+    let mut layers = Vec::new();
+    let mut entries = Vec::new();
+    for (key, l) in steps {
+        entries.push(CacheStep {
+            key: key.clone(),
+            digest: l.info.digest.to_string(),
+            diff_id: l.info.diff_id.to_string(),
+            size: l.info.size,
+            media_type: l.info.media_type.clone(),
+        });
+        if !seen.insert(l.info.digest.to_string()) {
+            continue;
+        }
+        let path = l.file.clone();
+        client
+            .push_blob(&host, &to.repository, &l.info.digest, l.info.size, || {
+                match std::fs::File::open(&path) {
+                    Ok(f) => reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(
+                        tokio::fs::File::from_std(f),
+                    )),
+                    Err(e) => reqwest::Body::wrap_stream(futures_util::stream::once(async move {
+                        Err::<bytes::Bytes, _>(e)
+                    })),
+                }
+            })
+            .await
+            .map_err(reg(format!("pushing cached layer {}", l.info.digest)))?;
+        layers.push(json!({
+            "mediaType": l.info.media_type,
+            "digest": l.info.digest.to_string(),
+            "size": l.info.size,
+        }));
+    }
+    let config = serde_json::to_vec(&CacheConfig { steps: entries })
+        .map_err(|e| RemoteCacheError::Invalid(e.to_string()))?;
+    let config_digest = Digest::sha256(&config);
+    let cfg = bytes::Bytes::from(config);
+    client
+        .push_blob(
+            &host,
+            &to.repository,
+            &config_digest,
+            cfg.len() as u64,
+            || reqwest::Body::from(cfg.clone()),
+        )
+        .await
+        .map_err(reg("pushing the cache config".into()))?;
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": oci::media_type::OCI_MANIFEST,
+        "artifactType": CONFIG_MEDIA_TYPE,
+        "config": {
+            "mediaType": CONFIG_MEDIA_TYPE,
+            "digest": config_digest.to_string(),
+            "size": cfg.len(),
+        },
+        "layers": layers,
+    });
+    let bytes =
+        serde_json::to_vec(&manifest).map_err(|e| RemoteCacheError::Invalid(e.to_string()))?;
+    client
+        .put_manifest(to, oci::media_type::OCI_MANIFEST, bytes.into())
+        .await
+        .map_err(reg("pushing the cache manifest".into()))
+}
