@@ -32,6 +32,7 @@ use sandbox::{ImageRun, RootFs, RunSpec, Sandbox};
 use serde_json::json;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use crate::chmod::Chmod;
 use crate::diff::{LayerInfo, LayerOptions, write_layer};
 use crate::image::NewImage;
 use crate::layers::LayerStore;
@@ -982,7 +983,7 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                         ignore: ignore_here,
                         exclude: exclude.as_ref(),
                         owner,
-                        mode,
+                        mode: mode.as_ref(),
                     };
                     for p in &planned {
                         copy_source(&how, &p.source, &p.dest, p.into_dir, &upper, lowers).map_err(
@@ -1133,7 +1134,7 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                             &dest,
                             into_dir,
                             owner,
-                            mode,
+                            mode.as_ref(),
                             &upper,
                             lowers,
                         )
@@ -1145,7 +1146,7 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                         ignore: ignore.as_ref(),
                         exclude: exclude.as_ref(),
                         owner,
-                        mode,
+                        mode: mode.as_ref(),
                     };
                     for p in &planned {
                         let extracted = if a.unpack == Some(false) {
@@ -1707,7 +1708,7 @@ fn ownership(
     chmod: Option<&str>,
     lowers: &[PathBuf],
     step: &Path,
-) -> Result<((u32, u32), Option<u32>), String> {
+) -> Result<((u32, u32), Option<Chmod>), String> {
     let owner = match chown {
         None => (0, 0),
         Some(spec) => {
@@ -1731,15 +1732,7 @@ fn ownership(
             (uid, gid)
         }
     };
-    let mode = match chmod {
-        None => None,
-        Some(m) => Some(
-            u32::from_str_radix(m, 8)
-                .ok()
-                .filter(|v| *v <= 0o7777)
-                .ok_or_else(|| format!("--chmod={m}: only octal modes are supported"))?,
-        ),
-    };
+    let mode = chmod.map(Chmod::parse).transpose()?;
     Ok((owner, mode))
 }
 
@@ -1810,7 +1803,7 @@ async fn add_url(
     dest: &str,
     into_dir: bool,
     owner: (u32, u32),
-    mode: Option<u32>,
+    mode: Option<&Chmod>,
     upper: &Path,
     lowers: &[PathBuf],
 ) -> Result<(), String> {
@@ -1850,7 +1843,8 @@ async fn add_url(
     let at = upper.join(&target);
     std::fs::write(&at, &bytes).map_err(|e| e.to_string())?;
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&at, std::fs::Permissions::from_mode(mode.unwrap_or(0o600)))
+    let mode = mode.map_or(0o600, |m| m.apply(0o600, false));
+    std::fs::set_permissions(&at, std::fs::Permissions::from_mode(mode))
         .map_err(|e| e.to_string())?;
     std::os::unix::fs::chown(&at, Some(owner.0), Some(owner.1)).map_err(|e| e.to_string())?;
     Ok(())
@@ -1932,7 +1926,7 @@ struct CopySpec<'a> {
     ignore: Option<&'a dockerfile::IgnoreMatcher>,
     exclude: Option<&'a dockerfile::IgnoreMatcher>,
     owner: (u32, u32),
-    mode: Option<u32>,
+    mode: Option<&'a Chmod>,
 }
 
 /// Docker's COPY for one plain source (wildcards already expanded): a file
@@ -2008,8 +2002,8 @@ pub(crate) struct Filter<'a> {
     /// Owner of everything copied (`--chown`; root for COPY); `None` keeps
     /// the source's owners (a bind mount's copy).
     pub owner: Option<(u32, u32)>,
-    /// `--chmod`: the mode of everything copied.
-    pub mode: Option<u32>,
+    /// `--chmod`: the mode of everything copied, or how to change it.
+    pub mode: Option<&'a Chmod>,
 }
 
 impl Filter<'_> {
@@ -2108,8 +2102,9 @@ pub(crate) fn copy_tree(
     }
     let (uid, gid) = owner_of(filter, &meta);
     std::os::unix::fs::chown(to, Some(uid), Some(gid))?;
-    if let Some(mode) = filter.mode {
-        use std::os::unix::fs::PermissionsExt;
+    if let Some(chmod) = filter.mode {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let mode = chmod.apply(meta.mode(), ft.is_dir());
         std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode))?;
     }
     let mtime = std::fs::FileTimes::new().set_modified(meta.modified()?);

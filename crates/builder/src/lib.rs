@@ -11,6 +11,7 @@
 //! wildcards and `--parents` in `sources`); and [`oci_archive`], the
 //! `--output type=oci` exporter.
 
+mod chmod;
 pub mod diff;
 pub mod engine;
 pub mod image;

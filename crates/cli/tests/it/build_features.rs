@@ -447,6 +447,11 @@ fn copy_wildcards_exclude_parents_and_link() {
     ] {
         std::fs::write(ctx.join(f), body).unwrap();
     }
+    std::fs::set_permissions(
+        ctx.join("a.txt"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o664),
+    )
+    .unwrap();
     std::fs::write(ctx.join(".dockerignore"), "ignored.txt\n").unwrap();
     let reference = format!("{host}/app/globs:v1");
     must(build(
@@ -461,6 +466,7 @@ COPY --exclude=*/*.tmp src/ /src-no-tmp/\n\
 COPY --parents src/*/*.rs /p/\n\
 COPY --parents ./src/./y/two.rs /pivot/\n\
 COPY --link a.txt /linked.txt\n\
+COPY --chmod=u+x,go-w a.txt /symbolic.txt\n\
 COPY single*.none /nothing/\n",
             base(&host)
         ),
@@ -491,6 +497,16 @@ COPY single*.none /nothing/\n",
     assert_eq!(names("pivot"), ["y"]);
     assert_eq!(read(&rootfs, "pivot/y/two.rs"), "two");
     assert_eq!(read(&rootfs, "linked.txt"), "a");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &str| {
+        std::fs::metadata(rootfs.join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    // Symbolic --chmod applies to the file's own mode (0664 → u+x → go-w).
+    assert_eq!(mode("symbolic.txt"), 0o744);
 
     // Several sources into a destination without a trailing slash: refused.
     let out = build(
