@@ -22,7 +22,7 @@
 //! registry-shared cache yet.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use dockerfile::Command;
@@ -1660,6 +1660,8 @@ fn hash_sources(
             continue;
         }
         if let Some(rel) = clean_rel(source) {
+            // What a symlinked source leads to is what gets copied.
+            let rel = crate::sources::resolve_in_root(root, &rel).unwrap_or(rel);
             let filter = Filter {
                 ignore,
                 rel: rel.to_string_lossy().into_owned(),
@@ -1750,11 +1752,11 @@ fn add_archive(
     let Some(rel) = clean_rel(source) else {
         return Ok(false);
     };
-    let from = context.join(&rel);
-    let (Ok(root), Ok(real)) = (context.canonicalize(), from.canonicalize()) else {
+    let Ok(real_rel) = crate::sources::resolve_in_root(context, &rel) else {
         return Ok(false);
     };
-    if !real.starts_with(&root) || !real.is_file() {
+    let real = context.join(real_rel);
+    if !std::fs::symlink_metadata(&real).is_ok_and(|m| m.is_file()) {
         return Ok(false);
     }
     let mut f = std::fs::File::open(&real).map_err(|e| e.to_string())?;
@@ -1874,17 +1876,10 @@ fn load_ignore(
     Ok(None)
 }
 
-/// `/a/./b/../c` → `a/c`; `None` if it climbs above `/`.
+/// `/a/./b/../c` → `a/c`; `..` at the top stays there, as in BuildKit
+/// (`COPY ../x` reads the context's `x`). Always `Some`.
 fn clean_rel(p: &str) -> Option<PathBuf> {
-    let mut out = PathBuf::new();
-    for c in Path::new(p).components() {
-        match c {
-            Component::Normal(n) => out.push(n),
-            Component::ParentDir if !out.pop() => return None,
-            _ => {}
-        }
-    }
-    Some(out)
+    Some(crate::sources::clean(p))
 }
 
 fn exists_in(lowers: &[PathBuf], rel: &Path) -> bool {
@@ -1943,22 +1938,21 @@ fn copy_source(
 ) -> Result<(), String> {
     let (context, ignore) = (how.root, how.ignore);
     let rel = clean_rel(source).ok_or("the source is outside the build context")?;
-    let from = context.join(&rel);
-    // A symlink on the way must not lead out of the context (or stage).
-    let (Ok(root), Ok(real)) = (context.canonicalize(), from.canonicalize()) else {
-        return Err("no such file or directory in the copy source".into());
-    };
-    if !real.starts_with(&root) {
-        return Err("the source leads outside the copy source through a symlink".into());
-    }
+    // Symlinks on the way are followed inside the context (or stage), as
+    // BuildKit does: an absolute target or `..` never leaves it.
+    let real_rel = crate::sources::resolve_in_root(context, &rel).map_err(|e| e.to_string())?;
+    let real = context.join(&real_rel);
     let meta = std::fs::symlink_metadata(&real)
         .map_err(|_| "no such file or directory in the copy source".to_string())?;
+    // Neither the path named nor the one a link leads to may be ignored
+    // (BuildKit never sends an ignored file, so a link to one dangles).
     let rel_str = rel.to_string_lossy().into_owned();
-    if ignore.is_some_and(|i| !rel_str.is_empty() && i.matches(&rel_str, meta.is_dir()))
-        && !meta.is_dir()
-    {
+    let real_str = real_rel.to_string_lossy().into_owned();
+    let ignored = |p: &str| ignore.is_some_and(|i| !p.is_empty() && i.matches(p, meta.is_dir()));
+    if (ignored(&rel_str) || ignored(&real_str)) && !meta.is_dir() {
         return Err("excluded by .dockerignore".into());
     }
+    let rel_str = real_str;
     let from = real;
     let dest_rel = clean_rel(dest).ok_or("the destination leaves /")?;
     let exists_as_dir = |r: &Path| {

@@ -128,20 +128,16 @@ pub(crate) fn prepare(
                 };
                 let rel = crate::sources::kept_rel(m.source.as_deref().unwrap_or("/"))
                     .ok_or("the bind source leaves its root")?;
-                let (Ok(canonical_root), Ok(real)) =
-                    (root.canonicalize(), root.join(&rel).canonicalize())
-                else {
-                    return Err(format!(
-                        "bind source {}: no such file or directory",
-                        rel.display()
-                    ));
-                };
-                if !real.starts_with(&canonical_root) {
-                    return Err(format!(
-                        "bind source {}: leads outside its root through a symlink",
-                        rel.display()
-                    ));
-                }
+                // Followed inside the root, as a COPY source is.
+                let real = crate::sources::resolve_in_root(&root, &rel)
+                    .map(|r| root.join(r))
+                    .ok()
+                    .filter(|p| p.exists())
+                    .ok_or_else(|| {
+                        format!("bind source {}: no such file or directory", rel.display())
+                    })?;
+                // The sandbox binds absolute host paths.
+                let real = real.canonicalize().map_err(|e| e.to_string())?;
                 let ignore = if from_context { cx.ignore } else { None };
                 let source = if m.readonly && ignore.is_none() {
                     real

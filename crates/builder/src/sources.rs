@@ -101,17 +101,67 @@ fn class(p: &[char], c: char) -> Option<(bool, usize)> {
     }
 }
 
-/// `/a/./b/../c` → `a/c`; `None` if it climbs above the root.
-fn clean(p: &str) -> Option<PathBuf> {
+/// `/a/./b/../c` → `a/c`. `..` at the top stays at the top, as BuildKit's
+/// `path.Join("/", p)` does (`COPY ../x` reads the context's `x`).
+pub(crate) fn clean(p: &str) -> PathBuf {
     let mut out = PathBuf::new();
     for c in Path::new(p).components() {
         match c {
             Component::Normal(n) => out.push(n),
-            Component::ParentDir if !out.pop() => return None,
+            Component::ParentDir => {
+                out.pop();
+            }
             _ => {}
         }
     }
-    Some(out)
+    out
+}
+
+/// `rel` resolved under `root` as BuildKit follows symlinks in a copy
+/// source (and as `openat2(RESOLVE_IN_ROOT)` would): every symlink on the
+/// way, the last one included, is followed, with absolute targets and `..`
+/// taken relative to `root`, so the result never leaves it. Returns the
+/// path relative to `root`; its last component may not exist.
+pub(crate) fn resolve_in_root(root: &Path, rel: &Path) -> std::io::Result<PathBuf> {
+    use std::collections::VecDeque;
+    use std::ffi::OsString;
+    fn parts(p: &Path) -> Vec<Option<OsString>> {
+        // None stands for `..`.
+        p.components()
+            .filter_map(|c| match c {
+                Component::Normal(n) => Some(Some(n.to_os_string())),
+                Component::ParentDir => Some(None),
+                _ => None,
+            })
+            .collect()
+    }
+    let mut done = PathBuf::new();
+    let mut todo: VecDeque<Option<OsString>> = parts(rel).into();
+    let mut links = 0;
+    while let Some(part) = todo.pop_front() {
+        let Some(name) = part else {
+            done.pop();
+            continue;
+        };
+        let candidate = done.join(&name);
+        match std::fs::symlink_metadata(root.join(&candidate)) {
+            Ok(m) if m.file_type().is_symlink() => {
+                links += 1;
+                if links > 40 {
+                    return Err(std::io::Error::other("too many levels of symbolic links"));
+                }
+                let target = std::fs::read_link(root.join(&candidate))?;
+                if target.is_absolute() {
+                    done = PathBuf::new();
+                }
+                for p in parts(&target).into_iter().rev() {
+                    todo.push_front(p);
+                }
+            }
+            _ => done.push(name),
+        }
+    }
+    Ok(done)
 }
 
 /// The paths (relative to `root`) that `source` names: itself when it has
@@ -121,18 +171,13 @@ pub(crate) fn expand(root: &Path, source: &str) -> Result<Vec<String>, String> {
     if !has_wildcards(source) {
         return Ok(vec![source.to_owned()]);
     }
-    let canonical_root = root
-        .canonicalize()
-        .map_err(|e| format!("reading the copy source: {e}"))?;
     // Components are kept as written: cleaning would drop the escapes.
     let mut parts: Vec<&str> = Vec::new();
     for c in source.split('/') {
         match c {
             "" | "." => {}
             ".." => {
-                if parts.pop().is_none() {
-                    return Err("the source is outside the build context".into());
-                }
+                parts.pop();
             }
             c => parts.push(c),
         }
@@ -145,14 +190,11 @@ pub(crate) fn expand(root: &Path, source: &str) -> Result<Vec<String>, String> {
                 next.push(dir.join(unescape(part)));
                 continue;
             }
-            // Only list directories that resolve inside the root.
-            let Ok(real) = root.join(dir).canonicalize() else {
+            // Directories are listed where they resolve inside the root.
+            let Ok(real) = resolve_in_root(root, dir) else {
                 continue;
             };
-            if !real.starts_with(&canonical_root) || !real.is_dir() {
-                continue;
-            }
-            let Ok(entries) = std::fs::read_dir(&real) else {
+            let Ok(entries) = std::fs::read_dir(root.join(&real)) else {
                 continue;
             };
             let mut names: Vec<String> = entries
@@ -167,7 +209,9 @@ pub(crate) fn expand(root: &Path, source: &str) -> Result<Vec<String>, String> {
     }
     Ok(found
         .into_iter()
-        .filter(|p| std::fs::symlink_metadata(root.join(p)).is_ok())
+        .filter(|p| {
+            resolve_in_root(root, p).is_ok_and(|r| std::fs::symlink_metadata(root.join(r)).is_ok())
+        })
         .map(|p| p.to_string_lossy().into_owned())
         .collect())
 }
@@ -197,10 +241,9 @@ pub(crate) fn split_parents(source: &str) -> (String, String) {
     }
 }
 
-/// `kept` (a path below the pivot) made relative and clean, for the
-/// destination; `None` if it climbs out.
+/// `kept` (a path below the pivot) made relative and clean.
 pub(crate) fn kept_rel(kept: &str) -> Option<PathBuf> {
-    clean(kept)
+    Some(clean(kept))
 }
 
 #[cfg(test)]
@@ -244,10 +287,28 @@ mod tests {
         );
         assert_eq!(expand(&root, "dir?").unwrap(), ["dir1", "dir2"]);
         assert!(expand(&root, "*.nope").unwrap().is_empty());
-        // A symlink out of the root is never listed.
-        assert!(expand(&root, "up/*.txt").unwrap().is_empty());
+        // A symlink out of the root lands on the root itself, as in BuildKit.
+        assert_eq!(expand(&root, "up/*.txt").unwrap(), ["up/a.txt", "up/b.txt"]);
         assert_eq!(expand(&root, "plain.txt").unwrap(), ["plain.txt"]);
-        assert!(expand(&root, "../*.txt").is_err());
+        assert_eq!(expand(&root, "../*.txt").unwrap(), ["a.txt", "b.txt"]);
+    }
+
+    #[test]
+    fn symlinks_resolve_inside_the_root() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("ctx");
+        std::fs::create_dir_all(root.join("data")).unwrap();
+        std::fs::write(root.join("data/f"), "in").unwrap();
+        std::fs::write(d.path().join("f"), "out").unwrap();
+        std::os::unix::fs::symlink("/data", root.join("abs")).unwrap();
+        std::os::unix::fs::symlink("../../..", root.join("data/up")).unwrap();
+        std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
+        let r = |p: &str| resolve_in_root(&root, Path::new(p)).unwrap();
+        assert_eq!(r("abs/f"), Path::new("data/f"));
+        assert_eq!(r("data/up/f"), Path::new("f"), "`..` stops at the root");
+        assert_eq!(r("data/up/data/f"), Path::new("data/f"));
+        assert!(resolve_in_root(&root, Path::new("loop")).is_err());
+        assert_eq!(clean("../../x/./y/.."), Path::new("x"));
     }
 
     #[test]

@@ -453,6 +453,9 @@ fn copy_wildcards_exclude_parents_and_link() {
     )
     .unwrap();
     std::fs::write(ctx.join(".dockerignore"), "ignored.txt\n").unwrap();
+    // Links resolve inside the context, as BuildKit resolves them.
+    std::os::unix::fs::symlink("/src/x/one.rs", ctx.join("abs-link")).unwrap();
+    std::os::unix::fs::symlink("ignored.txt", ctx.join("to-ignored")).unwrap();
     let reference = format!("{host}/app/globs:v1");
     must(build(
         &fx,
@@ -467,6 +470,8 @@ COPY --parents src/*/*.rs /p/\n\
 COPY --parents ./src/./y/two.rs /pivot/\n\
 COPY --link a.txt /linked.txt\n\
 COPY --chmod=u+x,go-w a.txt /symbolic.txt\n\
+COPY abs-link /via-abs-link.rs\n\
+COPY ../b.txt /up.txt\n\
 COPY single*.none /nothing/\n",
             base(&host)
         ),
@@ -507,6 +512,25 @@ COPY single*.none /nothing/\n",
     };
     // Symbolic --chmod applies to the file's own mode (0664 → u+x → go-w).
     assert_eq!(mode("symbolic.txt"), 0o744);
+    assert_eq!(read(&rootfs, "via-abs-link.rs"), "one");
+    assert_eq!(
+        read(&rootfs, "up.txt"),
+        "b",
+        "COPY ../x reads the context's x"
+    );
+
+    // A link to an ignored file does not smuggle it in.
+    let out = build(
+        &fx,
+        &ctx,
+        &format!("{}COPY to-ignored /x\n", base(&host)),
+        &["--no-push"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("excluded by .dockerignore"),
+        "{err}"
+    );
 
     // Several sources into a destination without a trailing slash: refused.
     let out = build(
