@@ -167,10 +167,15 @@ struct StageState {
     shell: Vec<String>,
     args: BTreeMap<String, String>,
     /// The image the stage chain started from, whose layers the result reuses.
-    origin: Reference,
-    origin_manifest: regclient::FetchedManifest,
+    /// `None` for `FROM scratch`, which has no layers.
+    origin: Option<(Reference, regclient::FetchedManifest)>,
     /// Cache key of the state so far: the base image, then every instruction.
     cache_key: String,
+}
+
+/// `FROM scratch`: the empty image, never pulled (as in Docker).
+fn is_scratch(base: &str) -> bool {
+    base.eq_ignore_ascii_case("scratch")
 }
 
 /// The earlier stage `name` refers to (by `AS` name or index), if any.
@@ -558,6 +563,14 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
         if find_stage(&df, si, &stage.base).is_some() {
             continue;
         }
+        if is_scratch(&stage.base) {
+            // BuildKit's empty image has the default PATH.
+            base_env.insert(
+                si,
+                BTreeMap::from([("PATH".to_owned(), sandbox::spec::DEFAULT_PATH.to_owned())]),
+            );
+            continue;
+        }
         let base: Reference = stage.base.parse().map_err(|e: oci::ReferenceError| {
             unsupported(stage.pos.line, "FROM", &e.to_string())
         })?;
@@ -620,6 +633,23 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                     "a stage that is not built before it",
                 )
             })?,
+            None if is_scratch(&stage.base) => {
+                say(
+                    out,
+                    tty,
+                    &format!("[1/{}] FROM scratch", stage.instructions.len() + 1),
+                )
+                .await;
+                StageState {
+                    image: NewImage::scratch(&req.platform.os, &req.platform.architecture),
+                    lowers: Vec::new(),
+                    new_layers: Vec::new(),
+                    shell: vec!["/bin/sh".into(), "-c".into()],
+                    args: BTreeMap::new(),
+                    cache_key: format!("scratch@{}", req.platform),
+                    origin: None,
+                }
+            }
             None => {
                 let Some((base, pulled, base_manifest)) = bases.remove(&si) else {
                     return Err(unsupported(
@@ -650,8 +680,7 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                     shell,
                     args: BTreeMap::new(),
                     cache_key: format!("{}@{}", base_manifest.digest, req.platform),
-                    origin: base,
-                    origin_manifest: base_manifest,
+                    origin: Some((base, base_manifest)),
                 }
             }
         };
@@ -829,8 +858,15 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                             readonly: true,
                         });
                     }
+                    let mut lower: Vec<PathBuf> = lowers.iter().rev().cloned().collect();
+                    if lower.is_empty() {
+                        // FROM scratch: overlayfs needs a lower dir; an empty one.
+                        let empty = scratch.join("empty");
+                        std::fs::create_dir_all(&empty).map_err(|e| run_err(e.to_string()))?;
+                        lower.push(empty);
+                    }
                     let rootfs = RootFs {
-                        lower: lowers.iter().rev().cloned().collect(),
+                        lower,
                         upper: step.join("upper"),
                         work: step.join("work"),
                     };
@@ -1416,15 +1452,7 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
     let mut pushed = Vec::new();
     for tag in &req.tags {
         say(out, tty, &format!("pushing {tag}")).await;
-        push(
-            client,
-            &st.origin,
-            &st.origin_manifest,
-            &st.new_layers,
-            &built,
-            tag,
-        )
-        .await?;
+        push(client, st.origin.as_ref(), &st.new_layers, &built, tag).await?;
         pushed.push(tag.clone());
     }
     if let Some(archive) = &req.oci_archive {
@@ -1432,8 +1460,7 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
         say(out, tty, &format!("writing {}", dest.display())).await;
         crate::oci_archive::write(
             client,
-            &st.origin,
-            &st.origin_manifest,
+            st.origin.as_ref(),
             &st.new_layers,
             &built,
             archive.name.as_ref(),
@@ -2112,15 +2139,16 @@ pub(crate) fn copy_tree(
 
 async fn push(
     client: &Arc<Client>,
-    base: &Reference,
-    base_manifest: &regclient::FetchedManifest,
+    origin: Option<&(Reference, regclient::FetchedManifest)>,
     new_layers: &[NewLayer],
     built: &crate::image::BuiltImage,
     tag: &Reference,
 ) -> Result<(), BuildError> {
     let host = tag.api_host().to_owned();
     let ctx = || format!("pushing {tag}");
-    if let oci::ManifestKind::Image { layers, .. } = &base_manifest.manifest.kind {
+    if let Some((base, base_manifest)) = origin
+        && let oci::ManifestKind::Image { layers, .. } = &base_manifest.manifest.kind
+    {
         for l in layers {
             client
                 .copy_blob(base, tag, l.clone())

@@ -71,6 +71,24 @@ impl NewImage {
         })
     }
 
+    /// `FROM scratch`: no layers; BuildKit's empty image for
+    /// `os`/`architecture` (WorkingDir `/`, the default `PATH`).
+    pub fn scratch(os: &str, architecture: &str) -> NewImage {
+        NewImage {
+            config: json!({
+                "architecture": architecture,
+                "os": os,
+                "config": {
+                    "WorkingDir": "/",
+                    "Env": [format!("PATH={}", sandbox::spec::DEFAULT_PATH)],
+                },
+                "rootfs": {"type": "layers", "diff_ids": []},
+                "history": [],
+            }),
+            layers: Vec::new(),
+        }
+    }
+
     fn history(&mut self, created_by: &str, empty_layer: bool, created: &str) {
         let entry = if empty_layer {
             json!({"created": created, "created_by": created_by, "comment": "slipway", "empty_layer": true})

@@ -33,13 +33,12 @@ pub enum ArchiveError {
     Json(#[from] serde_json::Error),
 }
 
-/// Write the image (`built`, whose layers are the base's plus `new_layers`)
-/// to `dest` as an OCI layout tarball.
+/// Write the image (`built`, whose layers are the base's, if any, plus
+/// `new_layers`) to `dest` as an OCI layout tarball.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn write(
     client: &Arc<Client>,
-    base: &Reference,
-    base_manifest: &regclient::FetchedManifest,
+    origin: Option<&(Reference, regclient::FetchedManifest)>,
     new_layers: &[NewLayer],
     built: &BuiltImage,
     name: Option<&Reference>,
@@ -49,7 +48,9 @@ pub(crate) async fn write(
     let downloads = work_dir.join("oci-archive-blobs");
     std::fs::create_dir_all(&downloads)?;
     let mut blobs: Vec<(oci::Digest, std::path::PathBuf)> = Vec::new();
-    if let oci::ManifestKind::Image { layers, .. } = &base_manifest.manifest.kind {
+    if let Some((base, base_manifest)) = origin
+        && let oci::ManifestKind::Image { layers, .. } = &base_manifest.manifest.kind
+    {
         for l in layers {
             let path = downloads.join(l.digest.hex());
             if !path.is_file() {

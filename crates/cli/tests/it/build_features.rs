@@ -919,3 +919,51 @@ RUN echo step-three-ran && cat /input.txt > /copy\n",
         "{err}"
     );
 }
+
+#[test]
+fn from_scratch_is_the_empty_image() {
+    let Some(fx) = fixture() else { return };
+    let host = fx.srv.addr.clone();
+    let ctx = fx.tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    let reference = format!("{host}/app/scratch:v1");
+    let printed = must(build(
+        &fx,
+        &ctx,
+        &format!(
+            "{}RUN echo static > /app\n\
+FROM scratch\n\
+COPY --from=0 /app /app\n\
+ENV SEEN=$PATH\n\
+CMD [\"/app\"]\n",
+            base(&host)
+        ),
+        &["-t", &reference],
+    ));
+    assert!(printed.contains("FROM scratch"), "{printed}");
+    let inspected: serde_json::Value = serde_json::from_slice(
+        ok(Command::new(tool("skopeo"))
+            .env("REGISTRY_AUTH_FILE", fx.docker.join("config.json"))
+            .args(["inspect", "--tls-verify=false"])
+            .arg(format!("docker://{reference}")))
+        .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(
+        inspected["Layers"].as_array().unwrap().len(),
+        1,
+        "{inspected}"
+    );
+    let config = image_config(&fx, &reference);
+    let c = &config["config"];
+    assert_eq!(c["WorkingDir"], "/");
+    let path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+    assert_eq!(
+        c["Env"],
+        serde_json::json!([format!("PATH={path}"), format!("SEEN={path}")])
+    );
+    let layout = fetch_layout(&fx, &reference, "scratch");
+    let (rootfs, _) = unpack(&fx, &layout, "scratch");
+    assert_eq!(read(&rootfs, "app"), "static\n");
+    assert!(!rootfs.join("bin").exists(), "busybox leaked into scratch");
+}
