@@ -189,6 +189,21 @@ struct TokenRecord {
     created: u64,
 }
 
+impl TokenRecord {
+    fn principal(&self) -> Principal {
+        if self.admin {
+            Principal::Admin {
+                subject: self.name.clone(),
+            }
+        } else {
+            Principal::Scoped {
+                subject: self.name.clone(),
+                grants: self.grants.clone(),
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Claims {
     iss: String,
@@ -230,7 +245,13 @@ pub struct Auth {
     tokens: RwLock<HashMap<String, TokenRecord>>,
     encoding: jsonwebtoken::EncodingKey,
     decoding: jsonwebtoken::DecodingKey,
+    /// Decides whether a bearer token's subject is still valid (the control
+    /// plane uses it to end per-run credentials with their run).
+    subject_check: RwLock<Option<SubjectCheck>>,
 }
+
+/// See [`Auth::set_subject_check`].
+pub type SubjectCheck = std::sync::Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 const ISSUER: &str = "slipway";
 
@@ -295,6 +316,7 @@ impl Auth {
             tokens: RwLock::new(tokens.into_iter().map(|t| (t.sha256.clone(), t)).collect()),
             encoding: jsonwebtoken::EncodingKey::from_secret(&key),
             decoding: jsonwebtoken::DecodingKey::from_secret(&key),
+            subject_check: RwLock::new(None),
         })
     }
 
@@ -337,33 +359,13 @@ impl Auth {
         Ok(secret)
     }
 
-    /// Delete every API token whose name starts with `prefix` (per-run
-    /// credentials when their run ends). Returns how many went.
-    pub fn revoke_tokens_with_prefix(&self, prefix: &str) -> Result<usize, AuthError> {
-        let mut tokens = self.tokens.write().unwrap_or_else(|p| p.into_inner());
-        let before = tokens.len();
-        tokens.retain(|_, t| !t.name.starts_with(prefix));
-        let removed = before - tokens.len();
-        if removed > 0 {
-            self.save(&tokens)?;
-        }
-        Ok(removed)
-    }
-
     /// The principal of the (first) token named `name`.
     pub fn principal_named(&self, name: &str) -> Option<Principal> {
         let tokens = self.tokens.read().unwrap_or_else(|p| p.into_inner());
-        let t = tokens.values().find(|t| t.name == name)?;
-        Some(if t.admin {
-            Principal::Admin {
-                subject: t.name.clone(),
-            }
-        } else {
-            Principal::Scoped {
-                subject: t.name.clone(),
-                grants: t.grants.clone(),
-            }
-        })
+        tokens
+            .values()
+            .find(|t| t.name == name)
+            .map(TokenRecord::principal)
     }
 
     pub fn has_admin_token(&self) -> bool {
@@ -385,39 +387,54 @@ impl Auth {
     /// The principal an API token secret stands for.
     pub fn verify_api_token(&self, secret: &str) -> Option<Principal> {
         let tokens = self.tokens.read().unwrap_or_else(|p| p.into_inner());
-        let t = tokens.get(&hash_secret(secret.trim()))?;
-        Some(if t.admin {
-            Principal::Admin {
-                subject: t.name.clone(),
-            }
-        } else {
-            Principal::Scoped {
-                subject: t.name.clone(),
-                grants: t.grants.clone(),
-            }
-        })
+        tokens
+            .get(&hash_secret(secret.trim()))
+            .map(TokenRecord::principal)
     }
 
     /// Issue a bearer token granting `access` to `subject`.
     pub fn issue(&self, subject: &str, access: Vec<Access>) -> Result<(String, u64)> {
+        let ttl = self.config.token_ttl;
+        self.issue_for(subject, access, ttl).map(|t| (t, ttl))
+    }
+
+    /// Issue a bearer token that lives `ttl` seconds. Nothing is stored:
+    /// such tokens cost no disk write, and [`Auth::set_subject_check`] can
+    /// end them early.
+    pub fn issue_for(&self, subject: &str, access: Vec<Access>, ttl: u64) -> Result<String> {
         let now = now();
         let claims = Claims {
             iss: ISSUER.into(),
             sub: subject.into(),
             aud: self.config.service.clone(),
-            exp: now + self.config.token_ttl,
+            exp: now + ttl,
             nbf: now.saturating_sub(10),
             iat: now,
             jti: random_bytes::<12>().map(hex::encode).unwrap_or_default(),
             access,
         };
-        let token = jsonwebtoken::encode(
+        jsonwebtoken::encode(
             &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
             &claims,
             &self.encoding,
         )
-        .map_err(|e| RegistryError::internal("signing token", e))?;
-        Ok((token, self.config.token_ttl))
+        .map_err(|e| RegistryError::internal("signing token", e))
+    }
+
+    /// Bearer tokens are valid only while `check(subject)` says so (on
+    /// top of their signature and expiry).
+    pub fn set_subject_check(&self, check: SubjectCheck) {
+        *self
+            .subject_check
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(check);
+    }
+
+    /// A password as clients send it: an API token, or a bearer token we
+    /// issued (per-run credentials travel as Basic passwords).
+    pub fn verify_password(&self, secret: &str) -> Option<Principal> {
+        self.verify_api_token(secret)
+            .or_else(|| self.verify_bearer(secret.trim()))
     }
 
     fn verify_bearer(&self, token: &str) -> Option<Principal> {
@@ -425,6 +442,16 @@ impl Auth {
         v.set_audience(&[&self.config.service]);
         v.set_issuer(&[ISSUER]);
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &v).ok()?;
+        let check = self
+            .subject_check
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(check) = check
+            && !check(&data.claims.sub)
+        {
+            return None;
+        }
         Some(Principal::Scoped {
             subject: data.claims.sub,
             grants: data.claims.access,
@@ -446,7 +473,7 @@ impl Auth {
         if let Some(b64) = strip_scheme(value, "basic") {
             let password = basic_password(b64).ok_or(())?;
             return self
-                .verify_api_token(&password)
+                .verify_password(&password)
                 .map(|p| Some((p, false)))
                 .ok_or(());
         }

@@ -885,7 +885,7 @@ async fn token(
         .then(|| query_get(&params, "password"))
         .flatten();
     let principal = auth::token_request_password(&headers, form_password)
-        .and_then(|p| reg.auth.verify_api_token(&p));
+        .and_then(|p| reg.auth.verify_password(&p));
     let Some(principal) = principal else {
         return RegistryError::new(
             Code::Unauthorized,

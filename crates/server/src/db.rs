@@ -934,6 +934,16 @@ impl Db {
         Ok(out)
     }
 
+    /// `(run, attempt)` of every run an agent holds now.
+    pub async fn live_leases(&self) -> Result<Vec<(String, u32)>> {
+        let rows = sqlx::query("SELECT id, attempt FROM runs WHERE state = 'running'")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get::<i64, _>(1)? as u32)))
+            .collect()
+    }
+
     /// Pool of a run (for notifications).
     pub async fn run_pool(&self, run: &str) -> Result<Option<String>> {
         let row = sqlx::query("SELECT pool FROM runs WHERE id = $1")

@@ -108,6 +108,9 @@ pub struct Server {
     sealer: seal::Sealer,
     pools: Signals,
     runs: Signals,
+    /// `run:<id>:<attempt>` of every live lease: the registry honours a
+    /// per-run credential only while its attempt is in this set.
+    leases: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 impl Server {
@@ -132,6 +135,25 @@ impl Server {
                 "{extended} runs were running at the last stop; their leases restart now"
             );
         }
+        let leases: Arc<Mutex<std::collections::HashSet<String>>> = Arc::new(Mutex::new(
+            db.live_leases()
+                .await?
+                .into_iter()
+                .map(|(run, attempt)| run_subject(&run, attempt))
+                .collect(),
+        ));
+        {
+            let leases = leases.clone();
+            registry
+                .auth()
+                .set_subject_check(Arc::new(move |sub: &str| {
+                    !sub.starts_with("run:")
+                        || leases
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .contains(sub)
+                }));
+        }
         Ok(Arc::new(Server {
             config,
             db,
@@ -140,6 +162,7 @@ impl Server {
             sealer,
             pools: Signals::default(),
             runs: Signals::default(),
+            leases,
         }))
     }
 
@@ -205,15 +228,27 @@ impl Server {
         }
     }
 
+    /// A run's lease ended (or moved): its registry credential stops working.
     fn revoke_run_credentials(&self, run: &str) {
-        if let Err(e) = self
-            .registry
-            .auth()
-            .revoke_tokens_with_prefix(&format!("run:{run}:"))
-        {
-            tracing::error!(run, "revoking the run's registry credential: {e}");
-        }
+        let prefix = format!("run:{run}:");
+        self.leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|s| !s.starts_with(&prefix));
     }
+
+    fn grant_run_credentials(&self, run: &str, attempt: u32) -> String {
+        let s = run_subject(run, attempt);
+        self.leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(s.clone());
+        s
+    }
+}
+
+fn run_subject(run: &str, attempt: u32) -> String {
+    format!("run:{run}:{attempt}")
 }
 
 /// SHA-256 hex of a secret, as tokens are stored.

@@ -640,11 +640,14 @@ async fn complete_lease(
     {
         grants.extend(g.into_iter().filter(|a| a.kind == "repository"));
     }
+    // A signed token, not a stored one: no disk write per lease. It lives
+    // as long as the run may, and only while this attempt holds the lease.
+    let subject = s.grant_run_credentials(&c.run.id, c.attempt);
     let password = s
         .registry
         .auth()
-        .create_token(&format!("run:{}:{}", c.run.id, c.attempt), false, grants)
-        .map_err(internal)?;
+        .issue_for(&subject, grants, c.run.timeout_secs + 600)
+        .map_err(|e| internal(e.message))?;
     Ok(Lease {
         attempt: c.attempt,
         fence: c.fence,
