@@ -452,13 +452,20 @@ fn plan_sources(
 /// The filesystem that overlay-form layer dirs (bottom to top) stand for,
 /// written out as a plain tree at `dest`: what `COPY --from` reads.
 fn merge_layers(layers: &[PathBuf], dest: &Path) -> std::io::Result<()> {
-    let partial = dest.with_extension("partial");
+    // Stages building together may merge the same tree: each in its own
+    // partial dir, the first rename wins and the others are dropped.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let partial = dest.with_extension(format!("partial-{n}"));
     let _ = std::fs::remove_dir_all(&partial);
     std::fs::create_dir_all(&partial)?;
     for layer in layers {
         merge_dir(layer, &partial, Path::new(""))?;
     }
-    std::fs::rename(&partial, dest)
+    match std::fs::rename(&partial, dest) {
+        Err(_) if dest.is_dir() => std::fs::remove_dir_all(&partial),
+        r => r,
+    }
 }
 
 fn merge_dir(layer: &Path, dest: &Path, rel: &Path) -> std::io::Result<()> {
@@ -623,809 +630,126 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
     // Every layer step of every stage, with its cache key, for --cache-to.
     let mut done_steps: Vec<(String, NewLayer)> = Vec::new();
     let mut states: HashMap<usize, StageState> = HashMap::new();
-    for &si in &graph.needed {
-        let stage = &df.stages[si];
-        let mut st = match find_stage(&df, si, &stage.base) {
-            Some(dep) => states.get(&dep).cloned().ok_or_else(|| {
-                unsupported(
-                    stage.pos.line,
-                    "FROM",
-                    "a stage that is not built before it",
-                )
-            })?,
-            None if is_scratch(&stage.base) => {
-                say(
-                    out,
-                    tty,
-                    &format!("[1/{}] FROM scratch", stage.instructions.len() + 1),
-                )
-                .await;
-                StageState {
-                    image: NewImage::scratch(&req.platform.os, &req.platform.architecture),
-                    lowers: Vec::new(),
-                    new_layers: Vec::new(),
-                    shell: vec!["/bin/sh".into(), "-c".into()],
-                    args: BTreeMap::new(),
-                    cache_key: format!("scratch@{}", req.platform),
-                    origin: None,
-                }
-            }
-            None => {
-                let Some((base, pulled, base_manifest)) = bases.remove(&si) else {
-                    return Err(unsupported(
+    let cx = StageCtx {
+        req,
+        client,
+        store,
+        sandbox,
+        df: &df,
+        file: &file,
+        source_lines: &source_lines,
+        ignore: &ignore,
+        opts: &opts,
+        remote: &remote,
+        tty,
+    };
+    // Stages of one level depend only on earlier levels: they build
+    // together. Each one's output is kept apart and printed whole when it
+    // finishes, so the log stays readable; a lone stage prints live.
+    for level in &graph.levels {
+        let mut starts = Vec::with_capacity(level.len());
+        for &si in level {
+            let stage = &df.stages[si];
+            let st = match find_stage(&df, si, &stage.base) {
+                Some(dep) => states.get(&dep).cloned().ok_or_else(|| {
+                    unsupported(
                         stage.pos.line,
                         "FROM",
-                        "a base image that was not pulled",
-                    ));
-                };
-                say(
-                    out,
-                    tty,
-                    &format!("[1/{}] FROM {base}", stage.instructions.len() + 1),
-                )
-                .await;
-                let mut image = NewImage::from_base(&base_manifest.manifest, &pulled.config)
-                    .map_err(step_err(format!("{base}")))?;
-                // The base image's SHELL applies to our shell forms too.
-                let shell = image
-                    .container_config()
-                    .get("Shell")
-                    .and_then(|v| serde_json::from_value::<Vec<String>>(v.clone()).ok())
-                    .filter(|s| !s.is_empty())
-                    .unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()]);
-                StageState {
-                    image,
-                    lowers: pulled.layers.clone(),
-                    new_layers: Vec::new(),
-                    shell,
-                    args: BTreeMap::new(),
-                    cache_key: format!("{}@{}", base_manifest.digest, req.platform),
-                    origin: Some((base, base_manifest)),
-                }
-            }
-        };
-        // ONBUILD triggers of what the stage starts from run first, as in
-        // BuildKit: the base image's, or the ONBUILDs of the stage it is
-        // FROM (kept in that stage's config). They do not carry over.
-        let triggers: Vec<String> = st
-            .image
-            .container_config()
-            .remove("OnBuild")
-            .and_then(|v| serde_json::from_value(v).ok())
-            .unwrap_or_default();
-        let mut steps: Vec<(dockerfile::Instruction, Option<String>)> = Vec::new();
-        for t in &triggers {
-            let (_, tdf, _) = dockerfile::check(&format!("FROM scratch\n{t}\n"), &opts, None)
-                .map_err(|errors| BuildError::Dockerfile {
-                    file: format!(
-                        "{file}:{}: ONBUILD trigger {t:?} of {}",
-                        stage.pos.line, stage.base
-                    ),
-                    errors,
-                })?;
-            for mut i in tdf.stages.into_iter().flat_map(|s| s.instructions) {
-                // Errors and history point at the FROM that ran them.
-                i.line = stage.pos.line;
-                i.end_line = stage.pos.line;
-                steps.push((i, Some(t.clone())));
-            }
-        }
-        steps.extend(stage.instructions.iter().cloned().map(|i| (i, None)));
-        let StageState {
-            image,
-            lowers,
-            new_layers,
-            shell,
-            args,
-            cache_key,
-            ..
-        } = &mut st;
-        // Whether this stage set CMD (an ENTRYPOINT after it keeps it).
-        let mut cmd_set = false;
-        for (n, (ins, trigger)) in steps.iter().enumerate() {
-            let started = std::time::Instant::now();
-            let line = ins.line;
-            let label = format!("[{}/{}]", n + 2, steps.len() + 1);
-            // History shows the instruction as written, as `docker history` does.
-            let first = (ins.line as usize).saturating_sub(1);
-            let last = (ins.end_line as usize)
-                .max(first + 1)
-                .min(source_lines.len());
-            let created_by = match trigger {
-                Some(t) => t.clone(),
-                None => source_lines
-                    .get(first..last)
-                    .map(|l| l.join("\n"))
-                    .unwrap_or_default(),
-            }
-            .chars()
-            .take(1000)
-            .collect::<String>();
-            let env_args: Vec<String> = args.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            let mut key = next_key(
-                cache_key,
-                &[&created_by, &env_args.join("\n"), &shell.join(" ")],
-            );
-            match &ins.command {
-                Command::Run(run) => {
-                    if run.security.as_deref() == Some("insecure") {
-                        return Err(unsupported(line, "RUN", "--security=insecure"));
-                    }
-                    let step_no = si * 10_000 + n;
-                    let scratch = req.work_dir.join(format!("scratch-{step_no}"));
-                    let (argv, script) = run_argv(&run.command, shell)
-                        .map_err(|what| unsupported(line, "RUN", &what))?;
-                    let shown = argv.join(" ");
-                    let shown = match shown.split_once('\n') {
-                        Some((first, _)) => format!("{first} …"),
-                        None => shown,
-                    };
-                    say(out, tty, &format!("{label} RUN {shown}")).await;
-                    // Bind mounts read files: their content is part of the key.
-                    let mut roots = Vec::with_capacity(run.mounts.len());
-                    let mut mount_hashes = Vec::new();
-                    for m in &run.mounts {
-                        if m.kind != "bind" {
-                            roots.push(None);
-                            continue;
-                        }
-                        let root = match &m.from {
-                            Some(from) => Some(
-                                from_root(from, &df, si, &states, store, client, req, &file, line)
-                                    .await?,
-                            ),
-                            None => None,
-                        };
-                        let (hash_root, hash_ignore) = match &root {
-                            Some(r) => (r.clone(), None),
-                            None => (req.context.clone(), ignore.as_ref()),
-                        };
-                        mount_hashes.push(hash_sources(
-                            &hash_root,
-                            &[m.source.clone().unwrap_or_else(|| "/".into())],
-                            hash_ignore,
-                        ));
-                        roots.push(root);
-                    }
-                    let parts: Vec<&str> = mount_hashes.iter().map(String::as_str).collect();
-                    key = next_key(&key, &parts);
-                    if let Some(hit) =
-                        find_cached(req, &key, &remote, client, store, lowers, err).await
-                    {
-                        say(out, tty, &format!("{label} CACHED")).await;
-                        stack_layer(
-                            image,
-                            lowers,
-                            new_layers,
-                            hit.upper,
-                            hit.layer,
-                            &created_by,
-                            &req.created,
-                            (&mut done_steps, &key),
-                        );
-                        *cache_key = key;
-                        continue;
-                    }
-                    let step = new_step_dir(&req.work_dir, step_no)?;
-                    let run_err = |problem: String| BuildError::Run {
-                        file: file.clone(),
-                        line,
-                        problem,
-                    };
-                    let _ = std::fs::remove_dir_all(&scratch);
-                    std::fs::create_dir_all(&scratch)
-                        .map_err(step_err(format!("creating {}", scratch.display())))?;
-                    let scratch = scratch
-                        .canonicalize()
-                        .map_err(step_err(format!("creating {}", scratch.display())))?;
-                    std::fs::create_dir_all(&req.cache_mounts_dir).map_err(step_err(format!(
-                        "creating {}",
-                        req.cache_mounts_dir.display()
-                    )))?;
-                    let workdir = image
-                        .container_config()
-                        .get("WorkingDir")
-                        .and_then(|v| v.as_str())
-                        .filter(|w| !w.is_empty())
-                        .unwrap_or("/")
-                        .to_owned();
-                    let mut prepared = crate::run_mounts::prepare(
-                        &run.mounts,
-                        &roots,
-                        &crate::run_mounts::MountContext {
-                            context: &req.context,
-                            ignore: ignore.as_ref(),
-                            secrets: &req.secrets,
-                            cache_root: &req.cache_mounts_dir,
-                            scratch: &scratch,
-                            workdir: &workdir,
-                        },
+                        "a stage that is not built before it",
                     )
-                    .map_err(run_err)?;
-                    if let Some((name, body)) = &script {
-                        // A heredoc with a shebang runs as a file, from
-                        // /dev/pipes as in BuildKit, outside the layer.
-                        let pipes = scratch.join("pipes");
-                        std::fs::create_dir_all(&pipes).map_err(|e| run_err(e.to_string()))?;
-                        let at = pipes.join(name);
-                        std::fs::write(&at, body).map_err(|e| run_err(e.to_string()))?;
-                        use std::os::unix::fs::PermissionsExt;
-                        std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o755))
-                            .map_err(|e| run_err(e.to_string()))?;
-                        prepared.mounts.push(sandbox::Mount::Bind {
-                            source: pipes,
-                            target: "/dev/pipes".into(),
-                            readonly: true,
-                        });
-                    }
-                    let mut lower: Vec<PathBuf> = lowers.iter().rev().cloned().collect();
-                    if lower.is_empty() {
-                        // FROM scratch: overlayfs needs a lower dir; an empty one.
-                        let empty = scratch.join("empty");
-                        std::fs::create_dir_all(&empty).map_err(|e| run_err(e.to_string()))?;
-                        lower.push(empty);
-                    }
-                    let rootfs = RootFs {
-                        lower,
-                        upper: step.join("upper"),
-                        work: step.join("work"),
-                    };
-                    let config: Option<oci_spec::image::Config> =
-                        serde_json::from_value(json!(image.container_config().clone())).ok();
-                    let process = sandbox::image_process(
-                        config.as_ref(),
-                        &rootfs,
-                        &ImageRun {
-                            entrypoint: Some(argv.clone()),
-                            args: Some(Vec::new()),
-                            env: args
-                                .iter()
-                                .map(|(k, v)| format!("{k}={v}"))
-                                .chain(prepared.env.iter().cloned())
-                                .collect(),
-                            ..Default::default()
-                        },
-                    )
-                    .map_err(step_err(format!("{file}:{line}: RUN")))?;
-                    let mut spec = RunSpec::new(rootfs, argv.clone());
-                    spec.process = process;
-                    spec.mounts = prepared.mounts;
-                    spec.secrets = prepared.secrets;
-                    spec.limits = req.run_limits.clone();
-                    if run.network.as_deref() == Some("none") {
-                        spec.network = sandbox::Network::None;
-                    }
-                    let outcome = sandbox
-                        .run(&spec, out, err, &Default::default())
-                        .await
-                        .map_err(step_err(format!("{file}:{line}: RUN")));
-                    let _ = std::fs::remove_dir_all(&scratch);
-                    let outcome = outcome?;
-                    if outcome.limits_not_enforced {
-                        let _ = err
-                            .write_all(
-                                b"warning: no writable cgroup controller here: --memory/--cpus are not enforced\n",
-                            )
-                            .await;
-                    }
-                    if !outcome.status.success() {
-                        return Err(BuildError::RunFailed {
-                            file: file.clone(),
-                            line,
-                            command: shown,
-                            code: outcome.status.code,
-                        });
-                    }
-                    let (upper_dir, layer) = finish_step(&step, req, &key)?;
-                    stack_layer(
-                        image,
-                        lowers,
-                        new_layers,
-                        upper_dir,
-                        layer,
-                        &created_by,
-                        &req.created,
-                        (&mut done_steps, &key),
-                    );
-                }
-                Command::Copy(c) => {
-                    let shown: Vec<String> = c
-                        .sources
-                        .iter()
-                        .cloned()
-                        .chain(c.inline.iter().map(|h| format!("<<{}", h.name)))
-                        .collect();
+                })?,
+                None if is_scratch(&stage.base) => {
                     say(
                         out,
                         tty,
-                        &format!("{label} COPY {} {}", shown.join(" "), c.dest),
+                        &format!("[1/{}] FROM scratch", stage.instructions.len() + 1),
                     )
                     .await;
-                    let step_no = si * 10_000 + n;
-                    let copy_err = |(path, problem): (String, String)| BuildError::Copy {
-                        file: file.clone(),
-                        line,
-                        path,
-                        problem,
-                    };
-                    let dest = absolute_dest(image, &c.dest);
-                    let source_root = match &c.from {
-                        None => req.context.clone(),
-                        Some(from) => {
-                            from_root(from, &df, si, &states, store, client, req, &file, line)
-                                .await?
-                        }
-                    };
-                    let ignore_here = if c.from.is_none() {
-                        ignore.as_ref()
-                    } else {
-                        None
-                    };
-                    let exclude = exclude_matcher(&c.excludes).map_err(copy_err)?;
-                    let inline_dir = req.work_dir.join(format!("inline-{step_no}"));
-                    write_inline(&inline_dir, &c.inline).map_err(copy_err)?;
-                    let planned = plan_sources(
-                        &source_root,
-                        &c.sources,
-                        &dest,
-                        c.dest.ends_with('/'),
-                        c.parents,
-                        ignore_here,
-                        c.inline.len(),
-                    )
-                    .map_err(copy_err)?;
-                    let planned_sources: Vec<String> =
-                        planned.iter().map(|p| p.source.clone()).collect();
-                    let inline_names: Vec<String> =
-                        c.inline.iter().map(|h| h.name.clone()).collect();
-                    key = next_key(
-                        &key,
-                        &[
-                            &hash_sources(&source_root, &planned_sources, ignore_here),
-                            &hash_sources(&inline_dir, &inline_names, None),
-                        ],
-                    );
-                    if let Some(hit) =
-                        find_cached(req, &key, &remote, client, store, lowers, err).await
-                    {
-                        let _ = std::fs::remove_dir_all(&inline_dir);
-                        say(out, tty, &format!("{label} CACHED")).await;
-                        stack_layer(
-                            image,
-                            lowers,
-                            new_layers,
-                            hit.upper,
-                            hit.layer,
-                            &created_by,
-                            &req.created,
-                            (&mut done_steps, &key),
-                        );
-                        *cache_key = key;
-                        continue;
+                    StageState {
+                        image: NewImage::scratch(&req.platform.os, &req.platform.architecture),
+                        lowers: Vec::new(),
+                        new_layers: Vec::new(),
+                        shell: vec!["/bin/sh".into(), "-c".into()],
+                        args: BTreeMap::new(),
+                        cache_key: format!("scratch@{}", req.platform),
+                        origin: None,
                     }
-                    let step = new_step_dir(&req.work_dir, step_no)?;
-                    let upper = step.join("upper");
-                    let (owner, mode) =
-                        ownership(c.chown.as_deref(), c.chmod.as_deref(), lowers, &step).map_err(
-                            |problem| BuildError::Copy {
-                                file: file.clone(),
-                                line,
-                                path: c.chown.clone().or(c.chmod.clone()).unwrap_or_default(),
-                                problem,
-                            },
-                        )?;
-                    let how = CopySpec {
-                        root: &source_root,
-                        ignore: ignore_here,
-                        exclude: exclude.as_ref(),
-                        owner,
-                        mode: mode.as_ref(),
-                    };
-                    for p in &planned {
-                        copy_source(&how, &p.source, &p.dest, p.into_dir, &upper, lowers).map_err(
-                            |problem| BuildError::Copy {
-                                file: file.clone(),
-                                line,
-                                path: p.source.clone(),
-                                problem,
-                            },
-                        )?;
-                    }
-                    copy_inline(
-                        &inline_dir,
-                        &c.inline,
-                        &how,
-                        &dest,
-                        &c.dest,
-                        &planned,
-                        &upper,
-                        lowers,
-                    )
-                    .map_err(copy_err)?;
-                    let _ = std::fs::remove_dir_all(&inline_dir);
-                    let (upper_dir, layer) = finish_step(&step, req, &key)?;
-                    stack_layer(
-                        image,
-                        lowers,
-                        new_layers,
-                        upper_dir,
-                        layer,
-                        &created_by,
-                        &req.created,
-                        (&mut done_steps, &key),
-                    );
                 }
-                Command::Add(a) => {
-                    if a.keep_git_dir {
-                        return Err(unsupported(line, "ADD", "--keep-git-dir (git sources)"));
-                    }
-                    let shown: Vec<String> = a
-                        .sources
-                        .iter()
-                        .cloned()
-                        .chain(a.inline.iter().map(|h| format!("<<{}", h.name)))
-                        .collect();
-                    say(
-                        out,
-                        tty,
-                        &format!("{label} ADD {} {}", shown.join(" "), a.dest),
-                    )
-                    .await;
-                    let step_no = si * 10_000 + n;
-                    let dest = absolute_dest(image, &a.dest);
-                    let add_err = |path: &str| {
-                        let (file, path) = (file.clone(), path.to_owned());
-                        move |problem: String| BuildError::Copy {
-                            file,
-                            line,
-                            path,
-                            problem,
-                        }
-                    };
-                    let copy_err = |(path, problem): (String, String)| BuildError::Copy {
-                        file: file.clone(),
-                        line,
-                        path,
-                        problem,
-                    };
-                    let is_url = |x: &str| x.starts_with("http://") || x.starts_with("https://");
-                    let urls: Vec<&String> = a.sources.iter().filter(|x| is_url(x)).collect();
-                    let locals: Vec<String> =
-                        a.sources.iter().filter(|x| !is_url(x)).cloned().collect();
-                    let exclude = exclude_matcher(&a.excludes).map_err(copy_err)?;
-                    let inline_dir = req.work_dir.join(format!("inline-{step_no}"));
-                    write_inline(&inline_dir, &a.inline).map_err(copy_err)?;
-                    let planned = plan_sources(
-                        &req.context,
-                        &locals,
-                        &dest,
-                        a.dest.ends_with('/'),
-                        false,
-                        ignore.as_ref(),
-                        a.inline.len() + urls.len(),
-                    )
-                    .map_err(copy_err)?;
-                    let into_dir =
-                        a.dest.ends_with('/') || planned.len() + a.inline.len() + urls.len() > 1;
-                    let remote_unpinned = !urls.is_empty() && a.checksum.is_none();
-                    // A URL without --checksum can change under us: never reuse it.
-                    let nonce = if remote_unpinned {
-                        format!("{:?}", std::time::SystemTime::now())
-                    } else {
-                        String::new()
-                    };
-                    let planned_sources: Vec<String> = planned
-                        .iter()
-                        .map(|p| p.source.clone())
-                        .chain(urls.iter().map(|u| u.to_string()))
-                        .collect();
-                    let inline_names: Vec<String> =
-                        a.inline.iter().map(|h| h.name.clone()).collect();
-                    key = next_key(
-                        &key,
-                        &[
-                            &hash_sources(&req.context, &planned_sources, ignore.as_ref()),
-                            &hash_sources(&inline_dir, &inline_names, None),
-                            a.checksum.as_deref().unwrap_or(""),
-                            &nonce,
-                        ],
-                    );
-                    if let Some(hit) =
-                        find_cached(req, &key, &remote, client, store, lowers, err).await
-                    {
-                        let _ = std::fs::remove_dir_all(&inline_dir);
-                        say(out, tty, &format!("{label} CACHED")).await;
-                        stack_layer(
-                            image,
-                            lowers,
-                            new_layers,
-                            hit.upper,
-                            hit.layer,
-                            &created_by,
-                            &req.created,
-                            (&mut done_steps, &key),
-                        );
-                        *cache_key = key;
-                        continue;
-                    }
-                    let step = new_step_dir(&req.work_dir, step_no)?;
-                    let upper = step.join("upper");
-                    let (owner, mode) =
-                        ownership(a.chown.as_deref(), a.chmod.as_deref(), lowers, &step)
-                            .map_err(add_err("--chown/--chmod"))?;
-                    if a.checksum.is_some() && urls.is_empty() {
+                None => {
+                    let Some((base, pulled, base_manifest)) = bases.remove(&si) else {
                         return Err(unsupported(
-                            line,
-                            "ADD",
-                            "--checksum on a local source (Docker allows it only for URLs)",
+                            stage.pos.line,
+                            "FROM",
+                            "a base image that was not pulled",
                         ));
-                    }
-                    for source in &urls {
-                        if source.ends_with(".git") || source.contains(".git#") {
-                            return Err(unsupported(line, "ADD", "git sources"));
-                        }
-                        add_url(
-                            source,
-                            a.checksum.as_deref(),
-                            &dest,
-                            into_dir,
-                            owner,
-                            mode.as_ref(),
-                            &upper,
-                            lowers,
-                        )
-                        .await
-                        .map_err(add_err(source))?;
-                    }
-                    let how = CopySpec {
-                        root: &req.context,
-                        ignore: ignore.as_ref(),
-                        exclude: exclude.as_ref(),
-                        owner,
-                        mode: mode.as_ref(),
                     };
-                    for p in &planned {
-                        let extracted = if a.unpack == Some(false) {
-                            false
-                        } else {
-                            add_archive(&req.context, &p.source, &p.dest, &upper, lowers)
-                                .map_err(add_err(&p.source))?
-                        };
-                        if !extracted {
-                            copy_source(&how, &p.source, &p.dest, p.into_dir, &upper, lowers)
-                                .map_err(add_err(&p.source))?;
-                        }
-                    }
-                    copy_inline(
-                        &inline_dir,
-                        &a.inline,
-                        &how,
-                        &dest,
-                        &a.dest,
-                        &planned,
-                        &upper,
-                        lowers,
+                    say(
+                        out,
+                        tty,
+                        &format!("[1/{}] FROM {base}", stage.instructions.len() + 1),
                     )
-                    .map_err(copy_err)?;
-                    let _ = std::fs::remove_dir_all(&inline_dir);
-                    let (upper_dir, layer) = finish_step(&step, req, &key)?;
-                    stack_layer(
+                    .await;
+                    let mut image = NewImage::from_base(&base_manifest.manifest, &pulled.config)
+                        .map_err(step_err(format!("{base}")))?;
+                    // The base image's SHELL applies to our shell forms too.
+                    let shell = image
+                        .container_config()
+                        .get("Shell")
+                        .and_then(|v| serde_json::from_value::<Vec<String>>(v.clone()).ok())
+                        .filter(|s| !s.is_empty())
+                        .unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()]);
+                    StageState {
                         image,
-                        lowers,
-                        new_layers,
-                        upper_dir,
-                        layer,
-                        &created_by,
-                        &req.created,
-                        (&mut done_steps, &key),
-                    );
-                }
-                Command::Workdir { path } => {
-                    say(out, tty, &format!("{label} WORKDIR {path}")).await;
-                    let current = image
-                        .container_config()
-                        .get("WorkingDir")
-                        .and_then(|v| v.as_str())
-                        .unwrap_or("/")
-                        .to_owned();
-                    let abs = if path.starts_with('/') {
-                        path.clone()
-                    } else {
-                        format!("{}/{path}", current.trim_end_matches('/'))
-                    };
-                    image
-                        .container_config()
-                        .insert("WorkingDir".into(), json!(abs));
-                    let rel = clean_rel(&abs)
-                        .ok_or_else(|| unsupported(line, "WORKDIR", "a path that leaves /"))?;
-                    if !rel.as_os_str().is_empty() && !exists_in(lowers, &rel) {
-                        if let Some(hit) =
-                            find_cached(req, &key, &remote, client, store, lowers, err).await
-                        {
-                            say(out, tty, &format!("{label} CACHED")).await;
-                            stack_layer(
-                                image,
-                                lowers,
-                                new_layers,
-                                hit.upper,
-                                hit.layer,
-                                &created_by,
-                                &req.created,
-                                (&mut done_steps, &key),
-                            );
-                            *cache_key = key;
-                            continue;
-                        }
-                        let step = new_step_dir(&req.work_dir, si * 10_000 + n)?;
-                        make_dirs(&step.join("upper"), &rel, lowers)
-                            .map_err(step_err(format!("{file}:{line}: WORKDIR")))?;
-                        let (upper_dir, layer) = finish_step(&step, req, &key)?;
-                        stack_layer(
-                            image,
-                            lowers,
-                            new_layers,
-                            upper_dir,
-                            layer,
-                            &created_by,
-                            &req.created,
-                            (&mut done_steps, &key),
-                        );
-                    } else {
-                        image.add_empty_step(&created_by, &req.created);
+                        lowers: pulled.layers.clone(),
+                        new_layers: Vec::new(),
+                        shell,
+                        args: BTreeMap::new(),
+                        cache_key: format!("{}@{}", base_manifest.digest, req.platform),
+                        origin: Some((base, base_manifest)),
                     }
                 }
-                Command::Env { vars } => {
-                    say(out, tty, &format!("{label} ENV")).await;
-                    let cfg = image.container_config();
-                    let mut env: Vec<String> = cfg
-                        .get("Env")
-                        .and_then(|v| serde_json::from_value(v.clone()).ok())
-                        .unwrap_or_default();
-                    for kv in vars {
-                        env.retain(|e| e.split_once('=').map(|(k, _)| k) != Some(kv.key.as_str()));
-                        env.push(format!("{}={}", kv.key, kv.value));
-                    }
-                    cfg.insert("Env".into(), json!(env));
-                    image.add_empty_step(&created_by, &req.created);
-                }
-                Command::Arg { args: defs } => {
-                    for a in defs {
-                        if let Some(v) = req
-                            .build_args
-                            .get(&a.name)
-                            .cloned()
-                            .or_else(|| a.default.clone())
-                        {
-                            args.insert(a.name.clone(), v);
-                        }
-                    }
-                }
-                Command::Label { labels } => {
-                    let cfg = image.container_config();
-                    let entry = cfg.entry("Labels").or_insert_with(|| json!({}));
-                    if !entry.is_object() {
-                        *entry = json!({});
-                    }
-                    if let Some(map) = entry.as_object_mut() {
-                        for kv in labels {
-                            map.insert(kv.key.clone(), json!(kv.value));
-                        }
-                    }
-                    image.add_empty_step(&created_by, &req.created);
-                }
-                Command::Cmd(cl) | Command::Entrypoint(cl) => {
-                    let key = if matches!(ins.command, Command::Cmd(_)) {
-                        "Cmd"
-                    } else {
-                        "Entrypoint"
-                    };
-                    let value: Vec<String> = if cl.shell_form {
-                        shell.iter().cloned().chain([cl.args.join(" ")]).collect()
-                    } else {
-                        cl.args.clone()
-                    };
-                    image.container_config().insert(key.into(), json!(value));
-                    if key == "Cmd" {
-                        cmd_set = true;
-                    } else if !cmd_set {
-                        // BuildKit: a new ENTRYPOINT resets a CMD the stage
-                        // did not set itself (an inherited one).
-                        image.container_config().remove("Cmd");
-                    }
-                    image.add_empty_step(&created_by, &req.created);
-                }
-                Command::User { user } => {
-                    image.container_config().insert("User".into(), json!(user));
-                    image.add_empty_step(&created_by, &req.created);
-                }
-                Command::Expose { ports } => {
-                    let cfg = image.container_config();
-                    let entry = cfg.entry("ExposedPorts").or_insert_with(|| json!({}));
-                    if let Some(map) = entry.as_object_mut() {
-                        for p in ports {
-                            let key = if p.contains('/') {
-                                p.clone()
-                            } else {
-                                format!("{p}/tcp")
-                            };
-                            map.insert(key, json!({}));
-                        }
-                    }
-                    image.add_empty_step(&created_by, &req.created);
-                }
-                Command::Stopsignal { signal } => {
-                    image
-                        .container_config()
-                        .insert("StopSignal".into(), json!(signal));
-                    image.add_empty_step(&created_by, &req.created);
-                }
-                Command::Shell { shell: s } => {
-                    *shell = s.clone();
-                    image.container_config().insert("Shell".into(), json!(s));
-                    image.add_empty_step(&created_by, &req.created);
-                }
-                Command::Maintainer { name } => {
-                    image.add_empty_step(&format!("MAINTAINER {name}"), &req.created);
-                }
-                Command::Healthcheck(h) => {
-                    // Docker's HealthConfig: durations in nanoseconds, and
-                    // zero values left out (`omitempty`).
-                    let mut hc = serde_json::Map::new();
-                    hc.insert("Test".into(), json!(h.test));
-                    for (k, v) in [
-                        ("Interval", h.interval_ns),
-                        ("Timeout", h.timeout_ns),
-                        ("StartPeriod", h.start_period_ns),
-                        ("StartInterval", h.start_interval_ns),
-                    ] {
-                        if let Some(v) = v.filter(|v| *v > 0) {
-                            hc.insert(k.into(), json!(v));
-                        }
-                    }
-                    if let Some(r) = h.retries.filter(|r| *r > 0) {
-                        hc.insert("Retries".into(), json!(r));
-                    }
-                    image
-                        .container_config()
-                        .insert("Healthcheck".into(), serde_json::Value::Object(hc));
-                    image.add_empty_step(&created_by, &req.created);
-                }
-                Command::Volume { paths } => {
-                    let cfg = image.container_config();
-                    let entry = cfg.entry("Volumes").or_insert_with(|| json!({}));
-                    if !entry.is_object() {
-                        *entry = json!({});
-                    }
-                    if let Some(map) = entry.as_object_mut() {
-                        for p in paths {
-                            map.insert(p.clone(), json!({}));
-                        }
-                    }
-                    image.add_empty_step(&created_by, &req.created);
-                }
-                Command::Onbuild { expression, .. } => {
-                    // Recorded for images built FROM this one; BuildKit adds
-                    // no history entry for it.
-                    let cfg = image.container_config();
-                    let entry = cfg.entry("OnBuild").or_insert_with(|| json!([]));
-                    if !entry.is_array() {
-                        *entry = json!([]);
-                    }
-                    if let Some(list) = entry.as_array_mut() {
-                        list.push(json!(expression));
-                    }
-                }
-            }
-            if matches!(
-                ins.command,
-                Command::Run(_) | Command::Copy(_) | Command::Add(_)
-            ) {
-                let secs = started.elapsed().as_secs_f64();
-                say(out, tty, &format!("{label} DONE {secs:.1}s")).await;
-            }
-            *cache_key = key;
+            };
+            starts.push((si, st));
         }
-        states.insert(si, st);
+        if starts.len() == 1 {
+            let Some((si, st)) = starts.pop() else {
+                continue;
+            };
+            let (st, steps) = build_stage(&cx, si, st, &states, out, err).await?;
+            done_steps.extend(steps);
+            states.insert(si, st);
+            continue;
+        }
+        let mut running = futures_util::stream::FuturesUnordered::new();
+        for (si, st) in starts {
+            let (cx, states) = (&cx, &states);
+            running.push(async move {
+                let (mut o, mut e) = (Vec::new(), Vec::new());
+                let result = build_stage(cx, si, st, states, &mut o, &mut e).await;
+                (si, result, o, e)
+            });
+        }
+        let mut finished = Vec::new();
+        let mut failed = None;
+        while let Some((si, result, o, e)) = futures_util::StreamExt::next(&mut running).await {
+            let _ = out.write_all(&o).await;
+            let _ = out.flush().await;
+            let _ = err.write_all(&e).await;
+            match result {
+                Ok((st, steps)) => {
+                    done_steps.extend(steps);
+                    finished.push((si, st));
+                }
+                Err(x) => {
+                    failed.get_or_insert(x);
+                }
+            }
+        }
+        drop(running);
+        if let Some(x) = failed {
+            return Err(x);
+        }
+        states.extend(finished);
     }
     let Some(mut st) = states.remove(&graph.target) else {
         return Err(step_err("building the target stage")(
@@ -1483,6 +807,784 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
         manifest: built.manifest,
         pushed,
     })
+}
+
+/// What every stage of a build shares.
+struct StageCtx<'a> {
+    req: &'a BuildRequest,
+    client: &'a Arc<Client>,
+    store: &'a LayerStore,
+    sandbox: &'a Sandbox,
+    df: &'a dockerfile::Dockerfile,
+    file: &'a str,
+    source_lines: &'a [&'a str],
+    ignore: &'a Option<dockerfile::IgnoreMatcher>,
+    opts: &'a dockerfile::BuildOptions,
+    remote: &'a crate::remote_cache::RemoteCache,
+    tty: bool,
+}
+
+/// Build stage `si` from `st` (its base image's or base stage's state):
+/// the ONBUILD triggers it inherits, then its instructions. Returns the
+/// stage's state and the layer steps it made, with their cache keys.
+async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
+    cx: &StageCtx<'_>,
+    si: usize,
+    mut st: StageState,
+    states: &HashMap<usize, StageState>,
+    out: &mut W,
+    err: &mut E,
+) -> Result<(StageState, Vec<(String, NewLayer)>), BuildError> {
+    let (req, client, store, sandbox, df) = (cx.req, cx.client, cx.store, cx.sandbox, cx.df);
+    let (source_lines, ignore, opts, remote, tty) =
+        (cx.source_lines, cx.ignore, cx.opts, cx.remote, cx.tty);
+    let file = cx.file.to_owned();
+    let unsupported = |line: u32, instruction: &str, what: &str| BuildError::Unsupported {
+        file: file.clone(),
+        line,
+        instruction: instruction.into(),
+        what: what.into(),
+    };
+    let stage = &df.stages[si];
+    let mut done_steps: Vec<(String, NewLayer)> = Vec::new();
+    // ONBUILD triggers of what the stage starts from run first, as in
+    // BuildKit: the base image's, or the ONBUILDs of the stage it is
+    // FROM (kept in that stage's config). They do not carry over.
+    let triggers: Vec<String> = st
+        .image
+        .container_config()
+        .remove("OnBuild")
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default();
+    let mut steps: Vec<(dockerfile::Instruction, Option<String>)> = Vec::new();
+    for t in &triggers {
+        let (_, tdf, _) =
+            dockerfile::check(&format!("FROM scratch\n{t}\n"), opts, None).map_err(|errors| {
+                BuildError::Dockerfile {
+                    file: format!(
+                        "{file}:{}: ONBUILD trigger {t:?} of {}",
+                        stage.pos.line, stage.base
+                    ),
+                    errors,
+                }
+            })?;
+        for mut i in tdf.stages.into_iter().flat_map(|s| s.instructions) {
+            // Errors and history point at the FROM that ran them.
+            i.line = stage.pos.line;
+            i.end_line = stage.pos.line;
+            steps.push((i, Some(t.clone())));
+        }
+    }
+    steps.extend(stage.instructions.iter().cloned().map(|i| (i, None)));
+    let StageState {
+        image,
+        lowers,
+        new_layers,
+        shell,
+        args,
+        cache_key,
+        ..
+    } = &mut st;
+    // Whether this stage set CMD (an ENTRYPOINT after it keeps it).
+    let mut cmd_set = false;
+    for (n, (ins, trigger)) in steps.iter().enumerate() {
+        let started = std::time::Instant::now();
+        let line = ins.line;
+        let label = format!("[{}/{}]", n + 2, steps.len() + 1);
+        // History shows the instruction as written, as `docker history` does.
+        let first = (ins.line as usize).saturating_sub(1);
+        let last = (ins.end_line as usize)
+            .max(first + 1)
+            .min(source_lines.len());
+        let created_by = match trigger {
+            Some(t) => t.clone(),
+            None => source_lines
+                .get(first..last)
+                .map(|l| l.join("\n"))
+                .unwrap_or_default(),
+        }
+        .chars()
+        .take(1000)
+        .collect::<String>();
+        let env_args: Vec<String> = args.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut key = next_key(
+            cache_key,
+            &[&created_by, &env_args.join("\n"), &shell.join(" ")],
+        );
+        match &ins.command {
+            Command::Run(run) => {
+                if run.security.as_deref() == Some("insecure") {
+                    return Err(unsupported(line, "RUN", "--security=insecure"));
+                }
+                let step_no = si * 10_000 + n;
+                let scratch = req.work_dir.join(format!("scratch-{step_no}"));
+                let (argv, script) = run_argv(&run.command, shell)
+                    .map_err(|what| unsupported(line, "RUN", &what))?;
+                let shown = argv.join(" ");
+                let shown = match shown.split_once('\n') {
+                    Some((first, _)) => format!("{first} …"),
+                    None => shown,
+                };
+                say(out, tty, &format!("{label} RUN {shown}")).await;
+                // Bind mounts read files: their content is part of the key.
+                let mut roots = Vec::with_capacity(run.mounts.len());
+                let mut mount_hashes = Vec::new();
+                for m in &run.mounts {
+                    if m.kind != "bind" {
+                        roots.push(None);
+                        continue;
+                    }
+                    let root = match &m.from {
+                        Some(from) => Some(
+                            from_root(from, df, si, states, store, client, req, &file, line)
+                                .await?,
+                        ),
+                        None => None,
+                    };
+                    let (hash_root, hash_ignore) = match &root {
+                        Some(r) => (r.clone(), None),
+                        None => (req.context.clone(), ignore.as_ref()),
+                    };
+                    mount_hashes.push(hash_sources(
+                        &hash_root,
+                        &[m.source.clone().unwrap_or_else(|| "/".into())],
+                        hash_ignore,
+                    ));
+                    roots.push(root);
+                }
+                let parts: Vec<&str> = mount_hashes.iter().map(String::as_str).collect();
+                key = next_key(&key, &parts);
+                if let Some(hit) = find_cached(req, &key, remote, client, store, lowers, err).await
+                {
+                    say(out, tty, &format!("{label} CACHED")).await;
+                    stack_layer(
+                        image,
+                        lowers,
+                        new_layers,
+                        hit.upper,
+                        hit.layer,
+                        &created_by,
+                        &req.created,
+                        (&mut done_steps, &key),
+                    );
+                    *cache_key = key;
+                    continue;
+                }
+                let step = new_step_dir(&req.work_dir, step_no)?;
+                let run_err = |problem: String| BuildError::Run {
+                    file: file.clone(),
+                    line,
+                    problem,
+                };
+                let _ = std::fs::remove_dir_all(&scratch);
+                std::fs::create_dir_all(&scratch)
+                    .map_err(step_err(format!("creating {}", scratch.display())))?;
+                let scratch = scratch
+                    .canonicalize()
+                    .map_err(step_err(format!("creating {}", scratch.display())))?;
+                std::fs::create_dir_all(&req.cache_mounts_dir).map_err(step_err(format!(
+                    "creating {}",
+                    req.cache_mounts_dir.display()
+                )))?;
+                let workdir = image
+                    .container_config()
+                    .get("WorkingDir")
+                    .and_then(|v| v.as_str())
+                    .filter(|w| !w.is_empty())
+                    .unwrap_or("/")
+                    .to_owned();
+                let mut prepared = crate::run_mounts::prepare(
+                    &run.mounts,
+                    &roots,
+                    &crate::run_mounts::MountContext {
+                        context: &req.context,
+                        ignore: ignore.as_ref(),
+                        secrets: &req.secrets,
+                        cache_root: &req.cache_mounts_dir,
+                        scratch: &scratch,
+                        workdir: &workdir,
+                    },
+                )
+                .map_err(run_err)?;
+                if let Some((name, body)) = &script {
+                    // A heredoc with a shebang runs as a file, from
+                    // /dev/pipes as in BuildKit, outside the layer.
+                    let pipes = scratch.join("pipes");
+                    std::fs::create_dir_all(&pipes).map_err(|e| run_err(e.to_string()))?;
+                    let at = pipes.join(name);
+                    std::fs::write(&at, body).map_err(|e| run_err(e.to_string()))?;
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o755))
+                        .map_err(|e| run_err(e.to_string()))?;
+                    prepared.mounts.push(sandbox::Mount::Bind {
+                        source: pipes,
+                        target: "/dev/pipes".into(),
+                        readonly: true,
+                    });
+                }
+                let mut lower: Vec<PathBuf> = lowers.iter().rev().cloned().collect();
+                if lower.is_empty() {
+                    // FROM scratch: overlayfs needs a lower dir; an empty one.
+                    let empty = scratch.join("empty");
+                    std::fs::create_dir_all(&empty).map_err(|e| run_err(e.to_string()))?;
+                    lower.push(empty);
+                }
+                let rootfs = RootFs {
+                    lower,
+                    upper: step.join("upper"),
+                    work: step.join("work"),
+                };
+                let config: Option<oci_spec::image::Config> =
+                    serde_json::from_value(json!(image.container_config().clone())).ok();
+                let process = sandbox::image_process(
+                    config.as_ref(),
+                    &rootfs,
+                    &ImageRun {
+                        entrypoint: Some(argv.clone()),
+                        args: Some(Vec::new()),
+                        env: args
+                            .iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .chain(prepared.env.iter().cloned())
+                            .collect(),
+                        ..Default::default()
+                    },
+                )
+                .map_err(step_err(format!("{file}:{line}: RUN")))?;
+                let mut spec = RunSpec::new(rootfs, argv.clone());
+                spec.process = process;
+                spec.mounts = prepared.mounts;
+                spec.secrets = prepared.secrets;
+                spec.limits = req.run_limits.clone();
+                if run.network.as_deref() == Some("none") {
+                    spec.network = sandbox::Network::None;
+                }
+                let outcome = sandbox
+                    .run(&spec, out, err, &Default::default())
+                    .await
+                    .map_err(step_err(format!("{file}:{line}: RUN")));
+                let _ = std::fs::remove_dir_all(&scratch);
+                let outcome = outcome?;
+                if outcome.limits_not_enforced {
+                    let _ = err
+                        .write_all(
+                            b"warning: no writable cgroup controller here: --memory/--cpus are not enforced\n",
+                        )
+                        .await;
+                }
+                if !outcome.status.success() {
+                    return Err(BuildError::RunFailed {
+                        file: file.clone(),
+                        line,
+                        command: shown,
+                        code: outcome.status.code,
+                    });
+                }
+                let (upper_dir, layer) = finish_step(&step, req, &key)?;
+                stack_layer(
+                    image,
+                    lowers,
+                    new_layers,
+                    upper_dir,
+                    layer,
+                    &created_by,
+                    &req.created,
+                    (&mut done_steps, &key),
+                );
+            }
+            Command::Copy(c) => {
+                let shown: Vec<String> = c
+                    .sources
+                    .iter()
+                    .cloned()
+                    .chain(c.inline.iter().map(|h| format!("<<{}", h.name)))
+                    .collect();
+                say(
+                    out,
+                    tty,
+                    &format!("{label} COPY {} {}", shown.join(" "), c.dest),
+                )
+                .await;
+                let step_no = si * 10_000 + n;
+                let copy_err = |(path, problem): (String, String)| BuildError::Copy {
+                    file: file.clone(),
+                    line,
+                    path,
+                    problem,
+                };
+                let dest = absolute_dest(image, &c.dest);
+                let source_root = match &c.from {
+                    None => req.context.clone(),
+                    Some(from) => {
+                        from_root(from, df, si, states, store, client, req, &file, line).await?
+                    }
+                };
+                let ignore_here = if c.from.is_none() {
+                    ignore.as_ref()
+                } else {
+                    None
+                };
+                let exclude = exclude_matcher(&c.excludes).map_err(copy_err)?;
+                let inline_dir = req.work_dir.join(format!("inline-{step_no}"));
+                write_inline(&inline_dir, &c.inline).map_err(copy_err)?;
+                let planned = plan_sources(
+                    &source_root,
+                    &c.sources,
+                    &dest,
+                    c.dest.ends_with('/'),
+                    c.parents,
+                    ignore_here,
+                    c.inline.len(),
+                )
+                .map_err(copy_err)?;
+                let planned_sources: Vec<String> =
+                    planned.iter().map(|p| p.source.clone()).collect();
+                let inline_names: Vec<String> = c.inline.iter().map(|h| h.name.clone()).collect();
+                key = next_key(
+                    &key,
+                    &[
+                        &hash_sources(&source_root, &planned_sources, ignore_here),
+                        &hash_sources(&inline_dir, &inline_names, None),
+                    ],
+                );
+                if let Some(hit) = find_cached(req, &key, remote, client, store, lowers, err).await
+                {
+                    let _ = std::fs::remove_dir_all(&inline_dir);
+                    say(out, tty, &format!("{label} CACHED")).await;
+                    stack_layer(
+                        image,
+                        lowers,
+                        new_layers,
+                        hit.upper,
+                        hit.layer,
+                        &created_by,
+                        &req.created,
+                        (&mut done_steps, &key),
+                    );
+                    *cache_key = key;
+                    continue;
+                }
+                let step = new_step_dir(&req.work_dir, step_no)?;
+                let upper = step.join("upper");
+                let (owner, mode) =
+                    ownership(c.chown.as_deref(), c.chmod.as_deref(), lowers, &step).map_err(
+                        |problem| BuildError::Copy {
+                            file: file.clone(),
+                            line,
+                            path: c.chown.clone().or(c.chmod.clone()).unwrap_or_default(),
+                            problem,
+                        },
+                    )?;
+                let how = CopySpec {
+                    root: &source_root,
+                    ignore: ignore_here,
+                    exclude: exclude.as_ref(),
+                    owner,
+                    mode: mode.as_ref(),
+                };
+                for p in &planned {
+                    copy_source(&how, &p.source, &p.dest, p.into_dir, &upper, lowers).map_err(
+                        |problem| BuildError::Copy {
+                            file: file.clone(),
+                            line,
+                            path: p.source.clone(),
+                            problem,
+                        },
+                    )?;
+                }
+                copy_inline(
+                    &inline_dir,
+                    &c.inline,
+                    &how,
+                    &dest,
+                    &c.dest,
+                    &planned,
+                    &upper,
+                    lowers,
+                )
+                .map_err(copy_err)?;
+                let _ = std::fs::remove_dir_all(&inline_dir);
+                let (upper_dir, layer) = finish_step(&step, req, &key)?;
+                stack_layer(
+                    image,
+                    lowers,
+                    new_layers,
+                    upper_dir,
+                    layer,
+                    &created_by,
+                    &req.created,
+                    (&mut done_steps, &key),
+                );
+            }
+            Command::Add(a) => {
+                if a.keep_git_dir {
+                    return Err(unsupported(line, "ADD", "--keep-git-dir (git sources)"));
+                }
+                let shown: Vec<String> = a
+                    .sources
+                    .iter()
+                    .cloned()
+                    .chain(a.inline.iter().map(|h| format!("<<{}", h.name)))
+                    .collect();
+                say(
+                    out,
+                    tty,
+                    &format!("{label} ADD {} {}", shown.join(" "), a.dest),
+                )
+                .await;
+                let step_no = si * 10_000 + n;
+                let dest = absolute_dest(image, &a.dest);
+                let add_err = |path: &str| {
+                    let (file, path) = (file.clone(), path.to_owned());
+                    move |problem: String| BuildError::Copy {
+                        file,
+                        line,
+                        path,
+                        problem,
+                    }
+                };
+                let copy_err = |(path, problem): (String, String)| BuildError::Copy {
+                    file: file.clone(),
+                    line,
+                    path,
+                    problem,
+                };
+                let is_url = |x: &str| x.starts_with("http://") || x.starts_with("https://");
+                let urls: Vec<&String> = a.sources.iter().filter(|x| is_url(x)).collect();
+                let locals: Vec<String> =
+                    a.sources.iter().filter(|x| !is_url(x)).cloned().collect();
+                let exclude = exclude_matcher(&a.excludes).map_err(copy_err)?;
+                let inline_dir = req.work_dir.join(format!("inline-{step_no}"));
+                write_inline(&inline_dir, &a.inline).map_err(copy_err)?;
+                let planned = plan_sources(
+                    &req.context,
+                    &locals,
+                    &dest,
+                    a.dest.ends_with('/'),
+                    false,
+                    ignore.as_ref(),
+                    a.inline.len() + urls.len(),
+                )
+                .map_err(copy_err)?;
+                let into_dir =
+                    a.dest.ends_with('/') || planned.len() + a.inline.len() + urls.len() > 1;
+                let remote_unpinned = !urls.is_empty() && a.checksum.is_none();
+                // A URL without --checksum can change under us: never reuse it.
+                let nonce = if remote_unpinned {
+                    format!("{:?}", std::time::SystemTime::now())
+                } else {
+                    String::new()
+                };
+                let planned_sources: Vec<String> = planned
+                    .iter()
+                    .map(|p| p.source.clone())
+                    .chain(urls.iter().map(|u| u.to_string()))
+                    .collect();
+                let inline_names: Vec<String> = a.inline.iter().map(|h| h.name.clone()).collect();
+                key = next_key(
+                    &key,
+                    &[
+                        &hash_sources(&req.context, &planned_sources, ignore.as_ref()),
+                        &hash_sources(&inline_dir, &inline_names, None),
+                        a.checksum.as_deref().unwrap_or(""),
+                        &nonce,
+                    ],
+                );
+                if let Some(hit) = find_cached(req, &key, remote, client, store, lowers, err).await
+                {
+                    let _ = std::fs::remove_dir_all(&inline_dir);
+                    say(out, tty, &format!("{label} CACHED")).await;
+                    stack_layer(
+                        image,
+                        lowers,
+                        new_layers,
+                        hit.upper,
+                        hit.layer,
+                        &created_by,
+                        &req.created,
+                        (&mut done_steps, &key),
+                    );
+                    *cache_key = key;
+                    continue;
+                }
+                let step = new_step_dir(&req.work_dir, step_no)?;
+                let upper = step.join("upper");
+                let (owner, mode) =
+                    ownership(a.chown.as_deref(), a.chmod.as_deref(), lowers, &step)
+                        .map_err(add_err("--chown/--chmod"))?;
+                if a.checksum.is_some() && urls.is_empty() {
+                    return Err(unsupported(
+                        line,
+                        "ADD",
+                        "--checksum on a local source (Docker allows it only for URLs)",
+                    ));
+                }
+                for source in &urls {
+                    if source.ends_with(".git") || source.contains(".git#") {
+                        return Err(unsupported(line, "ADD", "git sources"));
+                    }
+                    add_url(
+                        source,
+                        a.checksum.as_deref(),
+                        &dest,
+                        into_dir,
+                        owner,
+                        mode.as_ref(),
+                        &upper,
+                        lowers,
+                    )
+                    .await
+                    .map_err(add_err(source))?;
+                }
+                let how = CopySpec {
+                    root: &req.context,
+                    ignore: ignore.as_ref(),
+                    exclude: exclude.as_ref(),
+                    owner,
+                    mode: mode.as_ref(),
+                };
+                for p in &planned {
+                    let extracted = if a.unpack == Some(false) {
+                        false
+                    } else {
+                        add_archive(&req.context, &p.source, &p.dest, &upper, lowers)
+                            .map_err(add_err(&p.source))?
+                    };
+                    if !extracted {
+                        copy_source(&how, &p.source, &p.dest, p.into_dir, &upper, lowers)
+                            .map_err(add_err(&p.source))?;
+                    }
+                }
+                copy_inline(
+                    &inline_dir,
+                    &a.inline,
+                    &how,
+                    &dest,
+                    &a.dest,
+                    &planned,
+                    &upper,
+                    lowers,
+                )
+                .map_err(copy_err)?;
+                let _ = std::fs::remove_dir_all(&inline_dir);
+                let (upper_dir, layer) = finish_step(&step, req, &key)?;
+                stack_layer(
+                    image,
+                    lowers,
+                    new_layers,
+                    upper_dir,
+                    layer,
+                    &created_by,
+                    &req.created,
+                    (&mut done_steps, &key),
+                );
+            }
+            Command::Workdir { path } => {
+                say(out, tty, &format!("{label} WORKDIR {path}")).await;
+                let current = image
+                    .container_config()
+                    .get("WorkingDir")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("/")
+                    .to_owned();
+                let abs = if path.starts_with('/') {
+                    path.clone()
+                } else {
+                    format!("{}/{path}", current.trim_end_matches('/'))
+                };
+                image
+                    .container_config()
+                    .insert("WorkingDir".into(), json!(abs));
+                let rel = clean_rel(&abs)
+                    .ok_or_else(|| unsupported(line, "WORKDIR", "a path that leaves /"))?;
+                if !rel.as_os_str().is_empty() && !exists_in(lowers, &rel) {
+                    if let Some(hit) =
+                        find_cached(req, &key, remote, client, store, lowers, err).await
+                    {
+                        say(out, tty, &format!("{label} CACHED")).await;
+                        stack_layer(
+                            image,
+                            lowers,
+                            new_layers,
+                            hit.upper,
+                            hit.layer,
+                            &created_by,
+                            &req.created,
+                            (&mut done_steps, &key),
+                        );
+                        *cache_key = key;
+                        continue;
+                    }
+                    let step = new_step_dir(&req.work_dir, si * 10_000 + n)?;
+                    make_dirs(&step.join("upper"), &rel, lowers)
+                        .map_err(step_err(format!("{file}:{line}: WORKDIR")))?;
+                    let (upper_dir, layer) = finish_step(&step, req, &key)?;
+                    stack_layer(
+                        image,
+                        lowers,
+                        new_layers,
+                        upper_dir,
+                        layer,
+                        &created_by,
+                        &req.created,
+                        (&mut done_steps, &key),
+                    );
+                } else {
+                    image.add_empty_step(&created_by, &req.created);
+                }
+            }
+            Command::Env { vars } => {
+                say(out, tty, &format!("{label} ENV")).await;
+                let cfg = image.container_config();
+                let mut env: Vec<String> = cfg
+                    .get("Env")
+                    .and_then(|v| serde_json::from_value(v.clone()).ok())
+                    .unwrap_or_default();
+                for kv in vars {
+                    env.retain(|e| e.split_once('=').map(|(k, _)| k) != Some(kv.key.as_str()));
+                    env.push(format!("{}={}", kv.key, kv.value));
+                }
+                cfg.insert("Env".into(), json!(env));
+                image.add_empty_step(&created_by, &req.created);
+            }
+            Command::Arg { args: defs } => {
+                for a in defs {
+                    if let Some(v) = req
+                        .build_args
+                        .get(&a.name)
+                        .cloned()
+                        .or_else(|| a.default.clone())
+                    {
+                        args.insert(a.name.clone(), v);
+                    }
+                }
+            }
+            Command::Label { labels } => {
+                let cfg = image.container_config();
+                let entry = cfg.entry("Labels").or_insert_with(|| json!({}));
+                if !entry.is_object() {
+                    *entry = json!({});
+                }
+                if let Some(map) = entry.as_object_mut() {
+                    for kv in labels {
+                        map.insert(kv.key.clone(), json!(kv.value));
+                    }
+                }
+                image.add_empty_step(&created_by, &req.created);
+            }
+            Command::Cmd(cl) | Command::Entrypoint(cl) => {
+                let key = if matches!(ins.command, Command::Cmd(_)) {
+                    "Cmd"
+                } else {
+                    "Entrypoint"
+                };
+                let value: Vec<String> = if cl.shell_form {
+                    shell.iter().cloned().chain([cl.args.join(" ")]).collect()
+                } else {
+                    cl.args.clone()
+                };
+                image.container_config().insert(key.into(), json!(value));
+                if key == "Cmd" {
+                    cmd_set = true;
+                } else if !cmd_set {
+                    // BuildKit: a new ENTRYPOINT resets a CMD the stage
+                    // did not set itself (an inherited one).
+                    image.container_config().remove("Cmd");
+                }
+                image.add_empty_step(&created_by, &req.created);
+            }
+            Command::User { user } => {
+                image.container_config().insert("User".into(), json!(user));
+                image.add_empty_step(&created_by, &req.created);
+            }
+            Command::Expose { ports } => {
+                let cfg = image.container_config();
+                let entry = cfg.entry("ExposedPorts").or_insert_with(|| json!({}));
+                if let Some(map) = entry.as_object_mut() {
+                    for p in ports {
+                        let key = if p.contains('/') {
+                            p.clone()
+                        } else {
+                            format!("{p}/tcp")
+                        };
+                        map.insert(key, json!({}));
+                    }
+                }
+                image.add_empty_step(&created_by, &req.created);
+            }
+            Command::Stopsignal { signal } => {
+                image
+                    .container_config()
+                    .insert("StopSignal".into(), json!(signal));
+                image.add_empty_step(&created_by, &req.created);
+            }
+            Command::Shell { shell: s } => {
+                *shell = s.clone();
+                image.container_config().insert("Shell".into(), json!(s));
+                image.add_empty_step(&created_by, &req.created);
+            }
+            Command::Maintainer { name } => {
+                image.add_empty_step(&format!("MAINTAINER {name}"), &req.created);
+            }
+            Command::Healthcheck(h) => {
+                // Docker's HealthConfig: durations in nanoseconds, and
+                // zero values left out (`omitempty`).
+                let mut hc = serde_json::Map::new();
+                hc.insert("Test".into(), json!(h.test));
+                for (k, v) in [
+                    ("Interval", h.interval_ns),
+                    ("Timeout", h.timeout_ns),
+                    ("StartPeriod", h.start_period_ns),
+                    ("StartInterval", h.start_interval_ns),
+                ] {
+                    if let Some(v) = v.filter(|v| *v > 0) {
+                        hc.insert(k.into(), json!(v));
+                    }
+                }
+                if let Some(r) = h.retries.filter(|r| *r > 0) {
+                    hc.insert("Retries".into(), json!(r));
+                }
+                image
+                    .container_config()
+                    .insert("Healthcheck".into(), serde_json::Value::Object(hc));
+                image.add_empty_step(&created_by, &req.created);
+            }
+            Command::Volume { paths } => {
+                let cfg = image.container_config();
+                let entry = cfg.entry("Volumes").or_insert_with(|| json!({}));
+                if !entry.is_object() {
+                    *entry = json!({});
+                }
+                if let Some(map) = entry.as_object_mut() {
+                    for p in paths {
+                        map.insert(p.clone(), json!({}));
+                    }
+                }
+                image.add_empty_step(&created_by, &req.created);
+            }
+            Command::Onbuild { expression, .. } => {
+                // Recorded for images built FROM this one; BuildKit adds
+                // no history entry for it.
+                let cfg = image.container_config();
+                let entry = cfg.entry("OnBuild").or_insert_with(|| json!([]));
+                if !entry.is_array() {
+                    *entry = json!([]);
+                }
+                if let Some(list) = entry.as_array_mut() {
+                    list.push(json!(expression));
+                }
+            }
+        }
+        if matches!(
+            ins.command,
+            Command::Run(_) | Command::Copy(_) | Command::Add(_)
+        ) {
+            let secs = started.elapsed().as_secs_f64();
+            say(out, tty, &format!("{label} DONE {secs:.1}s")).await;
+        }
+        *cache_key = key;
+    }
+    Ok((st, done_steps))
 }
 
 /// A step line. On a terminal (`--progress tty`) it stands out in bold from

@@ -967,3 +967,44 @@ CMD [\"/app\"]\n",
     assert_eq!(read(&rootfs, "app"), "static\n");
     assert!(!rootfs.join("bin").exists(), "busybox leaked into scratch");
 }
+
+#[test]
+fn independent_stages_build_at_the_same_time() {
+    let Some(fx) = fixture() else { return };
+    let host = fx.srv.addr.clone();
+    let ctx = fx.tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    // Each stage notes when its RUN started and ended (host uptime: /proc
+    // is the host's clock in the sandbox too).
+    let stage = |name: &str| {
+        format!(
+            "FROM {host}/base/busybox:v1 AS {name}\n\
+RUN [\"/bin/busybox\", \"sh\", \"-c\", \"busybox cut -d' ' -f1 /proc/uptime > /start; busybox sleep 2; busybox cut -d' ' -f1 /proc/uptime > /end; echo {name}-done\"]\n"
+        )
+    };
+    let reference = format!("{host}/app/parallel:v1");
+    let printed = must(build(
+        &fx,
+        &ctx,
+        &format!(
+            "{}{}FROM {host}/base/busybox:v1\n\
+COPY --from=one /start /one-start\nCOPY --from=one /end /one-end\n\
+COPY --from=two /start /two-start\nCOPY --from=two /end /two-end\n",
+            stage("one"),
+            stage("two")
+        ),
+        &["-t", &reference],
+    ));
+    assert!(
+        printed.lines().any(|l| l == "one-done") && printed.lines().any(|l| l == "two-done"),
+        "{printed}"
+    );
+    let layout = fetch_layout(&fx, &reference, "parallel");
+    let (rootfs, _) = unpack(&fx, &layout, "parallel");
+    let t = |p: &str| read(&rootfs, p).trim().parse::<f64>().unwrap();
+    let (s1, e1, s2, e2) = (t("one-start"), t("one-end"), t("two-start"), t("two-end"));
+    assert!(
+        s1 < e2 && s2 < e1,
+        "the stages ran one after the other: one {s1}..{e1}, two {s2}..{e2}"
+    );
+}
