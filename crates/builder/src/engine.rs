@@ -1,25 +1,29 @@
 //! `slipway build --local`: a Dockerfile built on this machine, without a
 //! daemon, and pushed.
 //!
-//! What is supported today, each as Docker does it: the stages the target
-//! needs, in order, each `FROM` an image or an earlier stage (stages the
-//! target does not need are not built); `RUN` (shell and exec form, through
-//! the stage's `SHELL`) in the sandbox on an overlay of the layers so far;
-//! `COPY` of files and directories from the context (honouring
-//! `.dockerignore`, never following a symlink out of it), or `--from` an
-//! earlier stage or an image, with `--chown` (names from the image's
-//! passwd/group; a user alone gives gid = uid, as Docker does) and octal
-//! `--chmod`; `WORKDIR` (created when missing); `ENV`, `ARG`,
-//! `LABEL`, `CMD`, `ENTRYPOINT`, `USER`, `EXPOSE`, `STOPSIGNAL`, `SHELL`,
-//! `MAINTAINER`; `ADD` of local files, local tar archives (extracted) and
-//! URLs (with `--checksum`). Anything else — `VOLUME`, `HEALTHCHECK`, `ONBUILD`,
-//! `RUN --mount`, `COPY --link/--parents/--exclude`, globs
-//! in `COPY` — is refused with its line, never silently skipped. Stages run
-//! one after another (no parallelism yet). A local cache (`<data>/cache`)
-//! keys each step by the key before it, the instruction as written, the
-//! build args and shell in scope, and for COPY/ADD a digest of the files
-//! read; a hit reuses the step's upper dir and layer blob. There is no
-//! registry-shared cache yet.
+//! Supported, each as BuildKit does it: the stages the target needs (those
+//! of one level of the stage graph at the same time), each `FROM` an image,
+//! an earlier stage or `scratch`, whose base environment and `SHELL` take
+//! part; the ONBUILD triggers of what a stage starts from; `RUN` (shell and
+//! exec form, heredocs, `--network=none`, `--mount` of type secret, cache,
+//! bind and tmpfs; see `run_mounts`) in the sandbox on an overlay of the
+//! layers so far, under `BuildRequest::run_limits`; `COPY`/`ADD` from the
+//! context (honouring `.dockerignore`; symlinks followed inside it), `--from`
+//! a stage or an image, heredocs, wildcards, `--chown` (names from the
+//! image's passwd/group), octal or symbolic `--chmod`, `--exclude`,
+//! `--parents`, `--link`; `ADD` of local tar archives (extracted) and URLs
+//! (`--checksum`); `WORKDIR` (created when missing); `ENV`, `ARG`, `LABEL`,
+//! `CMD`, `ENTRYPOINT`, `USER`, `EXPOSE`, `STOPSIGNAL`, `SHELL`,
+//! `HEALTHCHECK`, `VOLUME`, `ONBUILD`, `MAINTAINER`. Anything else (git
+//! sources, `type=ssh` mounts, `--security=insecure`) is refused with its
+//! line, never silently skipped.
+//!
+//! A local cache (`<data>/cache`) keys each step by the key before it, the
+//! instruction as written, the build args and shell in scope, and a digest
+//! of the files it reads (COPY/ADD sources, bind mounts); a hit reuses the
+//! step's upper dir and layer blob. `remote_cache` shares steps through a
+//! registry. The image goes to every tag, and/or to an OCI layout tarball
+//! (`oci_archive`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
