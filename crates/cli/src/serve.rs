@@ -74,7 +74,7 @@ pub struct AgentArgs {
     #[arg(long, env = "SLIPWAY_BUILD_DATA")]
     build_data: Option<PathBuf>,
     /// Name shown in `slipway pool show` (default: host-pid).
-    #[arg(long)]
+    #[arg(long, env = "SLIPWAY_AGENT_ID")]
     agent_id: Option<String>,
     /// Registry host:port the builds may reach over plain HTTP; repeatable.
     #[arg(long = "insecure-registry")]
