@@ -112,7 +112,9 @@ async fn main() -> Result<()> {
         .next()
         .context("no URL")?
         .to_owned();
-    let token = std::fs::read_to_string(data.join("admin-token"))?.trim().to_owned();
+    let token = std::fs::read_to_string(data.join("admin-token"))?
+        .trim()
+        .to_owned();
     let c = api::Client::new(&url, Some(token.clone()))?;
     let host = c.registry_host().to_owned();
 
@@ -156,7 +158,10 @@ async fn main() -> Result<()> {
                     }
                 };
                 let got = Instant::now();
-                started.lock().unwrap_or_else(|p| p.into_inner()).push((lease.run.id.clone(), got));
+                started
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((lease.run.id.clone(), got));
                 let r = api::RunResult {
                     token: lease.token,
                     outcome: api::Outcome::Succeeded,
@@ -191,7 +196,10 @@ async fn main() -> Result<()> {
                             timeout_secs: None,
                         })
                         .await?;
-                    submitted.lock().unwrap_or_else(|p| p.into_inner()).insert(run.id, at);
+                    submitted
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(run.id, at);
                 }
                 let _ = s;
                 anyhow::Ok(())
@@ -280,7 +288,16 @@ async fn main() -> Result<()> {
     let alog = tmp.path().join("agent.log");
     let _agent = Killed(
         Command::new(&slipway)
-            .args(["agent", "--server", &url, "--pool", "cached", "--agent-id", "real", "--work-dir"])
+            .args([
+                "agent",
+                "--server",
+                &url,
+                "--pool",
+                "cached",
+                "--agent-id",
+                "real",
+                "--work-dir",
+            ])
             .arg(tmp.path().join("agent"))
             .env("SLIPWAY_TOKEN", &t)
             .stdout(Stdio::null())
@@ -317,7 +334,11 @@ async fn main() -> Result<()> {
         };
         let total = at.elapsed();
         if state != RunState::Succeeded {
-            bail!("cached build run {} ended {state}; agent log: {}", run.id, alog.display());
+            bail!(
+                "cached build run {} ended {state}; agent log: {}",
+                run.id,
+                alog.display()
+            );
         }
         // Round 0 fills the cache; the rest are fully cached.
         if round > 0 {
@@ -326,11 +347,17 @@ async fn main() -> Result<()> {
     }
     samples.sort();
     let (first, total) = samples[samples.len() / 2];
-    println!("cached build (median of {} runs after a warm-up, real agent):", samples.len());
+    println!(
+        "cached build (median of {} runs after a warm-up, real agent):",
+        samples.len()
+    );
     println!(
         "  submit → first build log line  {:.0} ms   (goal < 300 ms)",
         first.as_secs_f64() * 1e3
     );
-    println!("  submit → succeeded             {:.0} ms", total.as_secs_f64() * 1e3);
+    println!(
+        "  submit → succeeded             {:.0} ms",
+        total.as_secs_f64() * 1e3
+    );
     Ok(())
 }

@@ -27,7 +27,7 @@ pub async fn uploaded(
             Ok(r) => break r,
             Err(e) if e.is_transient() && tries < 20 => {
                 tries += 1;
-                tokio::time::sleep(backoff.next()).await;
+                tokio::time::sleep(backoff.delay()).await;
             }
             Err(e) => return Err(format!("downloading context {digest}: {e}")),
         }

@@ -99,7 +99,7 @@ pub async fn run(
                 }
                 Ok(None) => backoff.reset(),
                 Err(e) if e.is_transient() => {
-                    let d = backoff.next();
+                    let d = backoff.delay();
                     tracing::warn!("leasing: {e}; retrying in {d:?}");
                     tokio::time::sleep(d).await;
                 }
@@ -126,7 +126,7 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.0 = Duration::from_millis(250);
     }
-    pub fn next(&mut self) -> Duration {
+    pub fn delay(&mut self) -> Duration {
         let d = self.0;
         self.0 = (self.0 * 2).min(Duration::from_secs(5));
         d
@@ -264,7 +264,7 @@ async fn execute(
                 tracing::info!(run = run_id, state = %run.state, "reported");
                 return;
             }
-            Err(e) if e.is_transient() => tokio::time::sleep(backoff.next()).await,
+            Err(e) if e.is_transient() => tokio::time::sleep(backoff.delay()).await,
             Err(e) => {
                 tracing::warn!(run = run_id, "result refused: {e}");
                 return;

@@ -126,7 +126,7 @@ async fn upload(
                     pending.clear();
                 }
                 Err(e) if e.is_transient() || e.status() == Some(429) => {
-                    let d = backoff.next();
+                    let d = backoff.delay();
                     tracing::warn!(run, "log upload: {e}; retrying in {d:?}");
                     tokio::time::sleep(d).await;
                     if finish.is_none() {

@@ -425,7 +425,7 @@ pub async fn follow(c: &api::Client, id: &str, wait: bool, print: bool) -> Resul
                     eprintln!("slipway: lost the server ({e}); resuming the log when it is back");
                     warned = true;
                 }
-                tokio::time::sleep(backoff.next()).await;
+                tokio::time::sleep(backoff.delay()).await;
                 continue;
             }
             Err(e) => return Err(e).with_context(|| format!("reading the log of run {id}")),
@@ -451,7 +451,7 @@ pub async fn follow(c: &api::Client, id: &str, wait: bool, print: bool) -> Resul
     loop {
         match c.run(id).await {
             Ok(r) => return Ok(r),
-            Err(e) if e.is_transient() => tokio::time::sleep(backoff.next()).await,
+            Err(e) if e.is_transient() => tokio::time::sleep(backoff.delay()).await,
             Err(e) => return Err(e.into()),
         }
     }

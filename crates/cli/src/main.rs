@@ -39,7 +39,7 @@ enum Command {
     Agent(serve::AgentArgs),
     /// Build an image from a Dockerfile and push it (docker build's flags):
     /// on an agent pool, or on this machine with --local.
-    Build(build_cmd::BuildArgs),
+    Build(Box<build_cmd::BuildArgs>),
     /// Save a server URL and API token for the other commands.
     Login(ctl::LoginArgs),
     /// Manage agent pools (admin token).
@@ -204,7 +204,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Image { command } => image_cmd::run(command).await,
         Command::SandboxInit => sandbox_cmd::not_here(),
-        Command::Build(args) => build_cmd::run(args).await,
+        Command::Build(args) => build_cmd::run(*args).await,
         Command::Registry {
             command:
                 RegistryCommand::Gc {

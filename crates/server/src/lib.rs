@@ -191,10 +191,11 @@ impl Server {
             let s = self.clone();
             tokio::spawn(async move { s.reap_forever().await })
         };
-        let local = match self.config.agent_command.clone() {
-            Some(cmd) => Some(local::Supervisor::new(self.clone(), cmd, server_url)),
-            None => None,
-        };
+        let local = self
+            .config
+            .agent_command
+            .clone()
+            .map(|cmd| local::Supervisor::new(self.clone(), cmd, server_url));
         match local {
             Some(mut sup) => sup.run(shutdown).await,
             None => shutdown.await,
