@@ -5,8 +5,8 @@
 //! of one level of the stage graph at the same time), each `FROM` an image,
 //! an earlier stage or `scratch`, whose base environment and `SHELL` take
 //! part; the ONBUILD triggers of what a stage starts from; `RUN` (shell and
-//! exec form, heredocs, `--network=none`, `--mount` of type secret, cache,
-//! bind and tmpfs; see `run_mounts`) in the sandbox on an overlay of the
+//! exec form, heredocs, `--network=none`, `--mount` of type secret, ssh,
+//! cache, bind and tmpfs; see `run_mounts`) in the sandbox on an overlay of the
 //! layers so far, under `BuildRequest::run_limits`; `COPY`/`ADD` from the
 //! context (honouring `.dockerignore`; symlinks followed inside it), `--from`
 //! a stage or an image, heredocs, wildcards, `--chown` (names from the
@@ -15,7 +15,7 @@
 //! (`--checksum`); `WORKDIR` (created when missing); `ENV`, `ARG`, `LABEL`,
 //! `CMD`, `ENTRYPOINT`, `USER`, `EXPOSE`, `STOPSIGNAL`, `SHELL`,
 //! `HEALTHCHECK`, `VOLUME`, `ONBUILD`, `MAINTAINER`. Anything else (git
-//! sources, `type=ssh` mounts, `--security=insecure`) is refused with its
+//! sources, `--security=insecure`) is refused with its
 //! line, never silently skipped.
 //!
 //! A local cache (`<data>/cache`) keys each step by the key before it, the
@@ -127,6 +127,8 @@ pub struct BuildRequest {
     pub cache_from: Vec<Reference>,
     /// Where to push this build's steps as a cache (`--cache-to`).
     pub cache_to: Option<Reference>,
+    /// SSH agent sockets for `RUN --mount=type=ssh`, by id (`--ssh`).
+    pub ssh: BTreeMap<String, PathBuf>,
 }
 
 /// `--progress`: `Plain` for logs, `Tty` for a terminal. Both print a line
@@ -1004,6 +1006,7 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                         context: &req.context,
                         ignore: ignore.as_ref(),
                         secrets: &req.secrets,
+                        ssh: &req.ssh,
                         cache_root: &req.cache_mounts_dir,
                         scratch: &scratch,
                         workdir: &workdir,

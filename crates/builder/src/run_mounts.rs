@@ -15,6 +15,11 @@
 //!   `rw` bind go to a scratch copy and are discarded, as in BuildKit. A
 //!   context bind honours `.dockerignore` (by copying what it lets through).
 //! - `type=tmpfs`: a fresh tmpfs of `size` bytes.
+//! - `type=ssh`: the agent socket given with `--ssh ID=SOCKET` (id
+//!   `default` unless `id=`), bound at `target` (default
+//!   `/run/buildkit/ssh_agent.N`) with `SSH_AUTH_SOCK` pointing at the
+//!   first; optional unless `required`. The socket is the host's own, so
+//!   `mode`/`uid`/`gid` do not apply (BuildKit proxies it instead).
 //!
 //! Relative targets are relative to the working directory.
 
@@ -30,6 +35,8 @@ pub(crate) struct MountContext<'a> {
     pub ignore: Option<&'a dockerfile::IgnoreMatcher>,
     /// `--secret` values by id.
     pub secrets: &'a BTreeMap<String, Vec<u8>>,
+    /// `--ssh` agent sockets by id (absolute paths).
+    pub ssh: &'a BTreeMap<String, PathBuf>,
     /// Where `type=cache` directories live (absolute).
     pub cache_root: &'a Path,
     /// Scratch space for copies of `rw` or filtered binds (absolute, removed
@@ -82,6 +89,7 @@ pub(crate) fn prepare(
     cx: &MountContext<'_>,
 ) -> Result<Prepared, String> {
     let mut out = Prepared::default();
+    let mut ssh_index = 0;
     for (i, m) in mounts.iter().enumerate() {
         match m.kind.as_str() {
             "secret" => secret(m, i, cx, &mut out)?,
@@ -165,7 +173,35 @@ pub(crate) fn prepare(
                     readonly: m.readonly,
                 });
             }
-            "ssh" => return Err("type=ssh is not supported yet".into()),
+            "ssh" => {
+                if m.source.is_some() {
+                    return Err("ssh does not support source".into());
+                }
+                let id = m.id.clone().unwrap_or_else(|| "default".into());
+                let Some(socket) = cx.ssh.get(&id) else {
+                    if m.required {
+                        return Err(format!(
+                            "ssh agent {id} is required but was not given (--ssh {id}=SOCKET)"
+                        ));
+                    }
+                    continue;
+                };
+                let target = match &m.target {
+                    Some(_) => target_of(m, cx.workdir)?,
+                    None => format!("/run/buildkit/ssh_agent.{ssh_index}"),
+                };
+                ssh_index += 1;
+                // The first agent is the one ssh(1) finds, as in BuildKit.
+                if !out.env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK=")) {
+                    out.env.push(format!("SSH_AUTH_SOCK={target}"));
+                }
+                // The agent's own socket, bound in: ssh talks to it directly.
+                out.mounts.push(sandbox::Mount::Bind {
+                    source: socket.clone(),
+                    target,
+                    readonly: false,
+                });
+            }
             other => return Err(format!("unsupported mount type {other:?}")),
         }
     }
@@ -271,10 +307,12 @@ mod tests {
     fn secrets_default_to_run_secrets_and_env() {
         let d = tempfile::tempdir().unwrap();
         let secrets = BTreeMap::from([("tok".to_string(), b"v".to_vec())]);
+        let ssh = BTreeMap::new();
         let cx = MountContext {
             context: d.path(),
             ignore: None,
             secrets: &secrets,
+            ssh: &ssh,
             cache_root: d.path(),
             scratch: d.path(),
             workdir: "/app",

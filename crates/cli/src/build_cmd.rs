@@ -92,6 +92,10 @@ pub struct BuildArgs {
     /// CPU limit of each RUN step, in CPUs (1.5 = one and a half).
     #[arg(long)]
     pub(crate) cpus: Option<f64>,
+    /// SSH agent for RUN --mount=type=ssh: default (the agent of $SSH_AUTH_SOCK)
+    /// or ID=SOCKET; repeatable.
+    #[arg(long = "ssh")]
+    pub(crate) ssh: Vec<String>,
     /// A registry cache to reuse steps from: REF or type=registry,ref=REF; repeatable.
     #[arg(long = "cache-from")]
     pub(crate) cache_from: Vec<String>,
@@ -173,6 +177,33 @@ pub(crate) fn read_secret(spec: &str) -> Result<(String, Vec<u8>)> {
         (Some(_), Some(_)) => bail!("--secret {spec}: give src or env, not both"),
     };
     Ok((id, data))
+}
+
+/// `--ssh default | ID | ID=SOCKET`: an id alone means the agent of
+/// `$SSH_AUTH_SOCK`, as buildx reads it. Key files are not supported.
+fn ssh_socket(spec: &str) -> Result<(String, PathBuf)> {
+    let (id, path) = match spec.split_once('=') {
+        Some((id, path)) => (id, PathBuf::from(path)),
+        None => (
+            spec,
+            std::env::var_os("SSH_AUTH_SOCK")
+                .map(PathBuf::from)
+                .with_context(|| format!("--ssh {spec}: SSH_AUTH_SOCK is not set"))?,
+        ),
+    };
+    use std::os::unix::fs::FileTypeExt;
+    let meta =
+        std::fs::metadata(&path).with_context(|| format!("--ssh {spec}: {}", path.display()))?;
+    if !meta.file_type().is_socket() {
+        bail!(
+            "--ssh {spec}: {} is not an agent socket (key files are not supported)",
+            path.display()
+        );
+    }
+    let path = path
+        .canonicalize()
+        .with_context(|| format!("--ssh {spec}: {}", path.display()))?;
+    Ok((id.to_owned(), path))
 }
 
 /// `--cache-from`/`--cache-to`: a bare reference, or buildx's
@@ -349,6 +380,11 @@ pub async fn run(args: BuildArgs) -> Result<()> {
             dest,
             name: tags.first().cloned(),
         }),
+        ssh: args
+            .ssh
+            .iter()
+            .map(|spec| ssh_socket(spec))
+            .collect::<Result<_>>()?,
         cache_from: args
             .cache_from
             .iter()

@@ -1008,3 +1008,49 @@ COPY --from=two /start /two-start\nCOPY --from=two /end /two-end\n",
         "the stages ran one after the other: one {s1}..{e1}, two {s2}..{e2}"
     );
 }
+
+#[test]
+fn ssh_mounts_bind_the_agent_socket() {
+    let Some(fx) = fixture() else { return };
+    let host = fx.srv.addr.clone();
+    let ctx = fx.tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    // A stand-in agent: a listening socket (busybox has no unix-socket
+    // client, so the RUN checks that it is there, not that it answers).
+    let socket = fx.tmp.path().join("agent.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let reference = format!("{host}/app/ssh:v1");
+    must(build(
+        &fx,
+        &ctx,
+        &format!(
+            "{}RUN --mount=type=ssh test -S \"$SSH_AUTH_SOCK\" && echo \"$SSH_AUTH_SOCK\" > /proof\n\
+RUN --mount=type=ssh,id=absent echo optional agents may be missing > /optional\n",
+            base(&host)
+        ),
+        &[
+            "-t",
+            &reference,
+            "--ssh",
+            &format!("default={}", socket.display()),
+        ],
+    ));
+    let layout = fetch_layout(&fx, &reference, "ssh");
+    let (rootfs, _) = unpack(&fx, &layout, "ssh");
+    assert_eq!(read(&rootfs, "proof"), "/run/buildkit/ssh_agent.0\n");
+    assert!(read(&rootfs, "optional").contains("optional"));
+    assert!(!rootfs.join("run/buildkit/ssh_agent.0").exists());
+
+    // A required agent that was not given fails with the line.
+    let out = build(
+        &fx,
+        &ctx,
+        &format!("{}RUN --mount=type=ssh,required true\n", base(&host)),
+        &["--no-push"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("Dockerfile:3: RUN") && err.contains("ssh"),
+        "{err}"
+    );
+}
