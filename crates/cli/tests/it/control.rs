@@ -429,6 +429,25 @@ fn up_builds_examples_hello_and_reports_failures() {
         "the log names the Dockerfile line: {stdout}"
     );
 
+    // Scale the local pool: the server starts a third agent.
+    ok(plane.cli().args(["pool", "update", "default", "--count", "3"]));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let show = ok(plane.cli().args(["pool", "show", "default", "-o", "json"]));
+        let v: serde_json::Value = serde_json::from_str(&show).unwrap();
+        let live = v["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["status"] != "offline")
+            .count();
+        if live == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no third agent: {show}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
     // A broken Dockerfile is refused before anything is queued.
     let broken = context(&tmp.path().join("broken"), "FROM\n");
     let out = plane
@@ -439,7 +458,22 @@ fn up_builds_examples_hello_and_reports_failures() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("Dockerfile"));
-    drop(up);
+
+    // SIGTERM stops all of it: the server and every agent it started.
+    let mut up = up;
+    let pid = rustix::process::Pid::from_raw(up.child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while up.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "slipway up did not stop:\n{}", up.text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let agents_dir = data.join("agents").display().to_string();
+    let ps = ok(Command::new("ps").args(["-eo", "args"]));
+    assert!(
+        !ps.lines().any(|l| l.contains(&agents_dir)),
+        "agents outlived slipway up:\n{ps}"
+    );
 }
 
 /// SIGKILL of an agent in the middle of a RUN: the lease expires, the run
@@ -1309,4 +1343,73 @@ fn git_and_tarball_contexts_are_fetched_by_the_agent() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+}
+
+/// `--secret` on a pool build: the RUN reads it, the log shows `***` in its
+/// place, and no layer, config or history entry of the image holds it.
+#[test]
+fn secrets_reach_the_run_masked_in_logs_and_absent_from_the_image() {
+    if !need_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut plane = Plane::start(tmp.path(), &[]);
+    let rt = rt();
+    let c = plane.client();
+    rt.block_on(c.create_pool(&api::PoolSpec {
+        name: "p".into(),
+        tier: api::Tier::S1,
+        count: 1,
+        network: None,
+        local: false,
+    }))
+    .unwrap();
+    let token = rt.block_on(c.pool_token("p")).unwrap().token;
+    let base = plane.import_busybox();
+    plane.start_agent("p", &token, "s");
+    let secret = "tok-8c1f-Qz93-very-secret";
+    let dir = context(
+        &tmp.path().join("ctx"),
+        &format!(
+            "FROM {base}\nRUN --mount=type=secret,id=npm cat /run/secrets/npm && echo && wc -c < /run/secrets/npm\nRUN echo after > /after.txt\n"
+        ),
+    );
+    let out = plane
+        .cli()
+        .args(["build", "--pool", "p", "--secret", "id=npm,env=NPM_TOKEN", "-t", "sec:1"])
+        .arg(&dir)
+        .env("NPM_TOKEN", secret)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!stdout.contains(secret), "the secret leaked into the log:\n{stdout}");
+    assert!(stdout.contains("***"), "the RUN printed the (masked) secret: {stdout}");
+    assert!(stdout.contains(&secret.len().to_string()), "{stdout}");
+    // Every blob of the image: layers (decompressed), config, manifest.
+    let layout = tmp.path().join("layout");
+    ok(Command::new(tool("skopeo"))
+        .args(["copy", "--src-tls-verify=false", "--src-creds"])
+        .arg(format!("admin:{}", plane.token))
+        .arg(format!("docker://{}/sec:1", plane.host()))
+        .arg(format!("oci:{}:x", layout.display())));
+    let mut scanned = 0;
+    for e in std::fs::read_dir(layout.join("blobs/sha256")).unwrap().flatten() {
+        let raw = std::fs::read(e.path()).unwrap();
+        let mut plain = Vec::new();
+        let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
+            use std::io::Read;
+            flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut plain).unwrap();
+            &plain
+        } else {
+            &raw
+        };
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "the secret is in blob {}",
+            e.path().display()
+        );
+        scanned += 1;
+    }
+    assert!(scanned >= 4, "manifest, config and layers scanned: {scanned}");
 }
