@@ -1224,9 +1224,6 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                 );
             }
             Command::Add(a) => {
-                if a.keep_git_dir {
-                    return Err(unsupported(line, "ADD", "--keep-git-dir (git sources)"));
-                }
                 let shown: Vec<String> = a
                     .sources
                     .iter()
@@ -1256,10 +1253,30 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                     path,
                     problem,
                 };
-                let is_url = |x: &str| x.starts_with("http://") || x.starts_with("https://");
+                // Git repositories first: an https URL ending in .git is one.
+                let mut gits = Vec::new();
+                for x in &a.sources {
+                    if let Some(g) = crate::git::parse(x) {
+                        let mut g = g.map_err(add_err(x))?;
+                        if g.checksum.is_none() {
+                            g.checksum = a.checksum.clone();
+                        }
+                        let keep = g.keep_git_dir.unwrap_or(a.keep_git_dir);
+                        // Resolved now: the commit is part of the cache key.
+                        let commit = crate::git::resolve(&g).await.map_err(add_err(x))?;
+                        gits.push((x.clone(), g, commit, keep));
+                    }
+                }
+                let is_git = |x: &str| gits.iter().any(|(s, ..)| s == x);
+                let is_url =
+                    |x: &str| !is_git(x) && (x.starts_with("http://") || x.starts_with("https://"));
                 let urls: Vec<&String> = a.sources.iter().filter(|x| is_url(x)).collect();
-                let locals: Vec<String> =
-                    a.sources.iter().filter(|x| !is_url(x)).cloned().collect();
+                let locals: Vec<String> = a
+                    .sources
+                    .iter()
+                    .filter(|x| !is_url(x) && !is_git(x))
+                    .cloned()
+                    .collect();
                 let exclude = exclude_matcher(&a.excludes).map_err(copy_err)?;
                 let inline_dir = req.work_dir.join(format!("inline-{step_no}"));
                 write_inline(&inline_dir, &a.inline).map_err(copy_err)?;
@@ -1270,11 +1287,15 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                     a.dest.ends_with('/'),
                     false,
                     ignore.as_ref(),
-                    a.inline.len() + urls.len(),
+                    a.inline.len() + urls.len() + gits.len(),
                 )
                 .map_err(copy_err)?;
-                let into_dir =
-                    a.dest.ends_with('/') || planned.len() + a.inline.len() + urls.len() > 1;
+                let into_dir = a.dest.ends_with('/')
+                    || planned.len() + a.inline.len() + urls.len() + gits.len() > 1;
+                let git_key: Vec<String> = gits
+                    .iter()
+                    .map(|(_, g, commit, keep)| format!("{commit} {:?} {keep}", g.subdir))
+                    .collect();
                 let remote_unpinned = !urls.is_empty() && a.checksum.is_none();
                 // A URL without --checksum can change under us: never reuse it.
                 let nonce = if remote_unpinned {
@@ -1295,6 +1316,7 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                         &hash_sources(&inline_dir, &inline_names, None),
                         a.checksum.as_deref().unwrap_or(""),
                         &nonce,
+                        &git_key.join("\n"),
                     ],
                 );
                 if let Some(hit) = find_cached(req, &key, remote, client, store, lowers, err).await
@@ -1319,17 +1341,31 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                 let (owner, mode) =
                     ownership(a.chown.as_deref(), a.chmod.as_deref(), lowers, &step)
                         .map_err(add_err("--chown/--chmod"))?;
-                if a.checksum.is_some() && urls.is_empty() {
+                if a.checksum.is_some() && urls.is_empty() && gits.is_empty() {
                     return Err(unsupported(
                         line,
                         "ADD",
-                        "--checksum on a local source (Docker allows it only for URLs)",
+                        "--checksum on a local source (Docker allows it only for URLs and git)",
                     ));
                 }
+                for (i, (source, g, commit, keep)) in gits.iter().enumerate() {
+                    let checkout = req.work_dir.join(format!("git-{step_no}-{i}"));
+                    let root = crate::git::checkout(g, commit, &checkout, *keep)
+                        .await
+                        .map_err(add_err(source))?;
+                    let how = CopySpec {
+                        root: &root,
+                        ignore: None,
+                        exclude: exclude.as_ref(),
+                        owner,
+                        mode: mode.as_ref(),
+                    };
+                    // The repository's files go into dest as a directory's do.
+                    let copied = copy_source(&how, ".", &dest, true, &upper, lowers);
+                    let _ = std::fs::remove_dir_all(&checkout);
+                    copied.map_err(add_err(source))?;
+                }
                 for source in &urls {
-                    if source.ends_with(".git") || source.contains(".git#") {
-                        return Err(unsupported(line, "ADD", "git sources"));
-                    }
                     add_url(
                         source,
                         a.checksum.as_deref(),

@@ -14,6 +14,7 @@
 mod chmod;
 pub mod diff;
 pub mod engine;
+mod git;
 pub mod image;
 pub mod import;
 pub mod layers;

@@ -1054,3 +1054,114 @@ RUN --mount=type=ssh,id=absent echo optional agents may be missing > /optional\n
         "{err}"
     );
 }
+
+#[test]
+fn add_clones_git_repositories_and_follows_their_branches() {
+    let Some(fx) = fixture() else { return };
+    let host = fx.srv.addr.clone();
+    let tmp = fx.tmp.path();
+    // A repository served over git's dumb HTTP protocol by a plain web server.
+    let work = tmp.join("gitwork");
+    let web = tmp.join("web");
+    std::fs::create_dir_all(work.join("sub")).unwrap();
+    std::fs::create_dir_all(&web).unwrap();
+    std::fs::write(work.join("README"), "top\n").unwrap();
+    std::fs::write(work.join("sub/inner.txt"), "inner v1\n").unwrap();
+    let git = |dir: &Path, args: &[&str]| {
+        ok(Command::new("git")
+            .current_dir(dir)
+            .args(["-c", "user.email=t@example.com", "-c", "user.name=t"])
+            .args(args));
+    };
+    git(&work, &["init", "-q", "-b", "main"]);
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "-q", "-m", "one"]);
+    git(&work, &["tag", "v1"]);
+    git(tmp, &["clone", "-q", "--bare", "gitwork", "web/repo.git"]);
+    git(&web.join("repo.git"), &["update-server-info"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _http = KillOnDrop(
+        Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+                "--directory",
+            ])
+            .arg(&web)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "http.server did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let repo = format!("http://127.0.0.1:{port}/repo.git");
+    let ctx = tmp.join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    let dockerfile = format!(
+        "{}ADD {repo}#main:sub /from-git/\nADD {repo} /whole/\nADD --keep-git-dir {repo}#v1 /kept/\n",
+        base(&host)
+    );
+    let reference = format!("{host}/app/git:v1");
+    must(build(&fx, &ctx, &dockerfile, &["-t", &reference]));
+    let layout = fetch_layout(&fx, &reference, "git1");
+    let (rootfs, _) = unpack(&fx, &layout, "git1");
+    assert_eq!(read(&rootfs, "from-git/inner.txt"), "inner v1\n");
+    assert!(
+        !rootfs.join("from-git/README").exists(),
+        "the subdir was not honoured"
+    );
+    assert_eq!(read(&rootfs, "whole/README"), "top\n");
+    assert!(!rootfs.join("whole/.git").exists());
+    assert!(
+        rootfs.join("kept/.git").is_dir(),
+        "--keep-git-dir lost .git"
+    );
+
+    // Unchanged branch: cached. A new commit on it: fetched again.
+    let again = must(build(&fx, &ctx, &dockerfile, &["-t", &reference]));
+    assert_eq!(again.matches("CACHED").count(), 4, "{again}");
+    std::fs::write(work.join("sub/inner.txt"), "inner v2\n").unwrap();
+    git(&work, &["commit", "-q", "-am", "two"]);
+    git(&work, &["push", "-q", "../web/repo.git", "main"]);
+    git(&web.join("repo.git"), &["update-server-info"]);
+    let third = must(build(&fx, &ctx, &dockerfile, &["-t", &reference]));
+    assert!(third.matches("CACHED").count() < 4, "{third}");
+    let layout = fetch_layout(&fx, &reference, "git2");
+    let (rootfs, _) = unpack(&fx, &layout, "git2");
+    assert_eq!(read(&rootfs, "from-git/inner.txt"), "inner v2\n");
+    assert!(rootfs.join("kept/.git").is_dir());
+
+    // A ref that does not exist names the source and line.
+    let out = build(
+        &fx,
+        &ctx,
+        &format!("{}ADD {repo}#nope /x/\n", base(&host)),
+        &["--no-push"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("Dockerfile:3") && err.contains("nope"),
+        "{err}"
+    );
+}
