@@ -429,8 +429,31 @@ fn up_builds_examples_hello_and_reports_failures() {
         "the log names the Dockerfile line: {stdout}"
     );
 
+    // A crashed local agent is started again.
+    let agent0 = data.join("agents").join("default-0").display().to_string();
+    let pid_of = |needle: &str| {
+        ok(Command::new("ps").args(["-eo", "pid,args"]))
+            .lines()
+            .find(|l| l.contains(" agent ") && l.contains(needle))
+            .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+    };
+    let first = pid_of(&agent0).expect("local agent 0 runs");
+    ok(Command::new("kill").args(["-9", &first]));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(p) = pid_of(&agent0)
+            && p != first
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "local agent 0 was not restarted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // Scale the local pool: the server starts a third agent.
-    ok(plane.cli().args(["pool", "update", "default", "--count", "3"]));
+    ok(plane
+        .cli()
+        .args(["pool", "update", "default", "--count", "3"]));
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let show = ok(plane.cli().args(["pool", "show", "default", "-o", "json"]));
@@ -465,7 +488,11 @@ fn up_builds_examples_hello_and_reports_failures() {
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while up.child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "slipway up did not stop:\n{}", up.text());
+        assert!(
+            Instant::now() < deadline,
+            "slipway up did not stop:\n{}",
+            up.text()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let agents_dir = data.join("agents").display().to_string();
@@ -583,6 +610,15 @@ fn killed_server_restarts_and_the_run_completes_with_a_whole_log() {
         .unwrap()
     });
     rt.block_on(wait_log(&c, &run.id, "line-5\n"));
+    // A `slipway logs -f` follows across the restart.
+    let follower = plane
+        .cli()
+        .args(["logs", "-f", &run.id])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
     plane.kill_and_restart(&["--lease-ttl", "3s"], Duration::from_millis(1500));
     let c = plane.client();
     let done = rt.block_on(wait_state(&c, &run.id, RunState::is_final, 90));
@@ -601,6 +637,13 @@ fn killed_server_restarts_and_the_run_completes_with_a_whole_log() {
     let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("line-")).collect();
     let want: Vec<String> = (1..=40).map(|i| format!("line-{i}")).collect();
     assert_eq!(lines, want, "log lines lost or doubled:\n{text}");
+    let followed = follower.wait_with_output().unwrap();
+    assert!(followed.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&followed.stdout),
+        text,
+        "slipway logs -f printed the log once, whole, through the restart"
+    );
 }
 
 /// 50 builds at once on a pool of 4 agents: all succeed, each ran once, no
@@ -727,6 +770,36 @@ fn cancel_and_timeout_stop_running_builds() {
         (a, b)
     });
     rt.block_on(wait_log(&c, &a.id, "sleeping-now"));
+    // The pool's tier (S1: 2 CPUs, 3 GiB) reaches the build as limits, and
+    // the RUN's cgroup carries them.
+    let ps = ok(Command::new("ps").args(["-eo", "pid,args"]));
+    assert!(
+        ps.lines().any(|l| l.contains("build --local")
+            && l.contains("--memory 3221225472")
+            && l.contains("--cpus 2")),
+        "no build child with the tier's limits:\n{ps}"
+    );
+    let sleeper = ps
+        .lines()
+        .find(|l| l.trim_start().split_whitespace().nth(1) == Some("sleep"))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("the RUN's sleep is running");
+    let cg = std::fs::read_to_string(format!("/proc/{sleeper}/cgroup")).unwrap();
+    let limit = cg.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, ctrl, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let file = match ctrl {
+            "memory" => format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"),
+            "" => format!("/sys/fs/cgroup{path}/memory.max"),
+            _ => return None,
+        };
+        std::fs::read_to_string(file).ok()
+    });
+    assert_eq!(
+        limit.as_deref().map(str::trim),
+        Some("3221225472"),
+        "memory limit of the RUN's cgroup ({cg})"
+    );
     let t0 = Instant::now();
     let out = plane
         .cli()
@@ -1376,15 +1449,33 @@ fn secrets_reach_the_run_masked_in_logs_and_absent_from_the_image() {
     );
     let out = plane
         .cli()
-        .args(["build", "--pool", "p", "--secret", "id=npm,env=NPM_TOKEN", "-t", "sec:1"])
+        .args([
+            "build",
+            "--pool",
+            "p",
+            "--secret",
+            "id=npm,env=NPM_TOKEN",
+            "-t",
+            "sec:1",
+        ])
         .arg(&dir)
         .env("NPM_TOKEN", secret)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(!stdout.contains(secret), "the secret leaked into the log:\n{stdout}");
-    assert!(stdout.contains("***"), "the RUN printed the (masked) secret: {stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !stdout.contains(secret),
+        "the secret leaked into the log:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("***"),
+        "the RUN printed the (masked) secret: {stdout}"
+    );
     assert!(stdout.contains(&secret.len().to_string()), "{stdout}");
     // Every blob of the image: layers (decompressed), config, manifest.
     let layout = tmp.path().join("layout");
@@ -1394,12 +1485,17 @@ fn secrets_reach_the_run_masked_in_logs_and_absent_from_the_image() {
         .arg(format!("docker://{}/sec:1", plane.host()))
         .arg(format!("oci:{}:x", layout.display())));
     let mut scanned = 0;
-    for e in std::fs::read_dir(layout.join("blobs/sha256")).unwrap().flatten() {
+    for e in std::fs::read_dir(layout.join("blobs/sha256"))
+        .unwrap()
+        .flatten()
+    {
         let raw = std::fs::read(e.path()).unwrap();
         let mut plain = Vec::new();
         let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
             use std::io::Read;
-            flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut plain).unwrap();
+            flate2::read::GzDecoder::new(&raw[..])
+                .read_to_end(&mut plain)
+                .unwrap();
             &plain
         } else {
             &raw
@@ -1411,5 +1507,8 @@ fn secrets_reach_the_run_masked_in_logs_and_absent_from_the_image() {
         );
         scanned += 1;
     }
-    assert!(scanned >= 4, "manifest, config and layers scanned: {scanned}");
+    assert!(
+        scanned >= 4,
+        "manifest, config and layers scanned: {scanned}"
+    );
 }
