@@ -781,7 +781,7 @@ fn cancel_and_timeout_stop_running_builds() {
     );
     let sleeper = ps
         .lines()
-        .find(|l| l.trim_start().split_whitespace().nth(1) == Some("sleep"))
+        .find(|l| l.split_whitespace().nth(1) == Some("sleep"))
         .and_then(|l| l.split_whitespace().next())
         .expect("the RUN's sleep is running");
     let cg = std::fs::read_to_string(format!("/proc/{sleeper}/cgroup")).unwrap();
