@@ -2,8 +2,9 @@
 # The whole test suite, as CI runs it (.ci/run calls this).
 #
 # Installs what the tests need when it is missing: Debian packages (skopeo,
-# buildah, umoci, docker-registry, busybox-static, postgresql, git), Go peers built from their
-# modules (crane, the OCI distribution-spec conformance suite) cached under
+# buildah, umoci, docker-registry, busybox-static, postgresql, git, runc), Go peers built from their
+# modules (crane, the OCI distribution-spec conformance suite, BuildKit's
+# buildkitd and buildctl) cached under
 # $SLIPWAY_CACHE, and cargo-nextest. Then: fmt, clippy, every test.
 # Tests start and stop their own servers, on loopback only.
 set -euo pipefail
@@ -15,6 +16,8 @@ mkdir -p "$PEERS"
 
 CRANE_VERSION=v0.22.1
 CONFORMANCE_VERSION=v0.0.0-20260831232431-97274622c111
+# BuildKit is the reference of the differential build tests (crates/cli/tests/it/differential.rs).
+BUILDKIT_VERSION=v0.34.2
 
 log() { printf '==> %s\n' "$*" >&2; }
 
@@ -22,7 +25,7 @@ as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
 
-apt_packages=(skopeo buildah umoci docker-registry busybox-static uidmap attr postgresql git)
+apt_packages=(skopeo buildah umoci docker-registry busybox-static uidmap attr postgresql git runc)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -49,6 +52,19 @@ build_peer() { # name package version
 }
 build_peer crane github.com/google/go-containerregistry/cmd/crane "$CRANE_VERSION"
 build_peer conformance github.com/opencontainers/distribution-spec/conformance "$CONFORMANCE_VERSION"
+# BuildKit's go.mod has exclude directives, which `go install pkg@version`
+# refuses: build its commands inside the downloaded module instead.
+build_buildkit() { # name
+  local name=$1 stamp="$PEERS/.$1.version"
+  if [ -x "$PEERS/$name" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$BUILDKIT_VERSION" ]; then return; fi
+  log "building $name $BUILDKIT_VERSION from the Go module proxy (several minutes)"
+  go mod download github.com/moby/buildkit@"$BUILDKIT_VERSION"
+  (cd "$(go env GOMODCACHE)/github.com/moby/buildkit@$BUILDKIT_VERSION" &&
+    GOFLAGS=-buildvcs=false go build -o "$PEERS/$name" "./cmd/$name")
+  echo "$BUILDKIT_VERSION" >"$stamp"
+}
+build_buildkit buildkitd
+build_buildkit buildctl
 
 if ! cargo nextest --version >/dev/null 2>&1; then
   log "installing cargo-nextest"

@@ -8,6 +8,7 @@
 mod build_features;
 mod control;
 mod crash;
+mod differential;
 mod dockerfile;
 mod harness;
 mod peers;

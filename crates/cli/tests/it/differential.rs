@@ -1,0 +1,692 @@
+//! Differential tests with BuildKit as the reference: every case directory
+//! under `tests/differential/` (a Dockerfile and its context) is built by
+//! `buildctl` against a `buildkitd` this test starts (OCI worker, Debian's
+//! `runc`) and by `slipway build --local`, both to OCI layout tarballs, from
+//! the same base image in the same `slipway server`. Both images are unpacked
+//! by umoci and compared: the final filesystem (paths, types, mode bits,
+//! uid/gid, contents, symlink targets, hardlinks, deletions) and the config
+//! (Env, Cmd, Entrypoint, WorkingDir, User, Labels, ExposedPorts, Volumes,
+//! StopSignal, Shell, Healthcheck, OnBuild). Timestamps, history and layer
+//! digests legitimately differ and are not compared. Every difference that
+//! remains is written down next to its case in `CASES` with the reason; a
+//! written-down difference that no longer happens fails too, so the list
+//! stays true.
+//!
+//! `SLIPWAY_DIFFERENTIAL_CASES=a,b` runs only the named cases (development).
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::{ok, run, sha256_hex, tool};
+use crate::slice::{Fixture, fixture};
+
+/// A build option, given to each tool in its own syntax.
+#[derive(Clone, Copy)]
+enum Opt {
+    BuildArg(&'static str),
+    Target(&'static str),
+    /// `id`, and a file of the case directory's `_secrets/` sibling.
+    Secret(&'static str, &'static str),
+}
+
+/// A difference that is understood: `what` is the start of the difference
+/// line (`fs /path` or `config Field`), `why` the reason.
+struct Known {
+    what: &'static str,
+    why: &'static str,
+}
+
+struct Case {
+    name: &'static str,
+    opts: &'static [Opt],
+    /// Adds to the context what git cannot hold (empty dirs, hardlinks).
+    prep: Option<fn(&Path)>,
+    known: &'static [Known],
+}
+
+const fn case(name: &'static str) -> Case {
+    Case {
+        name,
+        opts: &[],
+        prep: None,
+        known: &[],
+    }
+}
+
+const fn with_opts(name: &'static str, opts: &'static [Opt]) -> Case {
+    Case {
+        name,
+        opts,
+        prep: None,
+        known: &[],
+    }
+}
+
+fn prep_hardlinks(ctx: &Path) {
+    std::fs::write(ctx.join("a.txt"), "linked\n").unwrap();
+    std::fs::hard_link(ctx.join("a.txt"), ctx.join("b.txt")).unwrap();
+    std::fs::create_dir_all(ctx.join("dir/empty")).unwrap();
+}
+
+fn prep_empty_dirs(ctx: &Path) {
+    std::fs::create_dir_all(ctx.join("tree/empty/deeper")).unwrap();
+    std::fs::create_dir_all(ctx.join("tree/odd")).unwrap();
+    std::fs::set_permissions(ctx.join("tree/odd"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::fs::write(ctx.join("tree/odd/secret"), "x").unwrap();
+    std::fs::set_permissions(
+        ctx.join("tree/odd/secret"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+}
+
+/// Differences every case with a RUN shows, matched whole. Each must still
+/// happen in some case.
+const EVERY_RUN: &[Known] = &[
+    Known {
+        what: "fs /dev: buildkit=dir 755 0:0 slipway=<absent>",
+        why: "BuildKit's runc creates the mountpoints /dev, /proc and /sys in the \
+              rootfs and they stay in the RUN's layer; Slipway's sandbox mounts them \
+              without leaving them behind (deliberate: nothing the RUN wrote)",
+    },
+    Known {
+        what: "fs /proc: buildkit=dir 755 0:0 slipway=<absent>",
+        why: "as /dev",
+    },
+    Known {
+        what: "fs /sys: buildkit=dir 755 0:0 slipway=<absent>",
+        why: "as /dev",
+    },
+];
+
+/// Every case; the directory `tests/differential/NAME` holds its Dockerfile
+/// (`@BASE@` is the base image, `@HTTP@` the loopback file server) and its
+/// context.
+const CASES: &[Case] = &[
+    case("from_only"),
+    case("run_shell_and_exec"),
+    case("run_delete_from_base"),
+    case("run_replace_dir_with_file"),
+    case("run_opaque_dir"),
+    case("run_hardlinks"),
+    case("run_symlinks"),
+    case("run_special_modes"),
+    case("run_heredoc"),
+    case("run_heredoc_shebang"),
+    case("run_mount_bind"),
+    case("run_mount_bind_from_stage"),
+    case("run_mount_cache"),
+    case("run_mount_tmpfs"),
+    with_opts("run_mount_secret", &[Opt::Secret("tok", "token.txt")]),
+    case("run_network_none"),
+    case("copy_file_and_dir"),
+    case("copy_dir_rules"),
+    case("copy_globs"),
+    case("copy_chown"),
+    case("copy_chmod"),
+    case("copy_exclude"),
+    case("copy_parents"),
+    case("copy_link"),
+    case("copy_heredoc"),
+    case("copy_symlinks"),
+    Case {
+        prep: Some(prep_hardlinks),
+        ..case("copy_hardlinks")
+    },
+    Case {
+        prep: Some(prep_empty_dirs),
+        ..case("copy_empty_dirs_and_modes")
+    },
+    case("copy_from_stage"),
+    case("copy_from_image"),
+    case("copy_onto_symlinked_dir"),
+    case("dockerignore"),
+    case("add_local_archive"),
+    case("add_url_checksum"),
+    case("add_local_file_not_archive"),
+    with_opts(
+        "arg_env_expansion",
+        &[Opt::BuildArg("VERSION=2.5"), Opt::BuildArg("UNUSED=x")],
+    ),
+    case("arg_defaults_and_scope"),
+    case("env_forms"),
+    case("workdir_create"),
+    case("user_and_chown"),
+    case("shell_instruction"),
+    case("cmd_entrypoint_forms"),
+    case("metadata_instructions"),
+    case("healthcheck"),
+    case("healthcheck_none"),
+    case("volume"),
+    case("onbuild_from_stage"),
+    with_opts("multi_stage_target", &[Opt::Target("second")]),
+    case("multi_stage_chain"),
+    case("from_scratch"),
+];
+
+#[test]
+fn differential_builds_match_buildkit() {
+    let Some(fx) = fixture() else { return };
+    let tmp = fx.tmp.path();
+    let host = fx.srv.addr.clone();
+    let base = push_base(&fx);
+    let http = FileServer::start(&cases_dir().join("_http"));
+    let bk = Buildkitd::start(tmp, &host);
+
+    let only: Option<Vec<String>> = std::env::var("SLIPWAY_DIFFERENTIAL_CASES")
+        .ok()
+        .map(|s| s.split(',').map(str::to_owned).collect());
+    let mut failures = Vec::new();
+    let mut ran = 0;
+    let mut every_run_seen = vec![false; EVERY_RUN.len()];
+    let started = Instant::now();
+    for c in CASES {
+        if only.as_ref().is_some_and(|o| !o.iter().any(|n| n == c.name)) {
+            continue;
+        }
+        ran += 1;
+        let diffs = match build_both(&fx, &bk, c, &base, &http.url) {
+            Ok(d) => d,
+            Err(e) => {
+                failures.push(format!("{}: {e}", c.name));
+                continue;
+            }
+        };
+        for d in &diffs {
+            if let Some(i) = EVERY_RUN.iter().position(|k| d == k.what) {
+                every_run_seen[i] = true;
+                continue;
+            }
+            if !c.known.iter().any(|k| d.starts_with(k.what)) {
+                failures.push(format!("{}: {d}", c.name));
+            }
+        }
+        for k in c.known {
+            if !diffs.iter().any(|d| d.starts_with(k.what)) {
+                failures.push(format!(
+                    "{}: written-down difference {:?} ({}) no longer happens",
+                    c.name, k.what, k.why
+                ));
+            }
+        }
+    }
+    eprintln!("{ran} cases in {:?}", started.elapsed());
+    if only.is_none() {
+        for (k, seen) in EVERY_RUN.iter().zip(every_run_seen) {
+            if !seen {
+                failures.push(format!(
+                    "written-down difference {:?} ({}) no longer happens",
+                    k.what, k.why
+                ));
+            }
+        }
+    }
+    assert!(ran > 0, "no case ran");
+    assert!(
+        failures.is_empty(),
+        "{} differences from BuildKit:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+fn cases_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/differential")
+}
+
+/// Build the case with both tools at once; the differences found, or why a
+/// build failed.
+fn build_both(
+    fx: &Fixture,
+    bk: &Buildkitd,
+    c: &Case,
+    base: &str,
+    http: &str,
+) -> Result<Vec<String>, String> {
+    let work = fx.tmp.path().join("cases").join(c.name);
+    let ctx = work.join("ctx");
+    std::fs::create_dir_all(&work).unwrap();
+    ok(Command::new("cp")
+        .arg("-a")
+        .arg(cases_dir().join(c.name))
+        .arg(&ctx));
+    let dockerfile = std::fs::read_to_string(ctx.join("Dockerfile"))
+        .unwrap()
+        .replace("@BASE@", base)
+        .replace("@HTTP@", http);
+    std::fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
+    if let Some(prep) = c.prep {
+        prep(&ctx);
+    }
+    let secrets = cases_dir().join("_secrets");
+
+    let mut buildctl = Command::new(tool("buildctl"));
+    buildctl
+        .env("DOCKER_CONFIG", &fx.docker)
+        .arg("--addr")
+        .arg(&bk.addr)
+        .args(["build", "--progress", "plain", "--frontend", "dockerfile.v0"])
+        .arg("--local")
+        .arg(format!("context={}", ctx.display()))
+        .arg("--local")
+        .arg(format!("dockerfile={}", ctx.display()))
+        .arg("--output")
+        .arg(format!("type=oci,dest={}", work.join("bk.tar").display()));
+    let mut slipway = Command::new(env!("CARGO_BIN_EXE_slipway"));
+    slipway
+        .env("DOCKER_CONFIG", &fx.docker)
+        .args(["build", "--local", "--progress", "plain", "--data"])
+        .arg(fx.tmp.path().join("sl"))
+        .arg("--output")
+        .arg(format!("type=oci,dest={}", work.join("sl.tar").display()));
+    for o in c.opts {
+        match o {
+            Opt::BuildArg(kv) => {
+                buildctl.args(["--opt", &format!("build-arg:{kv}")]);
+                slipway.args(["--build-arg", kv]);
+            }
+            Opt::Target(t) => {
+                buildctl.args(["--opt", &format!("target={t}")]);
+                slipway.args(["--target", t]);
+            }
+            Opt::Secret(id, file) => {
+                let s = format!("id={id},src={}", secrets.join(file).display());
+                buildctl.args(["--secret", &s]);
+                slipway.args(["--secret", &s]);
+            }
+        }
+    }
+    slipway.arg(&ctx);
+    let (bk_out, sl_out) = std::thread::scope(|s| {
+        let b = s.spawn(|| run(&mut buildctl));
+        let sl = run(&mut slipway);
+        (b.join().unwrap(), sl)
+    });
+    match (bk_out.status.success(), sl_out.status.success()) {
+        (true, true) => {}
+        (b, s) => {
+            return Err(format!(
+                "buildkit succeeded: {b}, slipway succeeded: {s}\n--- buildkit:\n{}\n--- slipway:\n{}",
+                tail(&bk_out.stderr),
+                tail(&sl_out.stderr)
+            ));
+        }
+    }
+    let bk_img = Unpacked::new(&work, "bk");
+    let sl_img = Unpacked::new(&work, "sl");
+    let mut diffs = compare_config(&bk_img.config, &sl_img.config);
+    diffs.extend(compare_fs(&bk_img.rootfs, &sl_img.rootfs));
+    for d in &diffs {
+        eprintln!("{}: {d}", c.name);
+    }
+    Ok(diffs)
+}
+
+fn tail(b: &[u8]) -> String {
+    let s = String::from_utf8_lossy(b);
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(25)..].join("\n")
+}
+
+/// An image from an OCI layout tarball: its config and umoci's rootfs.
+struct Unpacked {
+    config: serde_json::Value,
+    rootfs: PathBuf,
+}
+
+impl Unpacked {
+    fn new(work: &Path, name: &str) -> Unpacked {
+        let layout = work.join(format!("{name}-layout"));
+        std::fs::create_dir_all(&layout).unwrap();
+        ok(Command::new("tar")
+            .arg("-xf")
+            .arg(work.join(format!("{name}.tar")))
+            .arg("-C")
+            .arg(&layout));
+        let blob = |d: &str| {
+            let hex = d.strip_prefix("sha256:").unwrap();
+            let bytes = std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap();
+            serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()
+        };
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+        let mut desc = index["manifests"][0].clone();
+        // Down nested indexes to the linux/amd64 manifest.
+        while desc["mediaType"].as_str().unwrap_or("").contains("index") {
+            let inner = blob(desc["digest"].as_str().unwrap());
+            desc = inner["manifests"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["platform"]["architecture"] == "amd64")
+                .unwrap_or_else(|| panic!("no amd64 manifest in {inner}"))
+                .clone();
+        }
+        let manifest = blob(desc["digest"].as_str().unwrap());
+        let config = blob(manifest["config"]["digest"].as_str().unwrap());
+        // umoci unpacks by tag: name the manifest itself in index.json.
+        desc["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": "t"});
+        let index = serde_json::json!({"schemaVersion": 2, "manifests": [desc]});
+        std::fs::write(layout.join("index.json"), index.to_string()).unwrap();
+        let bundle = work.join(format!("{name}-bundle"));
+        ok(Command::new(tool("umoci"))
+            .args(["unpack", "--image", &format!("{}:t", layout.display())])
+            .arg(&bundle));
+        Unpacked {
+            config,
+            rootfs: bundle.join("rootfs"),
+        }
+    }
+}
+
+const CONFIG_FIELDS: &[&str] = &[
+    "Env",
+    "Cmd",
+    "Entrypoint",
+    "WorkingDir",
+    "User",
+    "Labels",
+    "ExposedPorts",
+    "Volumes",
+    "StopSignal",
+    "Shell",
+    "Healthcheck",
+    "OnBuild",
+];
+
+/// `null`, `""`, `[]` and `{}` all mean "not set" to a runtime.
+fn normal(v: Option<&serde_json::Value>) -> serde_json::Value {
+    match v {
+        None | Some(serde_json::Value::Null) => serde_json::Value::Null,
+        Some(serde_json::Value::String(s)) if s.is_empty() => serde_json::Value::Null,
+        Some(serde_json::Value::Array(a)) if a.is_empty() => serde_json::Value::Null,
+        Some(serde_json::Value::Object(o)) if o.is_empty() => serde_json::Value::Null,
+        Some(v) => v.clone(),
+    }
+}
+
+fn compare_config(bk: &serde_json::Value, sl: &serde_json::Value) -> Vec<String> {
+    let mut diffs = Vec::new();
+    for f in CONFIG_FIELDS {
+        let (b, s) = (normal(bk["config"].get(*f)), normal(sl["config"].get(*f)));
+        if b != s {
+            diffs.push(format!("config {f}: buildkit={b} slipway={s}"));
+        }
+    }
+    for f in ["architecture", "os"] {
+        if bk[f] != sl[f] {
+            diffs.push(format!("config {f}: buildkit={} slipway={}", bk[f], sl[f]));
+        }
+    }
+    diffs
+}
+
+/// One line per path: type, mode bits, owner, content digest or link
+/// target, and the other names of a hardlinked file.
+fn describe_tree(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut inodes: BTreeMap<(u64, u64), Vec<String>> = BTreeMap::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let rel = format!("/{}", path.strip_prefix(root).unwrap().display());
+            let md = std::fs::symlink_metadata(&path).unwrap();
+            let ft = md.file_type();
+            let owner = format!("{:o} {}:{}", md.mode() & 0o7777, md.uid(), md.gid());
+            let what = if ft.is_dir() {
+                stack.push(path.clone());
+                format!("dir {owner}")
+            } else if ft.is_symlink() {
+                let target = std::fs::read_link(&path).unwrap();
+                format!("symlink -> {} {}:{}", target.display(), md.uid(), md.gid())
+            } else if ft.is_file() {
+                if md.nlink() > 1 {
+                    inodes
+                        .entry((md.dev(), md.ino()))
+                        .or_default()
+                        .push(rel.clone());
+                }
+                let content = std::fs::read(&path).unwrap();
+                let shown = if content.len() <= 64 && !content.contains(&0) {
+                    format!("{:?}", String::from_utf8_lossy(&content))
+                } else {
+                    format!("{} bytes sha256:{}", content.len(), sha256_hex(&content))
+                };
+                format!("file {owner} {shown}")
+            } else if ft.is_char_device() || ft.is_block_device() {
+                format!("device {owner} rdev={:x}", md.rdev())
+            } else if ft.is_fifo() {
+                format!("fifo {owner}")
+            } else {
+                format!("socket {owner}")
+            };
+            out.insert(rel, what);
+        }
+    }
+    for names in inodes.values() {
+        for n in names {
+            let others: Vec<&str> = names
+                .iter()
+                .filter(|o| *o != n)
+                .map(String::as_str)
+                .collect();
+            if let Some(line) = out.get_mut(n) {
+                line.push_str(&format!(" hardlinked with {}", others.join(",")));
+            }
+        }
+    }
+    out
+}
+
+fn compare_fs(bk: &Path, sl: &Path) -> Vec<String> {
+    let (b, s) = (describe_tree(bk), describe_tree(sl));
+    let mut diffs = Vec::new();
+    for path in b.keys().chain(s.keys().filter(|k| !b.contains_key(*k))) {
+        let (x, y) = (b.get(path), s.get(path));
+        if x != y {
+            let show = |v: Option<&String>| v.cloned().unwrap_or_else(|| "<absent>".into());
+            diffs.push(format!(
+                "fs {path}: buildkit={} slipway={}",
+                show(x),
+                show(y)
+            ));
+        }
+    }
+    diffs
+}
+
+/// The base every case starts from, pushed to the fixture's server:
+/// busybox with its applets as symlinks, users and groups, a few files in
+/// two layers for the cases to change and delete. Returns its reference.
+fn push_base(fx: &Fixture) -> String {
+    let tmp = fx.tmp.path();
+    let root = tmp.join("baseroot");
+    let mk = |p: &str| {
+        let p = root.join(p);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    };
+    let bin = mk("bin");
+    std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
+    let list = ok(Command::new("/bin/busybox").arg("--list-full"));
+    for applet in list.lines().filter(|l| !l.is_empty() && *l != "bin/busybox") {
+        let p = root.join(applet);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink("/bin/busybox", &p).unwrap();
+    }
+    let etc = mk("etc");
+    std::fs::write(
+        etc.join("passwd"),
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n\
+         svc:x:1001:1001:svc:/var/svc:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+    )
+    .unwrap();
+    std::fs::write(
+        etc.join("group"),
+        "root:x:0:\nstaff:x:50:app\napp:x:1000:\nsvc:x:1001:\nnogroup:x:65534:\n",
+    )
+    .unwrap();
+    let t = mk("tmp");
+    std::fs::set_permissions(&t, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let r = mk("root");
+    std::fs::set_permissions(&r, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let home = mk("home/app");
+    std::os::unix::fs::chown(&home, Some(1000), Some(1000)).unwrap();
+    let data = mk("srv/data/sub");
+    std::fs::write(data.join("deep.txt"), "deep\n").unwrap();
+    std::fs::write(root.join("srv/data/keep.txt"), "keep\n").unwrap();
+    std::fs::write(root.join("srv/data/gone.txt"), "gone\n").unwrap();
+    mk("var/lib/app");
+    std::os::unix::fs::symlink("/srv/data", root.join("srv/link-to-data")).unwrap();
+
+    let layout = tmp.join("base-layout");
+    let image = format!("{}:v1", layout.display());
+    let umoci = tool("umoci");
+    ok(Command::new(&umoci).args(["init", "--layout"]).arg(&layout));
+    ok(Command::new(&umoci).args(["new", "--image", &image]));
+    ok(Command::new(&umoci)
+        .args(["insert", "--image", &image])
+        .arg(&root)
+        .arg("/"));
+    let second = tmp.join("base-second");
+    std::fs::create_dir_all(&second).unwrap();
+    std::fs::write(second.join("two.txt"), "second layer\n").unwrap();
+    ok(Command::new(&umoci)
+        .args(["insert", "--image", &image])
+        .arg(&second)
+        .arg("/srv/data/layer2"));
+    ok(Command::new(&umoci).args([
+        "config",
+        "--image",
+        &image,
+        "--config.env",
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "--config.cmd",
+        "sh",
+    ]));
+    let reference = format!("{}/base/diff:v1", fx.srv.addr);
+    ok(Command::new(tool("skopeo"))
+        .env("REGISTRY_AUTH_FILE", tmp.join("none.json"))
+        .args([
+            "copy",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            &fx.srv.creds(),
+        ])
+        .arg(format!("oci:{image}"))
+        .arg(format!("docker://{reference}")));
+    reference
+}
+
+/// `buildkitd` as root with the OCI worker on Debian's runc, in `dir`,
+/// pulling plain HTTP from the fixture's loopback registry.
+struct Buildkitd {
+    child: Child,
+    addr: String,
+}
+
+impl Buildkitd {
+    fn start(dir: &Path, registry: &str) -> Buildkitd {
+        let root = dir.join("buildkitd");
+        std::fs::create_dir_all(&root).unwrap();
+        let config = dir.join("buildkitd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[worker.oci]\n  enabled = true\n  gc = false\n[worker.containerd]\n  enabled = false\n\
+                 [registry.\"{registry}\"]\n  http = true\n  insecure = true\n"
+            ),
+        )
+        .unwrap();
+        let addr = format!("unix://{}", dir.join("buildkitd.sock").display());
+        let runc = ["/usr/sbin/runc", "/usr/bin/runc"]
+            .into_iter()
+            .find(|p| Path::new(p).is_file())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| tool("runc"));
+        let log = std::fs::File::create(dir.join("buildkitd.log")).unwrap();
+        let child = Command::new(tool("buildkitd"))
+            .arg("--root")
+            .arg(&root)
+            .arg("--addr")
+            .arg(&addr)
+            .arg("--config")
+            .arg(&config)
+            .arg("--oci-worker-binary")
+            .arg(&runc)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let bk = Buildkitd { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = Command::new(tool("buildctl"))
+                .args(["--addr", &bk.addr, "debug", "workers"])
+                .output()
+                .unwrap();
+            if out.status.success() && !out.stdout.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "buildkitd did not start:\n{}",
+                std::fs::read_to_string(dir.join("buildkitd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        bk
+    }
+}
+
+impl Drop for Buildkitd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `python3 -m http.server` on a loopback port, serving `dir`.
+struct FileServer {
+    child: Child,
+    url: String,
+}
+
+impl FileServer {
+    fn start(dir: &Path) -> FileServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(tool("python3"))
+            .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1"])
+            .arg("--directory")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let srv = FileServer {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "python3 http.server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        srv
+    }
+}
+
+impl Drop for FileServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
