@@ -12,7 +12,8 @@
 //! written-down difference that no longer happens fails too, so the list
 //! stays true.
 //!
-//! `SLIPWAY_DIFFERENTIAL_CASES=a,b` runs only the named cases (development).
+//! `SLIPWAY_DIFFERENTIAL_CASES=a,b` runs only the named cases and
+//! `SLIPWAY_DIFFERENTIAL_KEEP=DIR` keeps both images of each (development).
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -111,13 +112,31 @@ const CASES: &[Case] = &[
     case("run_delete_from_base"),
     case("run_replace_dir_with_file"),
     case("run_opaque_dir"),
-    case("run_hardlinks"),
+    Case {
+        known: &[
+            Known {
+                what: "fs /keep-link",
+                why: "deliberate: `RUN ln` of a file of a lower layer; overlay copies it up and both names are one inode, which Slipway's layer keeps (as the RUN left them); BuildKit's overlay differ leaves the unchanged /srv/data/keep.txt out of the layer, so its /keep-link is a separate copy",
+            },
+            Known {
+                what: "fs /srv/data/keep.txt",
+                why: "as /keep-link",
+            },
+        ],
+        ..case("run_hardlinks")
+    },
     case("run_symlinks"),
     case("run_special_modes"),
     case("run_heredoc"),
     case("run_heredoc_shebang"),
     case("run_mount_bind"),
-    case("run_mount_bind_from_stage"),
+    Case {
+        known: &[Known {
+            what: "fs /copied/m.txt",
+            why: "TODO(builder): COPY --from (a stage or an image) and RUN --mount=type=bind,from= lose the source's uid/gid (root instead); BuildKit keeps them when there is no --chown",
+        }],
+        ..case("run_mount_bind_from_stage")
+    },
     case("run_mount_cache"),
     case("run_mount_tmpfs"),
     with_opts("run_mount_secret", &[Opt::Secret("tok", "token.txt")]),
@@ -126,13 +145,42 @@ const CASES: &[Case] = &[
     case("copy_dir_rules"),
     case("copy_globs"),
     case("copy_chown"),
-    case("copy_chmod"),
+    Case {
+        known: &[
+            Known {
+                what: "fs /m3",
+                why: "BuildKit quirk not copied: the missing destination directory of a multi-source COPY --chmod=0440 is itself created 0440 (a directory nobody can enter); Slipway creates it 0755 as without --chmod",
+            },
+            Known {
+                what: "fs /m5",
+                why: "TODO(builder): BuildKit applies --chmod to what a directory source contains but the destination directory keeps the source directory's own mode (0755); Slipway applies it to the destination directory too (0555)",
+            },
+        ],
+        ..case("copy_chmod")
+    },
     case("copy_exclude"),
     case("copy_parents"),
     case("copy_link"),
+    Case {
+        known: &[Known {
+            what: "build: buildkit failed slipway succeeded",
+            why: "TODO(builder): BuildKit refuses `COPY --link --chown=NAME` (names cannot be resolved with --link, numeric ids only); Slipway resolves the name in the image and builds",
+        }],
+        ..case("copy_link_chown_name")
+    },
     case("copy_heredoc"),
     case("copy_symlinks"),
     Case {
+        known: &[
+            Known {
+                what: "fs /all/a.txt",
+                why: "TODO(builder): hardlinks inside a copied directory become separate files; BuildKit keeps them linked",
+            },
+            Known {
+                what: "fs /all/b.txt",
+                why: "TODO(builder): hardlinks inside a copied directory become separate files; BuildKit keeps them linked",
+            },
+        ],
         prep: Some(prep_hardlinks),
         ..case("copy_hardlinks")
     },
@@ -140,30 +188,176 @@ const CASES: &[Case] = &[
         prep: Some(prep_empty_dirs),
         ..case("copy_empty_dirs_and_modes")
     },
-    case("copy_from_stage"),
-    case("copy_from_image"),
-    case("copy_onto_symlinked_dir"),
+    Case {
+        known: &[
+            Known {
+                what: "fs /o/f.txt",
+                why: "TODO(builder): hardlinks inside a copied directory become separate files; BuildKit keeps them linked",
+            },
+            Known {
+                what: "fs /o/hard",
+                why: "TODO(builder): hardlinks inside a copied directory become separate files; BuildKit keeps them linked",
+            },
+            Known {
+                what: "fs /o2/f.txt",
+                why: "TODO(builder): hardlinks inside a copied directory become separate files; BuildKit keeps them linked",
+            },
+            Known {
+                what: "fs /o2/hard",
+                why: "TODO(builder): hardlinks inside a copied directory become separate files; BuildKit keeps them linked",
+            },
+            Known {
+                what: "fs /o/sub",
+                why: "TODO(builder): COPY --from (a stage or an image) and RUN --mount=type=bind,from= lose the source's uid/gid (root instead); BuildKit keeps them when there is no --chown",
+            },
+            Known {
+                what: "fs /o3/s.txt",
+                why: "TODO(builder): COPY --from (a stage or an image) and RUN --mount=type=bind,from= lose the source's uid/gid (root instead); BuildKit keeps them when there is no --chown",
+            },
+            Known {
+                what: "fs /o3: ",
+                why: "TODO(builder): `COPY --from=s /out/sub/ /o3/` with /o3 missing: BuildKit creates /o3 0755 root and copies the contents into it; Slipway gives /o3 the source directory's mode (0750)",
+            },
+        ],
+        ..case("copy_from_stage")
+    },
+    Case {
+        known: &[Known {
+            what: "fs /homecopy/app",
+            why: "TODO(builder): COPY --from (a stage or an image) and RUN --mount=type=bind,from= lose the source's uid/gid (root instead); BuildKit keeps them when there is no --chown",
+        }],
+        ..case("copy_from_image")
+    },
+    Case {
+        known: &[
+            Known {
+                what: "fs /srv/data/f.txt",
+                why: "TODO(builder): a destination path through a symlinked directory replaces the symlink by a real directory; BuildKit follows the link inside the rootfs",
+            },
+            Known {
+                what: "fs /srv/data/rel.txt",
+                why: "TODO(builder): a destination path through a symlinked directory replaces the symlink by a real directory; BuildKit follows the link inside the rootfs",
+            },
+            Known {
+                what: "fs /srv/data/sub/x.txt",
+                why: "TODO(builder): a destination path through a symlinked directory replaces the symlink by a real directory; BuildKit follows the link inside the rootfs",
+            },
+            Known {
+                what: "fs /srv/link-to-data",
+                why: "TODO(builder): a destination path through a symlinked directory replaces the symlink by a real directory; BuildKit follows the link inside the rootfs",
+            },
+            Known {
+                what: "fs /sublink",
+                why: "TODO(builder): a destination path through a symlinked directory replaces the symlink by a real directory; BuildKit follows the link inside the rootfs",
+            },
+        ],
+        ..case("copy_onto_symlinked_dir")
+    },
     case("dockerignore"),
-    case("add_local_archive"),
+    Case {
+        known: &[
+            Known {
+                what: "fs /z/",
+                why: "TODO(builder): ADD does not extract xz archives (c.tar.xz is copied as a file); BuildKit extracts gzip, bzip2, xz (and zstd)",
+            },
+            Known {
+                what: "fs /srv/data/",
+                why: "TODO(builder): ADD does not extract bzip2 archives (d.tar.bz2 is copied as a file)",
+            },
+        ],
+        ..case("add_local_archive")
+    },
     case("add_url_checksum"),
     case("add_local_file_not_archive"),
-    with_opts(
-        "arg_env_expansion",
-        &[Opt::BuildArg("VERSION=2.5"), Opt::BuildArg("UNUSED=x")],
-    ),
-    case("arg_defaults_and_scope"),
-    case("env_forms"),
-    case("workdir_create"),
-    case("user_and_chown"),
+    Case {
+        known: &[Known {
+            what: "config Env",
+            why: "TODO(builder): ENV of a variable that is already set moves it to the end of Env; BuildKit replaces it in place",
+        }],
+        ..with_opts(
+            "arg_env_expansion",
+            &[Opt::BuildArg("VERSION=2.5"), Opt::BuildArg("UNUSED=x")],
+        )
+    },
+    Case {
+        known: &[Known {
+            what: "fs /global",
+            why: "TODO(builder): `ARG GLOBAL` (no value) inside a stage after a RUN must take the global ARG's default \"g\", as BuildKit does; Slipway expands it empty",
+        }],
+        ..case("arg_defaults_and_scope")
+    },
+    Case {
+        known: &[Known {
+            what: "config Env",
+            why: "TODO(builder): ENV of a variable that is already set moves it to the end of Env; BuildKit replaces it in place",
+        }],
+        ..case("env_forms")
+    },
+    Case {
+        known: &[
+            Known {
+                what: "fs /w/as-user",
+                why: "TODO(builder): WORKDIR created after USER app: BuildKit creates it owned by the user (1000:1000), Slipway by root",
+            },
+            Known {
+                what: "fs /srv/data/viawd",
+                why: "TODO(builder): a destination path through a symlinked directory replaces the symlink by a real directory; BuildKit follows the link inside the rootfs (WORKDIR /srv/link-to-data/viawd; BuildKit also chowns it to USER)",
+            },
+            Known {
+                what: "fs /srv/link-to-data",
+                why: "TODO(builder): a destination path through a symlinked directory replaces the symlink by a real directory; BuildKit follows the link inside the rootfs",
+            },
+        ],
+        ..case("workdir_create")
+    },
+    Case {
+        known: &[
+            Known {
+                what: "fs /tmp/id-app",
+                why: "TODO(builder): RUN under USER app has no supplementary groups; BuildKit (runc) adds those of /etc/group (groups=50(staff),1000(app))",
+            },
+            Known {
+                what: "fs /tmp/id-1001",
+                why: "TODO(builder): RUN under USER 1001:50 has no supplementary groups; BuildKit sets the primary group as one (groups=50(staff))",
+            },
+        ],
+        ..case("user_and_chown")
+    },
     case("shell_instruction"),
     case("cmd_entrypoint_forms"),
-    case("metadata_instructions"),
+    Case {
+        known: &[Known {
+            what: "config ExposedPorts",
+            why: "TODO(builder): EXPOSE 8000-8002 is recorded as \"8000-8002/tcp\"; BuildKit expands a range into one entry per port",
+        }],
+        ..case("metadata_instructions")
+    },
     case("healthcheck"),
     case("healthcheck_none"),
     case("volume"),
     case("onbuild_from_stage"),
     with_opts("multi_stage_target", &[Opt::Target("second")]),
-    case("multi_stage_chain"),
+    Case {
+        known: &[
+            Known {
+                what: "fs /fromb/dev",
+                why: "BuildKit's runc mountpoints /dev, /proc, /sys are part of stage b's filesystem there (see EVERY_RUN), so COPY --from=b / copies them",
+            },
+            Known {
+                what: "fs /fromb/proc",
+                why: "BuildKit's runc mountpoints /dev, /proc, /sys are part of stage b's filesystem there (see EVERY_RUN), so COPY --from=b / copies them",
+            },
+            Known {
+                what: "fs /fromb/sys",
+                why: "BuildKit's runc mountpoints /dev, /proc, /sys are part of stage b's filesystem there (see EVERY_RUN), so COPY --from=b / copies them",
+            },
+            Known {
+                what: "fs /fromb/home/app",
+                why: "TODO(builder): COPY --from (a stage or an image) and RUN --mount=type=bind,from= lose the source's uid/gid (root instead); BuildKit keeps them when there is no --chown",
+            },
+        ],
+        ..case("multi_stage_chain")
+    },
     case("from_scratch"),
 ];
 
@@ -184,7 +378,10 @@ fn differential_builds_match_buildkit() {
     let mut every_run_seen = vec![false; EVERY_RUN.len()];
     let started = Instant::now();
     for c in CASES {
-        if only.as_ref().is_some_and(|o| !o.iter().any(|n| n == c.name)) {
+        if only
+            .as_ref()
+            .is_some_and(|o| !o.iter().any(|n| n == c.name))
+        {
             continue;
         }
         ran += 1;
@@ -214,6 +411,12 @@ fn differential_builds_match_buildkit() {
         }
     }
     eprintln!("{ran} cases in {:?}", started.elapsed());
+    if let Some(keep) = std::env::var_os("SLIPWAY_DIFFERENTIAL_KEEP") {
+        ok(Command::new("cp")
+            .arg("-a")
+            .arg(tmp.join("cases"))
+            .arg(keep));
+    }
     if only.is_none() {
         for (k, seen) in EVERY_RUN.iter().zip(every_run_seen) {
             if !seen {
@@ -268,7 +471,13 @@ fn build_both(
         .env("DOCKER_CONFIG", &fx.docker)
         .arg("--addr")
         .arg(&bk.addr)
-        .args(["build", "--progress", "plain", "--frontend", "dockerfile.v0"])
+        .args([
+            "build",
+            "--progress",
+            "plain",
+            "--frontend",
+            "dockerfile.v0",
+        ])
         .arg("--local")
         .arg(format!("context={}", ctx.display()))
         .arg("--local")
@@ -307,12 +516,25 @@ fn build_both(
     });
     match (bk_out.status.success(), sl_out.status.success()) {
         (true, true) => {}
-        (b, s) => {
+        (false, false) => {
             return Err(format!(
-                "buildkit succeeded: {b}, slipway succeeded: {s}\n--- buildkit:\n{}\n--- slipway:\n{}",
+                "both builds failed\n--- buildkit:\n{}\n--- slipway:\n{}",
                 tail(&bk_out.stderr),
                 tail(&sl_out.stderr)
             ));
+        }
+        (b, s) => {
+            eprintln!(
+                "--- buildkit:\n{}\n--- slipway:\n{}",
+                tail(&bk_out.stderr),
+                tail(&sl_out.stderr)
+            );
+            let word = |ok: bool| if ok { "succeeded" } else { "failed" };
+            return Ok(vec![format!(
+                "build: buildkit {} slipway {}",
+                word(b),
+                word(s)
+            )]);
         }
     }
     let bk_img = Unpacked::new(&work, "bk");
@@ -513,7 +735,10 @@ fn push_base(fx: &Fixture) -> String {
     let bin = mk("bin");
     std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
     let list = ok(Command::new("/bin/busybox").arg("--list-full"));
-    for applet in list.lines().filter(|l| !l.is_empty() && *l != "bin/busybox") {
+    for applet in list
+        .lines()
+        .filter(|l| !l.is_empty() && *l != "bin/busybox")
+    {
         let p = root.join(applet);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::os::unix::fs::symlink("/bin/busybox", &p).unwrap();
@@ -664,7 +889,13 @@ impl FileServer {
             .unwrap()
             .port();
         let child = Command::new(tool("python3"))
-            .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
             .arg("--directory")
             .arg(dir)
             .stdout(Stdio::null())
@@ -677,7 +908,10 @@ impl FileServer {
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "python3 http.server did not start");
+            assert!(
+                Instant::now() < deadline,
+                "python3 http.server did not start"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         srv
