@@ -269,6 +269,7 @@ const CASES: &[Case] = &[
     },
     case("add_url_checksum"),
     case("add_local_file_not_archive"),
+    case("add_git"),
     Case {
         known: &[Known {
             what: "config Env",
@@ -367,7 +368,7 @@ fn differential_builds_match_buildkit() {
     let tmp = fx.tmp.path();
     let host = fx.srv.addr.clone();
     let base = push_base(&fx);
-    let http = FileServer::start(&cases_dir().join("_http"));
+    let http = FileServer::start(&http_root(tmp));
     let bk = Buildkitd::start(tmp, &host);
 
     let only: Option<Vec<String>> = std::env::var("SLIPWAY_DIFFERENTIAL_CASES")
@@ -434,6 +435,38 @@ fn differential_builds_match_buildkit() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+/// What the loopback HTTP server serves: `tests/differential/_http` and
+/// `repo.git`, a git repository (branch `main`, tag `v1`, a subdirectory)
+/// served by git's dumb HTTP protocol.
+fn http_root(tmp: &Path) -> PathBuf {
+    let root = tmp.join("http");
+    ok(Command::new("cp")
+        .arg("-a")
+        .arg(cases_dir().join("_http"))
+        .arg(&root));
+    let work = tmp.join("git-work");
+    std::fs::create_dir_all(work.join("sub")).unwrap();
+    std::fs::write(work.join("README"), "from git\n").unwrap();
+    std::fs::write(work.join("sub/inner.txt"), "inner\n").unwrap();
+    std::fs::write(work.join("run.sh"), "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(work.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let git = |dir: &Path, args: &[&str]| {
+        ok(Command::new("git")
+            .current_dir(dir)
+            .env("GIT_AUTHOR_DATE", "2020-01-01T00:00:00Z")
+            .env("GIT_COMMITTER_DATE", "2020-01-01T00:00:00Z")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args));
+    };
+    git(&work, &["init", "-q", "-b", "main"]);
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "-q", "-m", "one"]);
+    git(&work, &["tag", "v1"]);
+    git(tmp, &["clone", "-q", "--bare", "git-work", "http/repo.git"]);
+    git(&root.join("repo.git"), &["update-server-info"]);
+    root
 }
 
 fn cases_dir() -> PathBuf {
