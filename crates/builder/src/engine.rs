@@ -465,8 +465,9 @@ fn merge_layers(layers: &[PathBuf], dest: &Path) -> std::io::Result<()> {
     let partial = dest.with_extension(format!("partial-{n}"));
     let _ = std::fs::remove_dir_all(&partial);
     std::fs::create_dir_all(&partial)?;
+    let mut links = HashMap::new();
     for layer in layers {
-        merge_dir(layer, &partial, Path::new(""))?;
+        merge_dir(layer, &partial, Path::new(""), &mut links)?;
     }
     match std::fs::rename(&partial, dest) {
         Err(_) if dest.is_dir() => std::fs::remove_dir_all(&partial),
@@ -474,7 +475,15 @@ fn merge_layers(layers: &[PathBuf], dest: &Path) -> std::io::Result<()> {
     }
 }
 
-fn merge_dir(layer: &Path, dest: &Path, rel: &Path) -> std::io::Result<()> {
+/// One layer dir merged onto `dest`. Owners, modes and times are kept
+/// (COPY --from keeps a stage's owners), and files that are hardlinks in a
+/// layer stay hardlinks (`links`: (device, inode) → merged path).
+fn merge_dir(
+    layer: &Path,
+    dest: &Path,
+    rel: &Path,
+    links: &mut HashMap<(u64, u64), PathBuf>,
+) -> std::io::Result<()> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let mut entries: Vec<_> = std::fs::read_dir(layer.join(rel))?.collect::<Result<_, _>>()?;
     entries.sort_by_key(|e| e.file_name());
@@ -508,7 +517,8 @@ fn merge_dir(layer: &Path, dest: &Path, rel: &Path) -> std::io::Result<()> {
                 None => std::fs::create_dir(&at)?,
             }
             std::fs::set_permissions(&at, meta.permissions())?;
-            merge_dir(layer, dest, &r)?;
+            std::os::unix::fs::chown(&at, Some(meta.uid()), Some(meta.gid()))?;
+            merge_dir(layer, dest, &r, links)?;
             continue;
         }
         if let Some(m) = existing {
@@ -516,8 +526,27 @@ fn merge_dir(layer: &Path, dest: &Path, rel: &Path) -> std::io::Result<()> {
         }
         if ft.is_symlink() {
             std::os::unix::fs::symlink(std::fs::read_link(e.path())?, &at)?;
+            std::os::unix::fs::lchown(&at, Some(meta.uid()), Some(meta.gid()))?;
         } else if ft.is_file() {
+            let id = (meta.dev(), meta.ino());
+            if meta.nlink() > 1
+                && let Some(first) = links.get(&id)
+                && std::fs::symlink_metadata(first).is_ok()
+            {
+                std::fs::hard_link(first, &at)?;
+                continue;
+            }
             std::fs::copy(e.path(), &at)?;
+            // copy() keeps the mode; the owner and time are ours to keep.
+            std::os::unix::fs::chown(&at, Some(meta.uid()), Some(meta.gid()))?;
+            let times = std::fs::FileTimes::new().set_modified(meta.modified()?);
+            std::fs::File::options()
+                .write(true)
+                .open(&at)?
+                .set_times(times)?;
+            if meta.nlink() > 1 {
+                links.insert(id, at);
+            }
         }
         // Devices, fifos and sockets are not files COPY can take.
     }
@@ -648,6 +677,18 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
         opts: &opts,
         remote: &remote,
         tty,
+        global_args: df
+            .global_args
+            .iter()
+            .flat_map(|i| match &i.command {
+                Command::Arg { args } => args.clone(),
+                _ => Vec::new(),
+            })
+            .filter_map(|a| {
+                let v = req.build_args.get(&a.name).cloned().or(a.default)?;
+                Some((a.name, v))
+            })
+            .collect(),
     };
     // Stages of one level depend only on earlier levels: they build
     // together. Each one's output is kept apart and printed whole when it
@@ -828,6 +869,8 @@ struct StageCtx<'a> {
     opts: &'a dockerfile::BuildOptions,
     remote: &'a crate::remote_cache::RemoteCache,
     tty: bool,
+    /// Values of the ARGs before the first FROM (build args, else defaults).
+    global_args: BTreeMap<String, String>,
 }
 
 /// Build stage `si` from `st` (its base image's or base stage's state):
@@ -1100,6 +1143,22 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                 );
             }
             Command::Copy(c) => {
+                // BuildKit copies a --link layer on its own, without the
+                // image's passwd/group: names cannot be resolved there.
+                if c.link
+                    && let Some(chown) = &c.chown
+                    && chown
+                        .split(':')
+                        .any(|part| !part.is_empty() && part.parse::<u32>().is_err())
+                {
+                    return Err(BuildError::Copy {
+                        file: file.clone(),
+                        line,
+                        path: format!("--chown={chown}"),
+                        problem: "with --link, --chown takes numeric ids only (as in BuildKit)"
+                            .into(),
+                    });
+                }
                 let shown: Vec<String> = c
                     .sources
                     .iter()
@@ -1186,7 +1245,7 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                     root: &source_root,
                     ignore: ignore_here,
                     exclude: exclude.as_ref(),
-                    owner,
+                    owner: owner.or(if c.from.is_none() { Some((0, 0)) } else { None }),
                     mode: mode.as_ref(),
                 };
                 for p in &planned {
@@ -1357,7 +1416,7 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                         root: &root,
                         ignore: None,
                         exclude: exclude.as_ref(),
-                        owner,
+                        owner: owner.or(Some((0, 0))),
                         mode: mode.as_ref(),
                     };
                     // The repository's files go into dest as a directory's do.
@@ -1371,7 +1430,7 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                         a.checksum.as_deref(),
                         &dest,
                         into_dir,
-                        owner,
+                        owner.unwrap_or((0, 0)),
                         mode.as_ref(),
                         &upper,
                         lowers,
@@ -1383,15 +1442,22 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                     root: &req.context,
                     ignore: ignore.as_ref(),
                     exclude: exclude.as_ref(),
-                    owner,
+                    owner: owner.or(Some((0, 0))),
                     mode: mode.as_ref(),
                 };
                 for p in &planned {
                     let extracted = if a.unpack == Some(false) {
                         false
                     } else {
-                        add_archive(&req.context, &p.source, &p.dest, &upper, lowers)
-                            .map_err(add_err(&p.source))?
+                        add_archive(
+                            &req.context,
+                            &p.source,
+                            &p.dest,
+                            owner.unwrap_or((0, 0)),
+                            &upper,
+                            lowers,
+                        )
+                        .map_err(add_err(&p.source))?
                     };
                     if !extracted {
                         copy_source(&how, &p.source, &p.dest, p.into_dir, &upper, lowers)
@@ -1440,7 +1506,9 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                     .insert("WorkingDir".into(), json!(abs));
                 let rel = clean_rel(&abs)
                     .ok_or_else(|| unsupported(line, "WORKDIR", "a path that leaves /"))?;
-                if !rel.as_os_str().is_empty() && !exists_in(lowers, &rel) {
+                let exists = resolve_in_layers(None, lowers, &rel)
+                    .is_ok_and(|r| is_dir_in_layers(None, lowers, &r));
+                if !rel.as_os_str().is_empty() && !exists {
                     if let Some(hit) =
                         find_cached(req, &key, remote, client, store, lowers, err).await
                     {
@@ -1459,7 +1527,31 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                         continue;
                     }
                     let step = new_step_dir(&req.work_dir, si * 10_000 + n)?;
-                    make_dirs(&step.join("upper"), &rel, lowers)
+                    let upper = step.join("upper");
+                    // BuildKit makes the directories as the stage's USER
+                    // and through the image's symlinks.
+                    let user = image
+                        .container_config()
+                        .get("User")
+                        .and_then(|v| v.as_str())
+                        .filter(|u| !u.is_empty())
+                        .map(str::to_owned);
+                    let owner = match user {
+                        None => (0, 0),
+                        Some(u) => {
+                            let view = RootFs {
+                                lower: lowers.iter().rev().cloned().collect(),
+                                upper: upper.clone(),
+                                work: step.join("work"),
+                            };
+                            let (uid, gid, _) = sandbox::resolve_user(&view, &u)
+                                .map_err(step_err(format!("{file}:{line}: WORKDIR")))?;
+                            (uid, gid)
+                        }
+                    };
+                    let rel = resolve_in_layers(Some(&upper), lowers, &rel)
+                        .map_err(step_err(format!("{file}:{line}: WORKDIR")))?;
+                    make_dirs(&upper, &rel, lowers, owner)
                         .map_err(step_err(format!("{file}:{line}: WORKDIR")))?;
                     let (upper_dir, layer) = finish_step(&step, req, &key)?;
                     stack_layer(
@@ -1484,19 +1576,29 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                     .and_then(|v| serde_json::from_value(v.clone()).ok())
                     .unwrap_or_default();
                 for kv in vars {
-                    env.retain(|e| e.split_once('=').map(|(k, _)| k) != Some(kv.key.as_str()));
-                    env.push(format!("{}={}", kv.key, kv.value));
+                    // Replaced where it is, as BuildKit does; new ones last.
+                    let entry = format!("{}={}", kv.key, kv.value);
+                    match env
+                        .iter_mut()
+                        .find(|e| e.split_once('=').map(|(k, _)| k) == Some(kv.key.as_str()))
+                    {
+                        Some(e) => *e = entry,
+                        None => env.push(entry),
+                    }
                 }
                 cfg.insert("Env".into(), json!(env));
                 image.add_empty_step(&created_by, &req.created);
             }
             Command::Arg { args: defs } => {
                 for a in defs {
+                    // `ARG NAME` without a value in a stage takes the global
+                    // ARG's value, as in BuildKit.
                     if let Some(v) = req
                         .build_args
                         .get(&a.name)
                         .cloned()
                         .or_else(|| a.default.clone())
+                        .or_else(|| cx.global_args.get(&a.name).cloned())
                     {
                         args.insert(a.name.clone(), v);
                     }
@@ -1545,12 +1647,25 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                 let entry = cfg.entry("ExposedPorts").or_insert_with(|| json!({}));
                 if let Some(map) = entry.as_object_mut() {
                     for p in ports {
-                        let key = if p.contains('/') {
-                            p.clone()
-                        } else {
-                            format!("{p}/tcp")
-                        };
-                        map.insert(key, json!({}));
+                        let (port, proto) = p.split_once('/').unwrap_or((p, "tcp"));
+                        let proto = proto.to_ascii_lowercase();
+                        // A range is one entry per port, as BuildKit has it.
+                        let range = port
+                            .split_once('-')
+                            .and_then(|(a, b)| {
+                                Some((a.parse::<u16>().ok()?, b.parse::<u16>().ok()?))
+                            })
+                            .filter(|(a, b)| a <= b);
+                        match range {
+                            Some((a, b)) => {
+                                for n in a..=b {
+                                    map.insert(format!("{n}/{proto}"), json!({}));
+                                }
+                            }
+                            None => {
+                                map.insert(format!("{port}/{proto}"), json!({}));
+                            }
+                        }
                     }
                 }
                 image.add_empty_step(&created_by, &req.created);
@@ -1841,6 +1956,7 @@ fn hash_sources(
                 xrel: String::new(),
                 owner: None,
                 mode: None,
+                links: None,
             };
             walk(&mut d, &root.join(&rel), &filter);
         }
@@ -1875,6 +1991,9 @@ fn absolute_dest(image: &mut NewImage, dest: &str) -> String {
     format!("{}/{dest}", workdir.trim_end_matches('/'))
 }
 
+/// A uid and gid.
+type Owner = (u32, u32);
+
 /// `--chown` and `--chmod` of COPY/ADD. Names come from the image's
 /// passwd/group; a user alone gives gid = uid, as Docker does.
 fn ownership(
@@ -1882,9 +2001,9 @@ fn ownership(
     chmod: Option<&str>,
     lowers: &[PathBuf],
     step: &Path,
-) -> Result<((u32, u32), Option<Chmod>), String> {
+) -> Result<(Option<Owner>, Option<Chmod>), String> {
     let owner = match chown {
-        None => (0, 0),
+        None => None,
         Some(spec) => {
             let view = RootFs {
                 lower: lowers.iter().rev().cloned().collect(),
@@ -1903,7 +2022,7 @@ fn ownership(
                         .1
                 }
             };
-            (uid, gid)
+            Some((uid, gid))
         }
     };
     let mode = chmod.map(Chmod::parse).transpose()?;
@@ -1917,6 +2036,7 @@ fn add_archive(
     context: &Path,
     source: &str,
     dest: &str,
+    owner: (u32, u32),
     upper: &Path,
     lowers: &[PathBuf],
 ) -> Result<bool, String> {
@@ -1954,8 +2074,9 @@ fn add_archive(
         d.finish()
     };
     f.rewind().map_err(|e| e.to_string())?;
-    let dest_rel = clean_rel(dest).ok_or("the destination leaves /")?;
-    make_dirs(upper, &dest_rel, lowers).map_err(|e| e.to_string())?;
+    let dest_rel = resolve_in_layers(Some(upper), lowers, &crate::sources::clean(dest))
+        .map_err(|e| e.to_string())?;
+    make_dirs(upper, &dest_rel, lowers, owner).map_err(|e| e.to_string())?;
     crate::unpack::apply_layer(
         f,
         &digest,
@@ -2006,14 +2127,20 @@ async fn add_url(
         .and_then(|u| u.rsplit('/').next())
         .filter(|n| !n.is_empty())
         .unwrap_or("download");
-    let dest_rel = clean_rel(dest).ok_or("the destination leaves /")?;
-    let target = if into_dir {
+    let dest_rel = resolve_in_layers(Some(upper), lowers, &crate::sources::clean(dest))
+        .map_err(|e| e.to_string())?;
+    let target = if into_dir || is_dir_in_layers(Some(upper), lowers, &dest_rel) {
         dest_rel.join(name)
     } else {
         dest_rel
     };
-    make_dirs(upper, target.parent().unwrap_or(Path::new("")), lowers)
-        .map_err(|e| e.to_string())?;
+    make_dirs(
+        upper,
+        target.parent().unwrap_or(Path::new("")),
+        lowers,
+        owner,
+    )
+    .map_err(|e| e.to_string())?;
     let at = upper.join(&target);
     std::fs::write(&at, &bytes).map_err(|e| e.to_string())?;
     use std::os::unix::fs::PermissionsExt;
@@ -2054,15 +2181,15 @@ fn clean_rel(p: &str) -> Option<PathBuf> {
     Some(crate::sources::clean(p))
 }
 
-fn exists_in(lowers: &[PathBuf], rel: &Path) -> bool {
-    lowers
-        .iter()
-        .any(|l| std::fs::symlink_metadata(l.join(rel)).is_ok())
-}
-
-/// Create `rel` under `upper`; directories that exist below keep their
-/// metadata (as an overlay copy-up would), new ones are 0755 root.
-fn make_dirs(upper: &Path, rel: &Path, lowers: &[PathBuf]) -> std::io::Result<()> {
+/// Create `rel` (already resolved) under `upper`; directories that exist
+/// below keep their metadata (as an overlay copy-up would), new ones are
+/// 0755 and belong to `owner`.
+fn make_dirs(
+    upper: &Path,
+    rel: &Path,
+    lowers: &[PathBuf],
+    owner: (u32, u32),
+) -> std::io::Result<()> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let mut cur = PathBuf::new();
     for c in rel.components() {
@@ -2072,15 +2199,17 @@ fn make_dirs(upper: &Path, rel: &Path, lowers: &[PathBuf]) -> std::io::Result<()
             continue;
         }
         std::fs::create_dir(&at)?;
-        let below = lowers
-            .iter()
-            .rev()
-            .find_map(|l| std::fs::metadata(l.join(&cur)).ok().filter(|m| m.is_dir()));
+        // What the image has there (a copy-up keeps its metadata); looked
+        // up without following links on the host.
+        let below = lookup_layers(None, lowers, &cur)
+            .and_then(|p| std::fs::symlink_metadata(p).ok())
+            .filter(|m| m.is_dir());
         if let Some(m) = below {
             std::fs::set_permissions(&at, std::fs::Permissions::from_mode(m.mode() & 0o7777))?;
             std::os::unix::fs::chown(&at, Some(m.uid()), Some(m.gid()))?;
         } else {
             std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o755))?;
+            std::os::unix::fs::chown(&at, Some(owner.0), Some(owner.1))?;
         }
     }
     Ok(())
@@ -2092,7 +2221,9 @@ struct CopySpec<'a> {
     root: &'a Path,
     ignore: Option<&'a dockerfile::IgnoreMatcher>,
     exclude: Option<&'a dockerfile::IgnoreMatcher>,
-    owner: (u32, u32),
+    /// `None`: keep the source's owners (COPY --from without --chown, as
+    /// BuildKit does); the context's files are given `Some((0, 0))`.
+    owner: Option<(u32, u32)>,
     mode: Option<&'a Chmod>,
 }
 
@@ -2126,16 +2257,13 @@ fn copy_source(
     }
     let rel_str = real_str;
     let from = real;
-    let dest_rel = clean_rel(dest).ok_or("the destination leaves /")?;
-    let exists_as_dir = |r: &Path| {
-        lowers
-            .iter()
-            .rev()
-            .any(|l| std::fs::metadata(l.join(r)).is_ok_and(|m| m.is_dir()))
-    };
+    // The destination follows symlinks of the image inside its root, as
+    // BuildKit's copy does (`COPY f /link-to-dir/` writes into the dir).
+    let dest_rel = resolve_in_layers(Some(upper), lowers, &crate::sources::clean(dest))
+        .map_err(|e| format!("resolving the destination: {e}"))?;
     let target_rel = if meta.is_dir() {
         dest_rel.clone()
-    } else if into_dir || exists_as_dir(&dest_rel) {
+    } else if into_dir || is_dir_in_layers(Some(upper), lowers, &dest_rel) {
         dest_rel.join(rel.file_name().unwrap_or(rel.as_os_str()))
     } else {
         dest_rel.clone()
@@ -2145,16 +2273,96 @@ fn copy_source(
     } else {
         target_rel.parent().unwrap_or(Path::new(""))
     };
-    make_dirs(upper, parent, lowers).map_err(|e| format!("creating {}: {e}", parent.display()))?;
+    // Directories made on the way belong to the --chown user (BuildKit's
+    // MkdirAll), root otherwise.
+    make_dirs(upper, parent, lowers, how.owner.unwrap_or((0, 0)))
+        .map_err(|e| format!("creating {}: {e}", parent.display()))?;
+    let links = std::cell::RefCell::new(HashMap::new());
     let filter = Filter {
         ignore,
         rel: rel_str,
         exclude: how.exclude,
         xrel: String::new(),
-        owner: Some(how.owner),
+        owner: how.owner,
+        links: Some(&links),
         mode: how.mode,
     };
     copy_tree(&from, &upper.join(&target_rel), meta.is_dir(), &filter).map_err(|e| e.to_string())
+}
+
+/// The entry `rel` stands for in the image being built: the topmost of
+/// `upper` and `lowers` (bottom to top) that has it; `None` if none does
+/// or a whiteout hides it.
+fn lookup_layers(upper: Option<&Path>, lowers: &[PathBuf], rel: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    for layer in upper
+        .into_iter()
+        .chain(lowers.iter().rev().map(PathBuf::as_path))
+    {
+        let at = layer.join(rel);
+        if let Ok(m) = std::fs::symlink_metadata(&at) {
+            if m.file_type().is_char_device() && m.rdev() == 0 {
+                return None;
+            }
+            return Some(at);
+        }
+    }
+    None
+}
+
+fn is_dir_in_layers(upper: Option<&Path>, lowers: &[PathBuf], rel: &Path) -> bool {
+    // Never `metadata`: that would follow a link on the host.
+    lookup_layers(upper, lowers, rel)
+        .is_some_and(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()))
+}
+
+/// `rel` with the image's symlinks followed inside its root, the last
+/// component included, as `sources::resolve_in_root` does for one tree.
+fn resolve_in_layers(
+    upper: Option<&Path>,
+    lowers: &[PathBuf],
+    rel: &Path,
+) -> std::io::Result<PathBuf> {
+    use std::collections::VecDeque;
+    use std::path::Component;
+    let parts = |p: &Path| -> Vec<Option<std::ffi::OsString>> {
+        p.components()
+            .filter_map(|c| match c {
+                Component::Normal(n) => Some(Some(n.to_os_string())),
+                Component::ParentDir => Some(None),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut done = PathBuf::new();
+    let mut todo: VecDeque<_> = parts(rel).into();
+    let mut links = 0;
+    while let Some(part) = todo.pop_front() {
+        let Some(name) = part else {
+            done.pop();
+            continue;
+        };
+        let candidate = done.join(&name);
+        match lookup_layers(upper, lowers, &candidate) {
+            Some(at)
+                if std::fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink()) =>
+            {
+                links += 1;
+                if links > 40 {
+                    return Err(std::io::Error::other("too many levels of symbolic links"));
+                }
+                let target = std::fs::read_link(&at)?;
+                if target.is_absolute() {
+                    done = PathBuf::new();
+                }
+                for p in parts(&target).into_iter().rev() {
+                    todo.push_front(p);
+                }
+            }
+            _ => done.push(name),
+        }
+    }
+    Ok(done)
 }
 
 /// Which paths COPY may take: `.dockerignore` (paths relative to the
@@ -2170,6 +2378,9 @@ pub(crate) struct Filter<'a> {
     pub owner: Option<(u32, u32)>,
     /// `--chmod`: the mode of everything copied, or how to change it.
     pub mode: Option<&'a Chmod>,
+    /// Files copied so far by (device, inode): a hardlink within one copy
+    /// stays a hardlink, as BuildKit keeps it.
+    pub links: Option<&'a std::cell::RefCell<HashMap<(u64, u64), PathBuf>>>,
 }
 
 impl Filter<'_> {
@@ -2189,6 +2400,7 @@ impl Filter<'_> {
             xrel: join(&self.xrel),
             owner: self.owner,
             mode: self.mode,
+            links: self.links,
         }
     }
 
@@ -2251,6 +2463,11 @@ pub(crate) fn copy_tree(
         {
             return std::fs::remove_dir(to);
         }
+        // The directory a source's contents go into keeps its own
+        // metadata (new: 0755), as in BuildKit.
+        if contents_only {
+            return Ok(());
+        }
         std::fs::set_permissions(to, meta.permissions())?;
     } else if ft.is_symlink() {
         let _ = std::fs::remove_file(to);
@@ -2259,6 +2476,22 @@ pub(crate) fn copy_tree(
         std::os::unix::fs::lchown(to, Some(uid), Some(gid))?;
         return Ok(());
     } else if ft.is_file() {
+        use std::os::unix::fs::MetadataExt;
+        if meta.nlink() > 1
+            && let Some(links) = filter.links
+        {
+            let id = (meta.dev(), meta.ino());
+            let first = links.borrow().get(&id).cloned();
+            match first {
+                Some(first) => {
+                    let _ = std::fs::remove_file(to);
+                    return std::fs::hard_link(first, to);
+                }
+                None => {
+                    links.borrow_mut().insert(id, to.to_path_buf());
+                }
+            }
+        }
         std::fs::copy(from, to)?;
     } else {
         return Err(std::io::Error::other(format!(

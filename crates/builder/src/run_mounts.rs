@@ -155,6 +155,7 @@ pub(crate) fn prepare(
                     let copy = cx.scratch.join(format!("bind-{i}"));
                     let _ = std::fs::remove_dir_all(&copy);
                     std::fs::create_dir_all(cx.scratch).map_err(|e| e.to_string())?;
+                    let links = std::cell::RefCell::new(std::collections::HashMap::new());
                     let filter = crate::engine::Filter {
                         ignore,
                         rel: rel.to_string_lossy().into_owned(),
@@ -162,6 +163,7 @@ pub(crate) fn prepare(
                         xrel: String::new(),
                         owner: None,
                         mode: None,
+                        links: Some(&links),
                     };
                     crate::engine::copy_tree(&real, &copy, false, &filter)
                         .map_err(|e| format!("bind source {}: {e}", rel.display()))?;

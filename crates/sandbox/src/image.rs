@@ -62,9 +62,13 @@ pub fn image_process(
         .clone()
         .or_else(|| config.and_then(|c| c.user().clone()))
         .filter(|u| !u.is_empty());
-    let (uid, gid, home) = match user {
+    let (uid, gid, home) = match &user {
         None => (0, 0, "/root".to_string()),
-        Some(u) => resolve_user(rootfs, &u)?,
+        Some(u) => resolve_user(rootfs, u)?,
+    };
+    let groups = match &user {
+        None => Vec::new(),
+        Some(u) => supplementary_groups(rootfs, u, gid),
     };
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.push(format!("PATH={DEFAULT_PATH}"));
@@ -83,10 +87,41 @@ pub fn image_process(
     p.cwd = cwd;
     p.uid = uid;
     p.gid = gid;
+    p.groups = groups;
     if let Some(h) = &run.hostname {
         p.hostname = h.clone();
     }
     Ok(p)
+}
+
+/// The supplementary groups of `USER spec` as runc gives them under
+/// BuildKit: the groups of `/etc/group` that list the user's name, and the
+/// primary group `gid`.
+fn supplementary_groups(rootfs: &RootFs, spec: &str, gid: u32) -> Vec<u32> {
+    let user = spec.split_once(':').map_or(spec, |(u, _)| u);
+    let passwd = read_layered(rootfs, "etc/passwd").unwrap_or_default();
+    // A numeric USER is a name too when passwd has that uid.
+    let name = passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() >= 3 && (f[0] == user || f[2] == user))
+        .map(|f| f[0].to_owned());
+    let mut groups = vec![gid];
+    if let Some(name) = name {
+        let group = read_layered(rootfs, "etc/group").unwrap_or_default();
+        // name:x:gid:member,member
+        for f in group.lines().map(|l| l.split(':').collect::<Vec<_>>()) {
+            if f.len() >= 4
+                && f[3].split(',').any(|m| m.trim() == name)
+                && let Ok(g) = f[2].parse()
+            {
+                groups.push(g);
+            }
+        }
+    }
+    groups.sort_unstable();
+    groups.dedup();
+    groups
 }
 
 /// `user[:group]`, names or numbers, against the image's passwd and group.

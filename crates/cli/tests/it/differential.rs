@@ -130,13 +130,7 @@ const CASES: &[Case] = &[
     case("run_heredoc"),
     case("run_heredoc_shebang"),
     case("run_mount_bind"),
-    Case {
-        known: &[Known {
-            what: "fs /copied/m.txt",
-            why: "TODO(builder): COPY --from (a stage or an image) and RUN --mount=type=bind,from= lose the source's uid/gid (root instead); BuildKit keeps them when there is no --chown",
-        }],
-        ..case("run_mount_bind_from_stage")
-    },
+    case("run_mount_bind_from_stage"),
     case("run_mount_cache"),
     case("run_mount_tmpfs"),
     with_opts("run_mount_secret", &[Opt::Secret("tok", "token.txt")]),
@@ -146,41 +140,31 @@ const CASES: &[Case] = &[
     case("copy_globs"),
     case("copy_chown"),
     Case {
-        known: &[
-            Known {
-                what: "fs /m3",
-                why: "BuildKit quirk not copied: the missing destination directory of a multi-source COPY --chmod=0440 is itself created 0440 (a directory nobody can enter); Slipway creates it 0755 as without --chmod",
-            },
-            Known {
-                what: "fs /m5",
-                why: "TODO(builder): BuildKit applies --chmod to what a directory source contains but the destination directory keeps the source directory's own mode (0755); Slipway applies it to the destination directory too (0555)",
-            },
-        ],
+        known: &[Known {
+            what: "fs /m3",
+            why: "BuildKit quirk not copied: the missing destination directory of a multi-source COPY --chmod=0440 is itself created 0440 (a directory nobody can enter); Slipway creates it 0755 as without --chmod",
+        }],
         ..case("copy_chmod")
     },
     case("copy_exclude"),
     case("copy_parents"),
-    case("copy_link"),
     Case {
         known: &[Known {
-            what: "build: buildkit failed slipway succeeded",
-            why: "TODO(builder): BuildKit refuses `COPY --link --chown=NAME` (names cannot be resolved with --link, numeric ids only); Slipway resolves the name in the image and builds",
+            what: "fs /home/app/ldir2",
+            why: "BuildKit quirk not copied (as /m3 of copy_chmod): the missing destination directory of COPY --chmod=700 is itself created 0700; Slipway creates it 0755 as without --chmod",
+        }],
+        ..case("copy_link")
+    },
+    Case {
+        known: &[Known {
+            what: "both builds failed",
+            why: "BuildKit and Slipway both refuse `COPY --link --chown=NAME` (with --link no passwd/group can be read: numeric ids only)",
         }],
         ..case("copy_link_chown_name")
     },
     case("copy_heredoc"),
     case("copy_symlinks"),
     Case {
-        known: &[
-            Known {
-                what: "fs /all/a.txt",
-                why: "TODO(builder): hardlinks inside a copied directory become separate files; BuildKit keeps them linked",
-            },
-            Known {
-                what: "fs /all/b.txt",
-                why: "TODO(builder): hardlinks inside a copied directory become separate files; BuildKit keeps them linked",
-            },
-        ],
         prep: Some(prep_hardlinks),
         ..case("copy_hardlinks")
     },
@@ -188,71 +172,9 @@ const CASES: &[Case] = &[
         prep: Some(prep_empty_dirs),
         ..case("copy_empty_dirs_and_modes")
     },
-    Case {
-        known: &[
-            Known {
-                what: "fs /o/f.txt",
-                why: "TODO(builder): hardlinks inside a copied directory become separate files; BuildKit keeps them linked",
-            },
-            Known {
-                what: "fs /o/hard",
-                why: "TODO(builder): hardlinks inside a copied directory become separate files; BuildKit keeps them linked",
-            },
-            Known {
-                what: "fs /o2/f.txt",
-                why: "TODO(builder): hardlinks inside a copied directory become separate files; BuildKit keeps them linked",
-            },
-            Known {
-                what: "fs /o2/hard",
-                why: "TODO(builder): hardlinks inside a copied directory become separate files; BuildKit keeps them linked",
-            },
-            Known {
-                what: "fs /o/sub",
-                why: "TODO(builder): COPY --from (a stage or an image) and RUN --mount=type=bind,from= lose the source's uid/gid (root instead); BuildKit keeps them when there is no --chown",
-            },
-            Known {
-                what: "fs /o3/s.txt",
-                why: "TODO(builder): COPY --from (a stage or an image) and RUN --mount=type=bind,from= lose the source's uid/gid (root instead); BuildKit keeps them when there is no --chown",
-            },
-            Known {
-                what: "fs /o3: ",
-                why: "TODO(builder): `COPY --from=s /out/sub/ /o3/` with /o3 missing: BuildKit creates /o3 0755 root and copies the contents into it; Slipway gives /o3 the source directory's mode (0750)",
-            },
-        ],
-        ..case("copy_from_stage")
-    },
-    Case {
-        known: &[Known {
-            what: "fs /homecopy/app",
-            why: "TODO(builder): COPY --from (a stage or an image) and RUN --mount=type=bind,from= lose the source's uid/gid (root instead); BuildKit keeps them when there is no --chown",
-        }],
-        ..case("copy_from_image")
-    },
-    Case {
-        known: &[
-            Known {
-                what: "fs /srv/data/f.txt",
-                why: "TODO(builder): a destination path through a symlinked directory replaces the symlink by a real directory; BuildKit follows the link inside the rootfs",
-            },
-            Known {
-                what: "fs /srv/data/rel.txt",
-                why: "TODO(builder): a destination path through a symlinked directory replaces the symlink by a real directory; BuildKit follows the link inside the rootfs",
-            },
-            Known {
-                what: "fs /srv/data/sub/x.txt",
-                why: "TODO(builder): a destination path through a symlinked directory replaces the symlink by a real directory; BuildKit follows the link inside the rootfs",
-            },
-            Known {
-                what: "fs /srv/link-to-data",
-                why: "TODO(builder): a destination path through a symlinked directory replaces the symlink by a real directory; BuildKit follows the link inside the rootfs",
-            },
-            Known {
-                what: "fs /sublink",
-                why: "TODO(builder): a destination path through a symlinked directory replaces the symlink by a real directory; BuildKit follows the link inside the rootfs",
-            },
-        ],
-        ..case("copy_onto_symlinked_dir")
-    },
+    case("copy_from_stage"),
+    case("copy_from_image"),
+    case("copy_onto_symlinked_dir"),
     case("dockerignore"),
     Case {
         known: &[
@@ -270,69 +192,17 @@ const CASES: &[Case] = &[
     case("add_url_checksum"),
     case("add_local_file_not_archive"),
     case("add_git"),
-    Case {
-        known: &[Known {
-            what: "config Env",
-            why: "TODO(builder): ENV of a variable that is already set moves it to the end of Env; BuildKit replaces it in place",
-        }],
-        ..with_opts(
-            "arg_env_expansion",
-            &[Opt::BuildArg("VERSION=2.5"), Opt::BuildArg("UNUSED=x")],
-        )
-    },
-    Case {
-        known: &[Known {
-            what: "fs /global",
-            why: "TODO(builder): `ARG GLOBAL` (no value) inside a stage after a RUN must take the global ARG's default \"g\", as BuildKit does; Slipway expands it empty",
-        }],
-        ..case("arg_defaults_and_scope")
-    },
-    Case {
-        known: &[Known {
-            what: "config Env",
-            why: "TODO(builder): ENV of a variable that is already set moves it to the end of Env; BuildKit replaces it in place",
-        }],
-        ..case("env_forms")
-    },
-    Case {
-        known: &[
-            Known {
-                what: "fs /w/as-user",
-                why: "TODO(builder): WORKDIR created after USER app: BuildKit creates it owned by the user (1000:1000), Slipway by root",
-            },
-            Known {
-                what: "fs /srv/data/viawd",
-                why: "TODO(builder): a destination path through a symlinked directory replaces the symlink by a real directory; BuildKit follows the link inside the rootfs (WORKDIR /srv/link-to-data/viawd; BuildKit also chowns it to USER)",
-            },
-            Known {
-                what: "fs /srv/link-to-data",
-                why: "TODO(builder): a destination path through a symlinked directory replaces the symlink by a real directory; BuildKit follows the link inside the rootfs",
-            },
-        ],
-        ..case("workdir_create")
-    },
-    Case {
-        known: &[
-            Known {
-                what: "fs /tmp/id-app",
-                why: "TODO(builder): RUN under USER app has no supplementary groups; BuildKit (runc) adds those of /etc/group (groups=50(staff),1000(app))",
-            },
-            Known {
-                what: "fs /tmp/id-1001",
-                why: "TODO(builder): RUN under USER 1001:50 has no supplementary groups; BuildKit sets the primary group as one (groups=50(staff))",
-            },
-        ],
-        ..case("user_and_chown")
-    },
+    with_opts(
+        "arg_env_expansion",
+        &[Opt::BuildArg("VERSION=2.5"), Opt::BuildArg("UNUSED=x")],
+    ),
+    case("arg_defaults_and_scope"),
+    case("env_forms"),
+    case("workdir_create"),
+    case("user_and_chown"),
     case("shell_instruction"),
     case("cmd_entrypoint_forms"),
-    Case {
-        known: &[Known {
-            what: "config ExposedPorts",
-            why: "TODO(builder): EXPOSE 8000-8002 is recorded as \"8000-8002/tcp\"; BuildKit expands a range into one entry per port",
-        }],
-        ..case("metadata_instructions")
-    },
+    case("metadata_instructions"),
     case("healthcheck"),
     case("healthcheck_none"),
     case("volume"),
@@ -351,10 +221,6 @@ const CASES: &[Case] = &[
             Known {
                 what: "fs /fromb/sys",
                 why: "BuildKit's runc mountpoints /dev, /proc, /sys are part of stage b's filesystem there (see EVERY_RUN), so COPY --from=b / copies them",
-            },
-            Known {
-                what: "fs /fromb/home/app",
-                why: "TODO(builder): COPY --from (a stage or an image) and RUN --mount=type=bind,from= lose the source's uid/gid (root instead); BuildKit keeps them when there is no --chown",
             },
         ],
         ..case("multi_stage_chain")
@@ -388,6 +254,9 @@ fn differential_builds_match_buildkit() {
         ran += 1;
         let diffs = match build_both(&fx, &bk, c, &base, &http.url) {
             Ok(d) => d,
+            // A failed build can be the written-down outcome too (both
+            // refuse the same Dockerfile).
+            Err(e) if c.known.iter().any(|k| e.starts_with(k.what)) => continue,
             Err(e) => {
                 failures.push(format!("{}: {e}", c.name));
                 continue;
