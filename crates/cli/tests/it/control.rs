@@ -773,17 +773,40 @@ fn cancel_and_timeout_stop_running_builds() {
     // The pool's tier (S1: 2 CPUs, 3 GiB) reaches the build as limits, and
     // the RUN's cgroup carries them.
     let ps = ok(Command::new("ps").args(["-eo", "pid,args"]));
+    let ours = tmp.path().join("agent-x").display().to_string();
+    let build = ps
+        .lines()
+        .find(|l| l.contains("build --local") && l.contains(&ours))
+        .unwrap_or_else(|| panic!("no build child of agent x:\n{ps}"));
     assert!(
-        ps.lines().any(|l| l.contains("build --local")
-            && l.contains("--memory 3221225472")
-            && l.contains("--cpus 2")),
-        "no build child with the tier's limits:\n{ps}"
+        build.contains("--memory 3221225472") && build.contains("--cpus 2"),
+        "the build child lacks the tier's limits: {build}"
     );
+    let build_pid = build.split_whitespace().next().unwrap().to_owned();
+    // The RUN's `sleep`: the one descending from our build (other tests
+    // may be sleeping too).
+    let parent = |pid: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("PPid:").map(|p| p.trim().to_owned()))
+    };
     let sleeper = ps
         .lines()
-        .find(|l| l.split_whitespace().nth(1) == Some("sleep"))
-        .and_then(|l| l.split_whitespace().next())
-        .expect("the RUN's sleep is running");
+        .filter(|l| l.split_whitespace().nth(1) == Some("sleep"))
+        .filter_map(|l| l.split_whitespace().next())
+        .find(|pid| {
+            let mut p = pid.to_string();
+            for _ in 0..16 {
+                match parent(&p) {
+                    Some(pp) if pp == build_pid => return true,
+                    Some(pp) if pp != "0" && pp != "1" => p = pp,
+                    _ => return false,
+                }
+            }
+            false
+        })
+        .expect("the RUN's sleep is running under our build");
     let cg = std::fs::read_to_string(format!("/proc/{sleeper}/cgroup")).unwrap();
     let limit = cg.lines().find_map(|l| {
         let mut parts = l.splitn(3, ':');
@@ -817,10 +840,16 @@ fn cancel_and_timeout_stop_running_builds() {
     // The next run starts on the freed agent and runs into its timeout.
     let r = rt.block_on(wait_state(&c, &b.id, RunState::is_final, 60));
     assert_eq!(r.state, RunState::TimedOut, "{r:?}");
+    // Nothing of either stopped build is left: not the build child, not
+    // the RUN's process.
     let ps = ok(Command::new("ps").args(["-eo", "args"]));
     assert!(
-        !ps.lines().any(|l| l.contains("sleep 60")),
-        "a stopped RUN survived:\n{ps}"
+        !ps.lines().any(|l| l.contains(&format!("{ours}/runs"))),
+        "a stopped build survived:\n{ps}"
+    );
+    assert!(
+        !Path::new(&format!("/proc/{sleeper}")).exists(),
+        "the canceled RUN's process survived"
     );
     // A queued run cancels at once; a finished one cannot be canceled.
     let out = plane
