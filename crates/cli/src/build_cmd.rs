@@ -79,8 +79,9 @@ pub struct BuildArgs {
     #[arg(long)]
     pub(crate) metadata_file: Option<PathBuf>,
     /// type=oci,dest=FILE.tar: write an OCI layout tarball instead of pushing;
-    /// type=registry: push to the -t references (the default).
-    #[arg(long)]
+    /// type=registry: push to the -t references (the default). On a pool,
+    /// `-o json` prints the finished run as JSON (as --format json).
+    #[arg(short = 'o', long)]
     pub(crate) output: Option<String>,
     /// Progress output: plain (step lines for logs), tty (bold step lines),
     /// auto (tty on a terminal).

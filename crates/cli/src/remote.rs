@@ -108,7 +108,9 @@ async fn upload_context(c: &api::Client, dir: &Path, dockerfile_rel: &str) -> Re
 
 pub async fn build(args: BuildArgs) -> Result<()> {
     let c = ctl::client(args.server.as_deref())?;
-    if args.output.is_some() || args.metadata_file.is_some() {
+    let json = args.format == "json" || args.output.as_deref() == Some("json");
+    let output = args.output.as_deref().filter(|o| *o != "json");
+    if output.is_some() || args.metadata_file.is_some() {
         bail!(
             "--output and --metadata-file apply to --local builds; a pool build pushes to its -t references"
         );
@@ -206,12 +208,12 @@ pub async fn build(args: BuildArgs) -> Result<()> {
     }
     eprintln!("run {} queued on pool {}", run.id, run.pool);
     let run = ctl::follow(&c, &run.id, true, !args.no_logs).await?;
-    if args.format == "json" {
+    if json {
         println!("{}", serde_json::to_string_pretty(&run)?);
     }
     match run.state {
         RunState::Succeeded => {
-            if args.format != "json" {
+            if !json {
                 for t in &run.build.tags {
                     match &run.image_digest {
                         Some(d) => println!("{t}@{d}"),

@@ -405,6 +405,19 @@ fn up_builds_examples_hello_and_reports_failures() {
     assert!(again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("(already on the server)"));
 
+    // `-o json --no-logs`: only the finished run, as JSON, on stdout.
+    let out = plane
+        .cli()
+        .args(["build", "-o", "json", "--no-logs", "-t", "hello:3", "--build-arg"])
+        .arg(format!("BASE={base}"))
+        .arg(&hello)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(run["state"], "succeeded");
+    assert!(run["image_digest"].as_str().unwrap().starts_with("sha256:"));
+
     // A failing RUN: non-zero exit, the error in the streamed log.
     let bad = context(
         &tmp.path().join("bad"),
