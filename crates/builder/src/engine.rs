@@ -2029,7 +2029,7 @@ fn ownership(
     Ok((owner, mode))
 }
 
-/// ADD of a local tar archive (plain, gzip or zstd): extracted into `dest`,
+/// ADD of a local tar archive (plain, gzip, zstd, bzip2 or xz): extracted into `dest`,
 /// keeping the archive's owners and modes. Returns `false` for anything
 /// that is not an archive, which ADD then copies like COPY.
 fn add_archive(
@@ -2051,21 +2051,61 @@ fn add_archive(
     if !std::fs::symlink_metadata(&real).is_ok_and(|m| m.is_file()) {
         return Ok(false);
     }
-    let mut f = std::fs::File::open(&real).map_err(|e| e.to_string())?;
-    let mut head = [0u8; 512];
-    let n = f.read(&mut head).map_err(|e| e.to_string())?;
-    let compressed =
-        head[..n].starts_with(&[0x1f, 0x8b]) || head[..n].starts_with(&[0x28, 0xb5, 0x2f, 0xfd]);
-    let plain_tar = n >= 262 && &head[257..262] == b"ustar";
-    if !compressed && !plain_tar {
+    let io = |e: std::io::Error| e.to_string();
+    let mut f = std::fs::File::open(&real).map_err(io)?;
+    let mut magic = [0u8; 6];
+    let n = f.read(&mut magic).map_err(io)?;
+    f.rewind().map_err(io)?;
+    let magic = &magic[..n];
+    // bzip2 and xz are decompressed to a scratch file first (the layer
+    // code reads gzip, zstd and plain tar itself).
+    let mut f = if magic.starts_with(b"BZh") {
+        let mut tmp = tempfile::tempfile().map_err(io)?;
+        std::io::copy(
+            &mut bzip2::read::BzDecoder::new(std::io::BufReader::new(f)),
+            &mut tmp,
+        )
+        .map_err(|e| format!("decompressing bzip2: {e}"))?;
+        tmp.rewind().map_err(io)?;
+        tmp
+    } else if magic.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        let mut tmp = tempfile::tempfile().map_err(io)?;
+        lzma_rs::xz_decompress(&mut std::io::BufReader::new(f), &mut tmp)
+            .map_err(|e| format!("decompressing xz: {e:?}"))?;
+        tmp.rewind().map_err(io)?;
+        tmp
+    } else {
+        f
+    };
+    // An archive is what decompresses to a tar; anything else is copied as a
+    // file, as Docker decides it.
+    let mut head = vec![0u8; 512];
+    let got = {
+        let mut probe: Box<dyn Read> = match magic {
+            [0x1f, 0x8b, ..] => Box::new(flate2::read::MultiGzDecoder::new(&mut f)),
+            [0x28, 0xb5, 0x2f, 0xfd, ..] => {
+                Box::new(zstd::stream::read::Decoder::new(&mut f).map_err(io)?)
+            }
+            _ => Box::new(&mut f),
+        };
+        let mut got = 0;
+        while got < head.len() {
+            match probe.read(&mut head[got..]) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => got += k,
+            }
+        }
+        got
+    };
+    if got < 262 || &head[257..262] != b"ustar" {
         return Ok(false);
     }
-    f.rewind().map_err(|e| e.to_string())?;
+    f.rewind().map_err(io)?;
     let digest = {
         let mut d = oci::Digester::new(oci::Algorithm::Sha256);
         let mut buf = vec![0u8; 1 << 20];
         loop {
-            let k = f.read(&mut buf).map_err(|e| e.to_string())?;
+            let k = f.read(&mut buf).map_err(io)?;
             if k == 0 {
                 break;
             }
@@ -2073,7 +2113,7 @@ fn add_archive(
         }
         d.finish()
     };
-    f.rewind().map_err(|e| e.to_string())?;
+    f.rewind().map_err(io)?;
     let dest_rel = resolve_in_layers(Some(upper), lowers, &crate::sources::clean(dest))
         .map_err(|e| e.to_string())?;
     make_dirs(upper, &dest_rel, lowers, owner).map_err(|e| e.to_string())?;

@@ -176,19 +176,7 @@ const CASES: &[Case] = &[
     case("copy_from_image"),
     case("copy_onto_symlinked_dir"),
     case("dockerignore"),
-    Case {
-        known: &[
-            Known {
-                what: "fs /z/",
-                why: "TODO(builder): ADD does not extract xz archives (c.tar.xz is copied as a file); BuildKit extracts gzip, bzip2, xz (and zstd)",
-            },
-            Known {
-                what: "fs /srv/data/",
-                why: "TODO(builder): ADD does not extract bzip2 archives (d.tar.bz2 is copied as a file)",
-            },
-        ],
-        ..case("add_local_archive")
-    },
+    case("add_local_archive"),
     case("add_url_checksum"),
     case("add_local_file_not_archive"),
     case("add_git"),
