@@ -37,6 +37,10 @@ pub struct ServerArgs {
     /// Leases a run may use (agents lost) before it ends in error.
     #[arg(long, default_value_t = 3)]
     max_attempts: u32,
+    /// Finished runs with their logs, and uploaded contexts no queued or
+    /// running build needs, are deleted after this long (checked hourly).
+    #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+    retention: Duration,
     /// Start the agents of pools created with --local (as `slipway up` does).
     #[arg(long)]
     local_agents: bool,
@@ -126,6 +130,7 @@ async fn serve(args: ServerArgs, on_ready: impl FnOnce(&Running, &Arc<Server>)) 
     config.lease_ttl = args.lease_ttl;
     config.default_timeout = args.default_timeout;
     config.max_attempts = args.max_attempts.max(1);
+    config.retention = args.retention;
     if args.local_agents {
         let mut agent_args = vec![
             "agent".to_owned(),
@@ -196,6 +201,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
         lease_ttl: Duration::from_secs(10),
         default_timeout: Duration::from_secs(3600),
         max_attempts: 3,
+        retention: Duration::from_secs(30 * 24 * 3600),
         local_agents: true,
     };
     // The pool must exist before the supervisor's first look, so create it

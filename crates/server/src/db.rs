@@ -934,6 +934,47 @@ impl Db {
         Ok(out)
     }
 
+    /// Delete runs that ended before `cutoff` (ms), with their attempts and
+    /// logs, and agents last seen before it. Returns the runs deleted.
+    pub async fn delete_finished_before(&self, cutoff: i64) -> Result<usize> {
+        let _w = self.write_lock().await;
+        let mut tx = self.pool.begin().await?;
+        let old = "SELECT id FROM runs WHERE finished_at IS NOT NULL AND finished_at < $1";
+        for q in [
+            format!("DELETE FROM log_chunks WHERE run_id IN ({old})"),
+            format!("DELETE FROM attempts WHERE run_id IN ({old})"),
+        ] {
+            sqlx::query(&q).bind(cutoff).execute(&mut *tx).await?;
+        }
+        let r = sqlx::query("DELETE FROM runs WHERE finished_at IS NOT NULL AND finished_at < $1")
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM agents WHERE last_seen < $1")
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(r.rows_affected() as usize)
+    }
+
+    /// Digests of the uploaded contexts that queued or running runs need.
+    pub async fn live_contexts(&self) -> Result<std::collections::HashSet<String>> {
+        let rows = sqlx::query("SELECT spec FROM runs WHERE state IN ('queued', 'running')")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = std::collections::HashSet::new();
+        for r in rows {
+            let spec: String = r.try_get(0)?;
+            let spec: BuildSpec =
+                serde_json::from_str(&spec).map_err(|e| corrupt("runs.spec", e))?;
+            if let api::ContextSource::Upload { digest } = spec.context {
+                out.insert(digest);
+            }
+        }
+        Ok(out)
+    }
+
     /// `(run, attempt)` of every run an agent holds now.
     pub async fn live_leases(&self) -> Result<Vec<(String, u32)>> {
         let rows = sqlx::query("SELECT id, attempt FROM runs WHERE state = 'running'")

@@ -43,6 +43,9 @@ pub struct ServerConfig {
     pub registry_host: String,
     /// How to start agents of local pools (`None`: local pools get none).
     pub agent_command: Option<AgentCommand>,
+    /// Finished runs (with their logs) and unused contexts older than this
+    /// are deleted.
+    pub retention: Duration,
 }
 
 impl ServerConfig {
@@ -55,6 +58,7 @@ impl ServerConfig {
             max_attempts: 3,
             registry_host: registry_host.into(),
             agent_command: None,
+            retention: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
@@ -191,6 +195,17 @@ impl Server {
             let s = self.clone();
             tokio::spawn(async move { s.reap_forever().await })
         };
+        let janitor = {
+            let s = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    if let Err(e) = s.clean_up().await {
+                        tracing::error!("retention clean-up: {e}");
+                    }
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
+            })
+        };
         let local = self
             .config
             .agent_command
@@ -201,6 +216,29 @@ impl Server {
             None => shutdown.await,
         }
         reaper.abort();
+        janitor.abort();
+    }
+
+    /// Apply the retention period: delete finished runs with their logs,
+    /// agents not seen since, and stored contexts no live run needs.
+    pub async fn clean_up(&self) -> Result<(usize, usize), ServerError> {
+        let cutoff = db::now_ms() - self.config.retention.as_millis() as i64;
+        let runs = self.db.delete_finished_before(cutoff).await?;
+        let needed = self.db.live_contexts().await?;
+        let before = std::time::SystemTime::now()
+            .checked_sub(self.config.retention)
+            .unwrap_or(std::time::UNIX_EPOCH);
+        let mut contexts = 0;
+        for blob in self.contexts.list().await? {
+            if blob.modified < before && !needed.contains(&blob.digest.to_string()) {
+                self.contexts.delete(&blob.digest).await?;
+                contexts += 1;
+            }
+        }
+        if runs + contexts > 0 {
+            tracing::info!(runs, contexts, "deleted what is past the retention period");
+        }
+        Ok((runs, contexts))
     }
 
     async fn reap_forever(&self) {

@@ -408,12 +408,24 @@ fn up_builds_examples_hello_and_reports_failures() {
     // `-o json --no-logs`: only the finished run, as JSON, on stdout.
     let out = plane
         .cli()
-        .args(["build", "-o", "json", "--no-logs", "-t", "hello:3", "--build-arg"])
+        .args([
+            "build",
+            "-o",
+            "json",
+            "--no-logs",
+            "-t",
+            "hello:3",
+            "--build-arg",
+        ])
         .arg(format!("BASE={base}"))
         .arg(&hello)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(run["state"], "succeeded");
     assert!(run["image_digest"].as_str().unwrap().starts_with("sha256:"));
@@ -1553,4 +1565,73 @@ fn secrets_reach_the_run_masked_in_logs_and_absent_from_the_image() {
         scanned >= 4,
         "manifest, config and layers scanned: {scanned}"
     );
+}
+
+/// Retention: finished runs (and their logs) and contexts no live run needs
+/// are deleted; a queued run and its context stay.
+#[test]
+fn retention_deletes_old_runs_and_unused_contexts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut plane = Plane::start(tmp.path(), &[]);
+    let rt = rt();
+    let (finished, queued, done_ctx, kept_ctx) = rt.block_on(async {
+        let c = plane.client();
+        for name in ["p", "idle"] {
+            c.create_pool(&api::PoolSpec {
+                name: name.into(),
+                tier: api::Tier::S1,
+                count: 0,
+                network: None,
+                local: false,
+            })
+            .await
+            .unwrap();
+        }
+        let done_ctx = upload(&c, &context(&tmp.path().join("a"), "FROM scratch\n")).await;
+        let kept_ctx = upload(
+            &c,
+            &context(&tmp.path().join("b"), "FROM scratch\nLABEL b=1\n"),
+        )
+        .await;
+        let finished = c
+            .submit_run(&RunRequest {
+                pool: "p".into(),
+                build: spec(&done_ctx, "FROM scratch\n", "x.example/a:1"),
+                secrets: BTreeMap::new(),
+                timeout_secs: None,
+            })
+            .await
+            .unwrap();
+        c.cancel_run(&finished.id).await.unwrap();
+        let queued = c
+            .submit_run(&RunRequest {
+                pool: "idle".into(),
+                build: spec(&kept_ctx, "FROM scratch\n", "x.example/b:1"),
+                secrets: BTreeMap::new(),
+                timeout_secs: None,
+            })
+            .await
+            .unwrap();
+        (finished.id, queued.id, done_ctx, kept_ctx)
+    });
+    std::thread::sleep(Duration::from_millis(2100));
+    plane.kill_and_restart(&["--retention", "1s"], Duration::ZERO);
+    rt.block_on(async {
+        let c = plane.client();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while c.run(&finished).await.is_ok() {
+            assert!(Instant::now() < deadline, "the old run was not deleted");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(c.run(&finished).await.unwrap_err().status(), Some(404));
+        assert_eq!(c.run(&queued).await.unwrap().state, RunState::Queued);
+        assert!(
+            !c.context_exists(&done_ctx).await.unwrap(),
+            "unused context kept"
+        );
+        assert!(
+            c.context_exists(&kept_ctx).await.unwrap(),
+            "a queued run's context was deleted"
+        );
+    });
 }
