@@ -1848,6 +1848,10 @@ fn cache_lookup(req: &BuildRequest, key: &str) -> Option<CacheHit> {
     let file = dir.join("layer");
     let upper = dir.join("upper");
     let complete = file.is_file() && upper.is_dir();
+    if complete {
+        // Reused now: `slipway prune --keep-duration` keeps it.
+        crate::prune::touch(&dir);
+    }
     complete.then_some(CacheHit {
         upper,
         layer: NewLayer { info, file },

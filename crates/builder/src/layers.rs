@@ -142,6 +142,10 @@ impl LayerStore {
         let missing: Vec<usize> = (0..layers.len())
             .filter(|&i| !self.snapshot_path(&chains[i]).is_dir())
             .collect();
+        // The snapshots already here are in use again (see `prune`).
+        for c in &chains {
+            crate::prune::touch(&self.snapshot_path(c));
+        }
 
         // Download what is missing, in parallel, into verified temp files.
         let downloads: Vec<(usize, tempfile::NamedTempFile)> =

@@ -19,6 +19,7 @@ pub mod image;
 pub mod import;
 pub mod layers;
 pub mod oci_archive;
+pub mod prune;
 pub mod remote_cache;
 mod run_mounts;
 mod sources;

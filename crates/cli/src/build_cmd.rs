@@ -32,8 +32,9 @@ pub struct BuildArgs {
     /// Run time limit on the agent, e.g. 30m (remote builds; default: the server's).
     #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "local")]
     pub(crate) timeout: Option<Duration>,
-    /// Server URL (remote builds; default: $SLIPWAY_SERVER or `slipway login`).
-    #[arg(long, env = "SLIPWAY_SERVER", conflicts_with = "local")]
+    /// Server URL (remote builds; default: $SLIPWAY_SERVER or `slipway login`;
+    /// ignored with --local).
+    #[arg(long, env = "SLIPWAY_SERVER")]
     pub(crate) server: Option<String>,
     /// Dockerfile path (default: CONTEXT/Dockerfile).
     #[arg(short = 'f', long = "file")]
@@ -338,6 +339,8 @@ pub async fn run(args: BuildArgs) -> Result<()> {
         .with_context(|| format!("build context {}", args.context.display()))?;
 
     let client = Arc::new(Client::new(config)?);
+    // Held until the build ends: `slipway prune` waits for it.
+    let _in_use = builder::prune::BuildLock::shared(&data).context("locking the build data")?;
     let mode = Mode::detect().context("detecting how to isolate RUN steps")?;
     let store = LayerStore::open(
         data.join("layers"),

@@ -5,6 +5,7 @@ mod build_cmd;
 mod ctl;
 mod dockerfile_cmd;
 mod image_cmd;
+mod prune_cmd;
 mod remote;
 mod sandbox_cmd;
 mod serve;
@@ -81,6 +82,9 @@ enum Command {
         #[arg(long, env = "SLIPWAY_SERVER")]
         server: Option<String>,
     },
+    /// Reclaim the builder's disk: layer snapshots, build cache steps and
+    /// cache mounts no running build uses (waits for running builds).
+    Prune(prune_cmd::PruneArgs),
     /// Image tools: import a root filesystem as an image.
     Image {
         #[command(subcommand)]
@@ -203,6 +207,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Image { command } => image_cmd::run(command).await,
+        Command::Prune(args) => prune_cmd::run(args).await,
         Command::SandboxInit => sandbox_cmd::not_here(),
         Command::Build(args) => build_cmd::run(*args).await,
         Command::Registry {

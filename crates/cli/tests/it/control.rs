@@ -1635,3 +1635,62 @@ fn retention_deletes_old_runs_and_unused_contexts() {
         );
     });
 }
+
+/// `slipway prune`: keeps what was used recently, dry-runs, deletes
+/// snapshots and cache steps, and a build afterwards pulls and builds again.
+#[test]
+fn prune_reclaims_layers_and_cache() {
+    if !need_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let plane = Plane::start(tmp.path(), &[]);
+    let base = plane.import_busybox();
+    let dir = context(
+        &tmp.path().join("ctx"),
+        &format!("FROM {base}\nRUN echo cached > /c.txt\n"),
+    );
+    let data = tmp.path().join("build");
+    let build = || {
+        let out = plane
+            .cli()
+            .args(["build", "--local", "--progress", "plain", "--data"])
+            .arg(&data)
+            .args(["-t", &format!("{}/pruned:1", plane.host())])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    build();
+    let count = |area: &str| {
+        std::fs::read_dir(data.join(area))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert!(count("layers/snapshots") > 0 && count("cache") > 0);
+    let prune = |args: &[&str]| ok(plane.cli().arg("prune").arg("--data").arg(&data).args(args));
+    let kept = prune(&["--keep-duration", "1h"]);
+    assert!(kept.starts_with("deleted 0 entries"), "{kept}");
+    let dry = prune(&["--dry-run"]);
+    assert!(
+        dry.starts_with("would delete") && !dry.contains(" 0 entries"),
+        "{dry}"
+    );
+    assert!(count("cache") > 0, "a dry run deletes nothing");
+    let done = prune(&[]);
+    assert!(
+        done.starts_with("deleted") && !done.contains(" 0 entries"),
+        "{done}"
+    );
+    assert_eq!(count("layers/snapshots"), 0);
+    assert_eq!(count("cache"), 0);
+    // Nothing cached any more: the RUN runs again.
+    let again = build();
+    assert!(!again.contains("CACHED"), "{again}");
+}
