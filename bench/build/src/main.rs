@@ -143,6 +143,9 @@ fn measure(cmd: &[String]) -> Result<()> {
 
 /// Run `cmd` through `bench-build measure`.
 fn measured(cmd: &mut Command) -> Result<Sample> {
+    // Start every tool with no dirty pages in flight: otherwise whoever runs
+    // right after a 1 GiB build pays for the previous tool's writeback.
+    Command::new("sync").status().context("running sync")?;
     let mut full = Command::new(std::env::current_exe()?);
     full.arg("measure")
         .arg(cmd.get_program())

@@ -38,6 +38,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::chmod::Chmod;
 use crate::diff::{LayerInfo, LayerOptions, write_layer};
+use crate::file_hashes::FileHashes;
 use crate::image::NewImage;
 use crate::layers::LayerStore;
 
@@ -564,6 +565,20 @@ pub async fn build<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
     out: &mut W,
     err: &mut E,
 ) -> Result<BuildResult, BuildError> {
+    let result = build_inner(req, client, store, sandbox, out, err).await;
+    // What the build learned about its sources' digests, for the next one.
+    FileHashes::for_cache(req.cache_dir.as_deref()).save();
+    result
+}
+
+async fn build_inner<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
+    req: &BuildRequest,
+    client: &Arc<Client>,
+    store: &LayerStore,
+    sandbox: &Sandbox,
+    out: &mut W,
+    err: &mut E,
+) -> Result<BuildResult, BuildError> {
     let file = req.dockerfile.display().to_string();
     let tty = req.progress == Progress::Tty;
     let src = std::fs::read(&req.dockerfile).map_err(step_err(format!("reading {file}")))?;
@@ -998,6 +1013,7 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                         &hash_root,
                         &[m.source.clone().unwrap_or_else(|| "/".into())],
                         hash_ignore,
+                        &FileHashes::for_cache(req.cache_dir.as_deref()),
                     ));
                     roots.push(root);
                 }
@@ -1206,11 +1222,12 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                 let planned_sources: Vec<String> =
                     planned.iter().map(|p| p.source.clone()).collect();
                 let inline_names: Vec<String> = c.inline.iter().map(|h| h.name.clone()).collect();
+                let hashes = FileHashes::for_cache(req.cache_dir.as_deref());
                 key = next_key(
                     &key,
                     &[
-                        &hash_sources(&source_root, &planned_sources, ignore_here),
-                        &hash_sources(&inline_dir, &inline_names, None),
+                        &hash_sources(&source_root, &planned_sources, ignore_here, &hashes),
+                        &hash_sources(&inline_dir, &inline_names, None, &hashes),
                     ],
                 );
                 if let Some(hit) = find_cached(req, &key, remote, client, store, lowers, err).await
@@ -1368,11 +1385,12 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                     .chain(urls.iter().map(|u| u.to_string()))
                     .collect();
                 let inline_names: Vec<String> = a.inline.iter().map(|h| h.name.clone()).collect();
+                let hashes = FileHashes::for_cache(req.cache_dir.as_deref());
                 key = next_key(
                     &key,
                     &[
-                        &hash_sources(&req.context, &planned_sources, ignore.as_ref()),
-                        &hash_sources(&inline_dir, &inline_names, None),
+                        &hash_sources(&req.context, &planned_sources, ignore.as_ref(), &hashes),
+                        &hash_sources(&inline_dir, &inline_names, None, &hashes),
                         a.checksum.as_deref().unwrap_or(""),
                         &nonce,
                         &git_key.join("\n"),
@@ -1905,8 +1923,9 @@ fn hash_sources(
     root: &Path,
     sources: &[String],
     ignore: Option<&dockerfile::IgnoreMatcher>,
+    hashes: &FileHashes,
 ) -> String {
-    fn walk(d: &mut oci::Digester, path: &Path, filter: &Filter<'_>) {
+    fn walk(d: &mut oci::Digester, path: &Path, filter: &Filter<'_>, hashes: &FileHashes) {
         use std::os::unix::fs::MetadataExt;
         let Ok(meta) = std::fs::symlink_metadata(path) else {
             d.update(b"missing\0");
@@ -1924,14 +1943,8 @@ fn hash_sources(
                 d.update(t.as_os_str().as_encoded_bytes());
             }
         } else if meta.is_file() {
-            if let Ok(mut f) = std::fs::File::open(path) {
-                let mut buf = vec![0u8; 1 << 16];
-                while let Ok(n) = std::io::Read::read(&mut f, &mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    d.update(&buf[..n]);
-                }
+            if let Some(digest) = hashes.digest(path, &meta) {
+                d.update(&digest);
             }
         } else if meta.is_dir() {
             let mut names: Vec<_> = std::fs::read_dir(path)
@@ -1939,7 +1952,7 @@ fn hash_sources(
                 .unwrap_or_default();
             names.sort();
             for name in names {
-                walk(d, &path.join(&name), &filter.child(&name));
+                walk(d, &path.join(&name), &filter.child(&name), hashes);
             }
         }
     }
@@ -1962,7 +1975,7 @@ fn hash_sources(
                 mode: None,
                 links: None,
             };
-            walk(&mut d, &root.join(&rel), &filter);
+            walk(&mut d, &root.join(&rel), &filter, hashes);
         }
     }
     d.finish().hex().to_owned()

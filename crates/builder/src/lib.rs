@@ -14,6 +14,7 @@
 mod chmod;
 pub mod diff;
 pub mod engine;
+pub mod file_hashes;
 mod git;
 pub mod image;
 pub mod import;
