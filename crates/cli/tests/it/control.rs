@@ -274,6 +274,32 @@ fn spec(digest: &str, dockerfile: &str, tag: &str) -> BuildSpec {
     }
 }
 
+/// A pool of `count` agents (external: the test starts them) and its token.
+async fn make_pool(c: &api::Client, name: &str, count: u32) -> String {
+    c.create_pool(&api::PoolSpec {
+        name: name.into(),
+        tier: api::Tier::S1,
+        count,
+        network: None,
+        local: false,
+    })
+    .await
+    .unwrap();
+    c.pool_token(name).await.unwrap().token
+}
+
+/// Queue `build` on `pool` with no secrets and the default timeout.
+async fn submit(c: &api::Client, pool: &str, build: BuildSpec) -> api::Run {
+    c.submit_run(&RunRequest {
+        pool: pool.into(),
+        build,
+        secrets: BTreeMap::new(),
+        timeout_secs: None,
+    })
+    .await
+    .unwrap()
+}
+
 async fn wait_state(
     c: &api::Client,
     id: &str,
@@ -539,15 +565,7 @@ fn killed_agent_run_is_requeued_and_finishes_elsewhere() {
     let mut plane = Plane::start(tmp.path(), &["--lease-ttl", "2s"]);
     let rt = rt();
     let c = plane.client();
-    rt.block_on(c.create_pool(&api::PoolSpec {
-        name: "p".into(),
-        tier: api::Tier::S1,
-        count: 2,
-        network: None,
-        local: false,
-    }))
-    .unwrap();
-    let token = rt.block_on(c.pool_token("p")).unwrap().token;
+    let token = rt.block_on(make_pool(&c, "p", 2));
     let base = plane.import_busybox();
     plane.start_agent("p", &token, "a1");
     let df = format!("FROM {base}\nRUN echo slow-step-start && sleep 4 && echo slow-step-done\n");
@@ -555,14 +573,7 @@ fn killed_agent_run_is_requeued_and_finishes_elsewhere() {
     let tag = format!("{}/requeue:1", plane.host());
     let run = rt.block_on(async {
         let d = upload(&c, &dir).await;
-        c.submit_run(&RunRequest {
-            pool: "p".into(),
-            build: spec(&d, &df, &tag),
-            secrets: BTreeMap::new(),
-            timeout_secs: None,
-        })
-        .await
-        .unwrap()
+        submit(&c, "p", spec(&d, &df, &tag)).await
     });
     rt.block_on(wait_log(&c, &run.id, "slow-step-start"));
     // The second agent joins; the first dies mid-RUN.
@@ -609,15 +620,7 @@ fn killed_server_restarts_and_the_run_completes_with_a_whole_log() {
     let mut plane = Plane::start(tmp.path(), &["--lease-ttl", "3s"]);
     let rt = rt();
     let c = plane.client();
-    rt.block_on(c.create_pool(&api::PoolSpec {
-        name: "p".into(),
-        tier: api::Tier::S1,
-        count: 1,
-        network: None,
-        local: false,
-    }))
-    .unwrap();
-    let token = rt.block_on(c.pool_token("p")).unwrap().token;
+    let token = rt.block_on(make_pool(&c, "p", 1));
     let base = plane.import_busybox();
     plane.start_agent("p", &token, "solo");
     let df = format!("FROM {base}\nRUN for i in $(seq 1 40); do echo line-$i; sleep 0.1; done\n");
@@ -625,14 +628,7 @@ fn killed_server_restarts_and_the_run_completes_with_a_whole_log() {
     let tag = format!("{}/restart:1", plane.host());
     let run = rt.block_on(async {
         let d = upload(&c, &dir).await;
-        c.submit_run(&RunRequest {
-            pool: "p".into(),
-            build: spec(&d, &df, &tag),
-            secrets: BTreeMap::new(),
-            timeout_secs: None,
-        })
-        .await
-        .unwrap()
+        submit(&c, "p", spec(&d, &df, &tag)).await
     });
     rt.block_on(wait_log(&c, &run.id, "line-5\n"));
     // A `slipway logs -f` follows across the restart.
@@ -682,15 +678,7 @@ fn fifty_concurrent_builds_on_four_agents() {
     let mut plane = Plane::start(tmp.path(), &[]);
     let rt = rt();
     let c = plane.client();
-    rt.block_on(c.create_pool(&api::PoolSpec {
-        name: "ci".into(),
-        tier: api::Tier::S1,
-        count: 4,
-        network: None,
-        local: false,
-    }))
-    .unwrap();
-    let token = rt.block_on(c.pool_token("ci")).unwrap().token;
+    let token = rt.block_on(make_pool(&c, "ci", 4));
     let base = plane.import_busybox();
     for i in 0..4 {
         plane.start_agent("ci", &token, &format!("ag{i}"));
@@ -704,16 +692,7 @@ fn fifty_concurrent_builds_on_four_agents() {
             let c = c.clone();
             let mut s = spec(&d, &df, &format!("{host}/many:{n}"));
             s.build_args.insert("N".into(), n.to_string());
-            async move {
-                c.submit_run(&RunRequest {
-                    pool: "ci".into(),
-                    build: s,
-                    secrets: BTreeMap::new(),
-                    timeout_secs: None,
-                })
-                .await
-                .unwrap()
-            }
+            async move { submit(&c, "ci", s).await }
         });
         futures_util::future::join_all(submits).await
     });
@@ -758,15 +737,7 @@ fn cancel_and_timeout_stop_running_builds() {
     let mut plane = Plane::start(tmp.path(), &[]);
     let rt = rt();
     let c = plane.client();
-    rt.block_on(c.create_pool(&api::PoolSpec {
-        name: "p".into(),
-        tier: api::Tier::S1,
-        count: 1,
-        network: None,
-        local: false,
-    }))
-    .unwrap();
-    let token = rt.block_on(c.pool_token("p")).unwrap().token;
+    let token = rt.block_on(make_pool(&c, "p", 1));
     let base = plane.import_busybox();
     plane.start_agent("p", &token, "x");
     let df = format!("FROM {base}\nRUN echo sleeping-now && sleep 60\n");
@@ -774,15 +745,7 @@ fn cancel_and_timeout_stop_running_builds() {
     let tag = format!("{}/sleepy:1", plane.host());
     let (a, b) = rt.block_on(async {
         let d = upload(&c, &dir).await;
-        let a = c
-            .submit_run(&RunRequest {
-                pool: "p".into(),
-                build: spec(&d, &df, &tag),
-                secrets: BTreeMap::new(),
-                timeout_secs: None,
-            })
-            .await
-            .unwrap();
+        let a = submit(&c, "p", spec(&d, &df, &tag)).await;
         let b = c
             .submit_run(&RunRequest {
                 pool: "p".into(),
@@ -1129,15 +1092,7 @@ fn tokens_and_secrets_are_scoped_and_never_stored_in_clear() {
         assert!(found.is_empty(), "stored in clear: {found:?}");
 
         // Pools: a busy pool is not deleted without force.
-        let run2 = c
-            .submit_run(&RunRequest {
-                pool: "a".into(),
-                build: spec(&d, "FROM scratch\n", &tag),
-                secrets: BTreeMap::new(),
-                timeout_secs: None,
-            })
-            .await
-            .unwrap();
+        let run2 = submit(&c, "a", spec(&d, "FROM scratch\n", &tag)).await;
         assert_eq!(
             c.delete_pool("a", false).await.unwrap_err().status(),
             Some(409)
@@ -1245,17 +1200,7 @@ async fn queue_under_contention(url: &str, token: &str) {
     for n in 0..120 {
         let mut s = spec(&d, "FROM scratch\n", "example.com/x:1");
         s.build_args.insert("N".into(), n.to_string());
-        ids.push(
-            c.submit_run(&RunRequest {
-                pool: "q".into(),
-                build: s,
-                secrets: BTreeMap::new(),
-                timeout_secs: None,
-            })
-            .await
-            .unwrap()
-            .id,
-        );
+        ids.push(submit(&c, "q", s).await.id);
     }
     let agents = (0..8).map(|i| {
         let a = api::Client::new(url, Some(agent_token.clone())).unwrap();
@@ -1352,15 +1297,7 @@ fn git_and_tarball_contexts_are_fetched_by_the_agent() {
     let mut plane = Plane::start(tmp.path(), &[]);
     let rt = rt();
     let c = plane.client();
-    rt.block_on(c.create_pool(&api::PoolSpec {
-        name: "p".into(),
-        tier: api::Tier::S1,
-        count: 1,
-        network: None,
-        local: false,
-    }))
-    .unwrap();
-    let token = rt.block_on(c.pool_token("p")).unwrap().token;
+    let token = rt.block_on(make_pool(&c, "p", 1));
     let base = plane.import_busybox();
     plane.start_agent("p", &token, "g");
 
@@ -1483,15 +1420,7 @@ fn secrets_reach_the_run_masked_in_logs_and_absent_from_the_image() {
     let mut plane = Plane::start(tmp.path(), &[]);
     let rt = rt();
     let c = plane.client();
-    rt.block_on(c.create_pool(&api::PoolSpec {
-        name: "p".into(),
-        tier: api::Tier::S1,
-        count: 1,
-        network: None,
-        local: false,
-    }))
-    .unwrap();
-    let token = rt.block_on(c.pool_token("p")).unwrap().token;
+    let token = rt.block_on(make_pool(&c, "p", 1));
     let base = plane.import_busybox();
     plane.start_agent("p", &token, "s");
     let secret = "tok-8c1f-Qz93-very-secret";
@@ -1593,25 +1522,14 @@ fn retention_deletes_old_runs_and_unused_contexts() {
             &context(&tmp.path().join("b"), "FROM scratch\nLABEL b=1\n"),
         )
         .await;
-        let finished = c
-            .submit_run(&RunRequest {
-                pool: "p".into(),
-                build: spec(&done_ctx, "FROM scratch\n", "x.example/a:1"),
-                secrets: BTreeMap::new(),
-                timeout_secs: None,
-            })
-            .await
-            .unwrap();
+        let finished = submit(&c, "p", spec(&done_ctx, "FROM scratch\n", "x.example/a:1")).await;
         c.cancel_run(&finished.id).await.unwrap();
-        let queued = c
-            .submit_run(&RunRequest {
-                pool: "idle".into(),
-                build: spec(&kept_ctx, "FROM scratch\n", "x.example/b:1"),
-                secrets: BTreeMap::new(),
-                timeout_secs: None,
-            })
-            .await
-            .unwrap();
+        let queued = submit(
+            &c,
+            "idle",
+            spec(&kept_ctx, "FROM scratch\n", "x.example/b:1"),
+        )
+        .await;
         (finished.id, queued.id, done_ctx, kept_ctx)
     });
     std::thread::sleep(Duration::from_millis(2100));
