@@ -538,6 +538,10 @@ async fn run_logs(
         if !chunks.is_empty() || state.is_final() || tokio::time::Instant::now() >= deadline {
             let next = chunks.last().map_or(q.after, |c| c.pos);
             let done = state.is_final() && chunks.len() < LOG_PAGE as usize;
+            if done {
+                // Nothing more will be written: drop the wake-up this read made.
+                s.runs.wake_and_forget(&id);
+            }
             return Ok(Json(LogPage {
                 chunks,
                 next,
