@@ -107,13 +107,14 @@ pub async fn run(
             }
         }
     };
+    tokio::pin!(work);
     tokio::select! {
-        r = work => r,
-        _ = &mut stopper => {
-            // Let the work loop see the stop and wind down its build.
-            Ok(())
-        }
+        r = &mut work => return r,
+        _ = &mut stopper => {}
     }
+    // The stop is signalled: let the work loop wind down its build (kill
+    // the child, flush the log with a note) instead of dropping it mid-way.
+    work.await
 }
 
 /// Exponential back-off from 250 ms to 5 s.
