@@ -98,6 +98,22 @@ pub async fn login(args: LoginArgs) -> Result<()> {
     Ok(())
 }
 
+/// `--server` and `-o` of the client commands.
+#[derive(clap::Args)]
+pub struct ClientArgs {
+    #[arg(long, env = "SLIPWAY_SERVER", global = true)]
+    server: Option<String>,
+    /// Output format.
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    output: Format,
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     Text,
@@ -151,9 +167,9 @@ pub enum PoolCommand {
     Token { name: String },
 }
 
-pub async fn pool(server: Option<&str>, cmd: PoolCommand, format: Format) -> Result<()> {
-    let c = client(server)?;
-    let json = format == Format::Json;
+pub async fn pool(args: &ClientArgs, cmd: PoolCommand) -> Result<()> {
+    let c = client(args.server.as_deref())?;
+    let json = args.output == Format::Json;
     match cmd {
         PoolCommand::Create {
             name,
@@ -305,9 +321,9 @@ pub enum RunsCommand {
     Cancel { id: String },
 }
 
-pub async fn runs(server: Option<&str>, cmd: RunsCommand, format: Format) -> Result<()> {
-    let c = client(server)?;
-    let json = format == Format::Json;
+pub async fn runs(args: &ClientArgs, cmd: RunsCommand) -> Result<()> {
+    let c = client(args.server.as_deref())?;
+    let json = args.output == Format::Json;
     match cmd {
         RunsCommand::List { pool, state, limit } => {
             let runs = c.list_runs(pool.as_deref(), state, limit).await?;

@@ -47,33 +47,15 @@ enum Command {
     Pool {
         #[command(subcommand)]
         command: ctl::PoolCommand,
-        #[arg(long, env = "SLIPWAY_SERVER", global = true)]
-        server: Option<String>,
-        /// Output format.
-        #[arg(
-            short = 'o',
-            long = "output",
-            value_enum,
-            default_value = "text",
-            global = true
-        )]
-        output: ctl::Format,
+        #[command(flatten)]
+        client: ctl::ClientArgs,
     },
     /// List, inspect and cancel runs.
     Runs {
         #[command(subcommand)]
         command: ctl::RunsCommand,
-        #[arg(long, env = "SLIPWAY_SERVER", global = true)]
-        server: Option<String>,
-        /// Output format.
-        #[arg(
-            short = 'o',
-            long = "output",
-            value_enum,
-            default_value = "text",
-            global = true
-        )]
-        output: ctl::Format,
+        #[command(flatten)]
+        client: ctl::ClientArgs,
     },
     /// Print a run's log; -f follows it until the run ends.
     Logs {
@@ -189,16 +171,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Up(args) => serve::up(args).await,
         Command::Agent(args) => serve::agent(args).await,
         Command::Login(args) => ctl::login(args).await,
-        Command::Pool {
-            command,
-            server,
-            output,
-        } => ctl::pool(server.as_deref(), command, output).await,
-        Command::Runs {
-            command,
-            server,
-            output,
-        } => ctl::runs(server.as_deref(), command, output).await,
+        Command::Pool { command, client } => ctl::pool(&client, command).await,
+        Command::Runs { command, client } => ctl::runs(&client, command).await,
         Command::Logs { args, server } => ctl::logs(server.as_deref(), args).await,
         Command::Dockerfile { command } => {
             if !dockerfile_cmd::run(command)? {
