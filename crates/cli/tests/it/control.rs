@@ -779,22 +779,36 @@ fn cancel_and_timeout_stop_running_builds() {
             .lines()
             .find_map(|l| l.strip_prefix("PPid:").map(|p| p.trim().to_owned()))
     };
-    let sleeper = ps
-        .lines()
-        .filter(|l| l.split_whitespace().nth(1) == Some("sleep"))
-        .filter_map(|l| l.split_whitespace().next())
-        .find(|pid| {
-            let mut p = pid.to_string();
-            for _ in 0..16 {
-                match parent(&p) {
-                    Some(pp) if pp == build_pid => return true,
-                    Some(pp) if pp != "0" && pp != "1" => p = pp,
-                    _ => return false,
+    // `echo sleeping-now` is logged a moment before `sleep` starts: look
+    // again until it is there.
+    let find_sleeper = || {
+        let ps = ok(Command::new("ps").args(["-eo", "pid,args"]));
+        ps.lines()
+            .filter(|l| l.split_whitespace().nth(1) == Some("sleep"))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .find(|pid| {
+                let mut p = pid.clone();
+                for _ in 0..16 {
+                    match parent(&p) {
+                        Some(pp) if pp == build_pid => return true,
+                        Some(pp) if pp != "0" && pp != "1" => p = pp,
+                        _ => return false,
+                    }
                 }
-            }
-            false
-        })
-        .expect("the RUN's sleep is running under our build");
+                false
+            })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let sleeper = loop {
+        if let Some(p) = find_sleeper() {
+            break p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the RUN's sleep never ran under our build"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let cg = std::fs::read_to_string(format!("/proc/{sleeper}/cgroup")).unwrap();
     let limit = cg.lines().find_map(|l| {
         let mut parts = l.splitn(3, ':');
