@@ -2,7 +2,8 @@
 # The whole test suite, as CI runs it (.ci/run calls this).
 #
 # Installs what the tests need when it is missing: Debian packages (skopeo,
-# buildah, umoci, docker-registry, busybox-static, postgresql, git, runc), Go peers built from their
+# buildah, umoci, docker-registry, busybox-static, postgresql, git, runc,
+# openssh-client), Go peers built from their
 # modules (crane, the OCI distribution-spec conformance suite, BuildKit's
 # buildkitd and buildctl) cached under
 # $SLIPWAY_CACHE, and cargo-nextest. Then: fmt, clippy, every test.
@@ -25,7 +26,7 @@ as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
 
-apt_packages=(skopeo buildah umoci docker-registry busybox-static uidmap attr postgresql git runc)
+apt_packages=(skopeo buildah umoci docker-registry busybox-static uidmap attr postgresql git runc openssh-client)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

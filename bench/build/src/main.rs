@@ -6,7 +6,15 @@
 //!
 //! - (a) a busybox base + COPY of 10,000 small files + 3 RUNs, cold;
 //! - (b) 1 GiB of files in 5 COPY layers, cold;
-//! - (c) (a) again with one file changed (each tool's own cache).
+//! - (c) (a) again with one file changed (each tool's own cache), in
+//!   `--rounds` rounds (6 by default: every order of the three tools), each
+//!   changing the file again; the median of each tool is reported.
+//!
+//! Before every tool the kernel's caches are dropped (`--keep-caches` to
+//! skip that) and the context is read back: each tool starts with the
+//! context in memory, as a fresh CI checkout has it, and its own state on
+//! disk. Without that, whichever tool runs right after buildah found the
+//! inode cache cold and paid several seconds for it.
 //!
 //! Peak RSS is that of the build command and its children (getrusage of a
 //! helper process that runs only that command); for BuildKit the daemon's
@@ -15,7 +23,7 @@
 //!
 //! ```sh
 //! cargo build --release -p cli -p bench-build
-//! target/release/bench-build --slipway target/release/slipway [--scale 0.1]
+//! target/release/bench-build --slipway target/release/slipway [--scale 0.1] [--rounds 6] [--keep-caches]
 //! ```
 //!
 //! Needs `buildkitd`/`buildctl` (built by scripts/test.sh into
@@ -35,11 +43,15 @@ fn main() -> Result<()> {
     }
     let mut slipway = PathBuf::from("target/release/slipway");
     let mut scale = 1.0f64;
+    let mut rounds = 6usize;
+    let mut drop_caches = true;
     let mut it = args.iter().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--slipway" => slipway = it.next().context("--slipway PATH")?.into(),
             "--scale" => scale = it.next().context("--scale F")?.parse()?,
+            "--rounds" => rounds = it.next().context("--rounds N")?.parse()?,
+            "--keep-caches" => drop_caches = false,
             other => bail!("unknown argument {other:?}"),
         }
     }
@@ -78,7 +90,7 @@ fn main() -> Result<()> {
     }
     std::fs::write(b.join("Dockerfile"), df)?;
 
-    let tools = Tools::new(&slipway, tmp, &host, &docker)?;
+    let tools = Tools::new(&slipway, tmp, &host, &docker, drop_caches)?;
     println!(
         "bench-build: (a) {small} files + 3 RUNs, (b) {} MiB in 5 layers, (c) (a) with one file changed",
         big_bytes >> 20
@@ -87,12 +99,23 @@ fn main() -> Result<()> {
     // (a) then (c) on the same state of each tool; BuildKit's daemon is
     // started once for both, and again for (b).
     let mut bk = Buildkitd::start(tmp, "bk1", &host)?;
-    let ra = tools.all(&bk, &a, "a", 0)?;
-    std::fs::write(a.join("files/d0/f0"), "changed\n")?;
-    let rc = tools.all(&bk, &a, "c", 1)?;
+    let ra = tools.all(&bk, &a, "a", ORDERS[0])?;
+    // A single (c) is too short to trust: several rounds in every order,
+    // and the median of each tool.
+    let mut rc_rounds = Vec::new();
+    for r in 0..rounds.max(1) {
+        std::fs::write(a.join("files/d0/f0"), format!("changed {r}\n"))?;
+        let s = tools.all(&bk, &a, "c", ORDERS[r % ORDERS.len()])?;
+        eprintln!(
+            "(c) round {r}: slipway {:.2}s buildkit {:.2}s buildah {:.2}s",
+            s[0].secs, s[1].secs, s[2].secs
+        );
+        rc_rounds.push(s);
+    }
+    let rc = median(&rc_rounds);
     bk.stop();
     let mut bk = Buildkitd::start(tmp, "bk2", &host)?;
-    let rb = tools.all(&bk, &b, "b", 2)?;
+    let rb = tools.all(&bk, &b, "b", ORDERS[4])?;
     bk.stop();
     rows.push(("(a) small files + 3 RUNs", ra));
     rows.push(("(b) big files in 5 layers", rb));
@@ -116,6 +139,28 @@ fn main() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Every order of [slipway, buildkit, buildah] (indexes into a result).
+const ORDERS: [[usize; 3]; 6] = [
+    [0, 1, 2],
+    [1, 2, 0],
+    [2, 0, 1],
+    [0, 2, 1],
+    [2, 1, 0],
+    [1, 0, 2],
+];
+
+/// Per tool: the median time of the rounds and the highest peak RSS.
+fn median(rounds: &[[Sample; 3]]) -> [Sample; 3] {
+    std::array::from_fn(|i| {
+        let mut secs: Vec<f64> = rounds.iter().map(|r| r[i].secs).collect();
+        secs.sort_by(f64::total_cmp);
+        Sample {
+            secs: secs.get(secs.len() / 2).copied().unwrap_or(f64::NAN),
+            rss_kib: rounds.iter().map(|r| r[i].rss_kib).max().unwrap_or(0),
+        }
+    })
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -195,10 +240,17 @@ struct Tools {
     host: String,
     docker: PathBuf,
     token: String,
+    drop_caches: bool,
 }
 
 impl Tools {
-    fn new(slipway: &Path, dir: &Path, host: &str, docker: &Path) -> Result<Tools> {
+    fn new(
+        slipway: &Path,
+        dir: &Path,
+        host: &str,
+        docker: &Path,
+        drop_caches: bool,
+    ) -> Result<Tools> {
         let token = std::fs::read_to_string(dir.join("data/admin-token"))?
             .trim()
             .to_owned();
@@ -208,18 +260,22 @@ impl Tools {
             host: host.to_owned(),
             docker: docker.to_owned(),
             token,
+            drop_caches,
         })
     }
 
-    /// The three tools on one context, [slipway, buildkit, buildah] in the
-    /// result, run starting with tool `first`: the tool that runs right
-    /// after buildah finds the kernel's inode cache cold (dropping it slows
-    /// a 10,000-file COPY about 4×), so the order rotates between workloads.
-    fn all(&self, bk: &Buildkitd, ctx: &Path, name: &str, first: usize) -> Result<[Sample; 3]> {
+    /// The three tools on one context in `order`, [slipway, buildkit,
+    /// buildah] in the result.
+    fn all(
+        &self,
+        bk: &Buildkitd,
+        ctx: &Path,
+        name: &str,
+        order: [usize; 3],
+    ) -> Result<[Sample; 3]> {
         let mut out = [None, None, None];
-        for k in 0..3 {
-            let i = (first + k) % 3;
-            warm(ctx);
+        for i in order {
+            self.settle(ctx)?;
             out[i] = Some(match i {
                 0 => self.slipway(ctx, name)?,
                 1 => self.buildkit(bk, ctx, name)?,
@@ -230,6 +286,18 @@ impl Tools {
             bail!("a tool was not run");
         };
         Ok([a, b, c])
+    }
+
+    /// The same start for every tool: nothing dirty, caches dropped, the
+    /// context read back in.
+    fn settle(&self, ctx: &Path) -> Result<()> {
+        Command::new("sync").status().context("running sync")?;
+        if self.drop_caches {
+            std::fs::write("/proc/sys/vm/drop_caches", "3")
+                .context("dropping caches (root only; --keep-caches to skip)")?;
+        }
+        warm(ctx);
+        Ok(())
     }
 
     fn slipway(&self, ctx: &Path, name: &str) -> Result<Sample> {

@@ -181,6 +181,34 @@ struct StageState {
 }
 
 /// `FROM scratch`: the empty image, never pulled (as in Docker).
+/// The platform this machine runs, as BuildKit's `BUILDPLATFORM` names it.
+fn host_platform() -> dockerfile::Platform {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        "loongarch64" => "loong64",
+        other => other,
+    };
+    dockerfile::Platform {
+        os: "linux".into(),
+        arch: arch.into(),
+        variant: String::new(),
+    }
+}
+
+/// A stage's platform: `FROM --platform=…` (already expanded) or the
+/// build's `--platform`.
+fn stage_platform(stage: &dockerfile::Stage, req: &BuildRequest) -> Result<Platform, String> {
+    match stage.platform.as_deref().filter(|p| !p.is_empty()) {
+        Some(p) => p
+            .parse()
+            .map_err(|e: regclient::RegClientError| e.to_string()),
+        None => Ok(req.platform.clone()),
+    }
+}
+
 fn is_scratch(base: &str) -> bool {
     base.eq_ignore_ascii_case("scratch")
 }
@@ -584,6 +612,12 @@ async fn build_inner<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
     let src = std::fs::read(&req.dockerfile).map_err(step_err(format!("reading {file}")))?;
     let opts = dockerfile::BuildOptions {
         build_args: req.build_args.clone(),
+        build_platform: host_platform(),
+        target_platform: dockerfile::Platform {
+            os: req.platform.os.clone(),
+            arch: req.platform.architecture.clone(),
+            variant: req.platform.variant.clone().unwrap_or_default(),
+        },
         ..Default::default()
     };
     let text = String::from_utf8_lossy(&src).into_owned();
@@ -631,13 +665,15 @@ async fn build_inner<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
         let base: Reference = stage.base.parse().map_err(|e: oci::ReferenceError| {
             unsupported(stage.pos.line, "FROM", &e.to_string())
         })?;
-        say(out, tty, &format!("pulling {base}")).await;
+        let platform =
+            stage_platform(stage, req).map_err(|e| unsupported(stage.pos.line, "FROM", &e))?;
+        say(out, tty, &format!("pulling {base} ({platform})")).await;
         let pulled = store
-            .pull(client, &base, &req.platform)
+            .pull(client, &base, &platform)
             .await
             .map_err(step_err(format!("pulling {base}")))?;
         let manifest = client
-            .resolve_image(&base, &req.platform)
+            .resolve_image(&base, &platform)
             .await
             .map_err(step_err(format!("pulling {base}")))?;
         let env: BTreeMap<String, String> =
@@ -680,6 +716,7 @@ async fn build_inner<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
     // Every layer step of every stage, with its cache key, for --cache-to.
     let mut done_steps: Vec<(String, NewLayer)> = Vec::new();
     let mut states: HashMap<usize, StageState> = HashMap::new();
+    let platform_args = opts.platform_args();
     let cx = StageCtx {
         req,
         client,
@@ -700,7 +737,12 @@ async fn build_inner<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                 _ => Vec::new(),
             })
             .filter_map(|a| {
-                let v = req.build_args.get(&a.name).cloned().or(a.default)?;
+                let v = req
+                    .build_args
+                    .get(&a.name)
+                    .cloned()
+                    .or_else(|| platform_args.get(&a.name).cloned())
+                    .or(a.default)?;
                 Some((a.name, v))
             })
             .collect(),
@@ -721,6 +763,8 @@ async fn build_inner<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                     )
                 })?,
                 None if is_scratch(&stage.base) => {
+                    let platform = stage_platform(stage, req)
+                        .map_err(|e| unsupported(stage.pos.line, "FROM", &e))?;
                     say(
                         out,
                         tty,
@@ -728,16 +772,18 @@ async fn build_inner<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                     )
                     .await;
                     StageState {
-                        image: NewImage::scratch(&req.platform.os, &req.platform.architecture),
+                        image: NewImage::scratch(&platform.os, &platform.architecture),
                         lowers: Vec::new(),
                         new_layers: Vec::new(),
                         shell: vec!["/bin/sh".into(), "-c".into()],
                         args: BTreeMap::new(),
-                        cache_key: format!("scratch@{}", req.platform),
+                        cache_key: format!("scratch@{platform}"),
                         origin: None,
                     }
                 }
                 None => {
+                    let platform = stage_platform(stage, req)
+                        .map_err(|e| unsupported(stage.pos.line, "FROM", &e))?;
                     let Some((base, pulled, base_manifest)) = bases.remove(&si) else {
                         return Err(unsupported(
                             stage.pos.line,
@@ -766,7 +812,7 @@ async fn build_inner<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                         new_layers: Vec::new(),
                         shell,
                         args: BTreeMap::new(),
-                        cache_key: format!("{}@{}", base_manifest.digest, req.platform),
+                        cache_key: format!("{}@{}", base_manifest.digest, platform),
                         origin: Some((base, base_manifest)),
                     }
                 }
@@ -1125,10 +1171,20 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                 if run.network.as_deref() == Some("none") {
                     spec.network = sandbox::Network::None;
                 }
+                let mut proxies = Vec::new();
+                for (listener, agent) in prepared.ssh {
+                    proxies.push(
+                        crate::run_mounts::serve_ssh(listener, agent)
+                            .map_err(|e| run_err(format!("ssh agent: {e}")))?,
+                    );
+                }
                 let outcome = sandbox
                     .run(&spec, out, err, &Default::default())
                     .await
                     .map_err(step_err(format!("{file}:{line}: RUN")));
+                for p in proxies {
+                    p.abort();
+                }
                 let _ = std::fs::remove_dir_all(&scratch);
                 let outcome = outcome?;
                 if outcome.limits_not_enforced {
@@ -1609,12 +1665,14 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
             }
             Command::Arg { args: defs } => {
                 for a in defs {
-                    // `ARG NAME` without a value in a stage takes the global
-                    // ARG's value, as in BuildKit.
+                    // As in BuildKit: a --build-arg or an automatic platform
+                    // ARG (`TARGETARCH` …) beats the default; `ARG NAME`
+                    // without either takes the global ARG's value.
                     if let Some(v) = req
                         .build_args
                         .get(&a.name)
                         .cloned()
+                        .or_else(|| cx.opts.platform_args().get(&a.name).cloned())
                         .or_else(|| a.default.clone())
                         .or_else(|| cx.global_args.get(&a.name).cloned())
                     {

@@ -15,11 +15,12 @@
 //!   `rw` bind go to a scratch copy and are discarded, as in BuildKit. A
 //!   context bind honours `.dockerignore` (by copying what it lets through).
 //! - `type=tmpfs`: a fresh tmpfs of `size` bytes.
-//! - `type=ssh`: the agent socket given with `--ssh ID=SOCKET` (id
-//!   `default` unless `id=`), bound at `target` (default
-//!   `/run/buildkit/ssh_agent.N`) with `SSH_AUTH_SOCK` pointing at the
-//!   first; optional unless `required`. The socket is the host's own, so
-//!   `mode`/`uid`/`gid` do not apply (BuildKit proxies it instead).
+//! - `type=ssh`: the agent given with `--ssh ID=SOCKET` (id `default`
+//!   unless `id=`), at `target` (default `/run/buildkit/ssh_agent.N`) with
+//!   `SSH_AUTH_SOCK` pointing at the first; optional unless `required`. As
+//!   in BuildKit the RUN gets a socket of its own that forwards to the
+//!   agent, owned `uid`:`gid` with `mode` (default `0600`, `0:0`): the
+//!   host's socket is never exposed and a non-root USER can be let in.
 //!
 //! Relative targets are relative to the working directory.
 
@@ -53,6 +54,9 @@ pub(crate) struct Prepared {
     pub secrets: Vec<sandbox::Secret>,
     /// `NAME=value` for secrets given as environment variables.
     pub env: Vec<String>,
+    /// The RUN's own agent sockets, each with the agent it forwards to;
+    /// served by [`serve_ssh`] while the RUN lasts.
+    pub ssh: Vec<(std::os::unix::net::UnixListener, PathBuf)>,
 }
 
 /// A mount's target made absolute against `workdir`.
@@ -180,6 +184,17 @@ pub(crate) fn prepare(
                     return Err("ssh does not support source".into());
                 }
                 let id = m.id.clone().unwrap_or_else(|| "default".into());
+                let target = match &m.target {
+                    Some(_) => target_of(m, cx.workdir)?,
+                    None => format!("/run/buildkit/ssh_agent.{ssh_index}"),
+                };
+                ssh_index += 1;
+                // The first ssh mount is the one ssh(1) finds. BuildKit
+                // points SSH_AUTH_SOCK at it even when an optional agent
+                // is absent (ssh then says it cannot connect).
+                if !out.env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK=")) {
+                    out.env.push(format!("SSH_AUTH_SOCK={target}"));
+                }
                 let Some(socket) = cx.ssh.get(&id) else {
                     if m.required {
                         return Err(format!(
@@ -188,18 +203,12 @@ pub(crate) fn prepare(
                     }
                     continue;
                 };
-                let target = match &m.target {
-                    Some(_) => target_of(m, cx.workdir)?,
-                    None => format!("/run/buildkit/ssh_agent.{ssh_index}"),
-                };
-                ssh_index += 1;
-                // The first agent is the one ssh(1) finds, as in BuildKit.
-                if !out.env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK=")) {
-                    out.env.push(format!("SSH_AUTH_SOCK={target}"));
-                }
-                // The agent's own socket, bound in: ssh talks to it directly.
+                let listen = cx.scratch.join(format!("ssh-{i}.sock"));
+                let listener = ssh_socket(&listen, m)
+                    .map_err(|e| format!("ssh agent {id}: {}: {e}", listen.display()))?;
+                out.ssh.push((listener, socket.clone()));
                 out.mounts.push(sandbox::Mount::Bind {
-                    source: socket.clone(),
+                    source: listen,
                     target,
                     readonly: false,
                 });
@@ -255,6 +264,45 @@ fn secret(m: &Mount, i: usize, cx: &MountContext<'_>, out: &mut Prepared) -> Res
     Ok(())
 }
 
+/// The RUN's end of an ssh mount: a listening socket at `path` with the
+/// mount's `mode`/`uid`/`gid`.
+fn ssh_socket(path: &Path, m: &Mount) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::remove_file(path);
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(
+        path,
+        std::fs::Permissions::from_mode(m.mode.unwrap_or(0o600)),
+    )?;
+    std::os::unix::fs::chown(path, Some(m.uid.unwrap_or(0)), Some(m.gid.unwrap_or(0)))?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Forward every connection to `listener` to the agent at `agent` until
+/// the returned task is aborted. A connection the agent refuses is closed;
+/// ssh in the RUN then reports it.
+pub(crate) fn serve_ssh(
+    listener: std::os::unix::net::UnixListener,
+    agent: PathBuf,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::UnixListener::from_std(listener)?;
+    Ok(tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        while let Ok((mut inner, _)) = listener.accept().await {
+            let agent = agent.clone();
+            conns.spawn(async move {
+                match tokio::net::UnixStream::connect(&agent).await {
+                    Ok(mut outer) => {
+                        let _ = tokio::io::copy_bidirectional(&mut inner, &mut outer).await;
+                    }
+                    Err(e) => tracing::warn!("ssh agent {}: {e}", agent.display()),
+                }
+            });
+        }
+    }))
+}
+
 /// `rel` under the cache dir `dir`, created as needed. Earlier RUN steps
 /// wrote the cache as root: a symlink in it must not lead the bind mount to
 /// a host path, so no component may be a symlink.
@@ -303,6 +351,82 @@ mod tests {
             dockerfile::Command::Run(r) => r.mounts[0].clone(),
             _ => unreachable!(),
         }
+    }
+
+    /// The RUN's socket really speaks for the agent: `ssh-add -l` through
+    /// it lists the key a real `ssh-agent` holds, and the socket has the
+    /// mount's mode and owner.
+    #[tokio::test]
+    async fn ssh_mount_forwards_to_the_agent() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let d = tempfile::tempdir().unwrap();
+        let agent_sock = d.path().join("agent.sock");
+        let mut agent = std::process::Command::new("ssh-agent")
+            .args(["-D", "-a"])
+            .arg(&agent_sock)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("ssh-agent (openssh-client) is needed; scripts/test.sh installs it");
+        for _ in 0..500 {
+            if agent_sock.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let key = d.path().join("key");
+        let keygen = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "fwd-test", "-f"])
+            .arg(&key)
+            .status()
+            .unwrap();
+        assert!(keygen.success());
+        let add = std::process::Command::new("ssh-add")
+            .env("SSH_AUTH_SOCK", &agent_sock)
+            .arg(&key)
+            .output()
+            .unwrap();
+        assert!(add.status.success(), "{add:?}");
+
+        let scratch = d.path().join("scratch");
+        std::fs::create_dir(&scratch).unwrap();
+        let secrets = BTreeMap::new();
+        let ssh = BTreeMap::from([("default".to_string(), agent_sock.clone())]);
+        let cx = MountContext {
+            context: d.path(),
+            ignore: None,
+            secrets: &secrets,
+            ssh: &ssh,
+            cache_root: d.path(),
+            scratch: &scratch,
+            workdir: "/",
+        };
+        let mut p = prepare(&[mount("type=ssh,mode=0640,gid=7")], &[None], &cx).unwrap();
+        assert_eq!(p.env, ["SSH_AUTH_SOCK=/run/buildkit/ssh_agent.0"]);
+        let Some(sandbox::Mount::Bind { source, target, .. }) = p.mounts.first().cloned() else {
+            panic!("no bind mount for the ssh socket");
+        };
+        assert_eq!(target, "/run/buildkit/ssh_agent.0");
+        assert_ne!(source, agent_sock, "the host's socket must not be bound in");
+        let meta = std::fs::metadata(&source).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
+        assert_eq!((meta.uid(), meta.gid()), (0, 7));
+
+        let (listener, to) = p.ssh.remove(0);
+        let proxy = serve_ssh(listener, to).unwrap();
+        let list = tokio::process::Command::new("ssh-add")
+            .arg("-l")
+            .env("SSH_AUTH_SOCK", &source)
+            .output()
+            .await
+            .unwrap();
+        proxy.abort();
+        let _ = agent.kill();
+        let _ = agent.wait();
+        let listed = String::from_utf8_lossy(&list.stdout);
+        assert!(
+            list.status.success() && listed.contains("fwd-test"),
+            "ssh-add -l through the RUN's socket: {list:?}"
+        );
     }
 
     #[test]

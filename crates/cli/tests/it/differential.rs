@@ -31,6 +31,10 @@ enum Opt {
     Target(&'static str),
     /// `id`, and a file of the case directory's `_secrets/` sibling.
     Secret(&'static str, &'static str),
+    /// `--platform` (the base `@MULTI@` has linux/amd64 and linux/arm64).
+    Platform(&'static str),
+    /// `--ssh default=AGENT`, the ssh-agent the test starts.
+    Ssh,
 }
 
 /// A difference that is understood: `what` is the start of the difference
@@ -104,8 +108,10 @@ const EVERY_RUN: &[Known] = &[
 ];
 
 /// Every case; the directory `tests/differential/NAME` holds its Dockerfile
-/// (`@BASE@` is the base image, `@HTTP@` the loopback file server) and its
-/// context.
+/// and its context. In the Dockerfile `@BASE@` is the base image, `@MULTI@`
+/// an index of it (linux/amd64) and a small linux/arm64 image, `@ONBUILD@`
+/// the base with ONBUILD triggers (built from `_onbuild_parent` by
+/// BuildKit) and `@HTTP@` the loopback file server.
 const CASES: &[Case] = &[
     case("from_only"),
     case("run_shell_and_exec"),
@@ -195,6 +201,10 @@ const CASES: &[Case] = &[
     case("healthcheck_none"),
     case("volume"),
     case("onbuild_from_stage"),
+    case("onbuild_from_image"),
+    with_opts("run_mount_ssh", &[Opt::Ssh]),
+    with_opts("platform_target", &[Opt::Platform("linux/arm64")]),
+    case("platform_from_flag"),
     with_opts("multi_stage_target", &[Opt::Target("second")]),
     Case {
         known: &[
@@ -224,6 +234,14 @@ fn differential_builds_match_buildkit() {
     let base = push_base(&fx);
     let http = FileServer::start(&http_root(tmp));
     let bk = Buildkitd::start(tmp, &host);
+    let agent = SshAgent::start(tmp);
+    let subst = Subst {
+        multi: push_multi_platform(&fx),
+        onbuild: push_onbuild_base(&fx, &bk, &base),
+        base,
+        http: http.url.clone(),
+        ssh: agent.socket.clone(),
+    };
 
     let only: Option<Vec<String>> = std::env::var("SLIPWAY_DIFFERENTIAL_CASES")
         .ok()
@@ -240,7 +258,7 @@ fn differential_builds_match_buildkit() {
             continue;
         }
         ran += 1;
-        let diffs = match build_both(&fx, &bk, c, &base, &http.url) {
+        let diffs = match build_both(&fx, &bk, c, &subst) {
             Ok(d) => d,
             // A failed build can be the written-down outcome too (both
             // refuse the same Dockerfile).
@@ -330,14 +348,32 @@ fn cases_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/differential")
 }
 
+/// What the cases' Dockerfiles and options refer to.
+struct Subst {
+    base: String,
+    multi: String,
+    onbuild: String,
+    http: String,
+    ssh: PathBuf,
+}
+
+impl Subst {
+    fn apply(&self, dockerfile: &str) -> String {
+        dockerfile
+            .replace("@BASE@", &self.base)
+            .replace("@MULTI@", &self.multi)
+            .replace("@ONBUILD@", &self.onbuild)
+            .replace("@HTTP@", &self.http)
+    }
+}
+
 /// Build the case with both tools at once; the differences found, or why a
 /// build failed.
 fn build_both(
     fx: &Fixture,
     bk: &Buildkitd,
     c: &Case,
-    base: &str,
-    http: &str,
+    subst: &Subst,
 ) -> Result<Vec<String>, String> {
     let work = fx.tmp.path().join("cases").join(c.name);
     let ctx = work.join("ctx");
@@ -346,10 +382,7 @@ fn build_both(
         .arg("-a")
         .arg(cases_dir().join(c.name))
         .arg(&ctx));
-    let dockerfile = std::fs::read_to_string(ctx.join("Dockerfile"))
-        .unwrap()
-        .replace("@BASE@", base)
-        .replace("@HTTP@", http);
+    let dockerfile = subst.apply(&std::fs::read_to_string(ctx.join("Dockerfile")).unwrap());
     std::fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
     if let Some(prep) = c.prep {
         prep(&ctx);
@@ -381,8 +414,19 @@ fn build_both(
         .arg(fx.tmp.path().join("sl"))
         .arg("--output")
         .arg(format!("type=oci,dest={}", work.join("sl.tar").display()));
+    let mut arch = "amd64";
     for o in c.opts {
         match o {
+            Opt::Platform(p) => {
+                buildctl.args(["--opt", &format!("platform={p}")]);
+                slipway.args(["--platform", p]);
+                arch = p.split('/').nth(1).unwrap_or(arch);
+            }
+            Opt::Ssh => {
+                let s = format!("default={}", subst.ssh.display());
+                buildctl.args(["--ssh", &s]);
+                slipway.args(["--ssh", &s]);
+            }
             Opt::BuildArg(kv) => {
                 buildctl.args(["--opt", &format!("build-arg:{kv}")]);
                 slipway.args(["--build-arg", kv]);
@@ -427,8 +471,8 @@ fn build_both(
             )]);
         }
     }
-    let bk_img = Unpacked::new(&work, "bk");
-    let sl_img = Unpacked::new(&work, "sl");
+    let bk_img = Unpacked::new(&work, "bk", arch);
+    let sl_img = Unpacked::new(&work, "sl", arch);
     let mut diffs = compare_config(&bk_img.config, &sl_img.config);
     diffs.extend(compare_fs(&bk_img.rootfs, &sl_img.rootfs));
     for d in &diffs {
@@ -450,7 +494,7 @@ struct Unpacked {
 }
 
 impl Unpacked {
-    fn new(work: &Path, name: &str) -> Unpacked {
+    fn new(work: &Path, name: &str, arch: &str) -> Unpacked {
         let layout = work.join(format!("{name}-layout"));
         std::fs::create_dir_all(&layout).unwrap();
         ok(Command::new("tar")
@@ -466,15 +510,15 @@ impl Unpacked {
         let index: serde_json::Value =
             serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
         let mut desc = index["manifests"][0].clone();
-        // Down nested indexes to the linux/amd64 manifest.
+        // Down nested indexes to the manifest of the build's platform.
         while desc["mediaType"].as_str().unwrap_or("").contains("index") {
             let inner = blob(desc["digest"].as_str().unwrap());
             desc = inner["manifests"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .find(|m| m["platform"]["architecture"] == "amd64")
-                .unwrap_or_else(|| panic!("no amd64 manifest in {inner}"))
+                .find(|m| m["platform"]["architecture"] == arch)
+                .unwrap_or_else(|| panic!("no {arch} manifest in {inner}"))
                 .clone();
         }
         let manifest = blob(desc["digest"].as_str().unwrap());
@@ -695,6 +739,150 @@ fn push_base(fx: &Fixture) -> String {
         .arg(format!("oci:{image}"))
         .arg(format!("docker://{reference}")));
     reference
+}
+
+/// `@MULTI@`: an index of the base image (linux/amd64) and a small
+/// linux/arm64 image holding `/arch.txt`, pushed with `skopeo copy --all`.
+fn push_multi_platform(fx: &Fixture) -> String {
+    let tmp = fx.tmp.path();
+    let layout = tmp.join("base-layout");
+    let umoci = tool("umoci");
+    let arm = format!("{}:arm64", layout.display());
+    let root = tmp.join("arm-root");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(root.join("arch.txt"), "arm64\n").unwrap();
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    ok(Command::new(&umoci).args(["new", "--image", &arm]));
+    ok(Command::new(&umoci)
+        .args(["insert", "--image", &arm])
+        .arg(&root)
+        .arg("/"));
+    ok(Command::new(&umoci).args([
+        "config",
+        "--image",
+        &arm,
+        "--architecture",
+        "arm64",
+        "--config.env",
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "--config.env",
+        "ARCH_OF_BASE=arm64",
+    ]));
+    // umoci writes no index of several platforms: one by hand, from the
+    // two tags' manifest descriptors.
+    let index_path = layout.join("index.json");
+    let mut top: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    let by_tag = |tag: &str| {
+        top["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+            .unwrap_or_else(|| panic!("no tag {tag} in {top}"))
+            .clone()
+    };
+    let mut entries = Vec::new();
+    for (tag, arch) in [("v1", "amd64"), ("arm64", "arm64")] {
+        let mut d = by_tag(tag);
+        d.as_object_mut().unwrap().remove("annotations");
+        d["platform"] = serde_json::json!({"os": "linux", "architecture": arch});
+        entries.push(d);
+    }
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": entries,
+    })
+    .to_string();
+    let hex = sha256_hex(index.as_bytes());
+    std::fs::write(layout.join("blobs/sha256").join(&hex), &index).unwrap();
+    top["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": format!("sha256:{hex}"),
+            "size": index.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "multi"},
+        }));
+    std::fs::write(&index_path, top.to_string()).unwrap();
+    let reference = format!("{}/base/diff:multi", fx.srv.addr);
+    ok(Command::new(tool("skopeo"))
+        .env("REGISTRY_AUTH_FILE", tmp.join("none.json"))
+        .args([
+            "copy",
+            "--all",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            &fx.srv.creds(),
+        ])
+        .arg(format!("oci:{}:multi", layout.display()))
+        .arg(format!("docker://{reference}")));
+    reference
+}
+
+/// `@ONBUILD@`: `_onbuild_parent/Dockerfile` on the base, built and pushed
+/// by BuildKit, so its ONBUILD triggers are in an image's config.
+fn push_onbuild_base(fx: &Fixture, bk: &Buildkitd, base: &str) -> String {
+    let tmp = fx.tmp.path();
+    let ctx = tmp.join("onbuild-parent");
+    std::fs::create_dir_all(&ctx).unwrap();
+    let text = std::fs::read_to_string(cases_dir().join("_onbuild_parent/Dockerfile")).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), text.replace("@BASE@", base)).unwrap();
+    let reference = format!("{}/base/diff:onbuild", fx.srv.addr);
+    ok(Command::new(tool("buildctl"))
+        .env("DOCKER_CONFIG", &fx.docker)
+        .args(["--addr", &bk.addr, "build", "--progress", "plain"])
+        .args(["--frontend", "dockerfile.v0"])
+        .arg("--local")
+        .arg(format!("context={}", ctx.display()))
+        .arg("--local")
+        .arg(format!("dockerfile={}", ctx.display()))
+        .arg("--output")
+        .arg(format!(
+            "type=image,name={reference},push=true,registry.insecure=true"
+        )));
+    reference
+}
+
+/// `ssh-agent -D` on a socket in `dir`, holding one fresh key.
+struct SshAgent {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl SshAgent {
+    fn start(dir: &Path) -> SshAgent {
+        let socket = dir.join("ssh-agent.sock");
+        let child = Command::new(tool("ssh-agent"))
+            .args(["-D", "-a"])
+            .arg(&socket)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let agent = SshAgent { child, socket };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !agent.socket.exists() {
+            assert!(Instant::now() < deadline, "ssh-agent did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let key = dir.join("ssh-key");
+        ok(Command::new(tool("ssh-keygen"))
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "differential", "-f"])
+            .arg(&key));
+        ok(Command::new(tool("ssh-add"))
+            .env("SSH_AUTH_SOCK", &agent.socket)
+            .arg(&key));
+        agent
+    }
+}
+
+impl Drop for SshAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// `buildkitd` as root with the OCI worker on Debian's runc, in `dir`,
