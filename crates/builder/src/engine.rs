@@ -1021,6 +1021,29 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
             cache_key,
             &[&created_by, &env_args.join("\n"), &shell.join(" ")],
         );
+        // A layer step already cached (here or in a --cache-from) is
+        // stacked as it is, and the loop moves on. A macro, not a function:
+        // it borrows half the stage's state and ends the iteration.
+        macro_rules! reuse_cached {
+            ($key:expr $(, $before:expr)?) => {
+                if let Some(hit) = find_cached(req, &$key, remote, client, store, lowers, err).await {
+                    $(let _ = $before;)?
+                    say(out, tty, &format!("{label} CACHED")).await;
+                    stack_layer(
+                        image,
+                        lowers,
+                        new_layers,
+                        hit.upper,
+                        hit.layer,
+                        &created_by,
+                        &req.created,
+                        (&mut done_steps, &$key),
+                    );
+                    *cache_key = $key;
+                    continue;
+                }
+            };
+        }
         match &ins.command {
             Command::Run(run) => {
                 if run.security.as_deref() == Some("insecure") {
@@ -1065,22 +1088,7 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                 }
                 let parts: Vec<&str> = mount_hashes.iter().map(String::as_str).collect();
                 key = next_key(&key, &parts);
-                if let Some(hit) = find_cached(req, &key, remote, client, store, lowers, err).await
-                {
-                    say(out, tty, &format!("{label} CACHED")).await;
-                    stack_layer(
-                        image,
-                        lowers,
-                        new_layers,
-                        hit.upper,
-                        hit.layer,
-                        &created_by,
-                        &req.created,
-                        (&mut done_steps, &key),
-                    );
-                    *cache_key = key;
-                    continue;
-                }
+                reuse_cached!(key);
                 let step = new_step_dir(&req.work_dir, step_no)?;
                 let run_err = |problem: String| BuildError::Run {
                     file: file.clone(),
@@ -1286,23 +1294,7 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                         &hash_sources(&inline_dir, &inline_names, None, &hashes),
                     ],
                 );
-                if let Some(hit) = find_cached(req, &key, remote, client, store, lowers, err).await
-                {
-                    let _ = std::fs::remove_dir_all(&inline_dir);
-                    say(out, tty, &format!("{label} CACHED")).await;
-                    stack_layer(
-                        image,
-                        lowers,
-                        new_layers,
-                        hit.upper,
-                        hit.layer,
-                        &created_by,
-                        &req.created,
-                        (&mut done_steps, &key),
-                    );
-                    *cache_key = key;
-                    continue;
-                }
+                reuse_cached!(key, std::fs::remove_dir_all(&inline_dir));
                 let step = new_step_dir(&req.work_dir, step_no)?;
                 let upper = step.join("upper");
                 let (owner, mode) =
@@ -1452,23 +1444,7 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                         &git_key.join("\n"),
                     ],
                 );
-                if let Some(hit) = find_cached(req, &key, remote, client, store, lowers, err).await
-                {
-                    let _ = std::fs::remove_dir_all(&inline_dir);
-                    say(out, tty, &format!("{label} CACHED")).await;
-                    stack_layer(
-                        image,
-                        lowers,
-                        new_layers,
-                        hit.upper,
-                        hit.layer,
-                        &created_by,
-                        &req.created,
-                        (&mut done_steps, &key),
-                    );
-                    *cache_key = key;
-                    continue;
-                }
+                reuse_cached!(key, std::fs::remove_dir_all(&inline_dir));
                 let step = new_step_dir(&req.work_dir, step_no)?;
                 let upper = step.join("upper");
                 let (owner, mode) =
@@ -1583,23 +1559,7 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                 let exists = resolve_in_layers(None, lowers, &rel)
                     .is_ok_and(|r| is_dir_in_layers(None, lowers, &r));
                 if !rel.as_os_str().is_empty() && !exists {
-                    if let Some(hit) =
-                        find_cached(req, &key, remote, client, store, lowers, err).await
-                    {
-                        say(out, tty, &format!("{label} CACHED")).await;
-                        stack_layer(
-                            image,
-                            lowers,
-                            new_layers,
-                            hit.upper,
-                            hit.layer,
-                            &created_by,
-                            &req.created,
-                            (&mut done_steps, &key),
-                        );
-                        *cache_key = key;
-                        continue;
-                    }
+                    reuse_cached!(key);
                     let step = new_step_dir(&req.work_dir, si * 10_000 + n)?;
                     let upper = step.join("upper");
                     // BuildKit makes the directories as the stage's USER

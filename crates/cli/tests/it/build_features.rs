@@ -1010,13 +1010,14 @@ COPY --from=two /start /two-start\nCOPY --from=two /end /two-end\n",
 }
 
 #[test]
-fn ssh_mounts_bind_the_agent_socket() {
+fn ssh_mounts_reach_the_agent_through_a_socket_of_their_own() {
     let Some(fx) = fixture() else { return };
     let host = fx.srv.addr.clone();
     let ctx = fx.tmp.path().join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
     // A stand-in agent: a listening socket (busybox has no unix-socket
-    // client, so the RUN checks that it is there, not that it answers).
+    // client, so the RUN checks that its socket is there; that it forwards
+    // to a real ssh-agent is run_mounts' unit test).
     let socket = fx.tmp.path().join("agent.sock");
     let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
     let reference = format!("{host}/app/ssh:v1");
