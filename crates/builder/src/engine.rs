@@ -2599,29 +2599,32 @@ async fn push(
 ) -> Result<(), BuildError> {
     let host = tag.api_host().to_owned();
     let ctx = || format!("pushing {tag}");
+    // Base blobs (mounted or copied) and new layers all at once, a few at
+    // a time, as `docker push` does.
+    let mut blobs: Vec<
+        futures_util::future::BoxFuture<'_, Result<regclient::Pushed, regclient::RegClientError>>,
+    > = Vec::new();
     if let Some((base, base_manifest)) = origin
         && let oci::ManifestKind::Image { layers, .. } = &base_manifest.manifest.kind
     {
         for l in layers {
-            client
-                .copy_blob(base, tag, l.clone())
-                .await
-                .map_err(step_err(ctx()))?;
+            blobs.push(Box::pin(client.copy_blob(base, tag, l.clone())));
         }
     }
     for l in new_layers {
-        let path = l.file.clone();
-        client
-            .push_blob(&host, &tag.repository, &l.info.digest, l.info.size, || {
-                match std::fs::File::open(&path) {
-                    Ok(f) => reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(
-                        tokio::fs::File::from_std(f),
-                    )),
-                    Err(e) => reqwest::Body::wrap_stream(futures_util::stream::once(async move {
-                        Err::<bytes::Bytes, _>(e)
-                    })),
-                }
-            })
+        blobs.push(Box::pin(client.push_file(
+            &host,
+            &tag.repository,
+            &l.info.digest,
+            l.info.size,
+            &l.file,
+        )));
+    }
+    {
+        use futures_util::{StreamExt, TryStreamExt};
+        futures_util::stream::iter(blobs)
+            .buffer_unordered(client.parallelism())
+            .try_collect::<Vec<_>>()
             .await
             .map_err(step_err(ctx()))?;
     }

@@ -97,20 +97,7 @@ pub async fn import_rootfs(
     let host = reference.api_host().to_owned();
     let path = tmp.path().to_owned();
     client
-        .push_blob(
-            &host,
-            &reference.repository,
-            &info.digest,
-            info.size,
-            || match std::fs::File::open(&path) {
-                Ok(f) => reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(
-                    tokio::fs::File::from_std(f),
-                )),
-                Err(e) => reqwest::Body::wrap_stream(futures_util::stream::once(async move {
-                    Err::<bytes::Bytes, _>(e)
-                })),
-            },
-        )
+        .push_file(&host, &reference.repository, &info.digest, info.size, &path)
         .await
         .map_err(push)?;
     let cfg = bytes::Bytes::from(built.config.clone());

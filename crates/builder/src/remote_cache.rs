@@ -225,18 +225,8 @@ pub(crate) async fn export(
         if !seen.insert(l.info.digest.to_string()) {
             continue;
         }
-        let path = l.file.clone();
         client
-            .push_blob(&host, &to.repository, &l.info.digest, l.info.size, || {
-                match std::fs::File::open(&path) {
-                    Ok(f) => reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(
-                        tokio::fs::File::from_std(f),
-                    )),
-                    Err(e) => reqwest::Body::wrap_stream(futures_util::stream::once(async move {
-                        Err::<bytes::Bytes, _>(e)
-                    })),
-                }
-            })
+            .push_file(&host, &to.repository, &l.info.digest, l.info.size, &l.file)
             .await
             .map_err(reg(format!("pushing cached layer {}", l.info.digest)))?;
         layers.push(json!({
