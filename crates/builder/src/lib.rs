@@ -1,23 +1,24 @@
-//! The daemonless build engine (issue 6, in progress).
+//! The daemonless build engine: a Dockerfile → an OCI image, pushed.
 //!
-//! Landed so far: [`unpack`], which applies an image layer (tar, gzip or
-//! zstd) to a directory the way containerd does, verifying the layer's
-//! digest and diffID as it streams, honouring OCI whiteouts, and never
-//! writing outside the target however hostile the archive; and [`layers`],
-//! the machine's store of pulled base-image layers as overlay lower dirs,
-//! shared by every build and safe under concurrent pulls; and [`diff`],
-//! which turns a RUN step's overlay upper dir into a layer; [`engine`],
-//! which builds a Dockerfile (with `RUN --mount` in `run_mounts`, COPY
-//! wildcards and `--parents` in `sources`); and [`oci_archive`], the
-//! `--output type=oci` exporter.
+//! [`engine::build`] drives it: base images come through [`layers`] (pulled
+//! layers unpacked once per diffID by [`unpack`], shared by every build),
+//! each step runs in the sandbox or copies (`copy`, over the layer view of
+//! `layered`; `RUN --mount` in `run_mounts`, COPY wildcards and `--parents`
+//! in `sources`), [`diff`] turns a step's upper dir into a layer, [`image`]
+//! assembles config and manifest, and the result is pushed or written by
+//! [`oci_archive`]. Steps are cached locally (with source digests remembered
+//! in [`file_hashes`]) and in registries ([`remote_cache`]); [`prune`]
+//! reclaims the disk and [`import`] turns a directory into a base image.
 
 mod chmod;
+mod copy;
 pub mod diff;
 pub mod engine;
 pub mod file_hashes;
 mod git;
 pub mod image;
 pub mod import;
+mod layered;
 pub mod layers;
 pub mod oci_archive;
 pub mod prune;

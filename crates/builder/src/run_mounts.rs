@@ -160,7 +160,7 @@ pub(crate) fn prepare(
                     let _ = std::fs::remove_dir_all(&copy);
                     std::fs::create_dir_all(cx.scratch).map_err(|e| e.to_string())?;
                     let links = std::cell::RefCell::new(std::collections::HashMap::new());
-                    let filter = crate::engine::Filter {
+                    let filter = crate::copy::Filter {
                         ignore,
                         rel: rel.to_string_lossy().into_owned(),
                         exclude: None,
@@ -169,7 +169,7 @@ pub(crate) fn prepare(
                         mode: None,
                         links: Some(&links),
                     };
-                    crate::engine::copy_tree(&real, &copy, false, &filter)
+                    crate::copy::copy_tree(&real, &copy, false, &filter)
                         .map_err(|e| format!("bind source {}: {e}", rel.display()))?;
                     copy
                 };

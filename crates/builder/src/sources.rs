@@ -123,6 +123,22 @@ pub(crate) fn clean(p: &str) -> PathBuf {
 /// taken relative to `root`, so the result never leaves it. Returns the
 /// path relative to `root`; its last component may not exist.
 pub(crate) fn resolve_in_root(root: &Path, rel: &Path) -> std::io::Result<PathBuf> {
+    resolve_links(rel, |candidate| {
+        let at = root.join(candidate);
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.file_type().is_symlink() => std::fs::read_link(&at).map(Some),
+            _ => Ok(None),
+        }
+    })
+}
+
+/// The walk behind [`resolve_in_root`] for any tree: `link_at(p)` says
+/// where the symlink at `p` (relative to the root) points, or `None` when
+/// `p` is not a symlink. More than 40 links is an error, as in the kernel.
+pub(crate) fn resolve_links(
+    rel: &Path,
+    mut link_at: impl FnMut(&Path) -> std::io::Result<Option<PathBuf>>,
+) -> std::io::Result<PathBuf> {
     use std::collections::VecDeque;
     use std::ffi::OsString;
     fn parts(p: &Path) -> Vec<Option<OsString>> {
@@ -144,13 +160,12 @@ pub(crate) fn resolve_in_root(root: &Path, rel: &Path) -> std::io::Result<PathBu
             continue;
         };
         let candidate = done.join(&name);
-        match std::fs::symlink_metadata(root.join(&candidate)) {
-            Ok(m) if m.file_type().is_symlink() => {
+        match link_at(&candidate)? {
+            Some(target) => {
                 links += 1;
                 if links > 40 {
                     return Err(std::io::Error::other("too many levels of symbolic links"));
                 }
-                let target = std::fs::read_link(root.join(&candidate))?;
                 if target.is_absolute() {
                     done = PathBuf::new();
                 }
@@ -158,7 +173,7 @@ pub(crate) fn resolve_in_root(root: &Path, rel: &Path) -> std::io::Result<PathBu
                     todo.push_front(p);
                 }
             }
-            _ => done.push(name),
+            None => done.push(name),
         }
     }
     Ok(done)

@@ -81,6 +81,19 @@ fn prep_empty_dirs(ctx: &Path) {
     std::fs::create_dir_all(ctx.join("tree/odd")).unwrap();
     std::fs::set_permissions(ctx.join("tree/odd"), std::fs::Permissions::from_mode(0o750)).unwrap();
     std::fs::write(ctx.join("tree/odd/secret"), "x").unwrap();
+    // Special bits survive the copy (a chown would clear them).
+    std::fs::write(ctx.join("tree/suid"), "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(
+        ctx.join("tree/suid"),
+        std::fs::Permissions::from_mode(0o4755),
+    )
+    .unwrap();
+    std::fs::write(ctx.join("tree/sgid"), "x").unwrap();
+    std::fs::set_permissions(
+        ctx.join("tree/sgid"),
+        std::fs::Permissions::from_mode(0o2750),
+    )
+    .unwrap();
     std::fs::set_permissions(
         ctx.join("tree/odd/secret"),
         std::fs::Permissions::from_mode(0o600),
