@@ -194,6 +194,7 @@ const CASES: &[Case] = &[
     case("copy_from_stage"),
     case("copy_from_image"),
     case("copy_onto_symlinked_dir"),
+    case("copy_file_over_symlink"),
     case("dockerignore"),
     case("add_local_archive"),
     case("add_url_checksum"),
