@@ -107,7 +107,6 @@ async fn upload_context(c: &api::Client, dir: &Path, dockerfile_rel: &str) -> Re
 }
 
 pub async fn build(args: BuildArgs) -> Result<()> {
-    let c = ctl::client(args.server.as_deref())?;
     let json = args.format == "json" || args.output.as_deref() == Some("json");
     let output = args.output.as_deref().filter(|o| *o != "json");
     if output.is_some() || args.metadata_file.is_some() {
@@ -115,9 +114,34 @@ pub async fn build(args: BuildArgs) -> Result<()> {
             "--output and --metadata-file apply to --local builds; a pool build pushes to its -t references"
         );
     }
+    // What the agent decides (its tier, its cache, its registries) or
+    // cannot reach (this machine's ssh agent) is refused, not dropped.
+    let local_only = [
+        (
+            !args.ssh.is_empty(),
+            "--ssh (the pool's agents cannot reach this machine's ssh agent; pass a deploy key with --secret)",
+        ),
+        (
+            !args.cache_from.is_empty() || args.cache_to.is_some(),
+            "--cache-from/--cache-to (a pool's agents share their cache)",
+        ),
+        (
+            args.memory.is_some() || args.cpus.is_some(),
+            "--memory/--cpus (a pool build gets its pool's tier)",
+        ),
+        (args.compression != "gzip", "--compression"),
+        (
+            !args.insecure_registries.is_empty(),
+            "--insecure-registry (set on the agent)",
+        ),
+    ];
+    if let Some((_, flag)) = local_only.iter().find(|(given, _)| *given) {
+        bail!("{flag} applies to --local builds only");
+    }
     if args.tags.is_empty() && !args.no_push {
         bail!("give at least one -t REFERENCE to push to, or --no-push");
     }
+    let c = ctl::client(args.server.as_deref())?;
     let registry = c.registry_host().to_owned();
     let tags: Vec<String> = args
         .tags
@@ -213,6 +237,9 @@ pub async fn build(args: BuildArgs) -> Result<()> {
     }
     match run.state {
         RunState::Succeeded => {
+            if let (Some(path), Some(d)) = (&args.iidfile, &run.image_digest) {
+                std::fs::write(path, d).with_context(|| format!("--iidfile {}", path.display()))?;
+            }
             if !json {
                 for t in &run.build.tags {
                     match &run.image_digest {

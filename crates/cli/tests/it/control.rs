@@ -432,6 +432,8 @@ fn up_builds_examples_hello_and_reports_failures() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("(already on the server)"));
 
     // `-o json --no-logs`: only the finished run, as JSON, on stdout.
+    // `--iidfile` gets the pushed digest.
+    let iid = tmp.path().join("iid");
     let out = plane
         .cli()
         .args([
@@ -441,8 +443,10 @@ fn up_builds_examples_hello_and_reports_failures() {
             "--no-logs",
             "-t",
             "hello:3",
-            "--build-arg",
+            "--iidfile",
         ])
+        .arg(&iid)
+        .arg("--build-arg")
         .arg(format!("BASE={base}"))
         .arg(&hello)
         .output()
@@ -455,6 +459,23 @@ fn up_builds_examples_hello_and_reports_failures() {
     let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(run["state"], "succeeded");
     assert!(run["image_digest"].as_str().unwrap().starts_with("sha256:"));
+    assert_eq!(
+        std::fs::read_to_string(&iid).unwrap(),
+        run["image_digest"].as_str().unwrap()
+    );
+
+    // A flag a pool build cannot honour is refused, not dropped.
+    let out = plane
+        .cli()
+        .args(["build", "-t", "hello:4", "--ssh", "default"])
+        .arg(&hello)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--ssh") && err.contains("--local"),
+        "{err}"
+    );
 
     // A failing RUN: non-zero exit, the error in the streamed log.
     let bad = context(
