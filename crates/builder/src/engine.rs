@@ -183,9 +183,10 @@ struct StageState {
     origin: Option<(Reference, regclient::FetchedManifest)>,
     /// Cache key of the state so far: the base image, then every instruction.
     cache_key: String,
+    /// `FROM --platform`, else the build's: what its RUNs must run.
+    platform: Platform,
 }
 
-/// `FROM scratch`: the empty image, never pulled (as in Docker).
 /// The platform this machine runs, as BuildKit's `BUILDPLATFORM` names it.
 fn host_platform() -> dockerfile::Platform {
     let arch = match std::env::consts::ARCH {
@@ -203,6 +204,32 @@ fn host_platform() -> dockerfile::Platform {
     }
 }
 
+/// Whether this machine can run `p`'s programs: its own platform, or one
+/// with an emulator registered in `binfmt` (`/proc/sys/fs/binfmt_misc`,
+/// where qemu-user-static puts `qemu-aarch64` …), as BuildKit checks.
+fn can_run(p: &Platform, binfmt: &Path) -> Result<(), String> {
+    let host = host_platform();
+    if p.os == host.os && p.architecture == host.arch {
+        return Ok(());
+    }
+    let qemu = match p.architecture.as_str() {
+        "arm64" => "aarch64",
+        "amd64" => "x86_64",
+        "386" => "i386",
+        "ppc64le" => "ppc64le",
+        "loong64" => "loongarch64",
+        other => other,
+    };
+    if binfmt.join(format!("qemu-{qemu}")).exists() {
+        return Ok(());
+    }
+    Err(format!(
+        "this {host} machine cannot run {p} programs (no qemu-{qemu} in {}); \
+         run build steps on this machine with FROM --platform=$BUILDPLATFORM",
+        binfmt.display()
+    ))
+}
+
 /// A stage's platform: `FROM --platform=…` (already expanded) or the
 /// build's `--platform`.
 fn stage_platform(stage: &dockerfile::Stage, req: &BuildRequest) -> Result<Platform, String> {
@@ -214,6 +241,7 @@ fn stage_platform(stage: &dockerfile::Stage, req: &BuildRequest) -> Result<Platf
     }
 }
 
+/// `FROM scratch`: the empty image, never pulled (as in Docker).
 fn is_scratch(base: &str) -> bool {
     base.eq_ignore_ascii_case("scratch")
 }
@@ -521,6 +549,7 @@ async fn build_inner<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                         args: BTreeMap::new(),
                         cache_key: format!("scratch@{platform}"),
                         origin: None,
+                        platform,
                     }
                 }
                 None => {
@@ -556,6 +585,7 @@ async fn build_inner<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                         args: BTreeMap::new(),
                         cache_key: format!("{}@{}", base_manifest.digest, platform),
                         origin: Some((base, base_manifest)),
+                        platform,
                     }
                 }
             };
@@ -735,6 +765,7 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
         shell,
         args,
         cache_key,
+        platform,
         ..
     } = &mut st;
     // Whether this stage set CMD (an ENTRYPOINT after it keeps it).
@@ -831,12 +862,13 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                 let parts: Vec<&str> = mount_hashes.iter().map(String::as_str).collect();
                 key = next_key(&key, &parts);
                 reuse_cached!(key);
-                let step = new_step_dir(&req.work_dir, step_no)?;
                 let run_err = |problem: String| BuildError::Run {
                     file: file.clone(),
                     line,
                     problem,
                 };
+                can_run(platform, Path::new("/proc/sys/fs/binfmt_misc")).map_err(run_err)?;
+                let step = new_step_dir(&req.work_dir, step_no)?;
                 let _ = std::fs::remove_dir_all(&scratch);
                 std::fs::create_dir_all(&scratch)
                     .map_err(step_err(format!("creating {}", scratch.display())))?;
@@ -1836,4 +1868,41 @@ async fn push(
         .await
         .map_err(step_err(ctx()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_only_what_this_machine_or_an_emulator_can() {
+        let binfmt = tempfile::tempdir().unwrap();
+        let host = host_platform();
+        let here = Platform {
+            os: host.os.clone(),
+            architecture: host.arch.clone(),
+            variant: None,
+        };
+        assert_eq!(can_run(&here, binfmt.path()), Ok(()));
+        let foreign = Platform {
+            architecture: if host.arch == "s390x" {
+                "arm64"
+            } else {
+                "s390x"
+            }
+            .into(),
+            ..here
+        };
+        let err = can_run(&foreign, binfmt.path()).unwrap_err();
+        assert!(
+            err.contains(&foreign.to_string()) && err.contains("--platform=$BUILDPLATFORM"),
+            "{err}"
+        );
+        std::fs::write(
+            binfmt.path().join(format!("qemu-{}", foreign.architecture)),
+            "enabled\n",
+        )
+        .unwrap();
+        assert_eq!(can_run(&foreign, binfmt.path()), Ok(()));
+    }
 }

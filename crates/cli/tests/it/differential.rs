@@ -219,6 +219,13 @@ const CASES: &[Case] = &[
     with_opts("run_mount_ssh", &[Opt::Ssh]),
     with_opts("platform_target", &[Opt::Platform("linux/arm64")]),
     case("platform_from_flag"),
+    Case {
+        known: &[Known {
+            what: "both builds failed",
+            why: "a RUN for linux/arm64 on this amd64 machine without an emulator: BuildKit fails to exec, Slipway refuses it naming the platform and FROM --platform=$BUILDPLATFORM",
+        }],
+        ..case("platform_run_foreign")
+    },
     with_opts("multi_stage_target", &[Opt::Target("second")]),
     Case {
         known: &[
