@@ -11,7 +11,11 @@
 //! log chunks, retrying with back-off: a restarted server accepts them
 //! (its leases restart with a fresh period), and chunk numbers make the
 //! retries idempotent.
+//!
+//! [`check`] is `slipway agent check`: what the agent can reach from where
+//! it runs, and whether it can build there.
 
+pub mod check;
 mod fetch;
 mod logs;
 

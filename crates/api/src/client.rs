@@ -271,6 +271,15 @@ impl Client {
         })
     }
 
+    /// The pool, tier and registry of this client's agent token.
+    pub async fn agent_self(&self) -> Result<AgentSelf> {
+        let path = "/agent/self";
+        let rb = self
+            .request(Method::GET, path)
+            .timeout(Duration::from_secs(10));
+        self.json(rb, path).await
+    }
+
     pub async fn heartbeat(&self, run: &str, hb: &Heartbeat) -> Result<HeartbeatReply> {
         let path = format!("/agent/runs/{run}/heartbeat");
         let rb = self

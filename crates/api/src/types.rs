@@ -309,6 +309,16 @@ pub struct RunLimits {
     pub memory_bytes: u64,
 }
 
+/// What an agent token stands for (`GET /agent/self`), for `slipway agent
+/// check`: asking changes nothing on the server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentSelf {
+    pub pool: String,
+    pub tier: Tier,
+    /// The registry host builds push to (`host:port`).
+    pub registry: String,
+}
+
 /// A run leased to an agent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Lease {

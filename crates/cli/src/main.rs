@@ -36,8 +36,9 @@ enum Command {
     /// Everything on this machine for a first try: the server, its registry,
     /// SQLite and a local pool `default` of agents, until Ctrl-C.
     Up(serve::UpArgs),
-    /// Run a build agent of one pool (it dials out to the server only).
-    Agent(serve::AgentArgs),
+    /// Run a build agent of one pool (it dials out to the server only);
+    /// `agent check` checks this machine can.
+    Agent(Box<serve::AgentCmd>),
     /// Build an image from a Dockerfile and push it (docker build's flags):
     /// on an agent pool, or on this machine with --local.
     Build(Box<build_cmd::BuildArgs>),
@@ -169,7 +170,7 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Server(args) => serve::server(args).await,
         Command::Up(args) => serve::up(args).await,
-        Command::Agent(args) => serve::agent(args).await,
+        Command::Agent(cmd) => serve::agent_command(*cmd).await,
         Command::Login(args) => ctl::login(args).await,
         Command::Pool { command, client } => ctl::pool(&client, command).await,
         Command::Runs { command, client } => ctl::runs(&client, command).await,

@@ -59,17 +59,56 @@ pub struct UpArgs {
     agents: u32,
 }
 
+/// `slipway agent [check]`: serve a pool, or check this machine can.
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct AgentCmd {
+    #[command(subcommand)]
+    check: Option<AgentSub>,
+    #[command(flatten)]
+    serve: AgentArgs,
+}
+
+#[derive(clap::Subcommand)]
+enum AgentSub {
+    /// Check this machine can serve the pool, from where it runs: the
+    /// server, the agent token, the registry builds push to, every --reach
+    /// endpoint the builds need, isolation (namespaces, overlayfs, cgroups),
+    /// the work dir and git. Changes nothing; exits 1 if a check fails.
+    Check(AgentCheckArgs),
+}
+
+#[derive(clap::Args)]
+struct AgentCheckArgs {
+    #[command(flatten)]
+    agent: AgentArgs,
+    /// Another endpoint the builds need: http(s)://… (any HTTP answer
+    /// counts: an internal registry, blob storage, a git server) or
+    /// host:port (a TCP connection counts). Repeatable.
+    #[arg(long = "reach", value_name = "URL|HOST:PORT")]
+    reach: Vec<String>,
+    /// Per network check.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// `json`: the checks as a JSON array.
+    #[arg(short = 'o', long, value_parser = ["text", "json"], default_value = "text")]
+    output: String,
+}
+
+// Options, though clap requires them: `slipway agent check` parses these
+// under its own name too, and the outer copy must not insist on values
+// (from the environment, say) that went to the subcommand.
 #[derive(clap::Args)]
 pub struct AgentArgs {
     /// Server URL.
-    #[arg(long, env = "SLIPWAY_SERVER")]
-    server: String,
+    #[arg(long, env = "SLIPWAY_SERVER", required = true)]
+    server: Option<String>,
     /// Pool this agent serves (must match its token).
-    #[arg(long)]
-    pool: String,
+    #[arg(long, required = true)]
+    pool: Option<String>,
     /// Agent token of the pool (`slipway pool token NAME`).
-    #[arg(long, env = "SLIPWAY_TOKEN", hide_env_values = true)]
-    token: String,
+    #[arg(long, env = "SLIPWAY_TOKEN", hide_env_values = true, required = true)]
+    token: Option<String>,
     /// Scratch space for runs.
     #[arg(long, default_value = ".slipway-agent")]
     work_dir: PathBuf,
@@ -83,6 +122,19 @@ pub struct AgentArgs {
     /// Registry host:port the builds may reach over plain HTTP; repeatable.
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
+}
+
+impl AgentArgs {
+    /// Server, pool and token, which clap has made sure are there.
+    fn identity(&self) -> Result<(String, String, String)> {
+        let need =
+            |v: &Option<String>, flag: &str| v.clone().with_context(|| format!("give {flag}"));
+        Ok((
+            need(&self.server, "--server")?,
+            need(&self.pool, "--pool")?,
+            need(&self.token, "--token")?,
+        ))
+    }
 }
 
 pub async fn open_registry(data: &Path, public_url: Option<String>) -> Result<Arc<Registry>> {
@@ -240,7 +292,50 @@ pub async fn up(args: UpArgs) -> Result<()> {
     .await
 }
 
+pub async fn agent_command(cmd: AgentCmd) -> Result<()> {
+    match cmd.check {
+        Some(AgentSub::Check(args)) => agent_check(args).await,
+        None => agent(cmd.serve).await,
+    }
+}
+
+async fn agent_check(args: AgentCheckArgs) -> Result<()> {
+    let (server, pool, token) = args.agent.identity()?;
+    let config = agent::check::CheckConfig {
+        server,
+        token,
+        pool,
+        work_dir: args.agent.work_dir.clone(),
+        insecure_registries: args.agent.insecure_registries.clone(),
+        reach: args.reach.clone(),
+        timeout: args.timeout,
+    };
+    let checks = agent::check::run(&config).await;
+    if args.output == "json" {
+        println!("{}", serde_json::to_string_pretty(&checks)?);
+    } else {
+        for c in &checks {
+            let mark = match c.level {
+                agent::check::Level::Ok => "ok  ",
+                agent::check::Level::Warn => "WARN",
+                agent::check::Level::Fail => "FAIL",
+            };
+            let target = if c.target.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", c.target)
+            };
+            println!("{mark} {}{target}: {} ({} ms)", c.name, c.detail, c.millis);
+        }
+    }
+    if agent::check::failed(&checks) {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
 pub async fn agent(args: AgentArgs) -> Result<()> {
+    let (server, pool, token) = args.identity()?;
     let id = args.agent_id.clone().unwrap_or_else(|| {
         let host = rustix::system::uname()
             .nodename()
@@ -249,9 +344,9 @@ pub async fn agent(args: AgentArgs) -> Result<()> {
         format!("{host}-{}", std::process::id())
     });
     let config = agent::AgentConfig {
-        server: args.server.clone(),
-        token: args.token.clone(),
-        pool: args.pool.clone(),
+        server: server.clone(),
+        token,
+        pool: pool.clone(),
         agent_id: id.clone(),
         build_data: args
             .build_data
@@ -262,7 +357,7 @@ pub async fn agent(args: AgentArgs) -> Result<()> {
         insecure_registries: args.insecure_registries.clone(),
         poll: Duration::from_secs(20),
     };
-    eprintln!("agent {id} of pool {} serving {}", args.pool, args.server);
+    eprintln!("agent {id} of pool {pool} serving {server}");
     agent::run(config, shutdown())
         .await
         .with_context(|| format!("agent {id}"))

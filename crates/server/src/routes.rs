@@ -94,6 +94,7 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/runs/{id}", get(show_run))
         .route("/runs/{id}/cancel", post(cancel_run))
         .route("/runs/{id}/logs", get(run_logs))
+        .route("/agent/self", get(agent_self))
         .route("/agent/lease", post(lease))
         .route("/agent/runs/{id}/heartbeat", post(heartbeat))
         .route("/agent/runs/{id}/logs", post(agent_logs))
@@ -561,6 +562,18 @@ async fn run_logs(
 
 fn lease_err() -> ApiErr {
     conflict("this lease is no longer yours: the run was re-queued, canceled or finished")
+}
+
+async fn agent_self(State(s): S, headers: HeaderMap) -> R<Json<api::AgentSelf>> {
+    let pool_name = agent(&s, &headers).await?;
+    let Some(pool) = s.db.pool(&pool_name).await? else {
+        return Err(not_found(format!("pool {pool_name} no longer exists")));
+    };
+    Ok(Json(api::AgentSelf {
+        pool: pool_name,
+        tier: pool.tier,
+        registry: s.config.registry_host.clone(),
+    }))
 }
 
 async fn lease(State(s): S, headers: HeaderMap, Json(req): Json<LeaseRequest>) -> R<Response> {

@@ -1647,3 +1647,113 @@ fn prune_reclaims_layers_and_cache() {
     let again = build();
     assert!(!again.contains("CACHED"), "{again}");
 }
+
+/// `slipway agent check` from this machine: the server, the token's pool,
+/// the registry, each `--reach` endpoint (an HTTP server, an open and a
+/// closed port), isolation and the work dir; exit 1 when one fails, and
+/// nothing changes on the server (no agent appears in the pool).
+#[test]
+fn agent_check_reports_what_the_agent_can_reach() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plane = Plane::start(tmp.path(), &[]);
+    let rt = rt();
+    let c = plane.client();
+    let token = rt.block_on(async {
+        c.create_pool(&api::PoolSpec {
+            name: "private".into(),
+            tier: api::Tier::S1,
+            count: 0,
+            network: None,
+            local: false,
+        })
+        .await
+        .unwrap();
+        c.pool_token("private").await.unwrap().token
+    });
+    let open = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let open_addr = open.local_addr().unwrap().to_string();
+    let closed_addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let check = |pool: &str, token: &str, reach: &[&str]| {
+        let mut cmd = Command::new(SLIPWAY);
+        cmd.args(["agent", "check", "--server", &plane.url, "--pool", pool])
+            .arg("--work-dir")
+            .arg(tmp.path().join("agent-work"))
+            .args(["-o", "json", "--timeout", "3s"])
+            .env("SLIPWAY_TOKEN", token);
+        for r in reach {
+            cmd.args(["--reach", r]);
+        }
+        let out = cmd.output().unwrap();
+        let checks: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.success(), checks)
+    };
+    let level = |checks: &[serde_json::Value], name: &str, target: &str| -> String {
+        checks
+            .iter()
+            .find(|c| c["name"] == name && c["target"].as_str().unwrap_or("").contains(target))
+            .unwrap_or_else(|| panic!("no check {name} {target} in {checks:?}"))["level"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+
+    // Everything reachable: exit 0, and each check says so.
+    let api_url = format!("{}/api/v1/openapi.json", plane.url);
+    let (ok_all, checks) = check("private", &token, &[&open_addr, &api_url]);
+    assert!(ok_all, "{checks:#?}");
+    assert_eq!(level(&checks, "server", &plane.url), "ok");
+    assert_eq!(level(&checks, "token", "private"), "ok");
+    assert_eq!(level(&checks, "registry", &plane.host()), "ok");
+    assert_eq!(level(&checks, "reach", &open_addr), "ok");
+    assert_eq!(level(&checks, "reach", &api_url), "ok");
+    assert_eq!(level(&checks, "isolation", ""), "ok");
+    assert_eq!(level(&checks, "work dir", "agent-work"), "ok");
+
+    // A closed port fails the check, named, and the exit code says so.
+    let (ok_closed, checks) = check("private", &token, &[&closed_addr]);
+    assert!(!ok_closed);
+    assert_eq!(level(&checks, "reach", &closed_addr), "fail");
+    assert_eq!(level(&checks, "server", &plane.url), "ok");
+
+    // A token of no pool, and the right token named for another pool.
+    let (ok_bad, checks) = check("private", "not-a-token", &[]);
+    assert!(!ok_bad);
+    assert_eq!(level(&checks, "token", "private"), "fail");
+    let (ok_other, checks) = check("public", &token, &[]);
+    assert!(!ok_other);
+    let token_check = checks.iter().find(|c| c["name"] == "token").unwrap();
+    assert!(
+        token_check["detail"]
+            .as_str()
+            .unwrap()
+            .contains("pool private's, not public's"),
+        "{token_check}"
+    );
+
+    // A server that is not there.
+    let (ok_gone, checks) = {
+        let mut cmd = Command::new(SLIPWAY);
+        cmd.args(["agent", "check", "--server"])
+            .arg(format!("http://{closed_addr}"))
+            .args(["--pool", "private", "-o", "json", "--timeout", "3s"])
+            .arg("--work-dir")
+            .arg(tmp.path().join("agent-work"))
+            .env("SLIPWAY_TOKEN", &token);
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap(),
+        )
+    };
+    assert!(!ok_gone);
+    assert_eq!(level(&checks, "server", &closed_addr), "fail");
+
+    // Checking changed nothing: no agent of the pool was recorded.
+    let status = rt.block_on(c.pool("private")).unwrap();
+    assert!(status.agents.is_empty(), "{:?}", status.agents);
+    drop(open);
+}
