@@ -176,6 +176,25 @@ impl Client {
             .await
     }
 
+    // ---- API tokens (admin) ----
+
+    /// A new API token with `grants` (`pool:NAME:build`,
+    /// `repository:NAME:pull,push` …); its secret is in the reply only.
+    pub async fn create_token(&self, req: &TokenRequest) -> Result<CreatedToken> {
+        self.call(Method::POST, "/tokens", Some(req)).await
+    }
+
+    pub async fn list_tokens(&self) -> Result<Vec<ApiToken>> {
+        self.call::<(), _>(Method::GET, "/tokens", None).await
+    }
+
+    pub async fn delete_token(&self, id: &str) -> Result<()> {
+        let path = format!("/tokens/{id}");
+        self.send(self.request(Method::DELETE, &path), &path)
+            .await
+            .map(drop)
+    }
+
     // ---- contexts ----
 
     /// Whether the server already stores a context with this digest.

@@ -309,6 +309,38 @@ pub struct RunLimits {
     pub memory_bytes: u64,
 }
 
+/// `POST /tokens`: an API token for people and CI. `grants` are scopes:
+/// `pool:NAME:build` (submit to, see and cancel runs of pool NAME; `*` at
+/// the end of NAME matches a prefix), `repository:NAME:pull,push,delete`
+/// (the registry), `registry:catalog:*`. An admin token may do anything.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenRequest {
+    pub name: String,
+    #[serde(default)]
+    pub grants: Vec<String>,
+    #[serde(default)]
+    pub admin: bool,
+}
+
+/// An API token as listed: never its secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiToken {
+    pub id: String,
+    pub name: String,
+    pub admin: bool,
+    pub grants: Vec<String>,
+    /// Unix seconds.
+    pub created: u64,
+}
+
+/// A created token, with its secret: shown once, stored hashed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatedToken {
+    #[serde(flatten)]
+    pub info: ApiToken,
+    pub token: String,
+}
+
 /// What an agent token stands for (`GET /agent/self`), for `slipway agent
 /// check`: asking changes nothing on the server.
 #[derive(Debug, Clone, Serialize, Deserialize)]

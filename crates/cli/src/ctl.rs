@@ -278,6 +278,87 @@ pub async fn pool(args: &ClientArgs, cmd: PoolCommand) -> Result<()> {
     Ok(())
 }
 
+/// `slipway token …`: API tokens for people and CI (admin token).
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; its secret is printed once (stored hashed).
+    Create {
+        name: String,
+        /// A grant: pool:NAME:build (submit to, see and cancel runs of
+        /// pool NAME), repository:NAME:pull,push[,delete] (the registry),
+        /// registry:catalog:*. A NAME ending in * matches a prefix.
+        /// Repeatable.
+        #[arg(long = "grant", value_name = "TYPE:NAME:ACTIONS")]
+        grants: Vec<String>,
+        /// A token that may do anything, including managing pools and tokens.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Every token: id, name, grants (never secrets).
+    List,
+    /// Revoke a token by id (the last admin token cannot go).
+    Delete { id: String },
+}
+
+pub async fn token(args: &ClientArgs, cmd: TokenCommand) -> Result<()> {
+    let c = client(args.server.as_deref())?;
+    let json = args.output == Format::Json;
+    match cmd {
+        TokenCommand::Create {
+            name,
+            grants,
+            admin,
+        } => {
+            let t = c
+                .create_token(&api::TokenRequest {
+                    name,
+                    grants,
+                    admin,
+                })
+                .await?;
+            if json {
+                return print_json(&t);
+            }
+            eprintln!(
+                "token {} ({}) created: {}; the secret below is shown once",
+                t.info.id,
+                t.info.name,
+                grants_text(&t.info)
+            );
+            println!("{}", t.token);
+        }
+        TokenCommand::List => {
+            let list = c.list_tokens().await?;
+            if json {
+                return print_json(&list);
+            }
+            println!("{:<18} {:<24} {:<22} GRANTS", "ID", "NAME", "CREATED");
+            for t in &list {
+                println!(
+                    "{:<18} {:<24} {:<22} {}",
+                    t.id,
+                    t.name,
+                    time(Some(t.created as i64 * 1000)),
+                    grants_text(t)
+                );
+            }
+        }
+        TokenCommand::Delete { id } => {
+            c.delete_token(&id).await?;
+            println!("token {id} deleted");
+        }
+    }
+    Ok(())
+}
+
+fn grants_text(t: &api::ApiToken) -> String {
+    if t.admin {
+        "admin".into()
+    } else {
+        t.grants.join(" ")
+    }
+}
+
 fn time(ms: Option<i64>) -> String {
     match ms {
         Some(ms) if ms > 0 => humantime::format_rfc3339_seconds(

@@ -51,6 +51,13 @@ enum Command {
         #[command(flatten)]
         client: ctl::ClientArgs,
     },
+    /// API tokens for people and CI, scoped by grants (admin token).
+    Token {
+        #[command(subcommand)]
+        command: ctl::TokenCommand,
+        #[command(flatten)]
+        client: ctl::ClientArgs,
+    },
     /// List, inspect and cancel runs.
     Runs {
         #[command(subcommand)]
@@ -174,6 +181,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Login(args) => ctl::login(args).await,
         Command::Pool { command, client } => ctl::pool(&client, command).await,
         Command::Runs { command, client } => ctl::runs(&client, command).await,
+        Command::Token { command, client } => ctl::token(&client, command).await,
         Command::Logs { args, server } => ctl::logs(server.as_deref(), args).await,
         Command::Dockerfile { command } => {
             if !dockerfile_cmd::run(command)? {

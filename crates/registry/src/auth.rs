@@ -41,6 +41,8 @@ pub enum AuthError {
     },
     #[error("no randomness available: {0}")]
     Random(String),
+    #[error("the last admin token cannot be deleted: nobody could manage the server")]
+    LastAdmin,
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> AuthError {
@@ -175,6 +177,18 @@ impl Principal {
                 .collect(),
         }
     }
+}
+
+/// An API token as listed: never its secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub id: String,
+    pub name: String,
+    pub admin: bool,
+    /// `type:name:actions` scopes.
+    pub grants: Vec<String>,
+    /// Unix seconds.
+    pub created: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -341,6 +355,17 @@ impl Auth {
         admin: bool,
         grants: Vec<Access>,
     ) -> Result<String, AuthError> {
+        self.create_token_info(name, admin, grants)
+            .map(|(_, secret)| secret)
+    }
+
+    /// [`Auth::create_token`], with the token as listed.
+    pub fn create_token_info(
+        &self,
+        name: &str,
+        admin: bool,
+        grants: Vec<Access>,
+    ) -> Result<(TokenInfo, String), AuthError> {
         let secret = format!(
             "slw_{}",
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<32>()?)
@@ -353,10 +378,60 @@ impl Auth {
             grants,
             created: now(),
         };
+        let info = TokenInfo {
+            id: record.id.clone(),
+            name: record.name.clone(),
+            admin,
+            grants: record.grants.iter().map(Access::scope).collect(),
+            created: record.created,
+        };
         let mut tokens = self.tokens.write().unwrap_or_else(|p| p.into_inner());
         tokens.insert(record.sha256.clone(), record);
         self.save(&tokens)?;
-        Ok(secret)
+        Ok((info, secret))
+    }
+
+    /// Every API token, without its secret, oldest first.
+    pub fn list_tokens(&self) -> Vec<TokenInfo> {
+        let tokens = self.tokens.read().unwrap_or_else(|p| p.into_inner());
+        let mut list: Vec<TokenInfo> = tokens
+            .values()
+            .map(|t| TokenInfo {
+                id: t.id.clone(),
+                name: t.name.clone(),
+                admin: t.admin,
+                grants: t.grants.iter().map(Access::scope).collect(),
+                created: t.created,
+            })
+            .collect();
+        list.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+        list
+    }
+
+    /// Revoke the token `id`: `Ok(false)` if there is none. The last admin
+    /// token cannot go (nobody could manage the server any more).
+    pub fn delete_token(&self, id: &str) -> Result<bool, AuthError> {
+        let mut tokens = self.tokens.write().unwrap_or_else(|p| p.into_inner());
+        let Some(key) = tokens
+            .iter()
+            .find(|(_, t)| t.id == id)
+            .map(|(k, _)| k.clone())
+        else {
+            return Ok(false);
+        };
+        let admins = tokens.values().filter(|t| t.admin).count();
+        if tokens.get(&key).is_some_and(|t| t.admin) && admins == 1 {
+            return Err(AuthError::LastAdmin);
+        }
+        let removed = tokens.remove(&key);
+        if let Err(e) = self.save(&tokens) {
+            // Not saved: keep it, so memory and disk agree.
+            if let Some(r) = removed {
+                tokens.insert(key, r);
+            }
+            return Err(e);
+        }
+        Ok(true)
     }
 
     /// The principal of the (first) token named `name`.

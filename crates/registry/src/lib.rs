@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use store::{BlobStore, FsStore};
 
-pub use auth::{Auth, AuthConfig};
+pub use auth::{Auth, AuthConfig, TokenInfo};
 pub use error::{Code, RegistryError};
 
 /// Largest manifest accepted on push (the spec asks registries to accept at least 4 MiB).

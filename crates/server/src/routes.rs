@@ -94,6 +94,8 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/runs/{id}", get(show_run))
         .route("/runs/{id}/cancel", post(cancel_run))
         .route("/runs/{id}/logs", get(run_logs))
+        .route("/tokens", post(create_token).get(list_tokens))
+        .route("/tokens/{id}", axum::routing::delete(delete_token))
         .route("/agent/self", get(agent_self))
         .route("/agent/lease", post(lease))
         .route("/agent/runs/{id}/heartbeat", post(heartbeat))
@@ -159,6 +161,18 @@ fn admin(s: &Server, headers: &HeaderMap) -> R<Principal> {
             p.subject()
         ))),
     }
+}
+
+/// Whether `who` may build on `pool` (submit, see and cancel its runs):
+/// an admin token, or a grant `pool:NAME:build`.
+fn may_build(who: &Principal, pool: &str) -> R<()> {
+    if who.allows("pool", pool, "build") {
+        return Ok(());
+    }
+    Err(forbidden(format!(
+        "{} may not build on pool {pool} (it needs the grant pool:{pool}:build)",
+        who.subject()
+    )))
 }
 
 /// An agent: a pool-bound agent token. Returns the pool.
@@ -379,6 +393,7 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 async fn submit_run(State(s): S, headers: HeaderMap, Json(req): Json<RunRequest>) -> R<Response> {
     let who = user(&s, &headers)?;
+    may_build(&who, &req.pool)?;
     if s.db.pool(&req.pool).await?.is_none() {
         return Err(not_found(format!("pool {} does not exist", req.pool)));
     }
@@ -464,30 +479,43 @@ struct ListQuery {
 }
 
 async fn list_runs(State(s): S, headers: HeaderMap, Query(q): Query<ListQuery>) -> R<Response> {
-    user(&s, &headers)?;
+    let who = user(&s, &headers)?;
+    if let Some(pool) = &q.pool {
+        may_build(&who, pool)?;
+    }
     let state = q
         .state
         .as_deref()
         .map(str::parse::<RunState>)
         .transpose()
         .map_err(bad)?;
-    let runs =
+    let mut runs =
         s.db.list_runs(q.pool.as_deref(), state, q.limit.unwrap_or(50).min(1000))
             .await?;
+    // Only the runs of pools this token may build on.
+    runs.retain(|r| may_build(&who, &r.pool).is_ok());
     Ok(Json(runs).into_response())
 }
 
 async fn show_run(State(s): S, headers: HeaderMap, Path(id): Path<String>) -> R<Response> {
-    user(&s, &headers)?;
-    let run =
-        s.db.run(&id)
-            .await?
-            .ok_or_else(|| not_found(format!("run {id} does not exist")))?;
+    let who = user(&s, &headers)?;
+    let run = run_for(&s, &who, &id).await?;
     Ok(Json(run).into_response())
 }
 
+/// Run `id`, if `who` may build on its pool.
+async fn run_for(s: &Server, who: &Principal, id: &str) -> R<api::Run> {
+    let run =
+        s.db.run(id)
+            .await?
+            .ok_or_else(|| not_found(format!("run {id} does not exist")))?;
+    may_build(who, &run.pool)?;
+    Ok(run)
+}
+
 async fn cancel_run(State(s): S, headers: HeaderMap, Path(id): Path<String>) -> R<Response> {
-    user(&s, &headers)?;
+    let who = user(&s, &headers)?;
+    run_for(&s, &who, &id).await?;
     match s.db.cancel(&id).await? {
         Cancel::NotFound => return Err(not_found(format!("run {id} does not exist"))),
         Cancel::AlreadyFinal(state) => {
@@ -522,7 +550,8 @@ async fn run_logs(
     Path(id): Path<String>,
     Query(q): Query<LogQuery>,
 ) -> R<Response> {
-    user(&s, &headers)?;
+    let who = user(&s, &headers)?;
+    run_for(&s, &who, &id).await?;
     let wait = Duration::from_secs(q.wait.min(60));
     let deadline = tokio::time::Instant::now() + wait;
     loop {
@@ -562,6 +591,83 @@ async fn run_logs(
 
 fn lease_err() -> ApiErr {
     conflict("this lease is no longer yours: the run was re-queued, canceled or finished")
+}
+
+// ---- API tokens ----
+
+/// Kinds and actions a token may be granted.
+fn valid_grant(a: &Access) -> bool {
+    let actions: &[&str] = match a.kind.as_str() {
+        "pool" => &["build", "*"],
+        "repository" => &["pull", "push", "delete", "*"],
+        "registry" => &["*"],
+        _ => return false,
+    };
+    !a.actions.is_empty() && a.actions.iter().all(|x| actions.contains(&x.as_str()))
+}
+
+fn token_json(t: registry::TokenInfo) -> api::ApiToken {
+    api::ApiToken {
+        id: t.id,
+        name: t.name,
+        admin: t.admin,
+        grants: t.grants,
+        created: t.created,
+    }
+}
+
+async fn create_token(
+    State(s): S,
+    headers: HeaderMap,
+    Json(req): Json<api::TokenRequest>,
+) -> R<Response> {
+    admin(&s, &headers)?;
+    if req.name.is_empty() || req.name.len() > 100 || req.name.starts_with("run:") {
+        return Err(bad("name: 1-100 characters, not starting with run:"));
+    }
+    let mut grants = Vec::new();
+    for g in &req.grants {
+        match Access::parse_scope(g).filter(valid_grant) {
+            Some(a) => grants.push(a),
+            None => {
+                return Err(bad(format!(
+                    "grant {g:?}: give pool:NAME:build, repository:NAME:pull,push,delete or registry:catalog:*"
+                )));
+            }
+        }
+    }
+    if grants.is_empty() && !req.admin {
+        return Err(bad("give at least one grant, or admin"));
+    }
+    let (info, token) = s
+        .registry
+        .auth()
+        .create_token_info(&req.name, req.admin, grants)
+        .map_err(internal)?;
+    tracing::info!(token = info.id, name = info.name, "API token created");
+    let created = api::CreatedToken {
+        info: token_json(info),
+        token,
+    };
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+async fn list_tokens(State(s): S, headers: HeaderMap) -> R<Json<Vec<api::ApiToken>>> {
+    admin(&s, &headers)?;
+    let list = s.registry.auth().list_tokens();
+    Ok(Json(list.into_iter().map(token_json).collect()))
+}
+
+async fn delete_token(State(s): S, headers: HeaderMap, Path(id): Path<String>) -> R<StatusCode> {
+    admin(&s, &headers)?;
+    match s.registry.auth().delete_token(&id) {
+        Ok(true) => Ok(StatusCode::NO_CONTENT),
+        Ok(false) => Err(not_found(format!("token {id} does not exist"))),
+        Err(registry::auth::AuthError::LastAdmin) => Err(conflict(
+            "the last admin token cannot be deleted: nobody could manage the server",
+        )),
+        Err(e) => Err(internal(e)),
+    }
 }
 
 async fn agent_self(State(s): S, headers: HeaderMap) -> R<Json<api::AgentSelf>> {

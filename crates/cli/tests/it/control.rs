@@ -1757,3 +1757,141 @@ fn agent_check_reports_what_the_agent_can_reach() {
     assert!(status.agents.is_empty(), "{:?}", status.agents);
     drop(open);
 }
+
+/// `slipway token`: a CI token with `pool:a:build` and a registry grant
+/// builds on pool a only, and sees, cancels and reads the logs of pool a's
+/// runs only; listing never shows a secret; a deleted token stops working;
+/// the last admin token cannot be deleted.
+#[test]
+fn scoped_tokens_build_only_on_their_pools() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plane = Plane::start(tmp.path(), &[]);
+    let rt = rt();
+    let admin = plane.client();
+    rt.block_on(async {
+        for name in ["a", "b"] {
+            admin
+                .create_pool(&api::PoolSpec {
+                    name: name.into(),
+                    tier: api::Tier::S1,
+                    count: 0,
+                    network: None,
+                    local: false,
+                })
+                .await
+                .unwrap();
+        }
+    });
+    let created = plane
+        .cli()
+        .args(["token", "create", "ci", "--grant", "pool:a:build"])
+        .args(["--grant", "repository:team/*:pull,push"])
+        .output()
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let secret = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    assert!(secret.starts_with("slw_"), "{secret}");
+    let bad_grant = plane
+        .cli()
+        .args(["token", "create", "x", "--grant", "pool:a:fly"])
+        .output()
+        .unwrap();
+    assert!(!bad_grant.status.success());
+    assert!(String::from_utf8_lossy(&bad_grant.stderr).contains("pool:a:fly"));
+
+    let ci = api::Client::new(&plane.url, Some(secret.clone())).unwrap();
+    let host = plane.host();
+    let status = |e: api::ApiError| match e {
+        api::ApiError::Status {
+            status, message, ..
+        } => (status, message),
+        other => panic!("{other}"),
+    };
+    rt.block_on(async {
+        let dir = context(&tmp.path().join("ctx"), "FROM scratch\n");
+        let d = upload(&ci, &dir).await;
+        let request = |pool: &str, tag: &str| RunRequest {
+            pool: pool.into(),
+            build: spec(&d, "FROM scratch\n", tag),
+            secrets: BTreeMap::new(),
+            timeout_secs: None,
+        };
+        let mine = ci
+            .submit_run(&request("a", &format!("{host}/team/app:1")))
+            .await
+            .unwrap();
+        let (code, msg) = status(
+            ci.submit_run(&request("b", &format!("{host}/team/app:1")))
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!(code, 403);
+        assert!(msg.contains("pool:b:build"), "{msg}");
+        let (code, _) = status(
+            ci.submit_run(&request("a", &format!("{host}/other/app:1")))
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!(code, 403, "pushing outside team/* must be refused");
+
+        let theirs = admin
+            .submit_run(&request("b", &format!("{host}/x/y:1")))
+            .await
+            .unwrap();
+        let seen: Vec<String> = ci
+            .list_runs(None, None, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(seen, vec![mine.id.clone()]);
+        assert_eq!(
+            status(ci.list_runs(Some("b"), None, 10).await.unwrap_err()).0,
+            403
+        );
+        assert_eq!(status(ci.run(&theirs.id).await.unwrap_err()).0, 403);
+        assert_eq!(status(ci.cancel_run(&theirs.id).await.unwrap_err()).0, 403);
+        assert_eq!(
+            status(ci.logs(&theirs.id, 0, Duration::ZERO).await.unwrap_err()).0,
+            403
+        );
+        assert_eq!(ci.run(&mine.id).await.unwrap().pool, "a");
+        ci.cancel_run(&mine.id).await.unwrap();
+        // Managing pools and tokens stays with admin tokens.
+        assert_eq!(status(ci.list_tokens().await.unwrap_err()).0, 403);
+        assert_eq!(status(ci.delete_pool("b", true).await.unwrap_err()).0, 403);
+    });
+
+    // Listing: names and grants, never a secret.
+    let listed = ok(plane.cli().args(["token", "list", "-o", "json"]));
+    assert!(!listed.contains(&secret) && !listed.contains(&plane.token));
+    let tokens: Vec<serde_json::Value> = serde_json::from_str(&listed).unwrap();
+    let ci_token = tokens.iter().find(|t| t["name"] == "ci").unwrap();
+    assert_eq!(
+        ci_token["grants"],
+        serde_json::json!(["pool:a:build", "repository:team/*:pull,push"])
+    );
+    let admin_id = tokens.iter().find(|t| t["admin"] == true).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Deleted: the token stops working at once.
+    let id = ci_token["id"].as_str().unwrap();
+    ok(plane.cli().args(["token", "delete", id]));
+    let gone = rt.block_on(ci.list_runs(None, None, 10)).unwrap_err();
+    assert_eq!(status(gone).0, 401);
+    let last = plane
+        .cli()
+        .args(["token", "delete", &admin_id])
+        .output()
+        .unwrap();
+    assert!(!last.status.success());
+    assert!(String::from_utf8_lossy(&last.stderr).contains("last admin token"));
+    assert!(rt.block_on(admin.list_tokens()).is_ok());
+}
