@@ -1218,16 +1218,7 @@ impl Drop for Postgres {
 /// every lease has its own fencing number, and logs land once each.
 async fn queue_under_contention(url: &str, token: &str) {
     let c = api::Client::new(url, Some(token.into())).unwrap();
-    c.create_pool(&api::PoolSpec {
-        name: "q".into(),
-        tier: api::Tier::S1,
-        count: 8,
-        network: None,
-        local: false,
-    })
-    .await
-    .unwrap();
-    let agent_token = c.pool_token("q").await.unwrap().token;
+    let agent_token = make_pool(&c, "q", 8).await;
     let dir = tempfile::tempdir().unwrap();
     let ctx = context(&dir.path().join("ctx"), "FROM scratch\n");
     let d = upload(&c, &ctx).await;
@@ -1541,15 +1532,7 @@ fn retention_deletes_old_runs_and_unused_contexts() {
     let (finished, queued, done_ctx, kept_ctx) = rt.block_on(async {
         let c = plane.client();
         for name in ["p", "idle"] {
-            c.create_pool(&api::PoolSpec {
-                name: name.into(),
-                tier: api::Tier::S1,
-                count: 0,
-                network: None,
-                local: false,
-            })
-            .await
-            .unwrap();
+            make_pool(&c, name, 0).await;
         }
         let done_ctx = upload(&c, &context(&tmp.path().join("a"), "FROM scratch\n")).await;
         let kept_ctx = upload(
@@ -1658,18 +1641,7 @@ fn agent_check_reports_what_the_agent_can_reach() {
     let plane = Plane::start(tmp.path(), &[]);
     let rt = rt();
     let c = plane.client();
-    let token = rt.block_on(async {
-        c.create_pool(&api::PoolSpec {
-            name: "private".into(),
-            tier: api::Tier::S1,
-            count: 0,
-            network: None,
-            local: false,
-        })
-        .await
-        .unwrap();
-        c.pool_token("private").await.unwrap().token
-    });
+    let token = rt.block_on(make_pool(&c, "private", 0));
     let open = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let open_addr = open.local_addr().unwrap().to_string();
     let closed_addr = {
@@ -1770,16 +1742,7 @@ fn scoped_tokens_build_only_on_their_pools() {
     let admin = plane.client();
     rt.block_on(async {
         for name in ["a", "b"] {
-            admin
-                .create_pool(&api::PoolSpec {
-                    name: name.into(),
-                    tier: api::Tier::S1,
-                    count: 0,
-                    network: None,
-                    local: false,
-                })
-                .await
-                .unwrap();
+            make_pool(&admin, name, 0).await;
         }
     });
     let created = plane
