@@ -1376,27 +1376,6 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                     image.add_empty_step(&created_by, &req.created);
                 }
             }
-            Command::Env { vars } => {
-                say(out, tty, &format!("{label} ENV")).await;
-                let cfg = image.container_config();
-                let mut env: Vec<String> = cfg
-                    .get("Env")
-                    .and_then(|v| serde_json::from_value(v.clone()).ok())
-                    .unwrap_or_default();
-                for kv in vars {
-                    // Replaced where it is, as BuildKit does; new ones last.
-                    let entry = format!("{}={}", kv.key, kv.value);
-                    match env
-                        .iter_mut()
-                        .find(|e| e.split_once('=').map(|(k, _)| k) == Some(kv.key.as_str()))
-                    {
-                        Some(e) => *e = entry,
-                        None => env.push(entry),
-                    }
-                }
-                cfg.insert("Env".into(), json!(env));
-                image.add_empty_step(&created_by, &req.created);
-            }
             Command::Arg { args: defs } => {
                 for a in defs {
                     // As in BuildKit: a --build-arg or an automatic platform
@@ -1414,133 +1393,15 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                     }
                 }
             }
-            Command::Label { labels } => {
-                let cfg = image.container_config();
-                let entry = cfg.entry("Labels").or_insert_with(|| json!({}));
-                if !entry.is_object() {
-                    *entry = json!({});
+            other => {
+                if matches!(other, Command::Env { .. }) {
+                    say(out, tty, &format!("{label} ENV")).await;
                 }
-                if let Some(map) = entry.as_object_mut() {
-                    for kv in labels {
-                        map.insert(kv.key.clone(), json!(kv.value));
-                    }
-                }
-                image.add_empty_step(&created_by, &req.created);
-            }
-            Command::Cmd(cl) | Command::Entrypoint(cl) => {
-                let key = if matches!(ins.command, Command::Cmd(_)) {
-                    "Cmd"
-                } else {
-                    "Entrypoint"
+                let step = crate::config_step::Step {
+                    created_by: &created_by,
+                    created: &req.created,
                 };
-                let value: Vec<String> = if cl.shell_form {
-                    shell.iter().cloned().chain([cl.args.join(" ")]).collect()
-                } else {
-                    cl.args.clone()
-                };
-                image.container_config().insert(key.into(), json!(value));
-                if key == "Cmd" {
-                    cmd_set = true;
-                } else if !cmd_set {
-                    // BuildKit: a new ENTRYPOINT resets a CMD the stage
-                    // did not set itself (an inherited one).
-                    image.container_config().remove("Cmd");
-                }
-                image.add_empty_step(&created_by, &req.created);
-            }
-            Command::User { user } => {
-                image.container_config().insert("User".into(), json!(user));
-                image.add_empty_step(&created_by, &req.created);
-            }
-            Command::Expose { ports } => {
-                let cfg = image.container_config();
-                let entry = cfg.entry("ExposedPorts").or_insert_with(|| json!({}));
-                if let Some(map) = entry.as_object_mut() {
-                    for p in ports {
-                        let (port, proto) = p.split_once('/').unwrap_or((p, "tcp"));
-                        let proto = proto.to_ascii_lowercase();
-                        // A range is one entry per port, as BuildKit has it.
-                        let range = port
-                            .split_once('-')
-                            .and_then(|(a, b)| {
-                                Some((a.parse::<u16>().ok()?, b.parse::<u16>().ok()?))
-                            })
-                            .filter(|(a, b)| a <= b);
-                        match range {
-                            Some((a, b)) => {
-                                for n in a..=b {
-                                    map.insert(format!("{n}/{proto}"), json!({}));
-                                }
-                            }
-                            None => {
-                                map.insert(format!("{port}/{proto}"), json!({}));
-                            }
-                        }
-                    }
-                }
-                image.add_empty_step(&created_by, &req.created);
-            }
-            Command::Stopsignal { signal } => {
-                image
-                    .container_config()
-                    .insert("StopSignal".into(), json!(signal));
-                image.add_empty_step(&created_by, &req.created);
-            }
-            Command::Shell { shell: s } => {
-                *shell = s.clone();
-                image.container_config().insert("Shell".into(), json!(s));
-                image.add_empty_step(&created_by, &req.created);
-            }
-            Command::Maintainer { name } => {
-                image.add_empty_step(&format!("MAINTAINER {name}"), &req.created);
-            }
-            Command::Healthcheck(h) => {
-                // Docker's HealthConfig: durations in nanoseconds, and
-                // zero values left out (`omitempty`).
-                let mut hc = serde_json::Map::new();
-                hc.insert("Test".into(), json!(h.test));
-                for (k, v) in [
-                    ("Interval", h.interval_ns),
-                    ("Timeout", h.timeout_ns),
-                    ("StartPeriod", h.start_period_ns),
-                    ("StartInterval", h.start_interval_ns),
-                ] {
-                    if let Some(v) = v.filter(|v| *v > 0) {
-                        hc.insert(k.into(), json!(v));
-                    }
-                }
-                if let Some(r) = h.retries.filter(|r| *r > 0) {
-                    hc.insert("Retries".into(), json!(r));
-                }
-                image
-                    .container_config()
-                    .insert("Healthcheck".into(), serde_json::Value::Object(hc));
-                image.add_empty_step(&created_by, &req.created);
-            }
-            Command::Volume { paths } => {
-                let cfg = image.container_config();
-                let entry = cfg.entry("Volumes").or_insert_with(|| json!({}));
-                if !entry.is_object() {
-                    *entry = json!({});
-                }
-                if let Some(map) = entry.as_object_mut() {
-                    for p in paths {
-                        map.insert(p.clone(), json!({}));
-                    }
-                }
-                image.add_empty_step(&created_by, &req.created);
-            }
-            Command::Onbuild { expression, .. } => {
-                // Recorded for images built FROM this one; BuildKit adds
-                // no history entry for it.
-                let cfg = image.container_config();
-                let entry = cfg.entry("OnBuild").or_insert_with(|| json!([]));
-                if !entry.is_array() {
-                    *entry = json!([]);
-                }
-                if let Some(list) = entry.as_array_mut() {
-                    list.push(json!(expression));
-                }
+                crate::config_step::apply(image, other, shell, &mut cmd_set, &step);
             }
         }
         if matches!(

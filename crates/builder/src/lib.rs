@@ -11,6 +11,7 @@
 //! reclaims the disk and [`import`] turns a directory into a base image.
 
 mod chmod;
+mod config_step;
 mod copy;
 pub mod diff;
 pub mod engine;

@@ -1,0 +1,261 @@
+//! The instructions that only change the image's config (ENV, LABEL, CMD,
+//! ENTRYPOINT, USER, EXPOSE, STOPSIGNAL, SHELL, MAINTAINER, HEALTHCHECK,
+//! VOLUME, ONBUILD), as BuildKit records them: each adds an empty-layer
+//! history entry (ONBUILD none). Pure: no files, no network.
+
+use dockerfile::Command;
+use serde_json::json;
+
+use crate::image::NewImage;
+
+/// The history entry of the step.
+pub(crate) struct Step<'a> {
+    /// The instruction as written.
+    pub created_by: &'a str,
+    /// RFC 3339.
+    pub created: &'a str,
+}
+
+/// Apply `command` to `image`. `shell` is the stage's SHELL (SHELL sets it,
+/// shell-form CMD/ENTRYPOINT use it); `cmd_set` says whether this stage set
+/// CMD (an ENTRYPOINT after it keeps it). Instructions that are not
+/// config-only are the engine's and are ignored here.
+pub(crate) fn apply(
+    image: &mut NewImage,
+    command: &Command,
+    shell: &mut Vec<String>,
+    cmd_set: &mut bool,
+    step: &Step<'_>,
+) {
+    match command {
+        Command::Env { vars } => {
+            let cfg = image.container_config();
+            let mut env: Vec<String> = cfg
+                .get("Env")
+                .and_then(|v| serde_json::from_value(v.clone()).ok())
+                .unwrap_or_default();
+            for kv in vars {
+                // Replaced where it is, as BuildKit does; new ones last.
+                let entry = format!("{}={}", kv.key, kv.value);
+                match env
+                    .iter_mut()
+                    .find(|e| e.split_once('=').map(|(k, _)| k) == Some(kv.key.as_str()))
+                {
+                    Some(e) => *e = entry,
+                    None => env.push(entry),
+                }
+            }
+            cfg.insert("Env".into(), json!(env));
+            image.add_empty_step(step.created_by, step.created);
+        }
+        Command::Label { labels } => {
+            let cfg = image.container_config();
+            let entry = cfg.entry("Labels").or_insert_with(|| json!({}));
+            if !entry.is_object() {
+                *entry = json!({});
+            }
+            if let Some(map) = entry.as_object_mut() {
+                for kv in labels {
+                    map.insert(kv.key.clone(), json!(kv.value));
+                }
+            }
+            image.add_empty_step(step.created_by, step.created);
+        }
+        Command::Cmd(cl) | Command::Entrypoint(cl) => {
+            let key = if matches!(command, Command::Cmd(_)) {
+                "Cmd"
+            } else {
+                "Entrypoint"
+            };
+            let value: Vec<String> = if cl.shell_form {
+                shell.iter().cloned().chain([cl.args.join(" ")]).collect()
+            } else {
+                cl.args.clone()
+            };
+            image.container_config().insert(key.into(), json!(value));
+            if key == "Cmd" {
+                *cmd_set = true;
+            } else if !*cmd_set {
+                // BuildKit: a new ENTRYPOINT resets a CMD the stage
+                // did not set itself (an inherited one).
+                image.container_config().remove("Cmd");
+            }
+            image.add_empty_step(step.created_by, step.created);
+        }
+        Command::User { user } => {
+            image.container_config().insert("User".into(), json!(user));
+            image.add_empty_step(step.created_by, step.created);
+        }
+        Command::Expose { ports } => {
+            let cfg = image.container_config();
+            let entry = cfg.entry("ExposedPorts").or_insert_with(|| json!({}));
+            if let Some(map) = entry.as_object_mut() {
+                for p in ports {
+                    let (port, proto) = p.split_once('/').unwrap_or((p, "tcp"));
+                    let proto = proto.to_ascii_lowercase();
+                    // A range is one entry per port, as BuildKit has it.
+                    let range = port
+                        .split_once('-')
+                        .and_then(|(a, b)| Some((a.parse::<u16>().ok()?, b.parse::<u16>().ok()?)))
+                        .filter(|(a, b)| a <= b);
+                    match range {
+                        Some((a, b)) => {
+                            for n in a..=b {
+                                map.insert(format!("{n}/{proto}"), json!({}));
+                            }
+                        }
+                        None => {
+                            map.insert(format!("{port}/{proto}"), json!({}));
+                        }
+                    }
+                }
+            }
+            image.add_empty_step(step.created_by, step.created);
+        }
+        Command::Stopsignal { signal } => {
+            image
+                .container_config()
+                .insert("StopSignal".into(), json!(signal));
+            image.add_empty_step(step.created_by, step.created);
+        }
+        Command::Shell { shell: s } => {
+            *shell = s.clone();
+            image.container_config().insert("Shell".into(), json!(s));
+            image.add_empty_step(step.created_by, step.created);
+        }
+        Command::Maintainer { name } => {
+            image.add_empty_step(&format!("MAINTAINER {name}"), step.created);
+        }
+        Command::Healthcheck(h) => {
+            // Docker's HealthConfig: durations in nanoseconds, and
+            // zero values left out (`omitempty`).
+            let mut hc = serde_json::Map::new();
+            hc.insert("Test".into(), json!(h.test));
+            for (k, v) in [
+                ("Interval", h.interval_ns),
+                ("Timeout", h.timeout_ns),
+                ("StartPeriod", h.start_period_ns),
+                ("StartInterval", h.start_interval_ns),
+            ] {
+                if let Some(v) = v.filter(|v| *v > 0) {
+                    hc.insert(k.into(), json!(v));
+                }
+            }
+            if let Some(r) = h.retries.filter(|r| *r > 0) {
+                hc.insert("Retries".into(), json!(r));
+            }
+            image
+                .container_config()
+                .insert("Healthcheck".into(), serde_json::Value::Object(hc));
+            image.add_empty_step(step.created_by, step.created);
+        }
+        Command::Volume { paths } => {
+            let cfg = image.container_config();
+            let entry = cfg.entry("Volumes").or_insert_with(|| json!({}));
+            if !entry.is_object() {
+                *entry = json!({});
+            }
+            if let Some(map) = entry.as_object_mut() {
+                for p in paths {
+                    map.insert(p.clone(), json!({}));
+                }
+            }
+            image.add_empty_step(step.created_by, step.created);
+        }
+        Command::Onbuild { expression, .. } => {
+            // Recorded for images built FROM this one; BuildKit adds
+            // no history entry for it.
+            let cfg = image.container_config();
+            let entry = cfg.entry("OnBuild").or_insert_with(|| json!([]));
+            if !entry.is_array() {
+                *entry = json!([]);
+            }
+            if let Some(list) = entry.as_array_mut() {
+                list.push(json!(expression));
+            }
+        }
+        Command::Run(_)
+        | Command::Copy(_)
+        | Command::Add(_)
+        | Command::Workdir { .. }
+        | Command::Arg { .. } => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WHEN: &str = "2020-01-01T00:00:00Z";
+
+    /// The config after `lines` on `image`, and the stage's shell.
+    fn apply_all(mut image: NewImage, lines: &str) -> (serde_json::Value, Vec<String>) {
+        let df = dockerfile::parse(&format!("FROM scratch\n{lines}")).unwrap();
+        let mut shell = vec!["/bin/sh".to_owned(), "-c".to_owned()];
+        let mut cmd_set = false;
+        for ins in &df.stages[0].instructions {
+            let step = Step {
+                created_by: "step",
+                created: WHEN,
+            };
+            apply(&mut image, &ins.command, &mut shell, &mut cmd_set, &step);
+        }
+        let built = image.finish(WHEN).unwrap();
+        (serde_json::from_slice(&built.config).unwrap(), shell)
+    }
+
+    #[test]
+    fn env_replaces_in_place_and_expose_expands_ranges() {
+        let (c, _) = apply_all(
+            NewImage::scratch("linux", "amd64"),
+            "ENV A=1 B=2\nENV A=3 C=4\nEXPOSE 80 8000-8002/UDP\n",
+        );
+        let env = c["config"]["Env"].as_array().unwrap();
+        // After scratch's default PATH.
+        assert_eq!(env[1..], [json!("A=3"), json!("B=2"), json!("C=4")]);
+        let ports: Vec<&String> = c["config"]["ExposedPorts"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect();
+        assert_eq!(ports, ["80/tcp", "8000/udp", "8001/udp", "8002/udp"]);
+    }
+
+    #[test]
+    fn shell_forms_use_shell_and_entrypoint_drops_an_inherited_cmd_only() {
+        let mut base = NewImage::scratch("linux", "amd64");
+        base.container_config()
+            .insert("Cmd".into(), json!(["inherited"]));
+        let (c, shell) = apply_all(
+            base,
+            "SHELL [\"/bin/bash\", \"-eu\", \"-c\"]\nENTRYPOINT run --fast\n",
+        );
+        assert_eq!(shell, ["/bin/bash", "-eu", "-c"]);
+        assert_eq!(
+            c["config"]["Entrypoint"],
+            json!(["/bin/bash", "-eu", "-c", "run --fast"])
+        );
+        assert!(c["config"].get("Cmd").is_none(), "{c}");
+
+        let (c, _) = apply_all(
+            NewImage::scratch("linux", "amd64"),
+            "CMD [\"serve\"]\nENTRYPOINT [\"app\"]\n",
+        );
+        assert_eq!(c["config"]["Cmd"], json!(["serve"]));
+        assert_eq!(c["config"]["Entrypoint"], json!(["app"]));
+    }
+
+    #[test]
+    fn every_step_but_onbuild_adds_an_empty_history_entry() {
+        let (c, _) = apply_all(
+            NewImage::scratch("linux", "amd64"),
+            "LABEL a=b\nONBUILD RUN true\nUSER app\nSTOPSIGNAL SIGINT\n",
+        );
+        let history = c["history"].as_array().unwrap();
+        assert_eq!(history.len(), 3, "{history:?}");
+        assert!(history.iter().all(|h| h["empty_layer"] == true));
+        assert_eq!(c["config"]["OnBuild"], json!(["RUN true"]));
+        assert_eq!(c["config"]["User"], "app");
+        assert_eq!(c["config"]["StopSignal"], "SIGINT");
+    }
+}
