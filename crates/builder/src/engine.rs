@@ -717,7 +717,7 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
     out: &mut W,
     err: &mut E,
 ) -> Result<(StageState, Vec<(String, NewLayer)>), BuildError> {
-    let (req, client, store, sandbox, df) = (cx.req, cx.client, cx.store, cx.sandbox, cx.df);
+    let (req, client, store, df) = (cx.req, cx.client, cx.store, cx.df);
     let (source_lines, ignore, opts, remote, tty) =
         (cx.source_lines, cx.ignore, cx.opts, cx.remote, cx.tty);
     let file = cx.file.to_owned();
@@ -823,7 +823,6 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                     return Err(unsupported(line, "RUN", "--security=insecure"));
                 }
                 let step_no = si * 10_000 + n;
-                let scratch = req.work_dir.join(format!("scratch-{step_no}"));
                 let (argv, script) = run_argv(&run.command, shell)
                     .map_err(|what| unsupported(line, "RUN", &what))?;
                 let shown = argv.join(" ");
@@ -862,129 +861,26 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                 let parts: Vec<&str> = mount_hashes.iter().map(String::as_str).collect();
                 key = next_key(&key, &parts);
                 reuse_cached!(key);
-                let run_err = |problem: String| BuildError::Run {
-                    file: file.clone(),
-                    line,
-                    problem,
-                };
-                can_run(platform, Path::new("/proc/sys/fs/binfmt_misc")).map_err(run_err)?;
-                let step = new_step_dir(&req.work_dir, step_no)?;
-                let _ = std::fs::remove_dir_all(&scratch);
-                std::fs::create_dir_all(&scratch)
-                    .map_err(step_err(format!("creating {}", scratch.display())))?;
-                let scratch = scratch
-                    .canonicalize()
-                    .map_err(step_err(format!("creating {}", scratch.display())))?;
-                std::fs::create_dir_all(&req.cache_mounts_dir).map_err(step_err(format!(
-                    "creating {}",
-                    req.cache_mounts_dir.display()
-                )))?;
-                let workdir = image
-                    .container_config()
-                    .get("WorkingDir")
-                    .and_then(|v| v.as_str())
-                    .filter(|w| !w.is_empty())
-                    .unwrap_or("/")
-                    .to_owned();
-                let mut prepared = crate::run_mounts::prepare(
-                    &run.mounts,
-                    &roots,
-                    &crate::run_mounts::MountContext {
-                        context: &req.context,
-                        ignore: ignore.as_ref(),
-                        secrets: &req.secrets,
-                        ssh: &req.ssh,
-                        cache_root: &req.cache_mounts_dir,
-                        scratch: &scratch,
-                        workdir: &workdir,
-                    },
-                )
-                .map_err(run_err)?;
-                if let Some((name, body)) = &script {
-                    // A heredoc with a shebang runs as a file, from
-                    // /dev/pipes as in BuildKit, outside the layer.
-                    let pipes = scratch.join("pipes");
-                    std::fs::create_dir_all(&pipes).map_err(|e| run_err(e.to_string()))?;
-                    let at = pipes.join(name);
-                    std::fs::write(&at, body).map_err(|e| run_err(e.to_string()))?;
-                    use std::os::unix::fs::PermissionsExt;
-                    std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o755))
-                        .map_err(|e| run_err(e.to_string()))?;
-                    prepared.mounts.push(sandbox::Mount::Bind {
-                        source: pipes,
-                        target: "/dev/pipes".into(),
-                        readonly: true,
-                    });
-                }
-                let mut lower: Vec<PathBuf> = lowers.iter().rev().cloned().collect();
-                if lower.is_empty() {
-                    // FROM scratch: overlayfs needs a lower dir; an empty one.
-                    let empty = scratch.join("empty");
-                    std::fs::create_dir_all(&empty).map_err(|e| run_err(e.to_string()))?;
-                    lower.push(empty);
-                }
-                let rootfs = RootFs {
-                    lower,
-                    upper: step.join("upper"),
-                    work: step.join("work"),
-                };
-                let config: Option<oci_spec::image::Config> =
-                    serde_json::from_value(json!(image.container_config().clone())).ok();
-                let process = sandbox::image_process(
-                    config.as_ref(),
-                    &rootfs,
-                    &ImageRun {
-                        entrypoint: Some(argv.clone()),
-                        args: Some(Vec::new()),
-                        env: args
-                            .iter()
-                            .map(|(k, v)| format!("{k}={v}"))
-                            .chain(prepared.env.iter().cloned())
-                            .collect(),
-                        ..Default::default()
-                    },
-                )
-                .map_err(step_err(format!("{file}:{line}: RUN")))?;
-                let mut spec = RunSpec::new(rootfs, argv.clone());
-                spec.process = process;
-                spec.mounts = prepared.mounts;
-                spec.secrets = prepared.secrets;
-                spec.limits = req.run_limits.clone();
-                if run.network.as_deref() == Some("none") {
-                    spec.network = sandbox::Network::None;
-                }
-                let mut proxies = Vec::new();
-                for (listener, agent) in prepared.ssh {
-                    proxies.push(
-                        crate::run_mounts::serve_ssh(listener, agent)
-                            .map_err(|e| run_err(format!("ssh agent: {e}")))?,
-                    );
-                }
-                let outcome = sandbox
-                    .run(&spec, out, err, &Default::default())
-                    .await
-                    .map_err(step_err(format!("{file}:{line}: RUN")));
-                for p in proxies {
-                    p.abort();
-                }
-                let _ = std::fs::remove_dir_all(&scratch);
-                let outcome = outcome?;
-                if outcome.limits_not_enforced {
-                    let _ = err
-                        .write_all(
-                            b"warning: no writable cgroup controller here: --memory/--cpus are not enforced\n",
-                        )
-                        .await;
-                }
-                if !outcome.status.success() {
-                    return Err(BuildError::RunFailed {
-                        file: file.clone(),
+                let (upper_dir, layer) = execute_run(
+                    cx,
+                    &RunStep {
+                        run,
+                        argv: &argv,
+                        script: script.as_ref(),
+                        shown: &shown,
+                        roots: &roots,
+                        step_no,
                         line,
-                        command: shown,
-                        code: outcome.status.code,
-                    });
-                }
-                let (upper_dir, layer) = finish_step(&step, req, &key)?;
+                        key: &key,
+                        config: image.container_config().clone(),
+                        args,
+                        lowers,
+                        platform,
+                    },
+                    out,
+                    err,
+                )
+                .await?;
                 stack_layer(
                     image,
                     lowers,
@@ -1414,6 +1310,163 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
         *cache_key = key;
     }
     Ok((st, done_steps))
+}
+
+/// A RUN that missed the cache, with what the stage knows at that point.
+struct RunStep<'a> {
+    run: &'a dockerfile::instructions::Run,
+    argv: &'a [String],
+    /// A heredoc with a shebang: its file name and body.
+    script: Option<&'a (String, String)>,
+    /// The command as the log shows it.
+    shown: &'a str,
+    /// The tree each `--mount` with `from=` reads (by mount).
+    roots: &'a [Option<PathBuf>],
+    step_no: usize,
+    line: u32,
+    key: &'a str,
+    /// The image config so far (WorkingDir, User, Env …).
+    config: serde_json::Map<String, serde_json::Value>,
+    args: &'a BTreeMap<String, String>,
+    lowers: &'a [PathBuf],
+    platform: &'a Platform,
+}
+
+/// Run `r` in the sandbox on an overlay of the layers so far (its mounts,
+/// ssh proxies and a shebang heredoc set up around it) and turn the upper
+/// dir into the step's layer: the cache entry's upper dir and the layer.
+async fn execute_run<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
+    cx: &StageCtx<'_>,
+    r: &RunStep<'_>,
+    out: &mut W,
+    err: &mut E,
+) -> Result<(PathBuf, NewLayer), BuildError> {
+    let req = cx.req;
+    let scratch = req.work_dir.join(format!("scratch-{}", r.step_no));
+    let run_err = |problem: String| BuildError::Run {
+        file: cx.file.to_owned(),
+        line: r.line,
+        problem,
+    };
+    can_run(r.platform, Path::new("/proc/sys/fs/binfmt_misc")).map_err(run_err)?;
+    let step = new_step_dir(&req.work_dir, r.step_no)?;
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch)
+        .map_err(step_err(format!("creating {}", scratch.display())))?;
+    let scratch = scratch
+        .canonicalize()
+        .map_err(step_err(format!("creating {}", scratch.display())))?;
+    std::fs::create_dir_all(&req.cache_mounts_dir).map_err(step_err(format!(
+        "creating {}",
+        req.cache_mounts_dir.display()
+    )))?;
+    let workdir = r
+        .config
+        .get("WorkingDir")
+        .and_then(|v| v.as_str())
+        .filter(|w| !w.is_empty())
+        .unwrap_or("/")
+        .to_owned();
+    let mut prepared = crate::run_mounts::prepare(
+        &r.run.mounts,
+        r.roots,
+        &crate::run_mounts::MountContext {
+            context: &req.context,
+            ignore: cx.ignore.as_ref(),
+            secrets: &req.secrets,
+            ssh: &req.ssh,
+            cache_root: &req.cache_mounts_dir,
+            scratch: &scratch,
+            workdir: &workdir,
+        },
+    )
+    .map_err(run_err)?;
+    if let Some((name, body)) = r.script {
+        // A heredoc with a shebang runs as a file, from
+        // /dev/pipes as in BuildKit, outside the layer.
+        let pipes = scratch.join("pipes");
+        std::fs::create_dir_all(&pipes).map_err(|e| run_err(e.to_string()))?;
+        let at = pipes.join(name);
+        std::fs::write(&at, body).map_err(|e| run_err(e.to_string()))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| run_err(e.to_string()))?;
+        prepared.mounts.push(sandbox::Mount::Bind {
+            source: pipes,
+            target: "/dev/pipes".into(),
+            readonly: true,
+        });
+    }
+    let mut lower: Vec<PathBuf> = r.lowers.iter().rev().cloned().collect();
+    if lower.is_empty() {
+        // FROM scratch: overlayfs needs a lower dir; an empty one.
+        let empty = scratch.join("empty");
+        std::fs::create_dir_all(&empty).map_err(|e| run_err(e.to_string()))?;
+        lower.push(empty);
+    }
+    let rootfs = RootFs {
+        lower,
+        upper: step.join("upper"),
+        work: step.join("work"),
+    };
+    let config: Option<oci_spec::image::Config> = serde_json::from_value(json!(r.config)).ok();
+    let process = sandbox::image_process(
+        config.as_ref(),
+        &rootfs,
+        &ImageRun {
+            entrypoint: Some(r.argv.to_vec()),
+            args: Some(Vec::new()),
+            env: r
+                .args
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .chain(prepared.env.iter().cloned())
+                .collect(),
+            ..Default::default()
+        },
+    )
+    .map_err(step_err(format!("{}:{}: RUN", cx.file, r.line)))?;
+    let mut spec = RunSpec::new(rootfs, r.argv.to_vec());
+    spec.process = process;
+    spec.mounts = prepared.mounts;
+    spec.secrets = prepared.secrets;
+    spec.limits = req.run_limits.clone();
+    if r.run.network.as_deref() == Some("none") {
+        spec.network = sandbox::Network::None;
+    }
+    let mut proxies = Vec::new();
+    for (listener, agent) in prepared.ssh {
+        proxies.push(
+            crate::run_mounts::serve_ssh(listener, agent)
+                .map_err(|e| run_err(format!("ssh agent: {e}")))?,
+        );
+    }
+    let outcome = cx
+        .sandbox
+        .run(&spec, out, err, &Default::default())
+        .await
+        .map_err(step_err(format!("{}:{}: RUN", cx.file, r.line)));
+    for p in proxies {
+        p.abort();
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    let outcome = outcome?;
+    if outcome.limits_not_enforced {
+        let _ = err
+            .write_all(
+                b"warning: no writable cgroup controller here: --memory/--cpus are not enforced\n",
+            )
+            .await;
+    }
+    if !outcome.status.success() {
+        return Err(BuildError::RunFailed {
+            file: cx.file.to_owned(),
+            line: r.line,
+            command: r.shown.to_owned(),
+            code: outcome.status.code,
+        });
+    }
+    finish_step(&step, req, r.key)
 }
 
 /// A step line. On a terminal (`--progress tty`) it stands out in bold from
