@@ -797,21 +797,28 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
         // A layer step already cached (here or in a --cache-from) is
         // stacked as it is, and the loop moves on. A macro, not a function:
         // it borrows half the stage's state and ends the iteration.
+        // The step's layer goes on the image, on top of the stage's layer
+        // dirs, and into what --cache-to exports.
+        macro_rules! stack {
+            ($upper:expr, $layer:expr) => {
+                stack_layer(
+                    image,
+                    lowers,
+                    new_layers,
+                    $upper,
+                    $layer,
+                    &created_by,
+                    &req.created,
+                    (&mut done_steps, &key),
+                )
+            };
+        }
         macro_rules! reuse_cached {
             ($key:expr $(, $before:expr)?) => {
                 if let Some(hit) = find_cached(req, &$key, remote, client, store, lowers, err).await {
                     $(let _ = $before;)?
                     say(out, tty, &format!("{label} CACHED")).await;
-                    stack_layer(
-                        image,
-                        lowers,
-                        new_layers,
-                        hit.upper,
-                        hit.layer,
-                        &created_by,
-                        &req.created,
-                        (&mut done_steps, &$key),
-                    );
+                    stack!(hit.upper, hit.layer);
                     *cache_key = $key;
                     continue;
                 }
@@ -881,16 +888,7 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                     err,
                 )
                 .await?;
-                stack_layer(
-                    image,
-                    lowers,
-                    new_layers,
-                    upper_dir,
-                    layer,
-                    &created_by,
-                    &req.created,
-                    (&mut done_steps, &key),
-                );
+                stack!(upper_dir, layer);
             }
             Command::Copy(c) => {
                 // BuildKit copies a --link layer on its own, without the
@@ -1006,16 +1004,7 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                 .map_err(copy_err)?;
                 let _ = std::fs::remove_dir_all(&inline_dir);
                 let (upper_dir, layer) = finish_step(&step, req, &key)?;
-                stack_layer(
-                    image,
-                    lowers,
-                    new_layers,
-                    upper_dir,
-                    layer,
-                    &created_by,
-                    &req.created,
-                    (&mut done_steps, &key),
-                );
+                stack!(upper_dir, layer);
             }
             Command::Add(a) => {
                 let shown: Vec<String> = a
@@ -1197,16 +1186,7 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                 .map_err(copy_err)?;
                 let _ = std::fs::remove_dir_all(&inline_dir);
                 let (upper_dir, layer) = finish_step(&step, req, &key)?;
-                stack_layer(
-                    image,
-                    lowers,
-                    new_layers,
-                    upper_dir,
-                    layer,
-                    &created_by,
-                    &req.created,
-                    (&mut done_steps, &key),
-                );
+                stack!(upper_dir, layer);
             }
             Command::Workdir { path } => {
                 say(out, tty, &format!("{label} WORKDIR {path}")).await;
@@ -1258,16 +1238,7 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                     make_dirs(&upper, &rel, lowers, owner)
                         .map_err(step_err(format!("{file}:{line}: WORKDIR")))?;
                     let (upper_dir, layer) = finish_step(&step, req, &key)?;
-                    stack_layer(
-                        image,
-                        lowers,
-                        new_layers,
-                        upper_dir,
-                        layer,
-                        &created_by,
-                        &req.created,
-                        (&mut done_steps, &key),
-                    );
+                    stack!(upper_dir, layer);
                 } else {
                     image.add_empty_step(&created_by, &req.created);
                 }
