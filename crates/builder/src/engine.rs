@@ -1405,21 +1405,19 @@ async fn execute_run<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
     if r.run.network.as_deref() == Some("none") {
         spec.network = sandbox::Network::None;
     }
-    let mut proxies = Vec::new();
+    // Served while the RUN lasts: stopped when this goes, whatever happens.
+    let mut proxies = crate::run_mounts::SshProxies::default();
     for (listener, agent) in prepared.ssh {
-        proxies.push(
-            crate::run_mounts::serve_ssh(listener, agent)
-                .map_err(|e| run_err(format!("ssh agent: {e}")))?,
-        );
+        proxies
+            .serve(listener, agent)
+            .map_err(|e| run_err(format!("ssh agent: {e}")))?;
     }
     let outcome = cx
         .sandbox
         .run(&spec, out, err, &Default::default())
         .await
         .map_err(step_err(format!("{}:{}: RUN", cx.file, r.line)));
-    for p in proxies {
-        p.abort();
-    }
+    drop(proxies);
     let _ = std::fs::remove_dir_all(&scratch);
     let outcome = outcome?;
     if outcome.limits_not_enforced {

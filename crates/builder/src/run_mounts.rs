@@ -279,10 +279,35 @@ fn ssh_socket(path: &Path, m: &Mount) -> std::io::Result<std::os::unix::net::Uni
     Ok(listener)
 }
 
+/// The ssh forwarders of one RUN; dropping it stops them all (their
+/// connections with them).
+#[derive(Default)]
+pub(crate) struct SshProxies(Vec<tokio::task::JoinHandle<()>>);
+
+impl SshProxies {
+    /// Forward every connection to `listener` to the agent at `agent`.
+    pub(crate) fn serve(
+        &mut self,
+        listener: std::os::unix::net::UnixListener,
+        agent: PathBuf,
+    ) -> std::io::Result<()> {
+        self.0.push(serve_ssh(listener, agent)?);
+        Ok(())
+    }
+}
+
+impl Drop for SshProxies {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            p.abort();
+        }
+    }
+}
+
 /// Forward every connection to `listener` to the agent at `agent` until
-/// the returned task is aborted. A connection the agent refuses is closed;
-/// ssh in the RUN then reports it.
-pub(crate) fn serve_ssh(
+/// the returned task is aborted (which drops the connections' tasks too).
+/// A connection the agent refuses is closed; ssh in the RUN then reports it.
+fn serve_ssh(
     listener: std::os::unix::net::UnixListener,
     agent: PathBuf,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
@@ -412,14 +437,18 @@ mod tests {
         assert_eq!((meta.uid(), meta.gid()), (0, 7));
 
         let (listener, to) = p.ssh.remove(0);
-        let proxy = serve_ssh(listener, to).unwrap();
+        let mut proxy = SshProxies::default();
+        proxy.serve(listener, to).unwrap();
         let list = tokio::process::Command::new("ssh-add")
             .arg("-l")
             .env("SSH_AUTH_SOCK", &source)
             .output()
             .await
             .unwrap();
-        proxy.abort();
+        drop(proxy);
+        // Stopped with the RUN: its socket takes no more connections.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(tokio::net::UnixStream::connect(&source).await.is_err());
         let _ = agent.kill();
         let _ = agent.wait();
         let listed = String::from_utf8_lossy(&list.stdout);
