@@ -386,8 +386,13 @@ impl Auth {
             created: record.created,
         };
         let mut tokens = self.tokens.write().unwrap_or_else(|p| p.into_inner());
-        tokens.insert(record.sha256.clone(), record);
-        self.save(&tokens)?;
+        let key = record.sha256.clone();
+        tokens.insert(key.clone(), record);
+        if let Err(e) = self.save(&tokens) {
+            // Not on disk: not valid either, so a restart changes nothing.
+            tokens.remove(&key);
+            return Err(e);
+        }
         Ok((info, secret))
     }
 
