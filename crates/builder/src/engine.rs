@@ -1060,6 +1060,14 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                     .filter(|x| !is_url(x) && !is_git(x))
                     .cloned()
                     .collect();
+                // Refused before anything is fetched or cached.
+                if a.checksum.is_some() && urls.is_empty() && gits.is_empty() {
+                    return Err(unsupported(
+                        line,
+                        "ADD",
+                        "--checksum on a local source (Docker allows it only for URLs and git)",
+                    ));
+                }
                 let exclude = exclude_matcher(&a.excludes).map_err(copy_err)?;
                 let inline_dir = req.work_dir.join(format!("inline-{step_no}"));
                 write_inline(&inline_dir, &a.inline).map_err(copy_err)?;
@@ -1109,13 +1117,6 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                 let (owner, mode) =
                     ownership(a.chown.as_deref(), a.chmod.as_deref(), lowers, &step)
                         .map_err(add_err("--chown/--chmod"))?;
-                if a.checksum.is_some() && urls.is_empty() && gits.is_empty() {
-                    return Err(unsupported(
-                        line,
-                        "ADD",
-                        "--checksum on a local source (Docker allows it only for URLs and git)",
-                    ));
-                }
                 for (i, (source, g, commit, keep)) in gits.iter().enumerate() {
                     let checkout = req.work_dir.join(format!("git-{step_no}-{i}"));
                     let root = crate::git::checkout(g, commit, &checkout, *keep)

@@ -607,6 +607,21 @@ fn add_extracts_local_archives_and_fetches_urls_with_checksums() {
             && err.contains("checksum is sha256:"),
         "{err}"
     );
+
+    // --checksum on a local file is refused with its line, as in Docker.
+    std::fs::write(
+        ctx.join("Dockerfile.local"),
+        format!("FROM {host}/base/busybox:v1\nADD --checksum={good} plain.txt /p\n"),
+    )
+    .unwrap();
+    let out = build("Dockerfile.local", &["--no-push"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("Dockerfile.local:2")
+            && err.contains("--checksum on a local source"),
+        "{err}"
+    );
 }
 
 #[test]
