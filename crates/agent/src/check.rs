@@ -106,7 +106,9 @@ pub async fn run(config: &CheckConfig) -> Vec<Check> {
             t,
         )),
         Some(host) => {
-            let scheme = if plain_http(&host, server, &config.insecure_registries) {
+            // As the builds will speak to it (a plain-HTTP registry that is
+            // not loopback needs --insecure-registry here too).
+            let scheme = if regclient::plain_http(&host, &config.insecure_registries) {
                 "http"
             } else {
                 "https"
@@ -153,17 +155,6 @@ fn chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
-}
-
-/// As the builder decides: plain HTTP for `--insecure-registry` hosts and
-/// loopback, and for the server's own registry when the server is plain.
-fn plain_http(host: &str, server: &str, insecure: &[String]) -> bool {
-    let name = host.rsplit_once(':').map_or(host, |(h, _)| h);
-    insecure.iter().any(|i| i == host)
-        || name == "localhost"
-        || name.starts_with("127.")
-        || name == "[::1]"
-        || (server.starts_with("http://") && server.trim_start_matches("http://").starts_with(host))
 }
 
 /// `GET url`; ok when `accept` takes the status.
@@ -333,28 +324,6 @@ fn git() -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn plain_http_only_where_the_builder_uses_it() {
-        let none: [String; 0] = [];
-        assert!(plain_http("127.0.0.1:5000", "https://cp.example", &none));
-        assert!(plain_http(
-            "reg.internal:5000",
-            "https://cp",
-            &["reg.internal:5000".into()]
-        ));
-        assert!(plain_http(
-            "cp.internal:8080",
-            "http://cp.internal:8080",
-            &none
-        ));
-        assert!(!plain_http(
-            "cp.internal:8080",
-            "https://cp.internal:8080",
-            &none
-        ));
-        assert!(!plain_http("reg.internal", "https://cp", &none));
-    }
 
     #[tokio::test]
     async fn reach_tells_an_open_port_from_a_closed_one() {

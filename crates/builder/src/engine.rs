@@ -516,6 +516,7 @@ async fn build_inner<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                 Some((a.name, v))
             })
             .collect(),
+        platform_args,
     };
     // Stages of one level depend only on earlier levels: they build
     // together. Each one's output is kept apart and printed whole when it
@@ -704,6 +705,8 @@ struct StageCtx<'a> {
     tty: bool,
     /// Values of the ARGs before the first FROM (build args, else defaults).
     global_args: BTreeMap<String, String>,
+    /// `TARGETARCH` … for this build.
+    platform_args: BTreeMap<String, String>,
 }
 
 /// Build stage `si` from `st` (its base image's or base stage's state):
@@ -774,6 +777,8 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
         let started = std::time::Instant::now();
         let line = ins.line;
         let label = format!("[{}/{}]", n + 2, steps.len() + 1);
+        // Names this step's scratch dirs, unique across the stages.
+        let step_no = si * 10_000 + n;
         // History shows the instruction as written, as `docker history` does.
         let first = (ins.line as usize).saturating_sub(1);
         let last = (ins.end_line as usize)
@@ -829,7 +834,6 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                 if run.security.as_deref() == Some("insecure") {
                     return Err(unsupported(line, "RUN", "--security=insecure"));
                 }
-                let step_no = si * 10_000 + n;
                 let (argv, script) = run_argv(&run.command, shell)
                     .map_err(|what| unsupported(line, "RUN", &what))?;
                 let shown = argv.join(" ");
@@ -907,19 +911,8 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                             .into(),
                     });
                 }
-                let shown: Vec<String> = c
-                    .sources
-                    .iter()
-                    .cloned()
-                    .chain(c.inline.iter().map(|h| format!("<<{}", h.name)))
-                    .collect();
-                say(
-                    out,
-                    tty,
-                    &format!("{label} COPY {} {}", shown.join(" "), c.dest),
-                )
-                .await;
-                let step_no = si * 10_000 + n;
+                let shown = sources_shown(&c.sources, &c.inline);
+                say(out, tty, &format!("{label} COPY {shown} {}", c.dest)).await;
                 let copy_err = |(path, problem): (String, String)| BuildError::Copy {
                     file: file.clone(),
                     line,
@@ -1007,19 +1000,8 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                 stack!(upper_dir, layer);
             }
             Command::Add(a) => {
-                let shown: Vec<String> = a
-                    .sources
-                    .iter()
-                    .cloned()
-                    .chain(a.inline.iter().map(|h| format!("<<{}", h.name)))
-                    .collect();
-                say(
-                    out,
-                    tty,
-                    &format!("{label} ADD {} {}", shown.join(" "), a.dest),
-                )
-                .await;
-                let step_no = si * 10_000 + n;
+                let shown = sources_shown(&a.sources, &a.inline);
+                say(out, tty, &format!("{label} ADD {shown} {}", a.dest)).await;
                 let dest = absolute_dest(image, &a.dest);
                 let add_err = |path: &str| {
                     let (file, path) = (file.clone(), path.to_owned());
@@ -1211,7 +1193,7 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                     .is_ok_and(|r| is_dir_in_layers(None, lowers, &r));
                 if !rel.as_os_str().is_empty() && !exists {
                     reuse_cached!(key);
-                    let step = new_step_dir(&req.work_dir, si * 10_000 + n)?;
+                    let step = new_step_dir(&req.work_dir, step_no)?;
                     let upper = step.join("upper");
                     // BuildKit makes the directories as the stage's USER
                     // and through the image's symlinks.
@@ -1253,7 +1235,7 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                         .build_args
                         .get(&a.name)
                         .cloned()
-                        .or_else(|| cx.opts.platform_args().get(&a.name).cloned())
+                        .or_else(|| cx.platform_args.get(&a.name).cloned())
                         .or_else(|| a.default.clone())
                         .or_else(|| cx.global_args.get(&a.name).cloned())
                     {
@@ -1437,6 +1419,16 @@ async fn execute_run<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
         });
     }
     finish_step(&step, req, r.key)
+}
+
+/// COPY/ADD sources as the log shows them, heredocs as `<<NAME`.
+fn sources_shown(sources: &[String], inline: &[dockerfile::instructions::InlineFile]) -> String {
+    sources
+        .iter()
+        .cloned()
+        .chain(inline.iter().map(|h| format!("<<{}", h.name)))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A step line. On a terminal (`--progress tty`) it stands out in bold from

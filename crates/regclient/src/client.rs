@@ -140,6 +140,12 @@ fn push_scope(repo: &str) -> String {
     format!("repository:{repo}:pull,push")
 }
 
+/// Whether the registry at `host` is spoken to over plain HTTP: loopback,
+/// or one of `insecure` (`--insecure-registry`); HTTPS otherwise.
+pub fn plain_http(host: &str, insecure: &[String]) -> bool {
+    is_loopback(host) || insecure.iter().any(|h| h == host)
+}
+
 fn is_loopback(host: &str) -> bool {
     let h = host
         .rsplit_once(':')
@@ -168,8 +174,7 @@ impl Client {
     }
 
     fn base(&self, host: &str) -> String {
-        let insecure =
-            is_loopback(host) || self.config.insecure_registries.iter().any(|h| h == host);
+        let insecure = plain_http(host, &self.config.insecure_registries);
         format!("{}://{host}", if insecure { "http" } else { "https" })
     }
 

@@ -21,5 +21,5 @@ mod client;
 mod error;
 
 pub use auth::{Credential, Credentials, DockerConfig};
-pub use client::{Client, ClientConfig, FetchedManifest, Platform, Pushed};
+pub use client::{Client, ClientConfig, FetchedManifest, Platform, Pushed, plain_http};
 pub use error::RegClientError;
