@@ -53,6 +53,17 @@ build_peer() { # name package version
 }
 build_peer crane github.com/google/go-containerregistry/cmd/crane "$CRANE_VERSION"
 build_peer conformance github.com/opencontainers/distribution-spec/conformance "$CONFORMANCE_VERSION"
+# deploy/kubernetes is rendered with kustomize and checked against Kubernetes'
+# schemas with kubernetes-validate (PyPI, in a venv) by crates/cli/tests/it/deploy.rs.
+KUSTOMIZE_VERSION=v5.8.1 # v5.8.3 needs Go 1.27
+KUBERNETES_VALIDATE_VERSION=1.35.0
+build_peer kustomize sigs.k8s.io/kustomize/kustomize/v5 "$KUSTOMIZE_VERSION"
+export SLIPWAY_K8S_VALIDATE="$CACHE/venv/bin/kubernetes-validate"
+if [ "$("$SLIPWAY_K8S_VALIDATE" --version 2>/dev/null)" != "$KUBERNETES_VALIDATE_VERSION" ]; then
+  log "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION into $CACHE/venv"
+  [ -x "$CACHE/venv/bin/pip" ] || python3 -m venv "$CACHE/venv"
+  "$CACHE/venv/bin/pip" install -q "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+fi
 # BuildKit's go.mod has exclude directives, which `go install pkg@version`
 # refuses: build its commands inside the downloaded module instead.
 build_buildkit() { # name
