@@ -86,9 +86,18 @@ enum Item {
     Action(Action),
 }
 
+/// Deepest nesting of `if`/`range`/`with` blocks and of parentheses: the
+/// parser and the executor recurse, and a task file must not be able to
+/// overflow the agent's stack.
+const MAX_NESTING: usize = 100;
+
 pub(crate) fn parse(text: &str) -> Result<Vec<Node>, TemplateError> {
     let items = lex(text)?;
-    let mut parser = Parser { items, pos: 0 };
+    let mut parser = Parser {
+        items,
+        pos: 0,
+        depth: 0,
+    };
     let (nodes, end) = parser.list()?;
     match end {
         None => Ok(nodes),
@@ -186,6 +195,7 @@ fn lex_action(s: &str, line: u32) -> Result<(Option<Vec<Token>>, usize, bool), T
     let mut toks = Vec::new();
     let mut spaced = true;
     let mut line_here = line;
+    let mut parens = 0usize;
     loop {
         let Some(&c) = b.get(i) else {
             return Err(unclosed());
@@ -215,6 +225,13 @@ fn lex_action(s: &str, line: u32) -> Result<(Option<Vec<Token>>, usize, bool), T
                 i += 1;
             }
             b'(' => {
+                parens += 1;
+                if parens > MAX_NESTING {
+                    return Err(TemplateError::at(
+                        line_here,
+                        format!("parentheses nested more than {MAX_NESTING} deep"),
+                    ));
+                }
                 toks.push(Token {
                     tok: Tok::LParen,
                     spaced,
@@ -222,6 +239,7 @@ fn lex_action(s: &str, line: u32) -> Result<(Option<Vec<Token>>, usize, bool), T
                 i += 1;
             }
             b')' => {
+                parens = parens.saturating_sub(1);
                 toks.push(Token {
                     tok: Tok::RParen,
                     spaced,
@@ -467,6 +485,8 @@ fn lex_number(s: &str, line: u32) -> Result<(Value, usize), TemplateError> {
 struct Parser {
     items: Vec<Item>,
     pos: usize,
+    /// Blocks open around the current position.
+    depth: usize,
 }
 
 /// What ended a list: `end` or `else`, and the line it is on.
@@ -476,6 +496,24 @@ impl Parser {
     /// Parses nodes up to `{{end}}`/`{{else…}}` (returned with its line and,
     /// for `else`, the rest of its tokens) or the end of input.
     fn list(&mut self) -> Result<(Vec<Node>, Option<End>), TemplateError> {
+        self.depth += 1;
+        let r = if self.depth > MAX_NESTING {
+            let line = self.items.get(self.pos).map_or(0, |i| match i {
+                Item::Action(a) => a.line,
+                Item::Text(_) => 0,
+            });
+            Err(TemplateError::at(
+                line,
+                format!("blocks nested more than {MAX_NESTING} deep"),
+            ))
+        } else {
+            self.list_inner()
+        };
+        self.depth -= 1;
+        r
+    }
+
+    fn list_inner(&mut self) -> Result<(Vec<Node>, Option<End>), TemplateError> {
         let mut nodes = Vec::new();
         while self.pos < self.items.len() {
             let idx = self.pos;

@@ -213,3 +213,52 @@ fn parse_render_plan_separately_match_load() {
     let ids: Vec<&str> = plan.steps.iter().map(|s| s.id.as_str()).collect();
     assert!(ids.len() >= 4);
 }
+
+/// Every prefix of every test file (a truncated upload, a half-typed
+/// template) loads or fails with an error: nothing panics.
+#[test]
+fn truncations_never_panic() {
+    let mut files = yaml_files(&files_dir());
+    files.extend(yaml_files(&files_dir().join("errors")));
+    let mut loads = 0;
+    for path in files {
+        let c = case(&path);
+        for (i, _) in c.text.char_indices() {
+            let _ = tasks::load(&c.text[..i], &c.origin, &c.ctx, &c.policy);
+            loads += 1;
+        }
+    }
+    assert!(loads > 10_000);
+}
+
+/// Templates that are hostile rather than wrong are refused, not obeyed.
+#[test]
+fn hostile_templates_are_bounded() {
+    let ctx = RenderContext::default();
+    for text in [
+        "a: {{ repeat 100000000 \"xxxxxxxx\" }}",
+        "a: {{ range 1000000000 }}x{{ end }}",
+        "a: {{ range 90000 }}{{ range 90000 }}xxxxxxxxxx{{ end }}{{ end }}",
+    ] {
+        let err = tasks::render(text, "hostile.yaml", &ctx).unwrap_err();
+        assert!(err.to_string().starts_with("hostile.yaml"), "{err}");
+    }
+    // Nesting deep enough to overflow a stack is refused; ordinary nesting is fine.
+    let parens = |n: usize| format!("a: {{{{ {}1{} }}}}", "(".repeat(n), ")".repeat(n));
+    assert_eq!(tasks::render(&parens(20), "f", &ctx).unwrap(), "a: 1");
+    let err = tasks::render(&parens(5000), "f", &ctx).unwrap_err();
+    assert!(err.to_string().contains("nested more than"), "{err}");
+    let ifs = |n: usize| format!("{}x{}", "{{ if true }}".repeat(n), "{{ end }}".repeat(n));
+    assert_eq!(tasks::render(&ifs(20), "f", &ctx).unwrap(), "x");
+    let err = tasks::render(&ifs(5000), "f", &ctx).unwrap_err();
+    assert!(err.to_string().contains("nested more than"), "{err}");
+    // YAML nesting and alias bombs are the YAML reader's budget to refuse.
+    let deep_yaml = format!("steps: {}{}", "[".repeat(100_000), "]".repeat(100_000));
+    assert!(tasks::parse(&deep_yaml, "f").is_err());
+    let bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n\
+                c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\n\
+                e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]\n\
+                g: [*f, *f, *f, *f, *f, *f, *f, *f, *f, *f]\n";
+    let mut values = RenderContext::default();
+    assert!(values.add_values_yaml(bomb, "bomb.yaml").is_err());
+}
