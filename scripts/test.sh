@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (.ci/run calls this).
 #
-# Installs what the tests need when it is missing: Debian packages (skopeo,
-# buildah, umoci, docker-registry, busybox-static, postgresql, git, runc,
-# openssh-client), Go peers built from their
+# Installs what the tests need when it is missing: Debian packages (the list
+# in scripts/apt-packages), Go peers built from their
 # modules (crane, the OCI distribution-spec conformance suite, BuildKit's
 # buildkitd and buildctl) cached under
 # $SLIPWAY_CACHE, and cargo-nextest. Then: fmt, clippy, every test.
@@ -26,7 +25,8 @@ as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
 
-apt_packages=(skopeo buildah umoci docker-registry busybox-static uidmap attr postgresql git runc openssh-client)
+# One list of Debian packages, shared with the suite's check that each exists.
+mapfile -t apt_packages < <(grep -v '^[[:space:]]*\(#\|$\)' scripts/apt-packages)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -35,7 +35,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
   as_root apt-get update -qq
   # Installing docker-registry must not start a registry on :5000 here.
-  as_root env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq --no-install-recommends "${missing[@]}" containers-common >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then

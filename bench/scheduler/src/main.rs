@@ -69,6 +69,7 @@ fn spec(digest: &str, dockerfile: &str, tag: &str) -> BuildSpec {
         platform: None,
         no_cache: false,
         no_push: false,
+        registry: None,
     }
 }
 
@@ -168,6 +169,7 @@ async fn main() -> Result<()> {
                     exit_code: Some(0),
                     image_digest: None,
                     message: None,
+                    revision: None,
                 };
                 if let Err(e) = a.report(&lease.run.id, &r).await {
                     eprintln!("report: {e}");

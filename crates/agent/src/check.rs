@@ -42,6 +42,8 @@ pub struct CheckConfig {
     pub work_dir: std::path::PathBuf,
     /// Registries the builds reach over plain HTTP (`--insecure-registry`).
     pub insecure_registries: Vec<String>,
+    /// `--ca-cert` files' PEM, trusted beside the system's roots.
+    pub ca_certs: Vec<Vec<u8>>,
     /// More endpoints the builds need: `http(s)://…` (any HTTP answer
     /// counts) or `host:port` (a TCP connection counts).
     pub reach: Vec<String>,
@@ -52,10 +54,18 @@ pub struct CheckConfig {
 /// Run every check, in a fixed order.
 pub async fn run(config: &CheckConfig) -> Vec<Check> {
     let mut out = Vec::new();
-    let http = reqwest::Client::builder()
-        .connect_timeout(config.timeout)
-        .timeout(config.timeout)
-        .build();
+    let roots = config
+        .ca_certs
+        .iter()
+        .map(|p| reqwest::Certificate::from_pem_bundle(p))
+        .collect::<Result<Vec<_>, _>>();
+    let http = roots.and_then(|r| {
+        reqwest::Client::builder()
+            .connect_timeout(config.timeout)
+            .timeout(config.timeout)
+            .tls_certs_merge(r.into_iter().flatten())
+            .build()
+    });
     let http = match http {
         Ok(h) => h,
         Err(e) => {
@@ -106,9 +116,11 @@ pub async fn run(config: &CheckConfig) -> Vec<Check> {
             t,
         )),
         Some(host) => {
-            // As the builds will speak to it (a plain-HTTP registry that is
-            // not loopback needs --insecure-registry here too).
-            let scheme = if regclient::plain_http(&host, &config.insecure_registries) {
+            // As the builds will speak to it: the server's own registry
+            // with the server URL's scheme; another plain-HTTP registry
+            // that is not loopback needs --insecure-registry here too.
+            let own_plain = server.starts_with("http://") && host == server_host(server);
+            let scheme = if own_plain || regclient::plain_http(&host, &config.insecure_registries) {
                 "http"
             } else {
                 "https"
@@ -341,4 +353,11 @@ mod tests {
         let nonsense = reach(&http, "no-port-here", t).await;
         assert_eq!(nonsense.level, Level::Fail);
     }
+}
+
+fn server_host(url: &str) -> &str {
+    let rest = url
+        .trim_start_matches("https://")
+        .trim_start_matches("http://");
+    rest.split('/').next().unwrap_or(rest)
 }

@@ -71,18 +71,63 @@ async fn unpack_file(file: &Path, digest: &oci::Digest, ctx: &Path) -> Result<()
     .map_err(|e| format!("unpacking: {e}"))?
 }
 
-/// `https://host/repo.git#ref:subdir`, `git://…`, or a tarball URL.
-pub async fn url(url: &str, dir: &Path, ctx: &Path) -> Result<(), String> {
+/// A URL as it may be logged: without user info, and without its query,
+/// which for blob storage is a SAS token (a credential).
+pub fn redact(url: &str) -> String {
+    let (url, fragment) = match url.split_once('#') {
+        Some((u, f)) => (u, format!("#{f}")),
+        None => (url, String::new()),
+    };
+    let (url, query) = match url.split_once('?') {
+        Some((u, _)) => (u, "?…"),
+        None => (url, ""),
+    };
+    let url = match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            if path.is_empty() && !rest.contains('/') {
+                format!("{scheme}://{host}")
+            } else {
+                format!("{scheme}://{host}/{path}")
+            }
+        }
+        None => url.to_owned(),
+    };
+    format!("{url}{query}{fragment}")
+}
+
+/// `https://host/repo.git#ref:subdir`, `git://…`, or a tarball URL. A git
+/// context reports the commit (and branch) it resolved to.
+pub async fn url(
+    url: &str,
+    dir: &Path,
+    ctx: &Path,
+    access: &crate::access::Access,
+) -> Result<Option<api::Revision>, String> {
     let (base, fragment) = url.split_once('#').unwrap_or((url, ""));
-    let is_git = base.ends_with(".git") || base.starts_with("git://") || !fragment.is_empty();
+    let path = base.split('?').next().unwrap_or(base);
+    let is_git = path.ends_with(".git") || base.starts_with("git://") || !fragment.is_empty();
+    let shown = redact(base);
     if !is_git {
-        let resp = reqwest::get(base)
-            .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|e| format!("fetching {base}: {e}"))?;
+        let http =
+            regclient::http_client("slipway-agent", &access.ca_pems).map_err(|e| e.to_string())?;
+        let resp = http.get(base).send().await.map_err(|e| {
+            format!(
+                "fetching the context from {shown}: {}",
+                regclient::one_line(&e)
+            )
+        })?;
+        if !resp.status().is_success() {
+            return Err(format!(
+                "fetching the context from {shown}: HTTP {}",
+                resp.status()
+            ));
+        }
         let file = dir.join("context.tar");
         let digest = save(resp, &file).await?;
-        return unpack_file(&file, &digest, ctx).await;
+        unpack_file(&file, &digest, ctx).await?;
+        return Ok(None);
     }
     let (git_ref, subdir) = fragment.split_once(':').unwrap_or((fragment, ""));
     let checkout = dir.join("git");
@@ -90,6 +135,7 @@ pub async fn url(url: &str, dir: &Path, ctx: &Path) -> Result<(), String> {
         let mut c = tokio::process::Command::new("git");
         c.args(args)
             .env("GIT_TERMINAL_PROMPT", "0")
+            .env("GIT_CONFIG_GLOBAL", &access.git_config)
             .stdin(std::process::Stdio::null());
         if let Some(d) = cwd {
             c.current_dir(d);
@@ -128,13 +174,13 @@ pub async fn url(url: &str, dir: &Path, ctx: &Path) -> Result<(), String> {
             &["fetch", "-q", "--depth", "1", "origin", want],
             Some(&checkout),
         ),
-        format!("git fetch {base} {want}"),
+        format!("git fetch {shown} {want}"),
     )
     .await;
     if shallow.is_err() {
         run(
             git(&["fetch", "-q", "origin", want], Some(&checkout)),
-            format!("git fetch {base} {want}"),
+            format!("git fetch {shown} {want}"),
         )
         .await?;
     }
@@ -143,6 +189,35 @@ pub async fn url(url: &str, dir: &Path, ctx: &Path) -> Result<(), String> {
         "git checkout".into(),
     )
     .await?;
+    let commit = output(git(&["rev-parse", "HEAD"], Some(&checkout)))
+        .await
+        .ok_or_else(|| "git rev-parse HEAD: no commit after checkout".to_owned())?;
+    let branch = if git_ref.is_empty() {
+        // The remote's default branch: what HEAD points at there.
+        output(git(
+            &["ls-remote", "--symref", "origin", "HEAD"],
+            Some(&checkout),
+        ))
+        .await
+        .and_then(|o| {
+            o.lines()
+                .find_map(|l| l.strip_prefix("ref: refs/heads/"))
+                .and_then(|r| r.split('\t').next())
+                .map(str::to_owned)
+        })
+    } else if (git_ref.len() == 40 && git_ref.bytes().all(|b| b.is_ascii_hexdigit()))
+        || git_ref.starts_with("refs/tags/")
+    {
+        // A commit or a tag is not on a branch.
+        None
+    } else {
+        Some(
+            git_ref
+                .strip_prefix("refs/heads/")
+                .unwrap_or(git_ref)
+                .to_owned(),
+        )
+    };
     let _ = std::fs::remove_dir_all(checkout.join(".git"));
     let sub = Path::new(subdir.trim_matches('/'));
     if sub
@@ -160,7 +235,37 @@ pub async fn url(url: &str, dir: &Path, ctx: &Path) -> Result<(), String> {
         _ => false,
     };
     if !inside || !src.is_dir() {
-        return Err(format!("{subdir:?} is not a directory of {base} at {want}"));
+        return Err(format!(
+            "{subdir:?} is not a directory of {shown} at {want}"
+        ));
     }
-    std::fs::rename(&src, ctx).map_err(|e| format!("moving the checkout: {e}"))
+    std::fs::rename(&src, ctx).map_err(|e| format!("moving the checkout: {e}"))?;
+    Ok(Some(api::Revision { commit, branch }))
+}
+
+/// A command's trimmed stdout when it succeeds.
+async fn output(mut c: tokio::process::Command) -> Option<String> {
+    let out = c.output().await.ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn redacts_user_info_and_sas_tokens() {
+        assert_eq!(
+            redact("http://u:p@h:1/acct/c/ctx.tar?sv=1&sig=SECRET"),
+            "http://h:1/acct/c/ctx.tar?…"
+        );
+        assert_eq!(
+            redact("https://h/r.git#main:sub"),
+            "https://h/r.git#main:sub"
+        );
+        assert_eq!(redact("https://tok@h"), "https://h");
+    }
 }

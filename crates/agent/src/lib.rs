@@ -15,6 +15,7 @@
 //! [`check`] is `slipway agent check`: what the agent can reach from where
 //! it runs, and whether it can build there.
 
+mod access;
 pub mod check;
 mod fetch;
 mod logs;
@@ -25,7 +26,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use api::{ApiError, ContextSource, Heartbeat, Lease, LeaseRequest, Outcome, RunResult};
-use base64::Engine as _;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::watch;
 
@@ -59,6 +59,9 @@ pub struct AgentConfig {
     pub program: PathBuf,
     /// Registries (host:port) the builder may reach over plain HTTP.
     pub insecure_registries: Vec<String>,
+    /// CA certificates (PEM files) trusted beside the system's, for the
+    /// internal registries, git servers and blob stores builds reach.
+    pub ca_certs: Vec<PathBuf>,
     /// How long one lease request waits on the server.
     pub poll: Duration,
 }
@@ -73,6 +76,10 @@ pub async fn run(
         .map_err(AgentError::Refused)?;
     std::fs::create_dir_all(&config.work_dir).map_err(|source| AgentError::Io {
         context: format!("creating {}", config.work_dir.display()),
+        source,
+    })?;
+    context::data_dir::mark(&config.work_dir).map_err(|source| AgentError::Io {
+        context: format!("marking {}", config.work_dir.display()),
         source,
     })?;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -233,22 +240,26 @@ async fn execute(
             None,
             None,
             Some("stopped on the server's request".to_owned()),
+            None,
         )),
-        (Ok(b), None) if b.code == 0 => Some((Outcome::Succeeded, Some(0), b.digest, None)),
+        (Ok(b), None) if b.code == 0 => {
+            Some((Outcome::Succeeded, Some(0), b.digest, None, b.revision))
+        }
         (Ok(b), None) => Some((
             Outcome::Failed,
             Some(b.code),
             None,
             Some(format!("build failed with exit code {}", b.code)),
+            b.revision,
         )),
         (Err(msg), None) => {
             log.line(&format!("error: {msg}"));
-            Some((Outcome::Error, None, None, Some(msg)))
+            Some((Outcome::Error, None, None, Some(msg), None))
         }
     };
     let lease_ok = log.finish().await;
     let _ = std::fs::remove_dir_all(&dir);
-    let Some((outcome, exit_code, image_digest, message)) = result else {
+    let Some((outcome, exit_code, image_digest, message, revision)) = result else {
         return;
     };
     if !lease_ok {
@@ -260,6 +271,7 @@ async fn execute(
         exit_code,
         image_digest,
         message,
+        revision,
     };
     let mut backoff = Backoff::new();
     // Results matter: retry through a server restart (up to ~10 minutes).
@@ -282,6 +294,7 @@ async fn execute(
 struct Built {
     code: i32,
     digest: Option<String>,
+    revision: Option<api::Revision>,
 }
 
 /// Prepare the context and run the build child. `Err`: the agent's own
@@ -297,14 +310,24 @@ async fn build(
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let spec = &lease.run.build;
     let ctx = dir.join("context");
+    let server_host = server_host(&config.server);
+    let access = access::prepare(dir, lease, &server_host, &config.ca_certs)?;
+    let mut revision = None;
     match &spec.context {
         ContextSource::Upload { digest } => {
             log.line(&format!("fetching context {digest}"));
             fetch::uploaded(&config.server, &config.token, digest, dir, &ctx).await?
         }
         ContextSource::Url { url } => {
-            log.line(&format!("fetching context {url}"));
-            fetch::url(url, dir, &ctx).await?
+            log.line(&format!("fetching context {}", fetch::redact(url)));
+            let rev = fetch::url(url, dir, &ctx, &access).await?;
+            if let Some(r) = &rev {
+                match &r.branch {
+                    Some(b) => log.line(&format!("context at commit {} (branch {b})", r.commit)),
+                    None => log.line(&format!("context at commit {}", r.commit)),
+                }
+            }
+            revision = rev;
         }
     }
     let dockerfile = match &spec.dockerfile_inline {
@@ -328,15 +351,6 @@ async fn build(
             ctx.join(rel)
         }
     };
-    let docker = dir.join("docker");
-    std::fs::create_dir_all(&docker).map_err(|e| format!("creating {}: {e}", docker.display()))?;
-    if let Some(reg) = &lease.registry {
-        let auth = base64::engine::general_purpose::STANDARD
-            .encode(format!("{}:{}", reg.username, reg.password));
-        let cfg = serde_json::json!({ "auths": { reg.host.clone(): { "auth": auth } } });
-        write_private(&docker.join("config.json"), cfg.to_string().as_bytes())
-            .map_err(|e| format!("writing registry credentials: {e}"))?;
-    }
     let iid = dir.join("iid");
     let mut cmd = tokio::process::Command::new(&config.program);
     cmd.arg("build")
@@ -353,8 +367,17 @@ async fn build(
         .arg(lease.limits.memory_bytes.to_string())
         .arg("--cpus")
         .arg(lease.limits.cpus.to_string());
+    // Tags name the server as the submitter reached it; this agent pushes
+    // to the server as it was given it (another name for the same place).
+    let own = lease.registry.as_ref().map(|r| r.host.as_str());
     for t in &spec.tags {
-        cmd.arg("-t").arg(t);
+        match own
+            .and_then(|o| t.strip_prefix(o))
+            .filter(|r| r.starts_with('/'))
+        {
+            Some(rest) => cmd.arg("-t").arg(format!("{server_host}{rest}")),
+            None => cmd.arg("-t").arg(t),
+        };
     }
     for (k, v) in &spec.build_args {
         cmd.arg("--build-arg").arg(format!("{k}={v}"));
@@ -377,6 +400,14 @@ async fn build(
     for r in &config.insecure_registries {
         cmd.arg("--insecure-registry").arg(r);
     }
+    // The server's registry speaks the scheme of the URL the agent was
+    // given: plain HTTP there means plain HTTP for pushes too.
+    if config.server.starts_with("http://") && !config.insecure_registries.contains(&server_host) {
+        cmd.arg("--insecure-registry").arg(&server_host);
+    }
+    for c in &config.ca_certs {
+        cmd.arg("--ca-cert").arg(c);
+    }
     let mut secret_env: BTreeMap<String, String> = BTreeMap::new();
     for (i, (id, value)) in lease.secrets.iter().enumerate() {
         let var = format!("SLIPWAY_SECRET_{i}");
@@ -385,9 +416,15 @@ async fn build(
     }
     cmd.arg(&ctx)
         .envs(&secret_env)
-        .env("DOCKER_CONFIG", &docker)
+        .env("DOCKER_CONFIG", &access.docker_dir)
+        .env("GIT_CONFIG_GLOBAL", &access.git_config)
+        .env("GIT_TERMINAL_PROMPT", "0")
         .env("SLIPWAY_DIE_WITH_PARENT", "1")
         .env_remove("SLIPWAY_TOKEN")
+        .env_remove("SLIPWAY_SERVER")
+        // Never the agent machine's own `slipway login`: a run gets only
+        // its lease's credentials.
+        .env("SLIPWAY_CONFIG", dir.join("no-login.json"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -414,7 +451,7 @@ async fn build(
                 let _ = p.await;
             }
             log.line("build stopped");
-            return Ok(Built { code: 137, digest: None });
+            return Ok(Built { code: 137, digest: None, revision });
         }
     };
     for p in pumps.into_iter().flatten() {
@@ -424,7 +461,19 @@ async fn build(
     let digest = std::fs::read_to_string(&iid)
         .ok()
         .map(|s| s.trim().to_owned());
-    Ok(Built { code, digest })
+    Ok(Built {
+        code,
+        digest,
+        revision,
+    })
+}
+
+/// `host:port` of a server URL.
+fn server_host(url: &str) -> String {
+    let rest = url
+        .trim_start_matches("https://")
+        .trim_start_matches("http://");
+    rest.split('/').next().unwrap_or(rest).to_owned()
 }
 
 fn status_signal(status: &std::process::ExitStatus) -> i32 {
@@ -448,7 +497,7 @@ fn pump<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
     })
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()

@@ -176,6 +176,49 @@ impl Client {
             .await
     }
 
+    // ---- a pool's credentials for other registries and git servers (admin) ----
+
+    /// Store a new credential; `409` if one exists for that kind and host.
+    pub async fn add_credential(
+        &self,
+        pool: &str,
+        spec: &CredentialSpec,
+    ) -> Result<CredentialInfo> {
+        self.call(
+            Method::POST,
+            &format!("/pools/{pool}/credentials"),
+            Some(spec),
+        )
+        .await
+    }
+
+    /// Replace the username and password of a stored credential; `404` if none.
+    pub async fn update_credential(
+        &self,
+        pool: &str,
+        spec: &CredentialSpec,
+    ) -> Result<CredentialInfo> {
+        let path = format!("/pools/{pool}/credentials/{}/{}", spec.kind, spec.host);
+        self.call(Method::PUT, &path, Some(spec)).await
+    }
+
+    pub async fn delete_credential(
+        &self,
+        pool: &str,
+        kind: CredentialKind,
+        host: &str,
+    ) -> Result<()> {
+        let path = format!("/pools/{pool}/credentials/{kind}/{host}");
+        self.send(self.request(Method::DELETE, &path), &path)
+            .await
+            .map(drop)
+    }
+
+    pub async fn list_credentials(&self, pool: &str) -> Result<Vec<CredentialInfo>> {
+        self.call::<(), _>(Method::GET, &format!("/pools/{pool}/credentials"), None)
+            .await
+    }
+
     // ---- API tokens (admin) ----
 
     /// A new API token with `grants` (`pool:NAME:build`,

@@ -164,6 +164,11 @@ pub struct BuildSpec {
     pub no_cache: bool,
     #[serde(default)]
     pub no_push: bool,
+    /// The host under which `tags` name the server's own registry (the
+    /// `Host` the submitter reached the server at). Set by the server at
+    /// submit; the agent pushes such tags to the server it was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<String>,
 }
 
 fn default_dockerfile() -> String {
@@ -264,6 +269,84 @@ pub struct Run {
     pub exit_code: Option<i32>,
     pub image_digest: Option<String>,
     pub message: Option<String>,
+    /// The commit (and branch) a git context resolved to, as the agent
+    /// fetched it: recorded even though the context's `.git` is removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<Revision>,
+}
+
+/// What a git context resolved to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revision {
+    pub commit: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+}
+
+/// What a stored credential opens: a registry other than the server's own
+/// (`docker login` style), or a git server over HTTP(S).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CredentialKind {
+    Registry,
+    Git,
+}
+
+impl CredentialKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialKind::Registry => "registry",
+            CredentialKind::Git => "git",
+        }
+    }
+}
+
+impl std::fmt::Display for CredentialKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for CredentialKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "registry" => Ok(CredentialKind::Registry),
+            "git" => Ok(CredentialKind::Git),
+            _ => Err(format!("credential kind {s:?}: expected registry or git")),
+        }
+    }
+}
+
+/// `POST /pools/{name}/credentials` and `PUT …/{kind}/{host}`; also what a
+/// lease hands the agent. `host` is `host[:port]`, no scheme.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct CredentialSpec {
+    pub kind: CredentialKind,
+    pub host: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for CredentialSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "CredentialSpec({} {} {}, ***)",
+            self.kind, self.host, self.username
+        )
+    }
+}
+
+/// A stored credential as listed: never its password.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CredentialInfo {
+    pub pool: String,
+    pub kind: CredentialKind,
+    pub host: String,
+    pub username: String,
+    pub created_at: i64,
+    pub updated_at: i64,
 }
 
 /// One piece of a run's log. `pos` orders the whole log, across attempts.
@@ -295,11 +378,21 @@ pub struct LeaseRequest {
 }
 
 /// Where the agent pushes, and how it authenticates there, for this run only.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct RegistryCredential {
     pub host: String,
     pub username: String,
     pub password: String,
+}
+
+impl std::fmt::Debug for RegistryCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "RegistryCredential({} {}, ***)",
+            self.host, self.username
+        )
+    }
 }
 
 /// Limits of the pool's tier, enforced on the run's RUN steps.
@@ -363,6 +456,10 @@ pub struct Lease {
     pub secrets: BTreeMap<String, String>,
     pub registry: Option<RegistryCredential>,
     pub limits: RunLimits,
+    /// The pool's stored credentials for other registries and git servers,
+    /// in clear for this lease only.
+    #[serde(default)]
+    pub credentials: Vec<CredentialSpec>,
 }
 
 /// `POST /agent/runs/{id}/heartbeat`.
@@ -417,6 +514,8 @@ pub struct RunResult {
     pub image_digest: Option<String>,
     #[serde(default)]
     pub message: Option<String>,
+    #[serde(default)]
+    pub revision: Option<Revision>,
 }
 
 /// Every error response's body.

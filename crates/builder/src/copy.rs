@@ -337,6 +337,7 @@ pub(crate) fn add_archive(
 /// `dest`, or into it under the URL's last path segment; mode 0600 as in Docker.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn add_url(
+    http: &reqwest::Client,
     url: &str,
     checksum: Option<&str>,
     dest: &str,
@@ -349,9 +350,11 @@ pub(crate) async fn add_url(
     let expected: Option<oci::Digest> = checksum
         .map(|c| c.parse().map_err(|e| format!("--checksum: {e}")))
         .transpose()?;
-    let resp = reqwest::get(url)
+    let resp = http
+        .get(url)
+        .send()
         .await
-        .map_err(|e| format!("downloading: {e}"))?;
+        .map_err(|e| format!("downloading: {}", regclient::one_line(&e)))?;
     if !resp.status().is_success() {
         return Err(format!("downloading: HTTP {}", resp.status()));
     }

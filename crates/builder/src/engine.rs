@@ -133,6 +133,9 @@ pub struct BuildRequest {
     pub cache_from: Vec<Reference>,
     /// Where to push this build's steps as a cache (`--cache-to`).
     pub cache_to: Option<Reference>,
+    /// Paths of the context (relative) that are never part of it, whatever
+    /// `.dockerignore` says: Slipway's own data dirs ([`crate::data_dir`]).
+    pub context_excludes: Vec<PathBuf>,
     /// SSH agent sockets for `RUN --mount=type=ssh`, by id (`--ssh`).
     pub ssh: BTreeMap<String, PathBuf>,
 }
@@ -398,7 +401,7 @@ async fn build_inner<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
     };
     let (_, df, graph) =
         dockerfile::check(&text, &opts, req.target.as_deref()).map_err(dockerfile_err)?;
-    let ignore = load_ignore(&req.dockerfile, &req.context)?;
+    let ignore = load_ignore(&req.dockerfile, &req.context, &req.context_excludes)?;
     let unsupported = |line: u32, instruction: &str, what: &str| BuildError::Unsupported {
         file: file.clone(),
         line,
@@ -1118,6 +1121,7 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                 }
                 for source in &urls {
                     add_url(
+                        client.http(),
                         source,
                         a.checksum.as_deref(),
                         &dest,
@@ -1662,28 +1666,39 @@ fn export(step: &Path, req: &BuildRequest) -> Result<NewLayer, BuildError> {
     Ok(NewLayer { info, file })
 }
 
-/// `<Dockerfile>.dockerignore` if present, else `<context>/.dockerignore`.
+/// `<Dockerfile>.dockerignore` if present, else `<context>/.dockerignore`,
+/// then `excludes` (last, so no `!pattern` of the file re-includes them).
 fn load_ignore(
     dockerfile: &Path,
     context: &Path,
+    excludes: &[PathBuf],
 ) -> Result<Option<dockerfile::IgnoreMatcher>, BuildError> {
     let mut specific = dockerfile.as_os_str().to_owned();
     specific.push(".dockerignore");
+    let mut text = None;
+    let mut origin = PathBuf::from("the build's data directory");
     for path in [PathBuf::from(specific), context.join(".dockerignore")] {
         match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                return dockerfile::IgnoreMatcher::parse(&text)
-                    .map(Some)
-                    .map_err(|e| BuildError::Step {
-                        context: format!("{}", path.display()),
-                        source: Box::new(std::io::Error::other(e.to_string())),
-                    });
+            Ok(t) => {
+                text = Some(t);
+                origin = path;
+                break;
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(step_err(format!("reading {}", path.display()))(e)),
         }
     }
-    Ok(None)
+    if text.is_none() && excludes.is_empty() {
+        return Ok(None);
+    }
+    let mut text = text.unwrap_or_default();
+    text.push_str(&crate::data_dir::ignore_lines(excludes));
+    dockerfile::IgnoreMatcher::parse(&text)
+        .map(Some)
+        .map_err(|e| BuildError::Step {
+            context: format!("{}", origin.display()),
+            source: Box::new(std::io::Error::other(e.to_string())),
+        })
 }
 
 async fn push(

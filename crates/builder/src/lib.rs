@@ -13,6 +13,7 @@
 mod chmod;
 mod config_step;
 mod copy;
+pub mod data_dir;
 pub mod diff;
 pub mod engine;
 pub mod file_hashes;

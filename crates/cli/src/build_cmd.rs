@@ -54,6 +54,10 @@ pub struct BuildArgs {
     /// Registry host:port to reach over plain HTTP (loopback always is); repeatable.
     #[arg(long = "insecure-registry")]
     pub(crate) insecure_registries: Vec<String>,
+    /// A CA certificate (PEM) to trust beside the system's, for registries
+    /// and ADD downloads behind a private CA; repeatable.
+    #[arg(long = "ca-cert", value_name = "FILE")]
+    pub(crate) ca_certs: Vec<PathBuf>,
     /// Build but push nothing.
     #[arg(long)]
     pub(crate) no_push: bool,
@@ -66,9 +70,11 @@ pub struct BuildArgs {
     /// Build every step, ignoring the local cache.
     #[arg(long)]
     pub(crate) no_cache: bool,
-    /// Where layers, sandbox state, the build cache and step scratch live.
-    #[arg(long, default_value = ".slipway")]
-    pub(crate) data: PathBuf,
+    /// Where layers, sandbox state, the build cache and step scratch live
+    /// [default: $XDG_DATA_HOME/slipway (~/.local/share/slipway), or
+    /// /var/lib/slipway as root]. Never part of a build context.
+    #[arg(long, env = "SLIPWAY_DATA")]
+    pub(crate) data: Option<PathBuf>,
     /// A secret for `RUN --mount=type=secret`: id=ID,src=FILE or id=ID,env=VAR
     /// (docker build's syntax); repeatable. Never stored in the image.
     #[arg(long = "secret")]
@@ -106,6 +112,20 @@ pub struct BuildArgs {
     pub(crate) cache_to: Option<String>,
     /// Build context directory.
     pub(crate) context: PathBuf,
+}
+
+/// The builder's data dir when `--data` is not given: outside any project,
+/// so a context never holds it (`/var/lib/slipway` for root, as docker's
+/// `/var/lib/docker`; else the XDG data home).
+pub(crate) fn default_build_data() -> PathBuf {
+    if rustix::process::geteuid().is_root() {
+        return PathBuf::from("/var/lib/slipway");
+    }
+    std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .map_or_else(|| PathBuf::from(".slipway"), |d| d.join("slipway"))
 }
 
 pub(crate) fn docker_config_path() -> Option<PathBuf> {
@@ -264,12 +284,27 @@ pub async fn run(args: BuildArgs) -> Result<()> {
 
     let mut config = ClientConfig {
         insecure_registries: args.insecure_registries.clone(),
+        ca_certs: args
+            .ca_certs
+            .iter()
+            .map(|p| std::fs::read(p).with_context(|| format!("--ca-cert {}", p.display())))
+            .collect::<Result<_>>()?,
         ..ClientConfig::default()
     };
     if let Some(path) = docker_config_path() {
         config.credentials.merge(
             &DockerConfig::load(&path).with_context(|| format!("reading {}", path.display()))?,
         );
+    }
+    // `slipway login` (or SLIPWAY_SERVER/SLIPWAY_TOKEN) opens the server's
+    // own registry too, without a hand-written docker config; a config.json
+    // entry for that host still wins.
+    if let Some((host, token)) = crate::ctl::login_credential()
+        && config.credentials.get(&host).is_none()
+    {
+        config
+            .credentials
+            .insert(&host, regclient::Credential::basic("slipway", token));
     }
     let mut secrets = BTreeMap::new();
     for spec in &args.secrets {
@@ -327,12 +362,13 @@ pub async fn run(args: BuildArgs) -> Result<()> {
         bail!("give at least one -t REFERENCE to push to, or --no-push");
     }
     // The sandbox mounts host paths: every path it sees must be absolute.
-    std::fs::create_dir_all(&args.data)
-        .with_context(|| format!("creating {}", args.data.display()))?;
-    let data = args
-        .data
+    let data_arg = args.data.clone().unwrap_or_else(default_build_data);
+    std::fs::create_dir_all(&data_arg)
+        .with_context(|| format!("creating {}", data_arg.display()))?;
+    let data = data_arg
         .canonicalize()
-        .with_context(|| format!("resolving {}", args.data.display()))?;
+        .with_context(|| format!("resolving {}", data_arg.display()))?;
+    builder::data_dir::mark(&data).with_context(|| format!("marking {}", data.display()))?;
     let context = args
         .context
         .canonicalize()
@@ -355,6 +391,7 @@ pub async fn run(args: BuildArgs) -> Result<()> {
     let work = data
         .join("work")
         .join(format!("build-{}", std::process::id()));
+    let context_excludes = builder::data_dir::excluded_in(&context, &data);
     let request = BuildRequest {
         dockerfile: args
             .file
@@ -399,6 +436,7 @@ pub async fn run(args: BuildArgs) -> Result<()> {
             .as_deref()
             .map(|c| cache_ref("--cache-to", c))
             .transpose()?,
+        context_excludes,
         progress: match args.progress.as_str() {
             "tty" => Progress::Tty,
             "plain" => Progress::Plain,

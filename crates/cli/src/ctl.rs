@@ -50,6 +50,24 @@ pub fn client(server: Option<&str>) -> Result<api::Client> {
     api::Client::new(&server, Some(token)).context("connecting to the server")
 }
 
+/// The server's registry host and the token for it, from `SLIPWAY_SERVER`
+/// and `SLIPWAY_TOKEN` or what `slipway login` saved, when both are known.
+pub fn login_credential() -> Option<(String, String)> {
+    let saved = saved();
+    let server = std::env::var("SLIPWAY_SERVER")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or(saved.server)?;
+    let token = std::env::var("SLIPWAY_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .or(saved.token)?;
+    let rest = server
+        .trim_start_matches("https://")
+        .trim_start_matches("http://");
+    Some((rest.split('/').next().unwrap_or(rest).to_owned(), token))
+}
+
 #[derive(clap::Args)]
 pub struct LoginArgs {
     /// Server URL, e.g. http://127.0.0.1:5000.
@@ -102,7 +120,7 @@ pub async fn login(args: LoginArgs) -> Result<()> {
 #[derive(clap::Args)]
 pub struct ClientArgs {
     #[arg(long, env = "SLIPWAY_SERVER", global = true)]
-    server: Option<String>,
+    pub(crate) server: Option<String>,
     /// Output format.
     #[arg(
         short = 'o',
@@ -111,7 +129,7 @@ pub struct ClientArgs {
         default_value = "text",
         global = true
     )]
-    output: Format,
+    pub(crate) output: Format,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -120,7 +138,7 @@ pub enum Format {
     Json,
 }
 
-fn print_json<T: Serialize>(v: &T) -> Result<()> {
+pub(crate) fn print_json<T: Serialize>(v: &T) -> Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, v)?;
     writeln!(out)?;
@@ -359,7 +377,7 @@ fn grants_text(t: &api::ApiToken) -> String {
     }
 }
 
-fn time(ms: Option<i64>) -> String {
+pub(crate) fn time(ms: Option<i64>) -> String {
     match ms {
         Some(ms) if ms > 0 => humantime::format_rfc3339_seconds(
             std::time::UNIX_EPOCH + Duration::from_millis(ms as u64),
@@ -455,6 +473,12 @@ pub fn show_run(r: &Run) {
     println!("tags       {}", r.build.tags.join(", "));
     if let Some(d) = &r.image_digest {
         println!("digest     {d}");
+    }
+    if let Some(rev) = &r.revision {
+        match &rev.branch {
+            Some(b) => println!("revision   {} ({b})", rev.commit),
+            None => println!("revision   {}", rev.commit),
+        }
     }
     if let Some(c) = r.exit_code {
         println!("exit code  {c}");

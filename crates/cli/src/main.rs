@@ -2,6 +2,7 @@
 //! together and reports errors; the logic lives in the crates it calls.
 
 mod build_cmd;
+mod credential_cmd;
 mod ctl;
 mod dockerfile_cmd;
 mod image_cmd;
@@ -55,6 +56,14 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: ctl::TokenCommand,
+        #[command(flatten)]
+        client: ctl::ClientArgs,
+    },
+    /// A pool's credentials for other registries and git servers (admin
+    /// token): add, update, remove, list.
+    Credential {
+        #[command(subcommand)]
+        command: credential_cmd::CredentialCommand,
         #[command(flatten)]
         client: ctl::ClientArgs,
     },
@@ -182,6 +191,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Pool { command, client } => ctl::pool(&client, command).await,
         Command::Runs { command, client } => ctl::runs(&client, command).await,
         Command::Token { command, client } => ctl::token(&client, command).await,
+        Command::Credential { command, client } => credential_cmd::run(&client, command).await,
         Command::Logs { args, server } => ctl::logs(server.as_deref(), args).await,
         Command::Dockerfile { command } => {
             if !dockerfile_cmd::run(command)? {

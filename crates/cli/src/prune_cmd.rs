@@ -11,8 +11,9 @@ use builder::prune::{BuildLock, PruneOptions, prune};
 pub struct PruneArgs {
     /// The build data directory (`build --local --data`; an agent's
     /// `--build-data`; `slipway up`'s DATA/build).
-    #[arg(long, default_value = ".slipway")]
-    data: PathBuf,
+    /// [default: the same as `build --local`'s]
+    #[arg(long, env = "SLIPWAY_DATA")]
+    data: Option<PathBuf>,
     /// Keep what a build used within this long, e.g. 24h.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     keep_duration: Duration,
@@ -22,7 +23,10 @@ pub struct PruneArgs {
 }
 
 pub async fn run(args: PruneArgs) -> Result<()> {
-    let data = args.data.clone();
+    let data = args
+        .data
+        .clone()
+        .unwrap_or_else(crate::build_cmd::default_build_data);
     tokio::task::spawn_blocking(move || {
         let lock = match BuildLock::exclusive(&data, false)? {
             Some(l) => l,

@@ -134,6 +134,7 @@ pub async fn build(args: BuildArgs) -> Result<()> {
             !args.insecure_registries.is_empty(),
             "--insecure-registry (set on the agent)",
         ),
+        (!args.ca_certs.is_empty(), "--ca-cert (set on the agent)"),
     ];
     if let Some((_, flag)) = local_only.iter().find(|(given, _)| *given) {
         bail!("{flag} applies to --local builds only");
@@ -221,6 +222,7 @@ pub async fn build(args: BuildArgs) -> Result<()> {
             platform: Some(args.platform.clone()),
             no_cache: args.no_cache,
             no_push: args.no_push,
+            registry: None,
         },
         secrets,
         timeout_secs: args.timeout.map(|d| d.as_secs().max(1)),

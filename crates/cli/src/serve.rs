@@ -120,8 +120,13 @@ pub struct AgentArgs {
     #[arg(long, env = "SLIPWAY_AGENT_ID")]
     agent_id: Option<String>,
     /// Registry host:port the builds may reach over plain HTTP; repeatable.
+    /// Not needed for the server's own registry: an http:// --server says it.
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
+    /// A CA certificate (PEM) to trust beside the system's, for internal
+    /// registries, git servers and blob stores behind a private CA; repeatable.
+    #[arg(long = "ca-cert", value_name = "FILE")]
+    ca_certs: Vec<PathBuf>,
 }
 
 impl AgentArgs {
@@ -140,6 +145,7 @@ impl AgentArgs {
 pub async fn open_registry(data: &Path, public_url: Option<String>) -> Result<Arc<Registry>> {
     std::fs::create_dir_all(data)
         .with_context(|| format!("creating data directory {}", data.display()))?;
+    builder::data_dir::mark(data).with_context(|| format!("marking {}", data.display()))?;
     let mut config = RegistryConfig::new(data);
     config.auth.public_url = public_url;
     Registry::open(config)
@@ -307,6 +313,12 @@ async fn agent_check(args: AgentCheckArgs) -> Result<()> {
         pool,
         work_dir: args.agent.work_dir.clone(),
         insecure_registries: args.agent.insecure_registries.clone(),
+        ca_certs: args
+            .agent
+            .ca_certs
+            .iter()
+            .map(|p| std::fs::read(p).with_context(|| format!("--ca-cert {}", p.display())))
+            .collect::<Result<_>>()?,
         reach: args.reach.clone(),
         timeout: args.timeout,
     };
@@ -355,6 +367,7 @@ pub async fn agent(args: AgentArgs) -> Result<()> {
         work_dir: args.work_dir.clone(),
         program: std::env::current_exe().context("locating the slipway binary")?,
         insecure_registries: args.insecure_registries.clone(),
+        ca_certs: args.ca_certs.clone(),
         poll: Duration::from_secs(20),
     };
     eprintln!("agent {id} of pool {pool} serving {server}");

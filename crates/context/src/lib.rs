@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 use dockerfile::ignore::{Decision, IgnoreMatcher};
 use oci::{Algorithm, Digest, Digester};
 
+/// Which directories are Slipway's own data, never part of a context.
+pub use builder::data_dir;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ContextError {
     #[error("{path}: {source}")]
@@ -155,6 +158,11 @@ impl Walk<'_> {
             };
             let meta = std::fs::symlink_metadata(&path).map_err(io_at(&path))?;
             let is_dir = meta.is_dir();
+            // Slipway's own data (an `up` data dir in the project, say) is
+            // never part of a context, whatever .dockerignore says.
+            if is_dir && data_dir::is_data_dir(&path) {
+                continue;
+            }
             let decision = self.ignore.decide(&rel, is_dir);
             if decision == Decision::SkipDir {
                 continue;

@@ -2,14 +2,17 @@
 //!
 //! Credentials come from the caller ([`Credentials::insert`]) or from a
 //! Docker `config.json` ([`DockerConfig`]), whose path the caller chooses:
-//! this crate never reads the environment. We parse `config.json` ourselves
-//! (only `auths` is needed) because `docker_credential` locates the file
-//! from the environment, which a library should not do.
+//! this crate never reads the environment. A config is asked host by host
+//! through the `docker_credential` crate, so `auths`, `credsStore` and
+//! `credHelpers` (external `docker-credential-*` programs) all work; its
+//! own file lookup is not used, since that reads the environment.
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use base64::Engine;
+use docker_credential::{CredentialRetrievalError, DockerCredential};
 use serde::Deserialize;
 
 use crate::error::{RegClientError, Result};
@@ -46,10 +49,13 @@ impl Credential {
     }
 }
 
-/// Credentials by registry host.
+/// Credentials by registry host: given ones first, then each merged
+/// config in order. Config answers (a helper's too) are remembered.
 #[derive(Debug, Clone, Default)]
 pub struct Credentials {
     by_host: HashMap<String, Credential>,
+    configs: Vec<DockerConfig>,
+    asked: Arc<Mutex<HashMap<String, Option<Credential>>>>,
 }
 
 /// `https://index.docker.io/v1/` → `docker.io`; `http://h:5000/x` → `h:5000`.
@@ -72,36 +78,53 @@ impl Credentials {
         self.by_host.insert(normalize_host(host), credential);
     }
 
-    pub fn get(&self, host: &str) -> Option<&Credential> {
-        self.by_host.get(&normalize_host(host))
-    }
-
-    /// Add every entry of `config` that this set does not already have.
-    pub fn merge(&mut self, config: &DockerConfig) {
-        for (host, cred) in config.credentials() {
-            self.by_host.entry(host).or_insert(cred);
+    pub fn get(&self, host: &str) -> Option<Credential> {
+        let host = normalize_host(host);
+        if let Some(c) = self.by_host.get(&host) {
+            return Some(c.clone());
         }
+        if self.configs.is_empty() {
+            return None;
+        }
+        let mut asked = self.asked.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(answer) = asked.get(&host) {
+            return answer.clone();
+        }
+        let answer = self.configs.iter().find_map(|c| c.lookup(&host));
+        asked.insert(host, answer.clone());
+        answer
+    }
+
+    /// Ask `config` for hosts that have no given credential (after the
+    /// configs merged before it).
+    pub fn merge(&mut self, config: &DockerConfig) {
+        self.configs.push(config.clone());
+        self.asked.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
-struct AuthEntry {
-    auth: Option<String>,
-    username: Option<String>,
-    password: Option<String>,
-}
-
-/// The `auths` of a Docker `config.json`.
-#[derive(Debug, Default, Deserialize)]
+/// A Docker `config.json`, kept as text and asked per host.
+#[derive(Debug, Clone, Default)]
 pub struct DockerConfig {
-    #[serde(default)]
-    auths: HashMap<String, AuthEntry>,
+    text: Arc<Vec<u8>>,
+    origin: String,
 }
 
 impl DockerConfig {
     pub fn parse(bytes: &[u8], origin: &str) -> Result<DockerConfig> {
-        serde_json::from_slice(bytes).map_err(|e| {
+        // Checked here so a broken file is one clear error up front rather
+        // than a silent "no credentials" at the first registry.
+        let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
             RegClientError::Invalid(format!("{origin}: not a Docker config.json: {e}"))
+        })?;
+        if !v.is_object() {
+            return Err(RegClientError::Invalid(format!(
+                "{origin}: not a Docker config.json: not a JSON object"
+            )));
+        }
+        Ok(DockerConfig {
+            text: Arc::new(bytes.to_vec()),
+            origin: origin.to_owned(),
         })
     }
 
@@ -117,26 +140,38 @@ impl DockerConfig {
         }
     }
 
-    /// Usable credentials, by normalised host. Entries that decode to
-    /// nothing usable are skipped (with a log line), not fatal.
-    pub fn credentials(&self) -> Vec<(String, Credential)> {
-        let mut out = Vec::new();
-        for (key, e) in &self.auths {
-            let decoded = e.auth.as_deref().and_then(|a| {
-                let raw = base64::engine::general_purpose::STANDARD
-                    .decode(a.trim())
-                    .ok()?;
-                let s = String::from_utf8(raw).ok()?;
-                let (u, p) = s.split_once(':')?;
-                Some((u.to_owned(), p.to_owned()))
-            });
-            let pair = decoded.or_else(|| Some((e.username.clone()?, e.password.clone()?)));
-            match pair {
-                Some((u, p)) => out.push((normalize_host(key), Credential::basic(u, p))),
-                None => tracing::warn!(registry = %key, "config.json entry has no usable auth"),
+    /// The credential this config gives `host` (normalised), if any. A
+    /// helper that fails or an entry that decodes to nothing usable is
+    /// logged and skipped: another source may still have one.
+    fn lookup(&self, host: &str) -> Option<Credential> {
+        if self.text.is_empty() {
+            return None;
+        }
+        // Docker Hub's key in config.json is its legacy URL.
+        let keys: &[&str] = if host == oci::reference::DOCKER_HUB {
+            &[
+                "https://index.docker.io/v1/",
+                "docker.io",
+                "index.docker.io",
+            ]
+        } else {
+            &[host]
+        };
+        for key in keys {
+            match docker_credential::get_credential_from_reader(self.text.as_slice(), key) {
+                Ok(DockerCredential::UsernamePassword(u, p)) => {
+                    return Some(Credential::basic(u, p));
+                }
+                Ok(DockerCredential::IdentityToken(_)) => tracing::warn!(
+                    registry = host,
+                    config = self.origin,
+                    "config.json gives an identity token, which is not supported; log in with a username and password"
+                ),
+                Err(CredentialRetrievalError::NoCredentialConfigured) => {}
+                Err(e) => tracing::warn!(registry = host, config = self.origin, "credentials: {e}"),
             }
         }
-        out
+        None
     }
 }
 
@@ -241,12 +276,66 @@ mod tests {
         .unwrap();
         let mut creds = Credentials::default();
         creds.merge(&cfg);
-        assert_eq!(creds.get("docker.io"), Some(&Credential::basic("u", "p")));
+        assert_eq!(creds.get("docker.io"), Some(Credential::basic("u", "p")));
         assert_eq!(
             creds.get("http://127.0.0.1:5000"),
-            Some(&Credential::basic("a", "b"))
+            Some(Credential::basic("a", "b"))
         );
         assert!(creds.get("bad").is_none());
+        assert!(creds.get("elsewhere:1").is_none());
+        // Given credentials win over the config's.
+        creds.insert("127.0.0.1:5000", Credential::basic("x", "y"));
+        assert_eq!(
+            creds.get("127.0.0.1:5000"),
+            Some(Credential::basic("x", "y"))
+        );
         assert!(DockerConfig::parse(b"[", "x").is_err());
+        assert!(DockerConfig::parse(b"[]", "x").is_err());
+    }
+
+    /// Run by `docker_config_cred_helpers_run` with a PATH holding the helper
+    /// (a test may not change its own environment).
+    #[test]
+    #[ignore = "run by docker_config_cred_helpers_run"]
+    fn cred_helper_lookup() {
+        let cfg = DockerConfig::parse(
+            br#"{"credHelpers":{"reg.internal:443":"slipwaytest"},"auths":{"other:1":{"auth":"dTpw"}}}"#,
+            "test",
+        )
+        .unwrap();
+        let mut creds = Credentials::default();
+        creds.merge(&cfg);
+        assert_eq!(
+            creds.get("reg.internal:443"),
+            Some(Credential::basic("hu", "hp"))
+        );
+        assert_eq!(creds.get("other:1"), Some(Credential::basic("u", "p")));
+    }
+
+    #[test]
+    fn docker_config_cred_helpers_run() {
+        // A credential helper as docker runs it: `docker-credential-NAME get`
+        // with the server on stdin, JSON on stdout.
+        let dir = tempfile::tempdir().unwrap();
+        let helper = dir.path().join("docker-credential-slipwaytest");
+        std::fs::write(
+            &helper,
+            "#!/bin/sh\nread host\nprintf '{\"ServerURL\":\"%s\",\"Username\":\"hu\",\"Secret\":\"hp\"}' \"$host\"\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = std::env::var("PATH").unwrap_or_default();
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--ignored", "--exact", "auth::tests::cred_helper_lookup"])
+            .env("PATH", format!("{}:{path}", dir.path().display()))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("1 passed"),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

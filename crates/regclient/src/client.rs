@@ -26,6 +26,9 @@ pub struct ClientConfig {
     pub credentials: Credentials,
     /// Hosts (`host:port`) to reach over plain HTTP. Loopback always is.
     pub insecure_registries: Vec<String>,
+    /// PEM certificates trusted beside the system's roots (`--ca-cert`):
+    /// registries behind a private CA.
+    pub ca_certs: Vec<Vec<u8>>,
     /// Attempts after the first for transient failures.
     pub retries: usize,
     /// Blobs moved at once by [`Client::copy_image`].
@@ -38,6 +41,7 @@ impl Default for ClientConfig {
         ClientConfig {
             credentials: Credentials::default(),
             insecure_registries: Vec::new(),
+            ca_certs: Vec::new(),
             retries: 4,
             parallelism: 4,
             user_agent: format!("slipway/{}", env!("CARGO_PKG_VERSION")),
@@ -140,6 +144,29 @@ fn push_scope(repo: &str) -> String {
     format!("repository:{repo}:pull,push")
 }
 
+/// An HTTP client trusting the system's roots and `ca_certs` (PEM, each
+/// file may hold several): what the registry client uses, and what other
+/// downloads of a build (`ADD URL`) should use so one `--ca-cert` serves all.
+pub fn http_client(user_agent: &str, ca_certs: &[Vec<u8>]) -> Result<reqwest::Client> {
+    let mut roots = Vec::new();
+    for pem in ca_certs {
+        let certs = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| RegClientError::Invalid(format!("a --ca-cert file: {e}")))?;
+        if certs.is_empty() {
+            return Err(RegClientError::Invalid(
+                "a --ca-cert file holds no PEM certificate".into(),
+            ));
+        }
+        roots.extend(certs);
+    }
+    reqwest::Client::builder()
+        .user_agent(user_agent)
+        .connect_timeout(Duration::from_secs(15))
+        .tls_certs_merge(roots)
+        .build()
+        .map_err(|e| RegClientError::Invalid(format!("building the HTTP client: {e}")))
+}
+
 /// Whether the registry at `host` is spoken to over plain HTTP: loopback,
 /// or one of `insecure` (`--insecure-registry`); HTTPS otherwise.
 pub fn plain_http(host: &str, insecure: &[String]) -> bool {
@@ -155,17 +182,19 @@ fn is_loopback(host: &str) -> bool {
 }
 
 impl Client {
+    /// The HTTP client, with the configured roots, for a build's other
+    /// downloads.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// How many blobs move at once (`ClientConfig::parallelism`, at least 1).
     pub fn parallelism(&self) -> usize {
         self.config.parallelism.max(1)
     }
 
     pub fn new(config: ClientConfig) -> Result<Client> {
-        let http = reqwest::Client::builder()
-            .user_agent(&config.user_agent)
-            .connect_timeout(Duration::from_secs(15))
-            .build()
-            .map_err(|e| RegClientError::Invalid(format!("building the HTTP client: {e}")))?;
+        let http = http_client(&config.user_agent, &config.ca_certs)?;
         Ok(Client {
             http,
             config,
@@ -190,10 +219,10 @@ impl Client {
 
     fn http_err(host: &str, what: &str) -> impl FnOnce(reqwest::Error) -> RegClientError {
         let (registry, what) = (host.to_owned(), what.to_owned());
-        move |source| RegClientError::Http {
+        move |error| RegClientError::Http {
             registry,
             what,
-            source,
+            error,
         }
     }
 
@@ -222,7 +251,7 @@ impl Client {
         let credential = self.config.credentials.get(host);
         let value = match challenge {
             Some(Challenge::Basic) => match credential {
-                Some(c) => c.header(),
+                Some(ref c) => c.header(),
                 None => {
                     return Err(RegClientError::Unauthorized {
                         registry: host.into(),

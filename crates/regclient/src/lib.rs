@@ -21,5 +21,7 @@ mod client;
 mod error;
 
 pub use auth::{Credential, Credentials, DockerConfig};
-pub use client::{Client, ClientConfig, FetchedManifest, Platform, Pushed, plain_http};
-pub use error::RegClientError;
+pub use client::{
+    Client, ClientConfig, FetchedManifest, Platform, Pushed, http_client, plain_http,
+};
+pub use error::{RegClientError, one_line};

@@ -80,8 +80,14 @@ pub struct Reaped {
 #[derive(Debug)]
 struct Embedded;
 
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "init", include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../migrations/0001_init.sql")),
+    (
+        2,
+        "credentials",
+        include_str!("../migrations/0002_credentials.sql"),
+    ),
+];
 
 impl sqlx::migrate::MigrationSource<'static> for Embedded {
     fn resolve(
@@ -107,7 +113,7 @@ impl sqlx::migrate::MigrationSource<'static> for Embedded {
     }
 }
 
-const RUN_COLUMNS: &str = "id, pool, state, spec, secret_ids, timeout_ms, created_at, started_at, finished_at, exit_code, image_digest, message";
+const RUN_COLUMNS: &str = "id, pool, state, spec, secret_ids, timeout_ms, created_at, started_at, finished_at, exit_code, image_digest, message, revision";
 
 impl Db {
     /// Open (creating, for SQLite) and migrate. `url` is `sqlite://PATH` or
@@ -286,6 +292,7 @@ impl Db {
         for q in [
             "DELETE FROM agent_tokens WHERE pool = $1",
             "DELETE FROM agents WHERE pool = $1",
+            "DELETE FROM credentials WHERE pool = $1",
             "DELETE FROM pools WHERE name = $1",
         ] {
             sqlx::query(q).bind(name).execute(&mut *tx).await?;
@@ -443,6 +450,10 @@ impl Db {
                 .map(|c| c as i32),
             image_digest: row.try_get("image_digest")?,
             message: row.try_get("message")?,
+            revision: row
+                .try_get::<Option<String>, _>("revision")?
+                .map(|r| serde_json::from_str(&r).map_err(|e| corrupt("runs.revision", e)))
+                .transpose()?,
         })
     }
 
@@ -479,6 +490,81 @@ impl Db {
             }
             None => Ok(None),
         }
+    }
+
+    /// Store a sealed credential. `false`: one exists for that kind and
+    /// host (with `replace`: none exists to replace).
+    pub async fn put_credential(
+        &self,
+        pool: &str,
+        kind: api::CredentialKind,
+        host: &str,
+        username: &str,
+        sealed: &str,
+        replace: bool,
+    ) -> Result<bool> {
+        let _w = self.write_lock().await;
+        let now = now_ms();
+        let r = if replace {
+            sqlx::query(
+                "UPDATE credentials SET username = $4, sealed = $5, updated_at = $6 WHERE pool = $1 AND kind = $2 AND host = $3",
+            )
+        } else {
+            sqlx::query(
+                "INSERT INTO credentials (pool, kind, host, username, sealed, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT DO NOTHING",
+            )
+        }
+        .bind(pool)
+        .bind(kind.as_str())
+        .bind(host)
+        .bind(username)
+        .bind(sealed)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    pub async fn delete_credential(
+        &self,
+        pool: &str,
+        kind: api::CredentialKind,
+        host: &str,
+    ) -> Result<bool> {
+        let _w = self.write_lock().await;
+        let r = sqlx::query("DELETE FROM credentials WHERE pool = $1 AND kind = $2 AND host = $3")
+            .bind(pool)
+            .bind(kind.as_str())
+            .bind(host)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// A pool's credentials with their sealed passwords, by kind and host.
+    pub async fn credentials(&self, pool: &str) -> Result<Vec<(api::CredentialInfo, String)>> {
+        let rows = sqlx::query(
+            "SELECT pool, kind, host, username, created_at, updated_at, sealed FROM credentials WHERE pool = $1 ORDER BY kind, host",
+        )
+        .bind(pool)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let kind: String = r.try_get(1)?;
+                Ok((
+                    api::CredentialInfo {
+                        pool: r.try_get(0)?,
+                        kind: kind.parse().map_err(|e| corrupt("credentials.kind", e))?,
+                        host: r.try_get(2)?,
+                        username: r.try_get(3)?,
+                        created_at: r.try_get(4)?,
+                        updated_at: r.try_get(5)?,
+                    },
+                    r.try_get(6)?,
+                ))
+            })
+            .collect()
     }
 
     /// The run's submitter and sealed secrets (for the lease).
@@ -762,7 +848,7 @@ impl Db {
         };
         let now = now_ms();
         sqlx::query(
-            "UPDATE runs SET state = $3, finished_at = $4, exit_code = $5, image_digest = $6, message = $7, lease_hash = NULL, lease_expires = NULL, secrets = NULL WHERE id = $1 AND lease_hash = $2",
+            "UPDATE runs SET state = $3, finished_at = $4, exit_code = $5, image_digest = $6, message = $7, revision = $8, lease_hash = NULL, lease_expires = NULL, secrets = NULL WHERE id = $1 AND lease_hash = $2",
         )
         .bind(run)
         .bind(lease_hash)
@@ -771,6 +857,12 @@ impl Db {
         .bind(result.exit_code.map(i64::from))
         .bind(result.image_digest.clone())
         .bind(result.message.clone())
+        .bind(
+            result
+                .revision
+                .as_ref()
+                .and_then(|r| serde_json::to_string(r).ok()),
+        )
         .execute(&mut *tx)
         .await?;
         sqlx::query(

@@ -87,6 +87,14 @@ pub fn router(server: Arc<Server>) -> Router {
         )
         .route("/pools/{name}/tokens", post(pool_token))
         .route(
+            "/pools/{name}/credentials",
+            post(add_credential).get(list_credentials),
+        )
+        .route(
+            "/pools/{name}/credentials/{kind}/{host}",
+            axum::routing::put(update_credential).delete(delete_credential),
+        )
+        .route(
             "/contexts/{digest}",
             get(get_context).head(head_context).put(put_context),
         )
@@ -192,6 +200,170 @@ async fn agent(s: &Server, headers: &HeaderMap) -> R<String> {
             "not an agent token of any pool".into(),
         )),
     }
+}
+
+// ---- credentials for other registries and git servers ----
+
+/// What a sealed credential is bound to: it opens only for this row.
+fn credential_owner(pool: &str, kind: api::CredentialKind, host: &str) -> Vec<u8> {
+    format!("credential\0{pool}\0{kind}\0{host}").into_bytes()
+}
+
+/// `host[:port]`, no scheme, path or credentials: the key a registry or
+/// git URL is matched by.
+fn valid_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b))
+}
+
+async fn store_credential(
+    s: &Server,
+    headers: &HeaderMap,
+    pool: &str,
+    spec: &api::CredentialSpec,
+    replace: bool,
+) -> R<Response> {
+    admin(s, headers)?;
+    if !valid_host(&spec.host) {
+        return Err(bad(format!(
+            "host {:?}: give host or host:port, without a scheme or path",
+            spec.host
+        )));
+    }
+    if spec.username.is_empty() || spec.username.len() > 256 || spec.username.contains(':') {
+        return Err(bad("username: 1-256 characters, no ':'"));
+    }
+    if spec.password.is_empty() || spec.password.len() > 16 * 1024 {
+        return Err(bad("password: 1 byte to 16 KiB"));
+    }
+    if s.db.pool(pool).await?.is_none() {
+        return Err(not_found(format!("pool {pool} does not exist")));
+    }
+    let mut m = BTreeMap::new();
+    m.insert("password".to_owned(), spec.password.clone());
+    let sealed = s
+        .sealer
+        .seal_for(&m, &credential_owner(pool, spec.kind, &spec.host))
+        .map_err(internal)?;
+    let done =
+        s.db.put_credential(
+            pool,
+            spec.kind,
+            &spec.host,
+            &spec.username,
+            &sealed,
+            replace,
+        )
+        .await?;
+    match (done, replace) {
+        (true, _) => {}
+        (false, false) => {
+            return Err(conflict(format!(
+                "pool {pool} already has a {} credential for {} (use update)",
+                spec.kind, spec.host
+            )));
+        }
+        (false, true) => {
+            return Err(not_found(format!(
+                "pool {pool} has no {} credential for {} (use add)",
+                spec.kind, spec.host
+            )));
+        }
+    }
+    let info =
+        s.db.credentials(pool)
+            .await?
+            .into_iter()
+            .map(|(i, _)| i)
+            .find(|i| i.kind == spec.kind && i.host == spec.host)
+            .ok_or_else(|| internal("credential vanished"))?;
+    tracing::info!(pool, kind = %spec.kind, host = spec.host, "credential stored");
+    let status = if replace {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(info)).into_response())
+}
+
+async fn add_credential(
+    State(s): S,
+    headers: HeaderMap,
+    Path(pool): Path<String>,
+    Json(spec): Json<api::CredentialSpec>,
+) -> R<Response> {
+    store_credential(&s, &headers, &pool, &spec, false).await
+}
+
+async fn update_credential(
+    State(s): S,
+    headers: HeaderMap,
+    Path((pool, kind, host)): Path<(String, String, String)>,
+    Json(spec): Json<api::CredentialSpec>,
+) -> R<Response> {
+    let kind: api::CredentialKind = kind.parse().map_err(bad)?;
+    if kind != spec.kind || host != spec.host {
+        return Err(bad("the body's kind and host must match the path"));
+    }
+    store_credential(&s, &headers, &pool, &spec, true).await
+}
+
+async fn delete_credential(
+    State(s): S,
+    headers: HeaderMap,
+    Path((pool, kind, host)): Path<(String, String, String)>,
+) -> R<Response> {
+    admin(&s, &headers)?;
+    let kind: api::CredentialKind = kind.parse().map_err(bad)?;
+    if !s.db.delete_credential(&pool, kind, &host).await? {
+        return Err(not_found(format!(
+            "pool {pool} has no {kind} credential for {host}"
+        )));
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn list_credentials(
+    State(s): S,
+    headers: HeaderMap,
+    Path(pool): Path<String>,
+) -> R<Response> {
+    admin(&s, &headers)?;
+    if s.db.pool(&pool).await?.is_none() {
+        return Err(not_found(format!("pool {pool} does not exist")));
+    }
+    let list: Vec<api::CredentialInfo> =
+        s.db.credentials(&pool)
+            .await?
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect();
+    Ok(Json(list).into_response())
+}
+
+/// The pool's credentials in clear, for a lease. One that no longer opens
+/// (the server's key changed) is skipped with a log line rather than
+/// failing every run of the pool.
+async fn lease_credentials(s: &Server, pool: &str) -> R<Vec<api::CredentialSpec>> {
+    let mut out = Vec::new();
+    for (info, sealed) in s.db.credentials(pool).await? {
+        match s
+            .sealer
+            .open_for(&sealed, &credential_owner(pool, info.kind, &info.host))
+        {
+            Ok(mut m) => out.push(api::CredentialSpec {
+                kind: info.kind,
+                host: info.host,
+                username: info.username,
+                password: m.remove("password").unwrap_or_default(),
+            }),
+            Err(e) => tracing::error!(pool, host = info.host, "credential: {e}"),
+        }
+    }
+    Ok(out)
 }
 
 // ---- pools ----
@@ -391,20 +563,45 @@ async fn get_context(State(s): S, headers: HeaderMap, Path(d): Path<String>) -> 
 
 const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
-async fn submit_run(State(s): S, headers: HeaderMap, Json(req): Json<RunRequest>) -> R<Response> {
+/// The host under which this request names the server's own registry: the
+/// `Host` it was sent to, so a server behind a cluster Service or bound to
+/// `0.0.0.0` knows the name its clients use without `--public-url`.
+fn own_registry(s: &Server, headers: &HeaderMap) -> String {
+    headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| valid_host(h))
+        .map_or_else(|| s.config.registry_host.clone(), str::to_owned)
+}
+
+async fn submit_run(
+    State(s): S,
+    headers: HeaderMap,
+    Json(mut req): Json<RunRequest>,
+) -> R<Response> {
     let who = user(&s, &headers)?;
     may_build(&who, &req.pool)?;
     if s.db.pool(&req.pool).await?.is_none() {
         return Err(not_found(format!("pool {} does not exist", req.pool)));
     }
-    let b = &req.build;
+    let own = own_registry(&s, &headers);
+    let b = &mut req.build;
     if b.tags.is_empty() && !b.no_push {
         return Err(bad("give at least one tag to push to, or no_push"));
     }
+    // Tags naming the server by its configured name are its own too.
+    for t in &mut b.tags {
+        if let Some(rest) = t.strip_prefix(&format!("{}/", s.config.registry_host))
+            && own != s.config.registry_host
+        {
+            *t = format!("{own}/{rest}");
+        }
+    }
+    b.registry = Some(own.clone());
+    let b = &req.build;
     for t in &b.tags {
         let r: oci::Reference = t.parse().map_err(|e| bad(format!("tag {t:?}: {e}")))?;
-        if r.registry == s.config.registry_host && !who.allows("repository", &r.repository, "push")
-        {
+        if r.registry == own && !who.allows("repository", &r.repository, "push") {
             return Err(forbidden(format!(
                 "{} may not push to {}",
                 who.subject(),
@@ -691,7 +888,7 @@ async fn agent_self(State(s): S, headers: HeaderMap) -> R<Json<api::AgentSelf>> 
     Ok(Json(api::AgentSelf {
         pool: pool_name,
         tier: pool.tier,
-        registry: s.config.registry_host.clone(),
+        registry: own_registry(&s, &headers),
     }))
 }
 
@@ -761,10 +958,16 @@ async fn complete_lease(
         s.registry.auth().principal_named(&submitter),
         Some(Principal::Admin { .. })
     );
+    let own = c
+        .run
+        .build
+        .registry
+        .clone()
+        .unwrap_or_else(|| s.config.registry_host.clone());
     let mut grants = Vec::new();
     for t in &c.run.build.tags {
         if let Ok(r) = t.parse::<oci::Reference>()
-            && r.registry == s.config.registry_host
+            && r.registry == own
         {
             grants.push(Access::repo(&r.repository, &[Action::Pull, Action::Push]));
         }
@@ -791,7 +994,7 @@ async fn complete_lease(
         ttl_ms: s.config.lease_ttl.as_millis() as u64,
         secrets,
         registry: Some(RegistryCredential {
-            host: s.config.registry_host.clone(),
+            host: own,
             username: "slipway-run".into(),
             password,
         }),
@@ -799,6 +1002,7 @@ async fn complete_lease(
             cpus: tier.cpus(),
             memory_bytes: tier.memory_bytes(),
         },
+        credentials: lease_credentials(s, &c.run.pool).await?,
         run: c.run,
     })
 }

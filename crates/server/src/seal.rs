@@ -71,12 +71,30 @@ impl Sealer {
 
     /// base64(nonce ‖ ciphertext) of the JSON map.
     pub fn seal(&self, secrets: &BTreeMap<String, String>) -> Result<String, SealError> {
+        self.seal_for(secrets, b"")
+    }
+
+    /// Like [`Sealer::seal`], bound to `owner` (associated data): the sealed
+    /// text opens only for the same owner, so it cannot be moved to
+    /// another row (another pool's credential, another run).
+    pub fn seal_for(
+        &self,
+        secrets: &BTreeMap<String, String>,
+        owner: &[u8],
+    ) -> Result<String, SealError> {
+        use chacha20poly1305::aead::Payload;
         let plain = serde_json::to_vec(secrets).map_err(|e| SealError::Seal(e.to_string()))?;
         let mut nonce = [0u8; 24];
         getrandom::fill(&mut nonce).map_err(|e| SealError::Seal(e.to_string()))?;
         let ct = self
             .cipher
-            .encrypt(XNonce::from_slice(&nonce), plain.as_slice())
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: &plain,
+                    aad: owner,
+                },
+            )
             .map_err(|e| SealError::Seal(e.to_string()))?;
         let mut out = nonce.to_vec();
         out.extend_from_slice(&ct);
@@ -84,6 +102,15 @@ impl Sealer {
     }
 
     pub fn open_sealed(&self, sealed: &str) -> Result<BTreeMap<String, String>, SealError> {
+        self.open_for(sealed, b"")
+    }
+
+    pub fn open_for(
+        &self,
+        sealed: &str,
+        owner: &[u8],
+    ) -> Result<BTreeMap<String, String>, SealError> {
+        use chacha20poly1305::aead::Payload;
         let raw = base64::engine::general_purpose::STANDARD
             .decode(sealed)
             .map_err(|_| SealError::Open)?;
@@ -93,7 +120,13 @@ impl Sealer {
         let (nonce, ct) = raw.split_at(24);
         let plain = self
             .cipher
-            .decrypt(XNonce::from_slice(nonce), ct)
+            .decrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: ct,
+                    aad: owner,
+                },
+            )
             .map_err(|_| SealError::Open)?;
         serde_json::from_slice(&plain).map_err(|_| SealError::Open)
     }
@@ -119,5 +152,10 @@ mod tests {
         let last = bad.len() - 3;
         bad[last] = if bad[last] == b'A' { b'B' } else { b'A' };
         assert!(s.open_sealed(&String::from_utf8(bad).unwrap()).is_err());
+        // Bound to an owner: opens for that owner only.
+        let bound = s.seal_for(&m, b"pool-a/registry/h:1").unwrap();
+        assert_eq!(s.open_for(&bound, b"pool-a/registry/h:1").unwrap(), m);
+        assert!(s.open_for(&bound, b"pool-b/registry/h:1").is_err());
+        assert!(s.open_sealed(&bound).is_err());
     }
 }

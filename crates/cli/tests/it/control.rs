@@ -271,6 +271,7 @@ fn spec(digest: &str, dockerfile: &str, tag: &str) -> BuildSpec {
         platform: None,
         no_cache: true,
         no_push: false,
+        registry: None,
     }
 }
 
@@ -1014,6 +1015,7 @@ fn tokens_and_secrets_are_scoped_and_never_stored_in_clear() {
                     exit_code: Some(0),
                     image_digest: None,
                     message: None,
+                    revision: None,
                 },
             )
             .await
@@ -1061,6 +1063,7 @@ fn tokens_and_secrets_are_scoped_and_never_stored_in_clear() {
                     exit_code: Some(1),
                     image_digest: None,
                     message: Some("test".into()),
+                    revision: None,
                 },
             )
             .await
@@ -1261,6 +1264,7 @@ async fn queue_under_contention(url: &str, token: &str) {
                         exit_code: Some(0),
                         image_digest: None,
                         message: None,
+                        revision: None,
                     },
                 )
                 .await

@@ -8,8 +8,10 @@
 mod build_features;
 mod control;
 mod crash;
+mod deploy;
 mod differential;
 mod dockerfile;
 mod harness;
+mod packages;
 mod peers;
 mod slice;

@@ -1,0 +1,16 @@
+-- A pool's credentials for other registries and git servers, sealed like
+-- run secrets (the password never rests in clear); the commit a git
+-- context resolved to.
+
+CREATE TABLE credentials (
+    pool TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    host TEXT NOT NULL,
+    username TEXT NOT NULL,
+    sealed TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    PRIMARY KEY (pool, kind, host)
+);
+
+ALTER TABLE runs ADD COLUMN revision TEXT;
