@@ -64,6 +64,24 @@ if [ "$("$SLIPWAY_K8S_VALIDATE" --version 2>/dev/null)" != "$KUBERNETES_VALIDATE
   [ -x "$CACHE/venv/bin/pip" ] || python3 -m venv "$CACHE/venv"
   "$CACHE/venv/bin/pip" install -q "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
 fi
+# The private-network tests (crates/cli/tests/it/private_deps.rs): Azurite
+# from npm as the private blob storage (3.36 and later need Node.js 21+), the
+# Azure SDK for Python as the client that seeds it.
+AZURITE_VERSION=3.35.0
+AZURE_STORAGE_BLOB_VERSION=12.31.1
+export SLIPWAY_AZURITE="$CACHE/npm/node_modules/.bin/azurite-blob"
+if [ ! -x "$SLIPWAY_AZURITE" ] || [ "$(cat "$CACHE/npm/.azurite.version" 2>/dev/null)" != "$AZURITE_VERSION" ]; then
+  command -v npm >/dev/null 2>&1 || { echo "error: npm is needed to install Azurite" >&2; exit 1; }
+  log "installing azurite $AZURITE_VERSION into $CACHE/npm"
+  mkdir -p "$CACHE/npm"
+  npm install --prefix "$CACHE/npm" --no-audit --no-fund --loglevel=error "azurite@$AZURITE_VERSION" >/dev/null
+  echo "$AZURITE_VERSION" >"$CACHE/npm/.azurite.version"
+fi
+if ! "$CACHE/venv/bin/python3" -c "import sys, azure.storage.blob as b; sys.exit(b.__version__ != '$AZURE_STORAGE_BLOB_VERSION')" 2>/dev/null; then
+  log "installing azure-storage-blob $AZURE_STORAGE_BLOB_VERSION into $CACHE/venv"
+  [ -x "$CACHE/venv/bin/pip" ] || python3 -m venv "$CACHE/venv"
+  "$CACHE/venv/bin/pip" install -q "azure-storage-blob==$AZURE_STORAGE_BLOB_VERSION"
+fi
 # BuildKit's go.mod has exclude directives, which `go install pkg@version`
 # refuses: build its commands inside the downloaded module instead.
 build_buildkit() { # name

@@ -12,6 +12,8 @@ mod deploy;
 mod differential;
 mod dockerfile;
 mod harness;
+mod netns;
 mod packages;
 mod peers;
+mod private_deps;
 mod slice;
