@@ -16,6 +16,20 @@
 //! whiteouts ([`WhiteoutMode::Overlay`]) so the directory can serve as an
 //! overlay lower layer.
 //!
+//! What an archive may create is limited as containerd limits it, and
+//! further: block devices never; character devices only from an image
+//! layer and only the standard ones (`null`, `zero`, `full`, `random`,
+//! `urandom`, `tty`, `console`, `ptmx`) or `0:0` (an overlay whiteout, which
+//! is what such a node means in a lower dir), anything else skipped with a
+//! note in [`Applied::skipped`]; from a build context ([`Origin::Context`])
+//! no device node at all. Extended attributes: `trusted.*` (overlayfs'
+//! own metadata among them: `trusted.overlay.redirect`, `.opaque`…) and
+//! `user.overlay.*` (the same, for overlays mounted with `userxattr`) are
+//! dropped; of `security.*` only `security.capability` is kept, as
+//! containerd and Docker keep it (the kernel checks its format, and the
+//! sandbox mounts every rootfs `nosuid`, which ignores it at exec anyway);
+//! `user.*` and POSIX ACLs (`system.posix_acl_*`) are kept.
+//!
 //! We hand-write this rather than use `tar::Archive::unpack`: that does not
 //! know OCI whiteouts and resolves paths through the host filesystem.
 
@@ -72,6 +86,44 @@ pub enum WhiteoutMode {
     /// Write overlayfs whiteouts (0/0 character devices, `overlay.opaque`
     /// xattrs in the `trusted.` or, with `userxattr`, the `user.` namespace).
     Overlay { userxattr: bool },
+}
+
+/// Where an archive comes from: what it may create depends on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Origin {
+    /// An image layer (pulled, or from the build cache): standard character
+    /// devices and `0:0` whiteout nodes are created, nothing else.
+    #[default]
+    Image,
+    /// A build context (or an archive from it): no device node at all.
+    /// Setuid bits are kept, as Docker keeps them.
+    Context,
+}
+
+/// Character devices an image layer may carry (major, minor): Docker's
+/// standard set plus `console`, and `0:0`, an overlay whiteout.
+const CHAR_DEVICES: &[(u32, u32)] = &[
+    (0, 0),
+    (1, 3),
+    (1, 5),
+    (1, 7),
+    (1, 8),
+    (1, 9),
+    (5, 0),
+    (5, 1),
+    (5, 2),
+];
+
+/// Whether an extended attribute from an archive is applied (see the
+/// module docs).
+pub fn xattr_allowed(key: &str) -> bool {
+    if key.starts_with("trusted.") || key.starts_with("user.overlay.") {
+        return false;
+    }
+    if let Some(rest) = key.strip_prefix("security.") {
+        return rest == "capability";
+    }
+    true
 }
 
 /// What applying a layer found.
@@ -148,6 +200,20 @@ pub fn apply_layer(
     mode: WhiteoutMode,
     lowers: &[PathBuf],
 ) -> Result<Applied, UnpackError> {
+    apply_archive(blob, digest, diff_id, target, mode, lowers, Origin::Image)
+}
+
+/// [`apply_layer`] for an archive of `origin`: a build context passes
+/// [`Origin::Context`], so that it creates no device node.
+pub fn apply_archive(
+    blob: impl Read,
+    digest: &Digest,
+    diff_id: Option<&Digest>,
+    target: &Path,
+    mode: WhiteoutMode,
+    lowers: &[PathBuf],
+    origin: Origin,
+) -> Result<Applied, UnpackError> {
     let layer = digest.to_string();
     let read_err = |source| UnpackError::Read {
         layer: layer.clone(),
@@ -194,6 +260,7 @@ pub fn apply_layer(
             skipped: Vec::new(),
             is_root: rustix::process::geteuid().is_root(),
             lowers: lower_fds,
+            origin,
         };
         let mut entries = 0u64;
         let mut broken = None;
@@ -265,6 +332,7 @@ struct Ctx {
     skipped: Vec<String>,
     is_root: bool,
     lowers: Vec<OwnedFd>,
+    origin: Origin,
 }
 
 fn ts(secs: u64) -> Timestamps {
@@ -495,6 +563,27 @@ impl Ctx {
                     .collect()
             })
             .unwrap_or_default();
+        let (xattrs, dropped): (Vec<_>, Vec<_>) =
+            xattrs.into_iter().partition(|(k, _)| xattr_allowed(k));
+        for (k, _) in dropped {
+            self.skipped
+                .push(format!("{}: xattr {k} dropped", rel.display()));
+        }
+
+        // A device node this archive may not create leaves what is there.
+        if matches!(kind, tar::EntryType::Char | tar::EntryType::Block) {
+            let (major, minor) = (
+                header.device_major().ok().flatten().unwrap_or(0),
+                header.device_minor().ok().flatten().unwrap_or(0),
+            );
+            if let Some(why) = self.refuse_device(kind, major, minor) {
+                self.skipped.push(format!(
+                    "{}: {why} {major}:{minor} not created",
+                    rel.display()
+                ));
+                return Ok(());
+            }
+        }
 
         // Whatever is there goes, except a directory replaced by a directory.
         let existing_dir = matches!(
@@ -628,6 +717,20 @@ impl Ctx {
             )),
         }
         Ok(())
+    }
+
+    /// Why a device entry is not created, if it is not.
+    fn refuse_device(&self, kind: tar::EntryType, major: u32, minor: u32) -> Option<&'static str> {
+        match (kind, self.origin) {
+            (tar::EntryType::Block, _) => Some("block device"),
+            (tar::EntryType::Char, Origin::Context) => {
+                Some("character device from a build context")
+            }
+            (tar::EntryType::Char, Origin::Image) if !CHAR_DEVICES.contains(&(major, minor)) => {
+                Some("non-standard character device")
+            }
+            _ => None,
+        }
     }
 
     fn own(&mut self, fd: &impl AsFd, rel: &Path, uid: u64, gid: u64) {

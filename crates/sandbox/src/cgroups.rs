@@ -48,6 +48,102 @@ pub fn detect(root: &Path) -> Option<Hierarchy> {
     Some(Hierarchy::V1 { memory, pids, cpu })
 }
 
+/// Docker's default device rules (runc's allowed devices), written after
+/// "deny all": `mknod` of any node, and read, write and `mknod` of
+/// `/dev/null`, `zero`, `full`, `random`, `urandom`, `tty`, `ptmx`,
+/// `/dev/pts/*` and `/dev/net/tun`.
+pub const DEVICE_RULES: &[&str] = &[
+    "c *:* m",
+    "b *:* m",
+    "c 1:3 rwm",
+    "c 1:5 rwm",
+    "c 1:7 rwm",
+    "c 1:8 rwm",
+    "c 1:9 rwm",
+    "c 5:0 rwm",
+    "c 5:2 rwm",
+    "c 136:* rwm",
+    "c 10:200 rwm",
+];
+
+/// Name of the device cgroup every root run joins, under the parent.
+const DEVICE_CGROUP: &str = "sandbox-devices";
+
+fn rules_in(list: &str) -> std::collections::BTreeSet<String> {
+    list.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The cgroup v1 `devices` cgroup `<root>/devices/<parent>/sandbox-devices`
+/// with [`DEVICE_RULES`], shared by every run (the rules never change, so
+/// there is nothing to create or remove per run): its `tasks` file, which
+/// the monitor joins. `Ok(None)` when the host has no writable v1 `devices`
+/// hierarchy (cgroup v2 only hosts: there a device filter is an eBPF
+/// program, not done; `nodev` mounts still keep device nodes inert).
+///
+/// Set up once under an exclusive `flock` of the parent directory; "deny
+/// all" is written only to a cgroup that still allows everything (a fresh
+/// one), so a run already inside never loses its devices.
+pub fn device_cgroup(root: &Path, parent: &str) -> Result<Option<PathBuf>, Error> {
+    let base = root.join("devices");
+    if !base.join("devices.list").exists() {
+        return Ok(None);
+    }
+    let parent_dir = base.join(parent);
+    let dir = parent_dir.join(DEVICE_CGROUP);
+    let want: std::collections::BTreeSet<String> =
+        DEVICE_RULES.iter().map(|r| r.to_string()).collect();
+    let list = dir.join("devices.list");
+    let read = || {
+        std::fs::read_to_string(&list)
+            .map(|l| rules_in(&l))
+            .map_err(|e| Error::host(format!("reading {}", list.display()), e))
+    };
+    if list.exists() && read()? == want {
+        return Ok(Some(dir.join("tasks")));
+    }
+    match std::fs::create_dir_all(&dir) {
+        Ok(()) => {}
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(Error::host(format!("creating cgroup {}", dir.display()), e)),
+    }
+    let lock = std::fs::File::open(&parent_dir)
+        .map_err(|e| Error::host(format!("opening {}", parent_dir.display()), e))?;
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| Error::host(format!("locking {}", parent_dir.display()), e))?;
+    let have = read()?;
+    if have != want {
+        let empty = std::fs::read_to_string(dir.join("tasks"))
+            .map(|t| t.trim().is_empty())
+            .unwrap_or(false);
+        // Reset to "deny all" only where no run can be inside yet.
+        if have.contains("a *:* rwm") || empty {
+            write(&dir.join("devices.deny"), "a")?;
+        }
+        for r in DEVICE_RULES {
+            write(&dir.join("devices.allow"), r)?;
+        }
+        let now = read()?;
+        if now != want {
+            return Err(Error::host(
+                format!("setting the device rules of {}", dir.display()),
+                std::io::Error::other(format!("the kernel lists {now:?}")),
+            ));
+        }
+    }
+    Ok(Some(dir.join("tasks")))
+}
+
 /// The cgroup(s) of one run.
 #[derive(Debug)]
 pub(crate) struct Cgroup {

@@ -20,7 +20,7 @@ use crate::cgroups::{self, Cgroup};
 use crate::error::{Error, SpecError};
 use crate::namespaces::{self, IdMap};
 use crate::rootfs::{self, Layout, PlanMode};
-use crate::spec::{ExitStatus, Network, Outcome, RunSpec};
+use crate::spec::{ExitStatus, Network, Outcome, RunSpec, Security};
 use crate::wire::{Control, InitMsg, MonitorPlan, Pid1Plan, Report, encode};
 
 /// How long a kill request may take before the parent kills harder.
@@ -233,6 +233,36 @@ impl Sandbox {
             None
         };
 
+        // Docker's device cgroup (root only: a user namespace cannot write
+        // the host's hierarchy) and seccomp profile, unless insecure.
+        let confined = spec.security == Security::Default;
+        let mut cgroup_join = cgroup.as_ref().map(Cgroup::join_files).unwrap_or_default();
+        if confined && self.config.mode == Mode::Root {
+            match cgroups::device_cgroup(&self.config.cgroup_root, &self.config.cgroup_parent) {
+                Ok(Some(tasks)) => cgroup_join.push(tasks),
+                Ok(None) => no_device_cgroup_once(),
+                Err(e) => {
+                    if let Some(cg) = cgroup {
+                        cg.remove().await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let seccomp = if confined {
+            match crate::seccomp::docker_default(crate::caps::DOCKER_DEFAULT) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    if let Some(cg) = cgroup {
+                        cg.remove().await;
+                    }
+                    return Err(Error::Setup(e));
+                }
+            }
+        } else {
+            None
+        };
+
         let mut env = spec.process.env.clone();
         if !env.iter().any(|e| e.starts_with("PATH=")) {
             env.push(format!("PATH={}", crate::spec::DEFAULT_PATH));
@@ -243,9 +273,9 @@ impl Sandbox {
         let plan = MonitorPlan {
             unshare: namespaces::clone_flags(userns, spec.network).bits(),
             userns,
-            cgroup_join: cgroup.as_ref().map(Cgroup::join_files).unwrap_or_default(),
+            cgroup_join,
             pid1: Pid1Plan {
-                ops: rootfs::plan(spec, &layout, PlanMode { userns, setgroups }, &etc),
+                ops: rootfs::plan(spec, &layout, PlanMode { userns, setgroups }, &etc, seccomp),
                 argv: spec.process.argv.clone(),
                 env,
                 cwd: spec.process.cwd.clone(),
@@ -515,6 +545,17 @@ impl Sandbox {
             elapsed: started.elapsed(),
         })
     }
+}
+
+/// Says once per process that the device cgroup is missing.
+fn no_device_cgroup_once() {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| {
+        tracing::info!(
+            "no writable cgroup v1 devices controller: no device cgroup for runs \
+             (nodev mounts still keep device nodes made inside inert)"
+        );
+    });
 }
 
 fn hard_kill(pid1: Option<u32>, cgroup: Option<&Cgroup>) {

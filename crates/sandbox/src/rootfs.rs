@@ -58,7 +58,10 @@ pub(crate) struct PlanMode {
 }
 
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+/// Docker's masked paths (moby `oci/defaults.go`): files get `/dev/null`
+/// bound over them, directories an empty read-only tmpfs.
 const MASKED_FILES: &[&str] = &[
+    "/proc/interrupts",
     "/proc/kcore",
     "/proc/keys",
     "/proc/latency_stats",
@@ -66,7 +69,14 @@ const MASKED_FILES: &[&str] = &[
     "/proc/timer_stats",
     "/proc/sched_debug",
 ];
-const MASKED_DIRS: &[&str] = &["/proc/acpi", "/proc/scsi", "/sys/firmware"];
+const MASKED_DIRS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+/// Docker's read-only paths.
 const READONLY: &[&str] = &[
     "/proc/bus",
     "/proc/fs",
@@ -148,11 +158,14 @@ fn hosts_file(hostname: &str) -> String {
 
 /// The init's steps for `spec`, in order: namespaces' contents, mounts,
 /// `pivot_root`, then capabilities, ids and `no_new_privs`.
+///
+/// `seccomp`, when given, is installed last (see [`crate::seccomp`]).
 pub(crate) fn plan(
     spec: &RunSpec,
     layout: &Layout,
     mode: PlanMode,
     etc_files: &[(&str, String)],
+    seccomp: Option<Vec<crate::seccomp::Program>>,
 ) -> Vec<Op> {
     let root = &layout.root;
     let inr = |path: &str| Target::InRoot {
@@ -180,6 +193,8 @@ pub(crate) fn plan(
             None,
         )
     };
+    let bind_one =
+        |source: &str, target: Target| mount(Some(source), target, None, MsFlags::MS_BIND, None);
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
 
     let mut ops = vec![Op::ParentDeathKill, Op::OomScoreAdj(0)];
@@ -214,8 +229,9 @@ pub(crate) fn plan(
         ops.push(optional(bind("/dev/null", inr(p))));
     }
     for p in READONLY {
-        ops.push(Op::ReadOnly {
+        ops.push(Op::Remount {
             target: inr(p),
+            readonly: true,
             bind_self: true,
             optional: true,
         });
@@ -225,8 +241,9 @@ pub(crate) fn plan(
     // namespace, sysfs cannot be mounted rootless: bind the host's.
     if mode.userns && spec.network == Network::Host {
         ops.push(bind("/sys", inr("/sys")));
-        ops.push(Op::ReadOnly {
+        ops.push(Op::Remount {
             target: inr("/sys"),
+            readonly: true,
             bind_self: false,
             optional: false,
         });
@@ -244,17 +261,19 @@ pub(crate) fn plan(
             Some("tmpfs"),
             inr(p),
             Some("tmpfs"),
-            MsFlags::MS_RDONLY,
+            nosuid_nodev_noexec | MsFlags::MS_RDONLY,
             None,
         )));
     }
 
-    // A minimal /dev.
+    // A minimal /dev: a nodev tmpfs (a node made in it cannot be opened),
+    // with Docker's standard devices bound from the host's (each bind is a
+    // mount of its own, with the host /dev's flags).
     ops.push(mount(
         Some("tmpfs"),
         inr("/dev"),
         Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME,
         Some("mode=755,size=65536k".into()),
     ));
     for d in DEVICES {
@@ -287,6 +306,17 @@ pub(crate) fn plan(
         Some("tmpfs"),
         nosuid_nodev_noexec,
         Some("mode=1777,size=65536k".into()),
+    ));
+    ops.push(Op::Mkdir {
+        target: inr("/dev/mqueue"),
+        mode: 0o755,
+    });
+    ops.push(mount(
+        Some("mqueue"),
+        inr("/dev/mqueue"),
+        Some("mqueue"),
+        nosuid_nodev_noexec,
+        None,
     ));
     for (to, link) in [
         ("pts/ptmx", "/dev/ptmx"),
@@ -341,22 +371,29 @@ pub(crate) fn plan(
                 MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
                 size.map(|s| format!("size={s}")),
             )),
+            // Not recursive: a mount below the source (a device-capable
+            // one, say) does not come along. Then nosuid,nodev.
             Mount::Bind {
                 source,
                 target,
                 readonly,
             } => {
-                ops.push(bind(&source.display().to_string(), inr(target)));
-                if *readonly {
-                    ops.push(Op::ReadOnly {
-                        target: inr(target),
-                        bind_self: false,
-                        optional: false,
-                    });
-                }
+                ops.push(bind_one(&source.display().to_string(), inr(target)));
+                ops.push(Op::Remount {
+                    target: inr(target),
+                    readonly: *readonly,
+                    bind_self: false,
+                    optional: false,
+                });
             }
             Mount::Cache { source, target } => {
-                ops.push(bind(&source.display().to_string(), inr(target)))
+                ops.push(bind_one(&source.display().to_string(), inr(target)));
+                ops.push(Op::Remount {
+                    target: inr(target),
+                    readonly: false,
+                    bind_self: false,
+                    optional: false,
+                });
             }
         }
     }
@@ -383,8 +420,9 @@ pub(crate) fn plan(
                 gid,
             });
         }
-        ops.push(Op::ReadOnly {
+        ops.push(Op::Remount {
             target: inr("/run/secrets"),
+            readonly: true,
             bind_self: false,
             optional: false,
         });
@@ -413,8 +451,9 @@ pub(crate) fn plan(
             });
             let target = s.target.as_deref().unwrap_or("/");
             ops.push(bind(&host.display().to_string(), inr(target)));
-            ops.push(Op::ReadOnly {
+            ops.push(Op::Remount {
                 target: inr(target),
+                readonly: true,
                 bind_self: false,
                 optional: false,
             });
@@ -434,6 +473,10 @@ pub(crate) fn plan(
     // Changing credentials cleared these two.
     ops.push(Op::NotDumpable);
     ops.push(Op::ParentDeathKill);
+    // Last, so that nothing pid 1 still does needs more than the profile.
+    if let Some(filters) = seccomp {
+        ops.push(Op::Seccomp(filters));
+    }
     ops
 }
 
@@ -467,7 +510,7 @@ mod tests {
     }
 
     fn plan_t(s: &RunSpec, l: &Layout, m: PlanMode) -> Vec<Op> {
-        plan(s, l, m, &etc_files("box", "nameserver 10.0.0.1\n"))
+        plan(s, l, m, &etc_files("box", "nameserver 10.0.0.1\n"), None)
     }
 
     fn layout() -> Layout {
@@ -550,7 +593,7 @@ mod tests {
         for (i, o) in ops.iter().enumerate() {
             if matches!(
                 o,
-                Op::Mount { .. } | Op::WriteFile { .. } | Op::ReadOnly { .. }
+                Op::Mount { .. } | Op::WriteFile { .. } | Op::Remount { .. }
             ) {
                 assert!(i < pivot, "{o} after pivot_root");
             }
@@ -575,7 +618,7 @@ mod tests {
         });
         assert!(mount_on(&ops, "/run/secrets") < secret);
         assert!(
-            matches!(&ops[secret + 1], Op::ReadOnly { target: Target::InRoot { path, .. }, .. } if path == "/run/secrets")
+            matches!(&ops[secret + 1], Op::Remount { target: Target::InRoot { path, .. }, readonly: true, .. } if path == "/run/secrets")
         );
         // The secret belongs to the process's user.
         assert!(matches!(
@@ -591,7 +634,8 @@ mod tests {
         let src = mount_on(&ops, "/src");
         assert!(matches!(
             &ops[src + 1],
-            Op::ReadOnly {
+            Op::Remount {
+                readonly: true,
                 bind_self: false,
                 ..
             }
@@ -699,7 +743,10 @@ mod tests {
         );
         let bound = mount_on(&ops, "/root/.npmrc");
         assert!(tmpfs < write && write < bound);
-        assert!(matches!(&ops[bound + 1], Op::ReadOnly { .. }));
+        assert!(matches!(
+            &ops[bound + 1],
+            Op::Remount { readonly: true, .. }
+        ));
         let sk = skeleton(&s, |_| false);
         assert!(sk.contains(&("/root/.npmrc".to_string(), false)), "{sk:?}");
         assert!(!sk.iter().any(|(p, _)| p == "/run/secrets"));

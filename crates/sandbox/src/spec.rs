@@ -35,6 +35,10 @@ pub struct RunSpec {
     /// Contents of `/etc/resolv.conf` inside. `None`: the host's file in
     /// [`Network::Host`] mode, an empty one in [`Network::None`] mode.
     pub resolv_conf: Option<String>,
+    /// Docker's default confinement, or less of it for `RUN
+    /// --security=insecure` where the caller's policy allows that.
+    #[serde(default)]
+    pub security: Security,
 }
 
 impl RunSpec {
@@ -48,6 +52,7 @@ impl RunSpec {
             network: Network::Host,
             limits: Limits::default(),
             resolv_conf: None,
+            security: Security::Default,
         }
     }
 
@@ -280,6 +285,22 @@ impl std::fmt::Debug for Secret {
             .field("target", &self.target)
             .finish()
     }
+}
+
+/// How much of Docker's default confinement a run gets. Whatever it is,
+/// the run keeps its namespaces, Docker's capability set, `no_new_privs`,
+/// the masked and read-only `/proc` and `/sys` paths, and `nodev,nosuid`
+/// mounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Security {
+    /// Docker's defaults: its seccomp profile ([`crate::seccomp`]) and,
+    /// in [`crate::Mode::Root`] where the host has a cgroup v1 `devices`
+    /// controller, its device cgroup rules.
+    #[default]
+    Default,
+    /// `RUN --security=insecure`: no seccomp filter and no device cgroup.
+    /// Only for callers whose policy (the pool's) allows it.
+    Insecure,
 }
 
 /// Network mode.

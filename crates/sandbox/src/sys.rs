@@ -71,7 +71,7 @@ pub enum Op {
         /// some kernels lack).
         optional: bool,
     },
-    /// Mount an overlay on `target`, naming every layer by an `O_PATH`
+    /// Mount an overlay on `target` (`nosuid,nodev`), naming every layer by an `O_PATH`
     /// descriptor (`/proc/self/fd/N`) so that no host path shows in the
     /// run's `/proc/self/mountinfo`.
     Overlay {
@@ -86,11 +86,14 @@ pub enum Op {
         /// Add `userxattr` (inside a user namespace).
         userxattr: bool,
     },
-    /// Make a mount point read-only, keeping the flags the kernel locks
-    /// (nosuid, nodev, noexec… of the source).
-    ReadOnly {
+    /// Remount a mount point `nosuid,nodev` (and read-only), keeping the
+    /// flags it already has (those of a bind's source, which the kernel may
+    /// lock: noexec, relatime…).
+    Remount {
         /// The mount point.
         target: Target,
+        /// Also make it read-only.
+        readonly: bool,
         /// Bind `target` onto itself first (read-only paths under `/proc`).
         bind_self: bool,
         /// Skip silently when the target does not exist.
@@ -152,6 +155,9 @@ pub enum Op {
     /// `PR_SET_DUMPABLE(0)`: the program cannot ptrace pid 1 or open its
     /// `/proc/1/exe` (the host's init binary).
     NotDumpable,
+    /// Install seccomp filters, in order (the last step: pid 1 and the
+    /// program it spawns run under them). See [`crate::seccomp`].
+    Seccomp(Vec<crate::seccomp::Program>),
 }
 
 impl fmt::Debug for Op {
@@ -202,7 +208,13 @@ impl fmt::Display for Op {
                 work.display(),
                 if *userxattr { ", userxattr" } else { "" }
             ),
-            Op::ReadOnly { target, .. } => write!(f, "remount read-only {target}"),
+            Op::Remount {
+                target, readonly, ..
+            } => write!(
+                f,
+                "remount {target} nosuid,nodev{}",
+                if *readonly { ",ro" } else { "" }
+            ),
             Op::Mkdir { target, mode } => write!(f, "mkdir -m {mode:o} {target}"),
             Op::CreateFile { target } => write!(f, "touch {target}"),
             Op::Symlink { to, target } => write!(f, "ln -s {to} {target}"),
@@ -222,6 +234,12 @@ impl fmt::Display for Op {
             Op::SetIds { uid, gid, groups } => write!(f, "set ids {uid}:{gid} groups {groups:?}"),
             Op::NoNewPrivs => write!(f, "no_new_privs"),
             Op::NotDumpable => write!(f, "not dumpable"),
+            Op::Seccomp(filters) => write!(
+                f,
+                "seccomp: {} filter(s), {} instructions",
+                filters.len(),
+                filters.iter().map(|p| p.len()).sum::<usize>()
+            ),
         }
     }
 }
@@ -427,16 +445,19 @@ fn apply_real(op: &Op) -> std::io::Result<()> {
             if *userxattr {
                 data.push_str(",userxattr");
             }
+            // nosuid,nodev: a device node or setuid file from an image
+            // layer (or made by a RUN step) is inert.
             nix::mount::mount(
                 Some("overlay"),
                 target,
                 Some("overlay"),
-                MsFlags::empty(),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
                 Some(data.as_str()),
             )?;
         }
-        Op::ReadOnly {
+        Op::Remount {
             target,
+            readonly,
             bind_self,
             optional,
         } => {
@@ -456,11 +477,14 @@ fn apply_real(op: &Op) -> std::io::Result<()> {
                 t = resolve(target)?;
             }
             let vfs = rustix::fs::statvfs(&t.path)?;
-            let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+            let mut flags =
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+            if *readonly {
+                flags |= MsFlags::MS_RDONLY;
+            }
             use rustix::fs::StatVfsMountFlags as V;
             for (v, m) in [
-                (V::NOSUID, MsFlags::MS_NOSUID),
-                (V::NODEV, MsFlags::MS_NODEV),
+                (V::RDONLY, MsFlags::MS_RDONLY),
                 (V::NOEXEC, MsFlags::MS_NOEXEC),
                 (V::NOATIME, MsFlags::MS_NOATIME),
                 (V::NODIRATIME, MsFlags::MS_NODIRATIME),
@@ -537,6 +561,7 @@ fn apply_real(op: &Op) -> std::io::Result<()> {
         }
         Op::NoNewPrivs => nix::sys::prctl::set_no_new_privs()?,
         Op::NotDumpable => nix::sys::prctl::set_dumpable(false)?,
+        Op::Seccomp(filters) => crate::seccomp::install(filters)?,
     }
     Ok(())
 }

@@ -102,3 +102,135 @@ fn whiteouts_cannot_delete_outside_the_target() {
         "keep"
     );
 }
+
+/// A layer carrying device nodes and xattrs that only the host's kernel
+/// should set: a block device and a non-standard character device are not
+/// created, nor are `trusted.*`, `user.overlay.*` and `security.*` other
+/// than `security.capability`; standard devices and 0:0 whiteouts are
+/// (as root); from a build context no device node at all.
+#[test]
+fn devices_and_privileged_xattrs_from_an_archive_are_not_applied() {
+    if !crate::require_root() {
+        return;
+    }
+    use builder::unpack::{Origin, apply_archive};
+    let mut b = tar::Builder::new(Vec::new());
+    let dev = |name: &str, kind: tar::EntryType, major: u32, minor: u32| {
+        let mut h = tar::Header::new_gnu();
+        h.set_path(name).unwrap();
+        h.set_entry_type(kind);
+        h.set_device_major(major).unwrap();
+        h.set_device_minor(minor).unwrap();
+        h.set_mode(0o666);
+        h.set_size(0);
+        h.set_cksum();
+        h
+    };
+    let mut dir = tar::Header::new_gnu();
+    dir.set_path("dev").unwrap();
+    dir.set_entry_type(tar::EntryType::Directory);
+    dir.set_mode(0o755);
+    dir.set_size(0);
+    dir.set_cksum();
+    b.append(&dir, &b""[..]).unwrap();
+    for (name, kind, major, minor) in [
+        ("dev/sda", tar::EntryType::Block, 8, 0),
+        ("dev/mem", tar::EntryType::Char, 1, 1),
+        ("dev/null", tar::EntryType::Char, 1, 3),
+        ("wh", tar::EntryType::Char, 0, 0),
+    ] {
+        b.append(&dev(name, kind, major, minor), &b""[..]).unwrap();
+    }
+    // security.capability v2: cap_net_raw permitted and effective.
+    let mut cap = Vec::new();
+    for w in [0x0200_0001u32, 1 << 13, 0, 0, 0] {
+        cap.extend_from_slice(&w.to_le_bytes());
+    }
+    b.append_pax_extensions([
+        ("SCHILY.xattr.trusted.overlay.redirect", &b"/etc"[..]),
+        ("SCHILY.xattr.trusted.overlay.opaque", &b"y"[..]),
+        ("SCHILY.xattr.user.overlay.opaque", &b"y"[..]),
+        (
+            "SCHILY.xattr.security.selinux",
+            &b"system_u:object_r:shadow_t:s0"[..],
+        ),
+        ("SCHILY.xattr.security.capability", &cap[..]),
+    ])
+    .unwrap();
+    let mut f = tar::Header::new_gnu();
+    f.set_path("bin/ping").unwrap();
+    f.set_entry_type(tar::EntryType::Regular);
+    f.set_mode(0o755);
+    f.set_size(3);
+    f.set_cksum();
+    b.append(&f, &b"elf"[..]).unwrap();
+    let layer = b.into_inner().unwrap();
+    let d = Digest::sha256(&layer);
+
+    let base = tempfile::tempdir().unwrap();
+    let target = base.path().join("image");
+    std::fs::create_dir(&target).unwrap();
+    let applied = apply_layer(&layer[..], &d, None, &target, WhiteoutMode::Flatten, &[]).unwrap();
+    let skipped = applied.skipped.join("\n");
+    assert!(!target.join("dev/sda").exists(), "{skipped}");
+    assert!(!target.join("dev/mem").exists(), "{skipped}");
+    assert!(
+        skipped.contains("dev/sda: block device 8:0 not created"),
+        "{skipped}"
+    );
+    assert!(
+        skipped.contains("dev/mem: non-standard character device 1:1"),
+        "{skipped}"
+    );
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let null = std::fs::symlink_metadata(target.join("dev/null")).unwrap();
+    assert!(null.file_type().is_char_device());
+    assert_eq!(null.rdev(), rustix::fs::makedev(1, 3));
+    let wh = std::fs::symlink_metadata(target.join("wh")).unwrap();
+    assert!(wh.file_type().is_char_device() && wh.rdev() == 0);
+    let ping = target.join("bin/ping");
+    let get = |k: &str| {
+        let mut buf = vec![0u8; 256];
+        rustix::fs::lgetxattr(&ping, k, &mut buf).map(|n| buf[..n].to_vec())
+    };
+    for dropped in [
+        "trusted.overlay.redirect",
+        "trusted.overlay.opaque",
+        "user.overlay.opaque",
+        "security.selinux",
+    ] {
+        assert_eq!(
+            get(dropped),
+            Err(rustix::io::Errno::NODATA),
+            "{dropped} was applied"
+        );
+        assert!(
+            skipped.contains(&format!("xattr {dropped} dropped")),
+            "{skipped}"
+        );
+    }
+    // File capabilities are kept, as Docker keeps them.
+    assert_eq!(get("security.capability").unwrap(), cap);
+
+    // The same archive as a build context: no device node at all.
+    let ctx = base.path().join("context");
+    std::fs::create_dir(&ctx).unwrap();
+    let applied = apply_archive(
+        &layer[..],
+        &d,
+        None,
+        &ctx,
+        WhiteoutMode::Flatten,
+        &[],
+        Origin::Context,
+    )
+    .unwrap();
+    for p in ["dev/sda", "dev/mem", "dev/null", "wh"] {
+        assert!(
+            std::fs::symlink_metadata(ctx.join(p)).is_err(),
+            "{p} created from a context: {:?}",
+            applied.skipped
+        );
+    }
+    assert!(ctx.join("bin/ping").is_file());
+}

@@ -13,6 +13,7 @@ use tempfile::TempDir;
 mod harness;
 use harness::*;
 
+mod confinement;
 mod isolation;
 mod kill;
 mod network;
