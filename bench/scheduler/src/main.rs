@@ -69,6 +69,7 @@ fn spec(digest: &str, dockerfile: &str, tag: &str) -> BuildSpec {
         platform: None,
         no_cache: false,
         no_push: false,
+        task: None,
         registry: None,
     }
 }
@@ -170,6 +171,7 @@ async fn main() -> Result<()> {
                     image_digest: None,
                     message: None,
                     revision: None,
+                    steps: Vec::new(),
                 };
                 if let Err(e) = a.report(&lease.run.id, &r).await {
                     eprintln!("report: {e}");

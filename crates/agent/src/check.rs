@@ -333,6 +333,13 @@ fn git() -> Check {
     }
 }
 
+fn server_host(url: &str) -> &str {
+    let rest = url
+        .trim_start_matches("https://")
+        .trim_start_matches("http://");
+    rest.split('/').next().unwrap_or(rest)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,11 +360,4 @@ mod tests {
         let nonsense = reach(&http, "no-port-here", t).await;
         assert_eq!(nonsense.level, Level::Fail);
     }
-}
-
-fn server_host(url: &str) -> &str {
-    let rest = url
-        .trim_start_matches("https://")
-        .trim_start_matches("http://");
-    rest.split('/').next().unwrap_or(rest)
 }

@@ -19,6 +19,7 @@ mod access;
 pub mod check;
 mod fetch;
 mod logs;
+mod task;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -153,7 +154,7 @@ impl Default for Backoff {
 
 /// Why a build ended early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stop {
+pub(crate) enum Stop {
     /// The server asked (cancel or timeout): report `stopped`.
     Server,
     /// The lease is gone: report nothing.
@@ -174,11 +175,15 @@ async fn execute(
         .work_dir
         .join("runs")
         .join(format!("{run_id}-{}", lease.attempt));
+    // Everything secret the lease carries is masked in the log: build
+    // secrets, the run's registry token, the pool's stored credentials.
     let masks: Vec<String> = lease
         .secrets
         .values()
-        .filter(|v| v.len() >= 3)
         .cloned()
+        .chain(lease.registry.iter().map(|r| r.password.clone()))
+        .chain(lease.credentials.iter().map(|c| c.password.clone()))
+        .filter(|v| v.len() >= 3)
         .collect();
     let log = LogSink::start(client.clone(), run_id.clone(), lease.token.clone(), masks);
 
@@ -241,25 +246,38 @@ async fn execute(
             None,
             Some("stopped on the server's request".to_owned()),
             None,
+            Vec::new(),
         )),
-        (Ok(b), None) if b.code == 0 => {
-            Some((Outcome::Succeeded, Some(0), b.digest, None, b.revision))
-        }
-        (Ok(b), None) => Some((
-            Outcome::Failed,
-            Some(b.code),
+        (Ok(b), None) if b.code == 0 => Some((
+            Outcome::Succeeded,
+            Some(0),
+            b.digest,
             None,
-            Some(format!("build failed with exit code {}", b.code)),
             b.revision,
+            b.steps,
         )),
+        (Ok(b), None) => {
+            let what = match b.steps.iter().find(|s| s.state == "failed") {
+                Some(s) => format!("step {} failed", s.id),
+                None => format!("build failed with exit code {}", b.code),
+            };
+            Some((
+                Outcome::Failed,
+                Some(b.code),
+                None,
+                Some(what),
+                b.revision,
+                b.steps,
+            ))
+        }
         (Err(msg), None) => {
             log.line(&format!("error: {msg}"));
-            Some((Outcome::Error, None, None, Some(msg), None))
+            Some((Outcome::Error, None, None, Some(msg), None, Vec::new()))
         }
     };
     let lease_ok = log.finish().await;
     let _ = std::fs::remove_dir_all(&dir);
-    let Some((outcome, exit_code, image_digest, message, revision)) = result else {
+    let Some((outcome, exit_code, image_digest, message, revision, steps)) = result else {
         return;
     };
     if !lease_ok {
@@ -272,6 +290,7 @@ async fn execute(
         image_digest,
         message,
         revision,
+        steps,
     };
     let mut backoff = Backoff::new();
     // Results matter: retry through a server restart (up to ~10 minutes).
@@ -295,6 +314,7 @@ struct Built {
     code: i32,
     digest: Option<String>,
     revision: Option<api::Revision>,
+    steps: Vec<api::StepRecord>,
 }
 
 /// Prepare the context and run the build child. `Err`: the agent's own
@@ -329,6 +349,26 @@ async fn build(
             }
             revision = rev;
         }
+    }
+    if spec.task.is_some() {
+        let env = task::TaskEnv {
+            config: config.clone(),
+            lease: lease.clone(),
+            dir: dir.to_owned(),
+            ctx: ctx.clone(),
+            docker_dir: access.docker_dir.clone(),
+            git_config: access.git_config.clone(),
+            server_host: server_host.clone(),
+            log: log.clone(),
+            revision: revision.clone(),
+        };
+        let (code, steps) = task::run(env, stop.clone()).await?;
+        return Ok(Built {
+            code,
+            digest: None,
+            revision,
+            steps,
+        });
     }
     let dockerfile = match &spec.dockerfile_inline {
         Some(text) => {
@@ -451,7 +491,12 @@ async fn build(
                 let _ = p.await;
             }
             log.line("build stopped");
-            return Ok(Built { code: 137, digest: None, revision });
+            return Ok(Built {
+                code: 137,
+                digest: None,
+                revision,
+                steps: Vec::new(),
+            });
         }
     };
     for p in pumps.into_iter().flatten() {
@@ -465,6 +510,7 @@ async fn build(
         code,
         digest,
         revision,
+        steps: Vec::new(),
     })
 }
 

@@ -219,6 +219,68 @@ impl Client {
             .await
     }
 
+    // ---- stored secrets (admin) and tasks ----
+
+    pub async fn put_secret(&self, name: &str, value: &str) -> Result<()> {
+        let path = format!("/secrets/{name}");
+        let body = SecretValue {
+            value: value.to_owned(),
+        };
+        self.send(self.request(Method::PUT, &path).json(&body), &path)
+            .await
+            .map(drop)
+    }
+
+    pub async fn delete_secret(&self, name: &str) -> Result<()> {
+        let path = format!("/secrets/{name}");
+        self.send(self.request(Method::DELETE, &path), &path)
+            .await
+            .map(drop)
+    }
+
+    pub async fn list_secrets(&self) -> Result<Vec<SecretInfo>> {
+        self.call::<(), _>(Method::GET, "/secrets", None).await
+    }
+
+    pub async fn create_task(&self, def: &TaskDef) -> Result<TaskDef> {
+        self.call(Method::POST, "/tasks", Some(def)).await
+    }
+
+    pub async fn update_task(&self, def: &TaskDef) -> Result<TaskDef> {
+        self.call(Method::PUT, &format!("/tasks/{}", def.name), Some(def))
+            .await
+    }
+
+    pub async fn task(&self, name: &str) -> Result<TaskDef> {
+        self.call::<(), _>(Method::GET, &format!("/tasks/{name}"), None)
+            .await
+    }
+
+    pub async fn list_tasks(&self) -> Result<Vec<TaskDef>> {
+        self.call::<(), _>(Method::GET, "/tasks", None).await
+    }
+
+    pub async fn delete_task(&self, name: &str) -> Result<()> {
+        let path = format!("/tasks/{name}");
+        self.send(self.request(Method::DELETE, &path), &path)
+            .await
+            .map(drop)
+    }
+
+    pub async fn run_task(&self, name: &str, req: &TaskRunRequest) -> Result<Run> {
+        self.call(Method::POST, &format!("/tasks/{name}/runs"), Some(req))
+            .await
+    }
+
+    pub async fn task_runs(&self, name: &str, limit: u32) -> Result<Vec<Run>> {
+        self.call::<(), _>(
+            Method::GET,
+            &format!("/tasks/{name}/runs?limit={limit}"),
+            None,
+        )
+        .await
+    }
+
     // ---- API tokens (admin) ----
 
     /// A new API token with `grants` (`pool:NAME:build`,

@@ -164,6 +164,10 @@ pub struct BuildSpec {
     pub no_cache: bool,
     #[serde(default)]
     pub no_push: bool,
+    /// A task run (`slipway run`, `slipway task run`): the task file and
+    /// what renders it. `None`: a Dockerfile build.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskSpec>,
     /// The host under which `tags` name the server's own registry (the
     /// `Host` the submitter reached the server at). Set by the server at
     /// submit; the agent pushes such tags to the server it was given.
@@ -273,6 +277,119 @@ pub struct Run {
     /// fetched it: recorded even though the context's `.git` is removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<Revision>,
+    /// A task run's steps, as they went.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepRecord>,
+}
+
+/// A task file and what renders it, as `az acr run` takes them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// The task file's text (acb.yaml).
+    pub file: String,
+    /// Its name, for errors (`acb.yaml`, `-` for stdin).
+    #[serde(default)]
+    pub origin: String,
+    /// `--values` files' texts, in order (later wins).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+    /// `--set K=V`, in order (after the values files).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set: Vec<String>,
+    /// The stored task's name (`slipway task run NAME`), `.Run.TaskName`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Stored secrets (`slipway secret set`) the file names under
+    /// `secrets:`: the server adds their values to the lease.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stored_secrets: Vec<String>,
+    /// Image aliases (`bash`, `curl`, `az`, …) → images, as the server is
+    /// configured (set by the server at submit).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub image_aliases: BTreeMap<String, String>,
+}
+
+/// `POST /tasks/{name}/runs`: what `slipway task run` may add.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TaskRunRequest {
+    /// Overrides the task's context.
+    #[serde(default)]
+    pub context: Option<ContextSource>,
+    /// `--set K=V` after the task's own.
+    #[serde(default)]
+    pub set: Vec<String>,
+    /// `--set-secret K=V`: sealed, handed with the lease only.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
+
+/// One step of a task run as it went, in the run record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub id: String,
+    /// `build`, `push` or `cmd`.
+    pub kind: String,
+    /// `succeeded`, `failed`, `ignored` (failed with ignoreErrors),
+    /// `skipped` (a step it waited for failed), `stopped` (detached, ended
+    /// with the task) or `canceled`; `running`/`detached` while it runs.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// `image@sha256:…` of what a build made or a push pushed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A stored task (`slipway task create`), run with `slipway task run NAME`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskDef {
+    pub name: String,
+    pub pool: String,
+    pub task: TaskSpec,
+    /// Default context (a git or tarball URL), when `task run` gives none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+    /// `Enabled` or `Disabled` (a disabled task does not run).
+    #[serde(default = "enabled")]
+    pub status: String,
+    #[serde(default)]
+    pub created_at: i64,
+    #[serde(default)]
+    pub updated_at: i64,
+}
+
+fn enabled() -> String {
+    "Enabled".into()
+}
+
+/// `PUT /secrets/{name}`.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct SecretValue {
+    pub value: String,
+}
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretValue(***)")
+    }
+}
+
+/// A stored secret as listed: never its value.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SecretInfo {
+    pub name: String,
+    pub created_at: i64,
+    pub updated_at: i64,
 }
 
 /// What a git context resolved to.
@@ -516,6 +633,8 @@ pub struct RunResult {
     pub message: Option<String>,
     #[serde(default)]
     pub revision: Option<Revision>,
+    #[serde(default)]
+    pub steps: Vec<StepRecord>,
 }
 
 /// Every error response's body.

@@ -1,12 +1,12 @@
 //! `slipway image import`: push a root filesystem directory as a one-layer
-//! image (the offline way to a first base image).
+//! image (the offline way to a first base image); `image run` and `image
+//! copy` live in `image_run`.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use builder::{Compression, LayerOptions};
 use clap::Subcommand;
-use regclient::{Client, ClientConfig, DockerConfig};
 
 #[derive(Subcommand)]
 pub enum ImageCommand {
@@ -27,27 +27,37 @@ pub enum ImageCommand {
         #[arg(long = "insecure-registry")]
         insecure_registries: Vec<String>,
     },
+    /// Run an image without a daemon, like `docker run --rm` (pulled into the
+    /// builder's layer store, run in the sandbox); exits with its exit code.
+    Run(Box<crate::image_run::RunArgs>),
+    /// Copy an image between repositories or registries (like `crane copy`).
+    Copy(crate::image_run::CopyArgs),
 }
 
 pub async fn run(cmd: ImageCommand) -> Result<()> {
-    let ImageCommand::Import {
-        rootfs,
-        tag,
-        cmd,
-        arch,
-        insecure_registries,
-    } = cmd;
-    let reference: oci::Reference = tag.parse().with_context(|| format!("-t {tag}"))?;
-    let mut config = ClientConfig {
-        insecure_registries,
-        ..ClientConfig::default()
+    let (rootfs, tag, cmd, arch, insecure_registries) = match cmd {
+        ImageCommand::Import {
+            rootfs,
+            tag,
+            cmd,
+            arch,
+            insecure_registries,
+        } => (rootfs, tag, cmd, arch, insecure_registries),
+        ImageCommand::Run(args) => {
+            let code = crate::image_run::run(*args).await?;
+            if code != 0 {
+                std::process::exit(code);
+            }
+            return Ok(());
+        }
+        ImageCommand::Copy(args) => return crate::image_run::copy(args).await,
     };
-    if let Some(path) = crate::build_cmd::docker_config_path() {
-        config.credentials.merge(
-            &DockerConfig::load(&path).with_context(|| format!("reading {}", path.display()))?,
-        );
+    let reference: oci::Reference = tag.parse().with_context(|| format!("-t {tag}"))?;
+    let client = crate::image_run::RegistryArgs {
+        insecure_registries,
+        ca_certs: Vec::new(),
     }
-    let client = Client::new(config)?;
+    .client()?;
     let epoch = std::env::var("SOURCE_DATE_EPOCH")
         .ok()
         .and_then(|s| s.parse().ok());

@@ -6,10 +6,12 @@ mod credential_cmd;
 mod ctl;
 mod dockerfile_cmd;
 mod image_cmd;
+mod image_run;
 mod prune_cmd;
 mod remote;
 mod sandbox_cmd;
 mod serve;
+mod task_cmd;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -64,6 +66,24 @@ enum Command {
     Credential {
         #[command(subcommand)]
         command: credential_cmd::CredentialCommand,
+        #[command(flatten)]
+        client: ctl::ClientArgs,
+    },
+    /// Run a task file (acb.yaml) once on a pool, like `az acr run`;
+    /// --dry-run checks and renders it without a server.
+    Run(Box<task_cmd::RunArgs>),
+    /// Stored tasks, like `az acr task`: create, update, show, list, delete,
+    /// run, list-runs.
+    Task {
+        #[command(subcommand)]
+        command: task_cmd::TaskCommand,
+        #[command(flatten)]
+        client: ctl::ClientArgs,
+    },
+    /// Secrets tasks read by name (admin token): set, list, delete.
+    Secret {
+        #[command(subcommand)]
+        command: task_cmd::SecretCommand,
         #[command(flatten)]
         client: ctl::ClientArgs,
     },
@@ -148,10 +168,25 @@ fn main() -> ExitCode {
         // A reader that went away (`slipway … | head`) is not a failure.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", report(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, each cause once: libraries that
+/// put their source in their own message (as many do) would otherwise show
+/// the same cause two or three times down the chain.
+fn report(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if parts.iter().any(|p| p.contains(msg.as_str())) {
+            continue;
+        }
+        parts.push(msg);
+    }
+    parts.join(": ")
 }
 
 /// Agents started by a server, and builds started by an agent, go when
@@ -192,6 +227,9 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Runs { command, client } => ctl::runs(&client, command).await,
         Command::Token { command, client } => ctl::token(&client, command).await,
         Command::Credential { command, client } => credential_cmd::run(&client, command).await,
+        Command::Run(args) => task_cmd::run(*args).await,
+        Command::Task { command, client } => task_cmd::task(&client, command).await,
+        Command::Secret { command, client } => task_cmd::secret(&client, command).await,
         Command::Logs { args, server } => ctl::logs(server.as_deref(), args).await,
         Command::Dockerfile { command } => {
             if !dockerfile_cmd::run(command)? {

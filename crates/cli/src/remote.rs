@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::build_cmd::BuildArgs;
 use crate::ctl;
 
-fn is_url(s: &str) -> bool {
+pub(crate) fn is_url(s: &str) -> bool {
     ["https://", "http://", "git://", "git@"]
         .iter()
         .any(|p| s.starts_with(p))
@@ -60,7 +60,11 @@ fn dir_size(dir: &Path) -> u64 {
 }
 
 /// Pack and upload a local context; returns its digest.
-async fn upload_context(c: &api::Client, dir: &Path, dockerfile_rel: &str) -> Result<String> {
+pub(crate) async fn upload_context(
+    c: &api::Client,
+    dir: &Path,
+    dockerfile_rel: &str,
+) -> Result<String> {
     let tmp = tempfile::Builder::new()
         .prefix("slipway-context-")
         .suffix(".tar.zst")
@@ -222,6 +226,7 @@ pub async fn build(args: BuildArgs) -> Result<()> {
             platform: Some(args.platform.clone()),
             no_cache: args.no_cache,
             no_push: args.no_push,
+            task: None,
             registry: None,
         },
         secrets,

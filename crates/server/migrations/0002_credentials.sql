@@ -14,3 +14,21 @@ CREATE TABLE credentials (
 );
 
 ALTER TABLE runs ADD COLUMN revision TEXT;
+ALTER TABLE runs ADD COLUMN steps TEXT;
+
+-- Secrets tasks read by id (`slipway secret set`), sealed like credentials.
+CREATE TABLE secrets (
+    name TEXT PRIMARY KEY,
+    sealed TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL
+);
+
+-- Stored tasks (`slipway task create`): the definition as JSON.
+CREATE TABLE tasks (
+    name TEXT PRIMARY KEY,
+    pool TEXT NOT NULL,
+    def TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL
+);

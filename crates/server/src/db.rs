@@ -84,7 +84,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../migrations/0001_init.sql")),
     (
         2,
-        "credentials",
+        "credentials, secrets, tasks",
         include_str!("../migrations/0002_credentials.sql"),
     ),
 ];
@@ -113,7 +113,7 @@ impl sqlx::migrate::MigrationSource<'static> for Embedded {
     }
 }
 
-const RUN_COLUMNS: &str = "id, pool, state, spec, secret_ids, timeout_ms, created_at, started_at, finished_at, exit_code, image_digest, message, revision";
+const RUN_COLUMNS: &str = "id, pool, state, spec, secret_ids, timeout_ms, created_at, started_at, finished_at, exit_code, image_digest, message, revision, steps";
 
 impl Db {
     /// Open (creating, for SQLite) and migrate. `url` is `sqlite://PATH` or
@@ -454,6 +454,11 @@ impl Db {
                 .try_get::<Option<String>, _>("revision")?
                 .map(|r| serde_json::from_str(&r).map_err(|e| corrupt("runs.revision", e)))
                 .transpose()?,
+            steps: row
+                .try_get::<Option<String>, _>("steps")?
+                .map(|r| serde_json::from_str(&r).map_err(|e| corrupt("runs.steps", e)))
+                .transpose()?
+                .unwrap_or_default(),
         })
     }
 
@@ -565,6 +570,110 @@ impl Db {
                 ))
             })
             .collect()
+    }
+
+    /// Store a sealed secret (created or replaced).
+    pub async fn put_secret(&self, name: &str, sealed: &str) -> Result<()> {
+        let _w = self.write_lock().await;
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO secrets (name, sealed, created_at, updated_at) VALUES ($1, $2, $3, $3) ON CONFLICT (name) DO UPDATE SET sealed = $2, updated_at = $3",
+        )
+        .bind(name)
+        .bind(sealed)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn delete_secret(&self, name: &str) -> Result<bool> {
+        let _w = self.write_lock().await;
+        let r = sqlx::query("DELETE FROM secrets WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Every secret: info and sealed value.
+    pub async fn secrets(&self) -> Result<Vec<(api::SecretInfo, String)>> {
+        let rows =
+            sqlx::query("SELECT name, created_at, updated_at, sealed FROM secrets ORDER BY name")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    api::SecretInfo {
+                        name: r.try_get(0)?,
+                        created_at: r.try_get(1)?,
+                        updated_at: r.try_get(2)?,
+                    },
+                    r.try_get(3)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Store a task definition. `replace`: update an existing one (`false`
+    /// when none); else create (`false` when it exists).
+    pub async fn put_task(&self, def: &api::TaskDef, replace: bool) -> Result<bool> {
+        let _w = self.write_lock().await;
+        let now = now_ms();
+        let mut def = def.clone();
+        def.updated_at = now;
+        if !replace {
+            def.created_at = now;
+        }
+        let json = serde_json::to_string(&def).map_err(|e| corrupt("tasks.def", e))?;
+        let r = if replace {
+            sqlx::query("UPDATE tasks SET pool = $2, def = $3, updated_at = $4 WHERE name = $1")
+        } else {
+            sqlx::query(
+                "INSERT INTO tasks (name, pool, def, created_at, updated_at) VALUES ($1, $2, $3, $4, $4) ON CONFLICT DO NOTHING",
+            )
+        }
+        .bind(&def.name)
+        .bind(&def.pool)
+        .bind(json)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    pub async fn task(&self, name: &str) -> Result<Option<api::TaskDef>> {
+        let row = sqlx::query("SELECT def FROM tasks WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            let s: String = r.try_get(0)?;
+            serde_json::from_str(&s).map_err(|e| corrupt("tasks.def", e))
+        })
+        .transpose()
+    }
+
+    pub async fn tasks(&self) -> Result<Vec<api::TaskDef>> {
+        let rows = sqlx::query("SELECT def FROM tasks ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let s: String = r.try_get(0)?;
+                serde_json::from_str(&s).map_err(|e| corrupt("tasks.def", e))
+            })
+            .collect()
+    }
+
+    pub async fn delete_task(&self, name: &str) -> Result<bool> {
+        let _w = self.write_lock().await;
+        let r = sqlx::query("DELETE FROM tasks WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
     }
 
     /// The run's submitter and sealed secrets (for the lease).
@@ -848,7 +957,7 @@ impl Db {
         };
         let now = now_ms();
         sqlx::query(
-            "UPDATE runs SET state = $3, finished_at = $4, exit_code = $5, image_digest = $6, message = $7, revision = $8, lease_hash = NULL, lease_expires = NULL, secrets = NULL WHERE id = $1 AND lease_hash = $2",
+            "UPDATE runs SET state = $3, finished_at = $4, exit_code = $5, image_digest = $6, message = $7, revision = $8, steps = $9, lease_hash = NULL, lease_expires = NULL, secrets = NULL WHERE id = $1 AND lease_hash = $2",
         )
         .bind(run)
         .bind(lease_hash)
@@ -862,6 +971,11 @@ impl Db {
                 .revision
                 .as_ref()
                 .and_then(|r| serde_json::to_string(r).ok()),
+        )
+        .bind(
+            (!result.steps.is_empty())
+                .then(|| serde_json::to_string(&result.steps).ok())
+                .flatten(),
         )
         .execute(&mut *tx)
         .await?;

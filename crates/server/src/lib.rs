@@ -14,6 +14,7 @@ pub mod db;
 mod local;
 mod routes;
 mod seal;
+mod task_routes;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -46,6 +47,9 @@ pub struct ServerConfig {
     /// Finished runs (with their logs) and unused contexts older than this
     /// are deleted.
     pub retention: Duration,
+    /// Task files' image aliases (`bash`, `curl`, `az`, …) → images in a
+    /// registry the pools reach (a private network reaches no public one).
+    pub image_aliases: std::collections::BTreeMap<String, String>,
 }
 
 impl ServerConfig {
@@ -59,6 +63,7 @@ impl ServerConfig {
             registry_host: registry_host.into(),
             agent_command: None,
             retention: Duration::from_secs(30 * 24 * 3600),
+            image_aliases: Default::default(),
         }
     }
 }

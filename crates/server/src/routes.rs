@@ -23,7 +23,7 @@ use serde::Deserialize;
 use crate::db::Cancel;
 use crate::{Server, hash_secret, random_token};
 
-type S = State<Arc<Server>>;
+pub(crate) type S = State<Arc<Server>>;
 
 /// An error response: status, a stable code, and a message for humans.
 pub struct ApiErr(StatusCode, &'static str, String);
@@ -48,7 +48,7 @@ impl IntoResponse for ApiErr {
     }
 }
 
-fn internal(e: impl std::fmt::Display) -> ApiErr {
+pub(crate) fn internal(e: impl std::fmt::Display) -> ApiErr {
     tracing::error!("internal error: {e}");
     ApiErr(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", e.to_string())
 }
@@ -59,23 +59,23 @@ impl From<crate::DbError> for ApiErr {
     }
 }
 
-fn bad(msg: impl Into<String>) -> ApiErr {
+pub(crate) fn bad(msg: impl Into<String>) -> ApiErr {
     ApiErr(StatusCode::BAD_REQUEST, "INVALID", msg.into())
 }
 
-fn not_found(what: impl Into<String>) -> ApiErr {
+pub(crate) fn not_found(what: impl Into<String>) -> ApiErr {
     ApiErr(StatusCode::NOT_FOUND, "NOT_FOUND", what.into())
 }
 
-fn conflict(msg: impl Into<String>) -> ApiErr {
+pub(crate) fn conflict(msg: impl Into<String>) -> ApiErr {
     ApiErr(StatusCode::CONFLICT, "CONFLICT", msg.into())
 }
 
-fn forbidden(msg: impl Into<String>) -> ApiErr {
+pub(crate) fn forbidden(msg: impl Into<String>) -> ApiErr {
     ApiErr(StatusCode::FORBIDDEN, "DENIED", msg.into())
 }
 
-type R<T> = Result<T, ApiErr>;
+pub(crate) type R<T> = Result<T, ApiErr>;
 
 pub fn router(server: Arc<Server>) -> Router {
     let api = Router::new()
@@ -102,6 +102,26 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/runs/{id}", get(show_run))
         .route("/runs/{id}/cancel", post(cancel_run))
         .route("/runs/{id}/logs", get(run_logs))
+        .route("/secrets", get(crate::task_routes::list_secrets))
+        .route(
+            "/secrets/{name}",
+            axum::routing::put(crate::task_routes::put_secret)
+                .delete(crate::task_routes::delete_secret),
+        )
+        .route(
+            "/tasks",
+            post(crate::task_routes::create_task).get(crate::task_routes::list_tasks),
+        )
+        .route(
+            "/tasks/{name}",
+            get(crate::task_routes::show_task)
+                .put(crate::task_routes::update_task)
+                .delete(crate::task_routes::delete_task),
+        )
+        .route(
+            "/tasks/{name}/runs",
+            post(crate::task_routes::run_task).get(crate::task_routes::task_runs),
+        )
         .route("/tokens", post(create_token).get(list_tokens))
         .route("/tokens/{id}", axum::routing::delete(delete_token))
         .route("/agent/self", get(agent_self))
@@ -142,7 +162,7 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
 
 /// A user: an API token of the registry's token store (the admin token, or
 /// a scoped one). Per-run registry credentials are not users.
-fn user(s: &Server, headers: &HeaderMap) -> R<Principal> {
+pub(crate) fn user(s: &Server, headers: &HeaderMap) -> R<Principal> {
     let Some(token) = bearer(headers) else {
         return Err(ApiErr(
             StatusCode::UNAUTHORIZED,
@@ -160,7 +180,7 @@ fn user(s: &Server, headers: &HeaderMap) -> R<Principal> {
     }
 }
 
-fn admin(s: &Server, headers: &HeaderMap) -> R<Principal> {
+pub(crate) fn admin(s: &Server, headers: &HeaderMap) -> R<Principal> {
     let p = user(s, headers)?;
     match p {
         Principal::Admin { .. } => Ok(p),
@@ -173,7 +193,7 @@ fn admin(s: &Server, headers: &HeaderMap) -> R<Principal> {
 
 /// Whether `who` may build on `pool` (submit, see and cancel its runs):
 /// an admin token, or a grant `pool:NAME:build`.
-fn may_build(who: &Principal, pool: &str) -> R<()> {
+pub(crate) fn may_build(who: &Principal, pool: &str) -> R<()> {
     if who.allows("pool", pool, "build") {
         return Ok(());
     }
@@ -368,7 +388,7 @@ async fn lease_credentials(s: &Server, pool: &str) -> R<Vec<api::CredentialSpec>
 
 // ---- pools ----
 
-fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 50
         && name
@@ -566,7 +586,7 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// The host under which this request names the server's own registry: the
 /// `Host` it was sent to, so a server behind a cluster Service or bound to
 /// `0.0.0.0` knows the name its clients use without `--public-url`.
-fn own_registry(s: &Server, headers: &HeaderMap) -> String {
+pub(crate) fn own_registry(s: &Server, headers: &HeaderMap) -> String {
     headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -574,17 +594,30 @@ fn own_registry(s: &Server, headers: &HeaderMap) -> String {
         .map_or_else(|| s.config.registry_host.clone(), str::to_owned)
 }
 
-async fn submit_run(
-    State(s): S,
-    headers: HeaderMap,
-    Json(mut req): Json<RunRequest>,
-) -> R<Response> {
+async fn submit_run(State(s): S, headers: HeaderMap, Json(req): Json<RunRequest>) -> R<Response> {
     let who = user(&s, &headers)?;
-    may_build(&who, &req.pool)?;
+    let own = own_registry(&s, &headers);
+    let run = queue_run(&s, &who, &own, req).await?;
+    Ok((StatusCode::CREATED, Json(run)).into_response())
+}
+
+/// Check and queue a run for `who`; `own` is the name the caller reaches
+/// this server's registry by.
+pub(crate) async fn queue_run(
+    s: &Server,
+    who: &Principal,
+    own: &str,
+    mut req: RunRequest,
+) -> R<api::Run> {
+    may_build(who, &req.pool)?;
     if s.db.pool(&req.pool).await?.is_none() {
         return Err(not_found(format!("pool {} does not exist", req.pool)));
     }
-    let own = own_registry(&s, &headers);
+    let own = own.to_owned();
+    if let Some(task) = &mut req.build.task {
+        crate::task_routes::check_task(s, who, task, &req.secrets).await?;
+        req.build.no_push = true;
+    }
     let b = &mut req.build;
     if b.tags.is_empty() && !b.no_push {
         return Err(bad("give at least one tag to push to, or no_push"));
@@ -665,7 +698,7 @@ async fn submit_run(
             .await?
             .ok_or_else(|| internal("run vanished"))?;
     tracing::info!(run = id, pool = req.pool, "run queued");
-    Ok((StatusCode::CREATED, Json(run)).into_response())
+    Ok(run)
 }
 
 #[derive(Deserialize)]
@@ -950,10 +983,13 @@ async fn complete_lease(
         s.db.run_private(&c.run.id)
             .await?
             .ok_or_else(|| internal("run vanished"))?;
-    let secrets = match sealed {
+    let mut secrets = match sealed {
         Some(x) => s.sealer.open_sealed(&x).map_err(internal)?,
         None => BTreeMap::new(),
     };
+    if let Some(task) = &c.run.build.task {
+        crate::task_routes::add_stored_secrets(s, task, &mut secrets).await?;
+    }
     let submitter_is_admin = matches!(
         s.registry.auth().principal_named(&submitter),
         Some(Principal::Admin { .. })
@@ -972,7 +1008,17 @@ async fn complete_lease(
             grants.push(Access::repo(&r.repository, &[Action::Pull, Action::Push]));
         }
     }
-    if submitter_is_admin {
+    if c.run.build.task.is_some() {
+        // A task's images live under a repository of the run's own until a
+        // push step copies them where the file says.
+        grants.push(Access::repo(
+            &crate::task_routes::task_repository(&c.run.id, "*"),
+            &[Action::Pull, Action::Push],
+        ));
+    }
+    if submitter_is_admin && c.run.build.task.is_some() {
+        grants.push(Access::repo("*", &[Action::Pull, Action::Push]));
+    } else if submitter_is_admin {
         grants.push(Access::repo("*", &[Action::Pull]));
     } else if let Some(Principal::Scoped { grants: g, .. }) =
         s.registry.auth().principal_named(&submitter)

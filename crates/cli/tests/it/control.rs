@@ -271,6 +271,7 @@ fn spec(digest: &str, dockerfile: &str, tag: &str) -> BuildSpec {
         platform: None,
         no_cache: true,
         no_push: false,
+        task: None,
         registry: None,
     }
 }
@@ -1016,6 +1017,7 @@ fn tokens_and_secrets_are_scoped_and_never_stored_in_clear() {
                     image_digest: None,
                     message: None,
                     revision: None,
+                    steps: Vec::new(),
                 },
             )
             .await
@@ -1064,6 +1066,7 @@ fn tokens_and_secrets_are_scoped_and_never_stored_in_clear() {
                     image_digest: None,
                     message: Some("test".into()),
                     revision: None,
+                    steps: Vec::new(),
                 },
             )
             .await
@@ -1265,6 +1268,7 @@ async fn queue_under_contention(url: &str, token: &str) {
                         image_digest: None,
                         message: None,
                         revision: None,
+                        steps: Vec::new(),
                     },
                 )
                 .await

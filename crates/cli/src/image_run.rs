@@ -1,0 +1,283 @@
+//! `slipway image run` and `slipway image copy`: `docker run --rm` and
+//! `crane copy` without a daemon. A task's `cmd` steps run their image
+//! with `image run` (pulled into the builder's layer store, run in the
+//! sandbox over an overlay of its layers, the working directory bound in);
+//! its `push` steps copy what a `build` step made with `image copy`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use builder::LayerStore;
+use regclient::{Client, ClientConfig, DockerConfig};
+use sandbox::{ImageRun, InitCommand, Mode, RootFs, RunSpec, Sandbox, SandboxConfig};
+
+/// How registries are reached: the flags `build --local` takes too.
+#[derive(clap::Args, Clone, Default)]
+pub struct RegistryArgs {
+    /// Registry host:port to reach over plain HTTP (loopback always is); repeatable.
+    #[arg(long = "insecure-registry")]
+    pub insecure_registries: Vec<String>,
+    /// A CA certificate (PEM) to trust beside the system's; repeatable.
+    #[arg(long = "ca-cert", value_name = "FILE")]
+    pub ca_certs: Vec<PathBuf>,
+}
+
+impl RegistryArgs {
+    /// A registry client with docker's `config.json` credentials and
+    /// `slipway login`'s for the server's own registry.
+    pub fn client(&self) -> Result<Client> {
+        let mut config = ClientConfig {
+            insecure_registries: self.insecure_registries.clone(),
+            ca_certs: self
+                .ca_certs
+                .iter()
+                .map(|p| std::fs::read(p).with_context(|| format!("--ca-cert {}", p.display())))
+                .collect::<Result<_>>()?,
+            ..ClientConfig::default()
+        };
+        if let Some(path) = crate::build_cmd::docker_config_path() {
+            config.credentials.merge(
+                &DockerConfig::load(&path)
+                    .with_context(|| format!("reading {}", path.display()))?,
+            );
+        }
+        if let Some((host, token)) = crate::ctl::login_credential()
+            && config.credentials.get(&host).is_none()
+        {
+            config
+                .credentials
+                .insert(&host, regclient::Credential::basic("slipway", token));
+        }
+        Ok(Client::new(config)?)
+    }
+}
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Image to run.
+    image: String,
+    /// Arguments (replace the image's Cmd).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+    /// Bind a host directory: HOST:CONTAINER[:ro]; repeatable.
+    #[arg(short = 'v', long = "volume", value_name = "HOST:CONTAINER[:ro]")]
+    volumes: Vec<String>,
+    /// Working directory inside.
+    #[arg(short = 'w', long = "workdir")]
+    workdir: Option<String>,
+    /// KEY=VALUE added to the image's environment; repeatable.
+    #[arg(short = 'e', long = "env")]
+    env: Vec<String>,
+    /// Replace the image's entrypoint (a command line, split into words).
+    #[arg(long)]
+    entrypoint: Option<String>,
+    /// User (name or uid[:gid]) inside.
+    #[arg(short = 'u', long)]
+    user: Option<String>,
+    /// host (the caller's network) or none (loopback only).
+    #[arg(long, default_value = "host")]
+    network: String,
+    /// NAME:IP added to /etc/hosts; repeatable.
+    #[arg(long = "add-host", value_name = "NAME:IP")]
+    add_hosts: Vec<String>,
+    /// Host name inside.
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Platform of the image, os/arch[/variant].
+    #[arg(long, default_value = "linux/amd64")]
+    platform: String,
+    /// Kill the run after this long (30s, 10m…).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+    /// The builder's data dir (layer store), as `build --local --data`.
+    #[arg(long, env = "SLIPWAY_DATA")]
+    data: Option<PathBuf>,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+/// Run an image; returns its exit code.
+pub async fn run(args: RunArgs) -> Result<i32> {
+    let reference: oci::Reference = args
+        .image
+        .parse()
+        .with_context(|| format!("image {}", args.image))?;
+    let platform: regclient::Platform = args.platform.parse().context("--platform")?;
+    let data_arg = args
+        .data
+        .clone()
+        .unwrap_or_else(crate::build_cmd::default_build_data);
+    std::fs::create_dir_all(&data_arg)
+        .with_context(|| format!("creating {}", data_arg.display()))?;
+    let data = data_arg
+        .canonicalize()
+        .with_context(|| format!("resolving {}", data_arg.display()))?;
+    builder::data_dir::mark(&data).with_context(|| format!("marking {}", data.display()))?;
+    let _in_use = builder::prune::BuildLock::shared(&data).context("locking the build data")?;
+    let client = Arc::new(args.registry.client()?);
+    let mode = Mode::detect().context("detecting how to isolate the run")?;
+    let store = LayerStore::open(
+        data.join("layers"),
+        matches!(mode, Mode::UserNamespace { .. }),
+    )
+    .context("opening the layer store")?;
+    let pulled = store
+        .pull(&client, &reference, &platform)
+        .await
+        .with_context(|| format!("pulling {reference}"))?;
+    let scratch = data
+        .join("work")
+        .join(format!("run-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    let result = run_pulled(&args, &data, &scratch, mode, &pulled).await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+async fn run_pulled(
+    args: &RunArgs,
+    data: &std::path::Path,
+    scratch: &std::path::Path,
+    mode: Mode,
+    pulled: &builder::PulledImage,
+) -> Result<i32> {
+    let mut lower: Vec<PathBuf> = pulled.layers.iter().rev().cloned().collect();
+    std::fs::create_dir_all(scratch.join("upper"))
+        .and_then(|()| std::fs::create_dir_all(scratch.join("work")))
+        .with_context(|| format!("creating {}", scratch.display()))?;
+    if lower.is_empty() {
+        let empty = scratch.join("empty");
+        std::fs::create_dir_all(&empty).with_context(|| format!("creating {}", empty.display()))?;
+        lower.push(empty);
+    }
+    let rootfs = RootFs {
+        lower,
+        upper: scratch.join("upper"),
+        work: scratch.join("work"),
+    };
+    let config: Option<oci_spec::image::ImageConfiguration> =
+        serde_json::from_slice(&pulled.config).ok();
+    let entrypoint = args
+        .entrypoint
+        .as_deref()
+        .map(|e| shell_words::split(e).with_context(|| format!("--entrypoint {e}")))
+        .transpose()?;
+    let process = sandbox::image_process(
+        config.as_ref().and_then(|c| c.config().as_ref()),
+        &rootfs,
+        &ImageRun {
+            args: (!args.args.is_empty() || entrypoint.is_some()).then(|| args.args.clone()),
+            entrypoint,
+            env: args.env.clone(),
+            user: args.user.clone(),
+            workdir: args.workdir.clone(),
+            hostname: args.hostname.clone(),
+        },
+    )
+    .with_context(|| format!("running {}", args.image))?;
+    let mut spec = RunSpec::new(rootfs, process.argv.clone());
+    spec.process = process;
+    spec.network = match args.network.as_str() {
+        "host" | "bridge" | "default" => sandbox::Network::Host,
+        "none" => sandbox::Network::None,
+        other => bail!("--network {other}: use host or none"),
+    };
+    spec.limits.timeout = args.timeout;
+    for v in &args.volumes {
+        let mut parts = v.splitn(3, ':');
+        let (Some(src), Some(dst)) = (parts.next(), parts.next()) else {
+            bail!("-v {v}: expected HOST:CONTAINER[:ro]");
+        };
+        let readonly = match parts.next() {
+            None | Some("rw") => false,
+            Some("ro") => true,
+            Some(o) => bail!("-v {v}: unknown option {o:?} (ro or rw)"),
+        };
+        let source = PathBuf::from(src)
+            .canonicalize()
+            .with_context(|| format!("-v {v}: {src}"))?;
+        spec.mounts.push(sandbox::Mount::Bind {
+            source,
+            target: dst.to_owned(),
+            readonly,
+        });
+    }
+    if !args.add_hosts.is_empty() {
+        let hostname = spec.process.hostname.clone();
+        let mut hosts = format!(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+        );
+        for h in &args.add_hosts {
+            let (name, ip) = h
+                .split_once(':')
+                .with_context(|| format!("--add-host {h}: expected NAME:IP"))?;
+            let ip: std::net::IpAddr = ip
+                .parse()
+                .with_context(|| format!("--add-host {h}: {ip} is not an IP address"))?;
+            hosts.push_str(&format!("{ip}\t{name}\n"));
+        }
+        let file = scratch.join("hosts");
+        std::fs::write(&file, hosts).with_context(|| format!("writing {}", file.display()))?;
+        spec.mounts.push(sandbox::Mount::Bind {
+            source: file,
+            target: "/etc/hosts".into(),
+            readonly: true,
+        });
+    }
+    let init = InitCommand {
+        program: std::env::current_exe().context("locating the slipway binary")?,
+        args: vec!["sandbox-init".into()],
+    };
+    let sandbox = Sandbox::new(SandboxConfig::new(mode, init, data.join("sandbox")));
+    let cancel = sandbox::CancellationToken::new();
+    let stop = cancel.clone();
+    tokio::spawn(async move {
+        crate::serve::shutdown().await;
+        stop.cancel();
+    });
+    let outcome = sandbox
+        .run(
+            &spec,
+            &mut tokio::io::stdout(),
+            &mut tokio::io::stderr(),
+            &cancel,
+        )
+        .await
+        .with_context(|| format!("running {}", args.image))?;
+    if outcome.timed_out {
+        eprintln!("{}: timed out, killed", args.image);
+    }
+    Ok(outcome.status.code)
+}
+
+#[derive(clap::Args)]
+pub struct CopyArgs {
+    /// Source image reference.
+    src: String,
+    /// Destination reference.
+    dst: String,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+/// Copy an image (or index) between repositories or registries, blobs
+/// mounted where they can be; prints `DST@DIGEST`.
+pub async fn copy(args: CopyArgs) -> Result<()> {
+    let src: oci::Reference = args
+        .src
+        .parse()
+        .with_context(|| format!("source {}", args.src))?;
+    let dst: oci::Reference = args
+        .dst
+        .parse()
+        .with_context(|| format!("destination {}", args.dst))?;
+    let client = args.registry.client()?;
+    let digest = client
+        .copy_image(&src, &dst)
+        .await
+        .with_context(|| format!("copying {src} to {dst}"))?;
+    println!("{dst}@{digest}");
+    Ok(())
+}
