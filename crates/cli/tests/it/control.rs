@@ -13,7 +13,7 @@ use crate::harness::{ok, tool};
 
 const SLIPWAY: &str = env!("CARGO_BIN_EXE_slipway");
 
-fn need_root() -> bool {
+pub(crate) fn need_root() -> bool {
     if rustix::process::geteuid().is_root() {
         return true;
     }

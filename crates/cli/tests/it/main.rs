@@ -17,3 +17,4 @@ mod packages;
 mod peers;
 mod private_deps;
 mod slice;
+mod tasks;
