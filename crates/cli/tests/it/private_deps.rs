@@ -506,6 +506,54 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8(out).unwrap()
 }
 
+/// The log's lines that name `host`, but for the builder's progress lines
+/// (`#### …`: the step being run, the image being pulled), which echo the
+/// Dockerfile: what reports the failure.
+fn diagnostics<'a>(log: &'a str, host: &str) -> Vec<&'a str> {
+    log.lines()
+        .filter(|l| l.contains(host) && !l.trim_start().starts_with("####"))
+        .collect()
+}
+
+/// A part of the message between `: ` separators (of some length) that
+/// comes back later in the same line: the failure said twice.
+fn repeated_cause(line: &str) -> Option<&str> {
+    let parts: Vec<&str> = line.split(": ").map(str::trim).collect();
+    parts
+        .iter()
+        .enumerate()
+        .find(|(i, p)| p.len() >= 16 && parts[i + 1..].contains(p))
+        .map(|(_, p)| *p)
+}
+
+fn assert_says_it_once(line: &str) {
+    if let Some(p) = repeated_cause(line) {
+        panic!("the same cause is said twice ({p:?}) in: {line}");
+    }
+}
+
+/// The log reports the failure on exactly one line (see [`diagnostics`])
+/// that names `host`, says its cause once and contains `also`.
+fn one_line_naming(log: &str, host: &str, also: &str) -> Result<(), String> {
+    let lines = diagnostics(log, host);
+    if lines.len() != 1 {
+        return Err(format!(
+            "{} lines (besides #### progress) name {host}, not one:\n{log}",
+            lines.len()
+        ));
+    }
+    let line = lines[0];
+    if !line.contains(also) {
+        return Err(format!(
+            "the line naming {host} does not say {also:?}: {line}"
+        ));
+    }
+    match repeated_cause(line) {
+        Some(p) => Err(format!("the line naming {host} says {p:?} twice: {line}")),
+        None => Ok(()),
+    }
+}
+
 /// Every file under `dir`, raw and, when gzip or zstd, decompressed.
 fn scan_dir(dir: &Path, secrets: &[(String, String)], scanned: &mut usize) {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -820,13 +868,14 @@ fn pool_outside_the_private_network_fails_naming_the_registry() {
     assert!(!b.ok(), "a build outside vnet succeeded: {}", w.explain(&b));
     let log = w.logs(&b.run);
     let host = w.private.registry.host.clone();
-    let naming: Vec<&str> = log.lines().filter(|l| l.contains(&host)).collect();
+    let naming = diagnostics(&log, &host);
     assert_eq!(
         naming.len(),
         1,
-        "exactly one log line names {host}:\n{log}\n(CLI stderr: {})",
+        "exactly one log line (besides the builder's #### progress lines) names {host}:\n{log}\n(CLI stderr: {})",
         b.stderr
     );
+    assert_says_it_once(naming[0]);
     let show = w.show(&b.run);
     assert_ne!(show["state"], "succeeded", "{show:#}");
     w.assert_no_secret_anywhere();
@@ -861,10 +910,15 @@ fn wrong_stored_registry_password_fails_naming_the_host() {
     let log = w.logs(&b.run);
     let needle = format!("authentication failed for {reg_host}");
     let all = format!("{log}\n{}\n{}", b.stdout, b.stderr);
+    let line = all
+        .lines()
+        .find(|l| l.contains(&needle))
+        .unwrap_or_else(|| panic!("no line says {needle:?}:\n{all}"));
     assert!(
-        all.lines().any(|l| l.contains(&needle)),
-        "no line says {needle:?}:\n{all}"
+        line.to_lowercase().contains("credential"),
+        "the line names the stored credential: {line}"
     );
+    assert_says_it_once(line);
     w.assert_no_secret_anywhere();
 }
 
@@ -888,10 +942,11 @@ fn killed_private_services_fail_the_run_naming_them() {
     let b = w.build("private", "fault:1", &ctx);
     assert!(!b.ok(), "built without the registry: {}", w.explain(&b));
     let log = w.logs(&b.run);
-    assert!(
-        log.lines().any(|l| l.contains(&reg_host)),
-        "no line of the log names {reg_host}:\n{log}"
-    );
+    // Both faults are tried before the messages are judged.
+    let mut problems = Vec::new();
+    if let Err(e) = one_line_naming(&log, &reg_host, "") {
+        problems.push(e);
+    }
     w.private.registry.restart(&w.private.topo);
     let b = w.build("private", "fault:2", &ctx);
     assert!(b.ok(), "the registry is back, yet: {}", w.explain(&b));
@@ -943,12 +998,13 @@ fn killed_private_services_fail_the_run_naming_them() {
         .unwrap_or_else(|| panic!("no run id in:\n{out}"));
     w.runs.push(run.clone());
     let log = w.logs(&run);
-    assert!(
-        log.lines().any(|l| l.contains(&azurite_host)),
-        "no line of the log names {azurite_host}:\n{log}"
-    );
+    // The failing instruction is the ADD on line 3.
+    if let Err(e) = one_line_naming(&log, &azurite_host, "ADD") {
+        problems.push(e);
+    }
     w.private.azurite.restart(&w.private.topo);
     let b = w.build("private", "fault:4", fault_ctx.to_str().unwrap());
     assert!(b.ok(), "Azurite is back, yet: {}", w.explain(&b));
+    assert!(problems.is_empty(), "{}", problems.join("\n\n"));
     w.assert_no_secret_anywhere();
 }
