@@ -386,3 +386,68 @@ async fn root_runs_join_dockers_device_cgroup() {
     want.sort_unstable();
     assert_eq!(have, want);
 }
+
+/// What Docker allows is enough for real programs: the host's dpkg, apt and
+/// perl (fork, pipes, sockets, threads through glibc's clone3 → clone
+/// fallback) run under the filter, on binds of the host's package state.
+#[tokio::test]
+async fn package_tools_run_under_the_filter() {
+    if !root_or_skip("package_tools_run_under_the_filter") {
+        return;
+    }
+    for tool in ["/usr/bin/dpkg", "/usr/bin/apt-get", "/usr/bin/perl"] {
+        assert!(Path::new(tool).exists(), "{tool} is needed (Debian host)");
+    }
+    let fs = busybox_rootfs();
+    let mut spec = sh(
+        &fs,
+        "grep Seccomp: /proc/self/status && \
+         /usr/bin/dpkg -s dpkg | grep -q '^Status: install ok installed' && echo dpkg=ok && \
+         /usr/bin/apt-get -o Debug::NoLocking=1 check >/dev/null && echo apt-check=ok && \
+         /usr/bin/apt-config dump | grep -q '^APT::Architecture' && echo apt-config=ok && \
+         /usr/bin/perl -e 'pipe(R, W); my $p = fork(); if (!$p) { print W \"child\"; exit 0 } \
+                  close W; my $l = <R>; waitpid($p, 0); \
+                  use Socket; socket(S, AF_INET, SOCK_STREAM, 0) or die \"socket: $!\"; \
+                  socketpair(A, B, AF_UNIX, SOCK_STREAM, 0) or die \"socketpair: $!\"; \
+                  print \"perl=$l\\n\"' && \
+         sh -c 'sleep 0 & wait' && echo done",
+    );
+    with_host_perl(&fs, &mut spec);
+    for d in [
+        "/etc/apt",
+        "/etc/dpkg",
+        "/var/lib/dpkg",
+        "/var/lib/apt",
+        "/var/cache/apt",
+    ] {
+        if Path::new(d).is_dir() {
+            spec.mounts.push(Mount::Bind {
+                source: d.into(),
+                target: d.into(),
+                readonly: true,
+            });
+        }
+    }
+    let r = run(&spec).await;
+    assert!(
+        r.outcome.status.success(),
+        "stdout:\n{}\nstderr:\n{}",
+        r.stdout,
+        r.stderr
+    );
+    for want in [
+        "Seccomp:\t2",
+        "dpkg=ok",
+        "apt-check=ok",
+        "apt-config=ok",
+        "perl=child",
+        "done",
+    ] {
+        assert!(
+            r.stdout.contains(want),
+            "{want}: {}\n{}",
+            r.stdout,
+            r.stderr
+        );
+    }
+}
