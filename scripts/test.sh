@@ -26,11 +26,16 @@ as_root() {
 }
 
 # One list of Debian packages, shared with the suite's check that each exists.
-mapfile -t apt_packages < <(grep -v '^[[:space:]]*\(#\|$\)' scripts/apt-packages)
+# A line `PACKAGE COMMAND` counts as installed when COMMAND is on the PATH
+# (Node.js from another source brings its own npm, say).
 missing=()
-for p in "${apt_packages[@]}"; do
+while read -r p cmd _; do
+  case "$p" in ''|'#'*) continue ;; esac
+  if [ -n "$cmd" ] && [ "${cmd:0:1}" != "#" ]; then
+    command -v "$cmd" >/dev/null 2>&1 && continue
+  fi
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
+done < scripts/apt-packages
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
   as_root apt-get update -qq

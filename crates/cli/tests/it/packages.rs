@@ -16,6 +16,7 @@ fn listed() -> Vec<String> {
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_whitespace().next())
         .map(str::to_owned)
         .collect()
 }
