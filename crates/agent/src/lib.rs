@@ -27,7 +27,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use api::{ApiError, ContextSource, Heartbeat, Lease, LeaseRequest, Outcome, RunResult};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::watch;
 
 pub use logs::LogSink;
@@ -183,7 +182,7 @@ async fn execute(
         .cloned()
         .chain(lease.registry.iter().map(|r| r.password.clone()))
         .chain(lease.credentials.iter().map(|c| c.password.clone()))
-        .filter(|v| v.len() >= 3)
+        .filter(|v| v.len() >= 2)
         .collect();
     let log = LogSink::start(client.clone(), run_id.clone(), lease.token.clone(), masks);
 
@@ -473,14 +472,8 @@ async fn build(
         .spawn()
         .map_err(|e| format!("starting {}: {e}", config.program.display()))?;
     let pumps = [
-        child
-            .stdout
-            .take()
-            .map(|o| pump(BufReader::new(o), log.clone())),
-        child
-            .stderr
-            .take()
-            .map(|e| pump(BufReader::new(e), log.clone())),
+        child.stdout.take().map(|o| pump(o, log.clone())),
+        child.stderr.take().map(|e| pump(e, log.clone())),
     ];
     let status = tokio::select! {
         s = child.wait() => s.map_err(|e| format!("waiting for the build: {e}"))?,
@@ -528,19 +521,10 @@ fn status_signal(status: &std::process::ExitStatus) -> i32 {
 }
 
 fn pump<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
-    mut r: BufReader<R>,
+    r: R,
     log: LogSink,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match r.read_until(b'\n', &mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => log.raw(&String::from_utf8_lossy(&buf)),
-            }
-        }
-    })
+    tokio::spawn(async move { log.copy_lines(r, "").await })
 }
 
 pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -23,7 +23,6 @@ use std::time::{Duration, SystemTime};
 
 use api::{Lease, StepRecord};
 use tasks::{Action, PlanStep};
-use tokio::io::BufReader;
 use tokio::sync::watch;
 
 use crate::{AgentConfig, LogSink, Stop};
@@ -656,14 +655,8 @@ async fn attempt_step(
 
 /// Stream a child's output into the log, each line under the step's id.
 fn pump_output(env: &TaskEnv, step: &PlanStep, child: &mut tokio::process::Child) {
-    use tokio::io::AsyncBufReadExt;
     fn pump<R: tokio::io::AsyncRead + Unpin + Send + 'static>(r: R, log: LogSink, id: String) {
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(r).lines();
-            while let Ok(Some(l)) = lines.next_line().await {
-                log.raw(&format!("[{id}] {l}\n"));
-            }
-        });
+        tokio::spawn(async move { log.copy_lines(r, &format!("[{id}] ")).await });
     }
     if let Some(o) = child.stdout.take() {
         pump(o, env.log.clone(), step.id.clone());

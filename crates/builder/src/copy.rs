@@ -333,6 +333,28 @@ pub(crate) fn add_archive(
     Ok(true)
 }
 
+/// A URL as an error may show it: without its query (a SAS token or other
+/// credential) or user info.
+pub(crate) fn redact_url(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, _)) => (b, "?…"),
+        None => (url, ""),
+    };
+    let base = match base.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            if rest.contains('/') {
+                format!("{scheme}://{host}/{path}")
+            } else {
+                format!("{scheme}://{host}")
+            }
+        }
+        None => base.to_owned(),
+    };
+    format!("{base}{query}")
+}
+
 /// ADD of a URL: downloaded (verified against `--checksum` when given) to
 /// `dest`, or into it under the URL's last path segment; mode 0600 as in Docker.
 #[allow(clippy::too_many_arguments)]
@@ -350,14 +372,23 @@ pub(crate) async fn add_url(
     let expected: Option<oci::Digest> = checksum
         .map(|c| c.parse().map_err(|e| format!("--checksum: {e}")))
         .transpose()?;
+    let host = url
+        .split("://")
+        .nth(1)
+        .and_then(|r| r.split(['/', '?', '#']).next())
+        .unwrap_or(url);
     let resp = http
         .get(url)
         .send()
         .await
-        .map_err(|e| format!("downloading: {}", regclient::one_line(&e)))?;
+        .map_err(|e| format!("downloading: {}", regclient::explain(host, &e)))?;
     if !resp.status().is_success() {
-        return Err(format!("downloading: HTTP {}", resp.status()));
+        return Err(format!(
+            "downloading: {host} answered HTTP {}",
+            resp.status()
+        ));
     }
+
     let bytes = resp
         .bytes()
         .await

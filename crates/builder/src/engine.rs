@@ -76,6 +76,15 @@ pub enum BuildError {
         path: String,
         problem: String,
     },
+    /// ADD's own sources (URLs, git, archives); `path` is shown without a
+    /// URL's query, which may be a credential (a SAS token).
+    #[error("{file}:{line}: ADD {path}: {problem}")]
+    Add {
+        file: String,
+        line: u32,
+        path: String,
+        problem: String,
+    },
     #[error("{file}:{line}: RUN: {problem}")]
     Run {
         file: String,
@@ -1007,8 +1016,8 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                 say(out, tty, &format!("{label} ADD {shown} {}", a.dest)).await;
                 let dest = absolute_dest(image, &a.dest);
                 let add_err = |path: &str| {
-                    let (file, path) = (file.clone(), path.to_owned());
-                    move |problem: String| BuildError::Copy {
+                    let (file, path) = (file.clone(), crate::copy::redact_url(path));
+                    move |problem: String| BuildError::Add {
                         file,
                         line,
                         path,

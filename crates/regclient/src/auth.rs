@@ -39,6 +39,12 @@ impl Credential {
         }
     }
 
+    pub fn username(&self) -> &str {
+        match self {
+            Credential::Basic { username, .. } => username,
+        }
+    }
+
     pub(crate) fn header(&self) -> String {
         match self {
             Credential::Basic { username, password } => format!(

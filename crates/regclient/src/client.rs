@@ -167,6 +167,23 @@ pub fn http_client(user_agent: &str, ca_certs: &[Vec<u8>]) -> Result<reqwest::Cl
         .map_err(|e| RegClientError::Invalid(format!("building the HTTP client: {e}")))
 }
 
+/// Why a registry said no, and what to check: the credential it refused
+/// (by user name, never the password), or that none was configured.
+fn refused(host: &str, credential: Option<&crate::auth::Credential>, status: u16) -> String {
+    match credential {
+        Some(c) => format!(
+            "the registry refused the credential of user {} (HTTP {status}); check the pool's \
+             stored credential (slipway credential update POOL --login-server {host}) or the \
+             docker config.json entry for {host}",
+            c.username()
+        ),
+        None => format!(
+            "no credential is configured for it (HTTP {status}); store one with slipway \
+             credential add POOL --login-server {host}, or docker login {host}"
+        ),
+    }
+}
+
 /// Whether the registry at `host` is spoken to over plain HTTP: loopback,
 /// or one of `insecure` (`--insecure-registry`); HTTPS otherwise.
 pub fn plain_http(host: &str, insecure: &[String]) -> bool {
@@ -282,15 +299,10 @@ impl Client {
             .await
             .map_err(Self::http_err(host, what))?;
         if resp.status() == StatusCode::UNAUTHORIZED || resp.status() == StatusCode::FORBIDDEN {
-            let detail = if credential.is_some() {
-                "the registry refused the configured credentials"
-            } else {
-                "no credentials are configured for this registry"
-            };
             return Err(RegClientError::Unauthorized {
                 registry: host.into(),
                 what: what.into(),
-                detail: format!("{detail} (HTTP {})", resp.status().as_u16()),
+                detail: refused(host, credential.as_ref(), resp.status().as_u16()),
             });
         }
         Ok(resp)
@@ -312,7 +324,8 @@ impl Client {
             query.push(("scope", s));
         }
         let mut req = self.http.get(realm).query(&query);
-        if let Some(c) = self.config.credentials.get(host) {
+        let credential = self.config.credentials.get(host);
+        if let Some(c) = &credential {
             req = req.header(AUTHORIZATION, c.header());
         }
         let resp = req
@@ -323,10 +336,10 @@ impl Client {
             return Err(RegClientError::Unauthorized {
                 registry: host.into(),
                 what: what.into(),
-                detail: format!(
-                    "token endpoint {realm} answered HTTP {}",
-                    resp.status().as_u16()
-                ),
+                detail: match resp.status().as_u16() {
+                    s @ (401 | 403) => refused(host, credential.as_ref(), s),
+                    s => format!("its token endpoint {realm} answered HTTP {s}"),
+                },
             });
         }
         let body: TokenResponse = resp
@@ -353,7 +366,8 @@ impl Client {
                 .with_max_times(self.config.retries),
         )
         .when(RegClientError::is_transient)
-        .notify(|e, after| tracing::warn!("retrying in {after:?}: {e}"))
+        // Quiet: the final error says it all, once.
+        .notify(|e, after| tracing::debug!("retrying in {after:?}: {e}"))
         .await
     }
 

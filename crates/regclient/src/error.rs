@@ -10,13 +10,15 @@ pub enum RegClientError {
         status: u16,
         body: String,
     },
-    #[error("{registry}: {what}: authentication failed ({detail})")]
+    #[error("authentication failed for {registry} ({what}): {detail}")]
     Unauthorized {
         registry: String,
         what: String,
         detail: String,
     },
-    /// The transport failed. Shown as one line: what failed, where, the
+    /// The transport failed (connection, TLS, timeout). Retried when it may
+    /// pass (refused, timed out), not when it cannot (unreachable network,
+    /// unknown host, untrusted certificate). Shown as one line: what failed, where, the
     /// root cause in words, and what to check. The chain is not exposed as
     /// a `source`, so reporters that print chains do not repeat it.
     #[error("{registry}: {what}: {}", explain(registry, error))]
@@ -132,7 +134,9 @@ fn classify(error: &reqwest::Error) -> Cause {
     }
 }
 
-fn explain(registry: &str, error: &reqwest::Error) -> String {
+/// What a transport error to `registry` (any HTTP host) comes down to, and
+/// what to check, in one clause.
+pub fn explain(registry: &str, error: &reqwest::Error) -> String {
     match classify(error) {
         Cause::UntrustedCertificate(why) => format!(
             "its TLS certificate is not trusted ({why}); give the agent the registry's CA \

@@ -24,4 +24,4 @@ pub use auth::{Credential, Credentials, DockerConfig};
 pub use client::{
     Client, ClientConfig, FetchedManifest, Platform, Pushed, http_client, plain_http,
 };
-pub use error::{RegClientError, one_line};
+pub use error::{RegClientError, explain, one_line};
