@@ -1009,3 +1009,77 @@ fn killed_private_services_fail_the_run_naming_them() {
     assert!(problems.is_empty(), "{}", problems.join("\n\n"));
     w.assert_no_secret_anywhere();
 }
+
+/// The seed's task (`az acr run` on a dedicated pool): started from `ci`, a
+/// `cmd` step fetches a blob from the private storage account with a task
+/// secret, `build` starts from the internal registry's base image, `push`
+/// puts the result in Slipway's registry, where `ci` pulls it.
+#[test]
+fn seed_task_runs_from_ci_on_the_private_pool() {
+    if !need_root_and_tools() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut w = World::start(tmp.path());
+    let ctx = tmp.path().join("task-context");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {}\nCOPY fetched.txt /data/fetched.txt\n",
+            w.private.base
+        ),
+    )
+    .unwrap();
+    let two = w.private.azurite.blob_url(CONTAINER, "two.txt");
+    let file = tmp.path().join("acb.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "version: v1.1.0\nsteps:\n  - id: fetch\n    cmd: {base} wget -qO fetched.txt \"{two}?{{{{.Secrets.sas}}}}\"\n  \
+             - id: build\n    build: -t $Registry/seed:{{{{.Run.ID}}}} .\n  \
+             - id: push\n    push: [\"$Registry/seed:{{{{.Run.ID}}}}\"]\n",
+            base = w.private.base
+        ),
+    )
+    .unwrap();
+    let out = run_for(
+        w.slipway
+            .cli(w.topo(), Ns::Ci)
+            .args(["run", "--pool", "private", "--set-secret"])
+            .arg(format!("sas={}", w.secret_sas))
+            .arg("-f")
+            .arg(&file)
+            .arg(&ctx),
+        None,
+        BUILD_LIMIT,
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    w.transcripts.push(text.clone());
+    assert!(out.status.success(), "the seed task failed:\n{text}");
+    let run = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("run ")
+                .and_then(|r| r.split_once(" queued on pool "))
+                .map(|(id, _)| id.to_owned())
+        })
+        .unwrap();
+    w.runs.push(run.clone());
+    let show = w.show(&run);
+    let pushed = show["steps"][2]["images"][0].as_str().unwrap().to_owned();
+    assert!(
+        pushed.starts_with(&format!("{}/seed:{run}@sha256:", w.slipway.host())),
+        "{show:#}"
+    );
+    let root = w.pull_into_rootfs(&pushed, "seed");
+    assert_eq!(
+        std::fs::read(root.join("data/fetched.txt")).unwrap(),
+        w.blob_two
+    );
+    w.assert_no_secret_anywhere();
+}
