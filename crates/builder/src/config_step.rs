@@ -16,6 +16,29 @@ pub(crate) struct Step<'a> {
     pub created: &'a str,
 }
 
+/// WORKDIR `path` after the `current` one, as BuildKit writes it into the
+/// config (its `NormalizeWorkdir`): an absolute path as written, a relative
+/// one joined to the current one and cleaned (Go's `path.Join`), so
+/// `lib/./a/../b` from `/srv` is `/srv/lib/b`. What the directory and a
+/// RUN's cwd use is [`clean_path`] of it.
+pub(crate) fn workdir(current: &str, path: &str) -> String {
+    let current = if current.is_empty() { "/" } else { current };
+    if path.starts_with('/') {
+        path.to_owned()
+    } else if path.is_empty() {
+        current.to_owned()
+    } else {
+        clean_path(&format!("{current}/{path}"))
+    }
+}
+
+/// A container path made absolute and lexically clean, as Go's
+/// `path.Clean` of it joined to `/`: no `.`, no `..` (at the top it stays
+/// there), no empty or trailing components. `/w/./p/../q/` is `/w/q`.
+pub(crate) fn clean_path(p: &str) -> String {
+    format!("/{}", crate::sources::clean(p).display())
+}
+
 /// Apply `command` to `image`. `shell` is the stage's SHELL (SHELL sets it,
 /// shell-form CMD/ENTRYPOINT use it); `cmd_set` says whether this stage set
 /// CMD (an ENTRYPOINT after it keeps it). Instructions that are not
@@ -243,6 +266,20 @@ mod tests {
         );
         assert_eq!(c["config"]["Cmd"], json!(["serve"]));
         assert_eq!(c["config"]["Entrypoint"], json!(["app"]));
+    }
+
+    #[test]
+    fn workdir_joins_relative_paths_cleaned_and_keeps_absolute_ones_as_written() {
+        assert_eq!(workdir("/srv", "lib/./a/../b"), "/srv/lib/b");
+        assert_eq!(workdir("/srv/lib/b", "./c/.."), "/srv/lib/b");
+        assert_eq!(workdir("/srv/lib/b", ".."), "/srv/lib");
+        assert_eq!(workdir("/", "../../x"), "/x");
+        assert_eq!(workdir("", "rel"), "/rel");
+        assert_eq!(workdir("/w/./p/../q/", ".."), "/w");
+        assert_eq!(workdir("/srv", "/w/./p/../q/"), "/w/./p/../q/");
+        assert_eq!(clean_path("/w/./p/../q/"), "/w/q");
+        assert_eq!(clean_path("/../../top/./x/.."), "/top");
+        assert_eq!(clean_path("/"), "/");
     }
 
     #[test]

@@ -198,8 +198,8 @@ pub(crate) fn absolute_dest(image: &mut NewImage, dest: &str) -> String {
 /// A uid and gid.
 pub(crate) type Owner = (u32, u32);
 
-/// `--chown` and `--chmod` of COPY/ADD. Names come from the image's
-/// passwd/group; a user alone gives gid = uid, as Docker does.
+/// `--chown` and `--chmod` of COPY/ADD, the owner resolved by
+/// [`chown_ids`] against the image below the step.
 pub(crate) fn ownership(
     chown: Option<&str>,
     chmod: Option<&str>,
@@ -214,33 +214,56 @@ pub(crate) fn ownership(
                 upper: step.join("upper"),
                 work: step.join("work"),
             };
-            let (user, group) = spec
-                .split_once(':')
-                .map_or((spec, None), |(u, g)| (u, Some(g)));
-            let (uid, _, _) = sandbox::resolve_user(&view, user).map_err(|e| e.to_string())?;
-            let gid = match group {
-                None => uid,
-                Some(g) => {
-                    sandbox::resolve_user(&view, &format!("{uid}:{g}"))
-                        .map_err(|e| e.to_string())?
-                        .1
-                }
-            };
-            Some((uid, gid))
+            Some(chown_ids(&view, spec)?)
         }
     };
     let mode = chmod.map(Chmod::parse).transpose()?;
     Ok((owner, mode))
 }
 
-/// ADD of a local tar archive (plain, gzip, zstd, bzip2 or xz): extracted into `dest`,
-/// keeping the archive's owners and modes. Returns `false` for anything
-/// that is not an archive, which ADD then copies like COPY.
+/// `user[:group]` as BuildKit's file operations read it (`--chown`, and the
+/// stage's USER for the directories WORKDIR makes): a user name gives its
+/// uid and primary group from the image's `/etc/passwd`; a number (or
+/// `root`) is the uid and, without a group, the gid too, whatever passwd
+/// says; a group, a name from `/etc/group` or a number, replaces the gid.
+/// Names the image does not have are refused (BuildKit would use 0).
+pub(crate) fn chown_ids(view: &RootFs, spec: &str) -> Result<Owner, String> {
+    let (user, group) = spec
+        .split_once(':')
+        .map_or((spec, None), |(u, g)| (u, Some(g)));
+    let user = if user == "root" { "0" } else { user };
+    let by_id = user.parse::<u32>().is_ok();
+    let full = match group {
+        Some(g) => format!("{user}:{}", if g == "root" { "0" } else { g }),
+        None => user.to_owned(),
+    };
+    let (uid, gid, _) = sandbox::resolve_user(view, &full).map_err(|e| e.to_string())?;
+    Ok(match group {
+        None if by_id => (uid, uid),
+        _ => (uid, gid),
+    })
+}
+
+/// The mode of the directories a COPY/ADD creates on the way to its
+/// destination: an octal `--chmod`'s permission bits (BuildKit's MkdirAll
+/// takes the copy's mode; Go drops the special bits there), else 0755.
+pub(crate) fn new_dir_mode(mode: Option<&Chmod>) -> u32 {
+    match mode {
+        Some(Chmod::Octal(m)) => m & 0o777,
+        _ => 0o755,
+    }
+}
+
+/// ADD of a local tar archive (plain, gzip, zstd, bzip2 or xz): extracted
+/// into `dest`, keeping the archive's modes, and its owners unless
+/// `--chown` gives one (`owner`), which every entry of the archive then
+/// has, as BuildKit's untar does. Returns `false` for anything that is not
+/// an archive, which ADD then copies like COPY.
 pub(crate) fn add_archive(
     context: &Path,
     source: &str,
     dest: &str,
-    owner: (u32, u32),
+    owner: Option<Owner>,
     upper: &Path,
     lowers: &[PathBuf],
 ) -> Result<bool, String> {
@@ -285,13 +308,7 @@ pub(crate) fn add_archive(
     // file, as Docker decides it.
     let mut head = vec![0u8; 512];
     let got = {
-        let mut probe: Box<dyn Read> = match magic {
-            [0x1f, 0x8b, ..] => Box::new(flate2::read::MultiGzDecoder::new(&mut f)),
-            [0x28, 0xb5, 0x2f, 0xfd, ..] => {
-                Box::new(zstd::stream::read::Decoder::new(&mut f).map_err(io)?)
-            }
-            _ => Box::new(&mut f),
-        };
+        let mut probe = tar_stream(magic, &mut f).map_err(io)?;
         let mut got = 0;
         while got < head.len() {
             match probe.read(&mut head[got..]) {
@@ -320,17 +337,111 @@ pub(crate) fn add_archive(
     f.rewind().map_err(io)?;
     let dest_rel = resolve_in_layers(Some(upper), lowers, &crate::sources::clean(dest))
         .map_err(|e| e.to_string())?;
-    make_dirs(upper, &dest_rel, lowers, owner).map_err(|e| e.to_string())?;
+    make_dirs(upper, &dest_rel, lowers, owner.unwrap_or((0, 0))).map_err(|e| e.to_string())?;
+    // The names --chown applies to: the archive's own entries (directories
+    // it only implies stay as extracting makes them, as in BuildKit).
+    let names = match owner {
+        None => Vec::new(),
+        Some(_) => {
+            let mut names = Vec::new();
+            let mut archive = tar::Archive::new(tar_stream(magic, &mut f).map_err(io)?);
+            for e in archive
+                .entries()
+                .map_err(|e| format!("reading the archive: {e}"))?
+            {
+                let e = e.map_err(|e| format!("reading the archive: {e}"))?;
+                let name = e.path().map_err(|e| format!("reading the archive: {e}"))?;
+                let mut rel = PathBuf::new();
+                for c in name.components() {
+                    match c {
+                        std::path::Component::Normal(n) => rel.push(n),
+                        std::path::Component::ParentDir => {
+                            rel.pop();
+                        }
+                        _ => {}
+                    }
+                }
+                names.push(rel);
+            }
+            drop(archive);
+            f.rewind().map_err(io)?;
+            names
+        }
+    };
+    let target = upper.join(&dest_rel);
     crate::unpack::apply_layer(
         f,
         &digest,
         None,
-        &upper.join(&dest_rel),
+        &target,
         crate::unpack::WhiteoutMode::Flatten,
         &[],
     )
     .map_err(|e| format!("extracting: {e}"))?;
+    if let Some(owner) = owner {
+        chown_beneath(&target, &names, owner).map_err(|e| format!("--chown: {e}"))?;
+    }
     Ok(true)
+}
+
+/// The tar inside an archive whose first bytes are `magic` (gzip and zstd
+/// are decompressed as read; anything else is read as it is).
+fn tar_stream<'a>(
+    magic: &[u8],
+    f: &'a mut std::fs::File,
+) -> std::io::Result<Box<dyn std::io::Read + 'a>> {
+    Ok(match magic {
+        [0x1f, 0x8b, ..] => Box::new(flate2::read::MultiGzDecoder::new(f)),
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => Box::new(zstd::stream::read::Decoder::new(f)?),
+        _ => Box::new(f),
+    })
+}
+
+/// Give `owner` to each of `names` under `dir`, the entry itself (a
+/// symlink is not followed). Names are resolved beneath `dir` without
+/// following any symlink, so an archive's planted link never leads the
+/// chown elsewhere; a name that is not there (a whiteout, an entry reached
+/// only through a link) is skipped.
+fn chown_beneath(dir: &Path, names: &[PathBuf], owner: Owner) -> std::io::Result<()> {
+    use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
+    let root = rustix::fs::open(
+        dir,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let (uid, gid) = (
+        rustix::fs::Uid::from_raw(owner.0),
+        rustix::fs::Gid::from_raw(owner.1),
+    );
+    for name in names.iter().filter(|n| !n.as_os_str().is_empty()) {
+        let fd = match rustix::fs::openat2(
+            &root,
+            name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        ) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT | rustix::io::Errno::LOOP | rustix::io::Errno::XDEV) => {
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // A chown clears setuid/setgid: the mode is put back after it.
+        let mode = rustix::fs::fstat(&fd)?.st_mode;
+        rustix::fs::chownat(&fd, "", Some(uid), Some(gid), AtFlags::EMPTY_PATH)?;
+        if rustix::fs::FileType::from_raw_mode(mode) != rustix::fs::FileType::Symlink
+            && mode & 0o6000 != 0
+        {
+            rustix::fs::chmodat(
+                rustix::fs::CWD,
+                format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd)),
+                Mode::from_raw_mode(mode & 0o7777),
+                AtFlags::empty(),
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// A URL as an error may show it: without its query (a SAS token or other
@@ -412,11 +523,12 @@ pub(crate) async fn add_url(
     } else {
         dest_rel
     };
-    make_dirs(
+    make_dirs_mode(
         upper,
         target.parent().unwrap_or(Path::new("")),
         lowers,
         owner,
+        new_dir_mode(mode),
     )
     .map_err(|e| e.to_string())?;
     let at = upper.join(&target);
@@ -444,6 +556,17 @@ pub(crate) fn make_dirs(
     lowers: &[PathBuf],
     owner: (u32, u32),
 ) -> std::io::Result<()> {
+    make_dirs_mode(upper, rel, lowers, owner, 0o755)
+}
+
+/// [`make_dirs`] with the mode of the new directories.
+pub(crate) fn make_dirs_mode(
+    upper: &Path,
+    rel: &Path,
+    lowers: &[PathBuf],
+    owner: (u32, u32),
+    mode: u32,
+) -> std::io::Result<()> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let mut cur = PathBuf::new();
     for c in rel.components() {
@@ -462,7 +585,7 @@ pub(crate) fn make_dirs(
             std::fs::set_permissions(&at, std::fs::Permissions::from_mode(m.mode() & 0o7777))?;
             std::os::unix::fs::chown(&at, Some(m.uid()), Some(m.gid()))?;
         } else {
-            std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o755))?;
+            std::fs::set_permissions(&at, std::fs::Permissions::from_mode(mode))?;
             std::os::unix::fs::chown(&at, Some(owner.0), Some(owner.1))?;
         }
     }
@@ -528,9 +651,16 @@ pub(crate) fn copy_source(
         target_rel.parent().unwrap_or(Path::new(""))
     };
     // Directories made on the way belong to the --chown user (BuildKit's
-    // MkdirAll), root otherwise.
-    make_dirs(upper, parent, lowers, how.owner.unwrap_or((0, 0)))
-        .map_err(|e| format!("creating {}: {e}", parent.display()))?;
+    // MkdirAll), root otherwise, with an octal --chmod's mode (the one a
+    // directory source's contents go into too).
+    make_dirs_mode(
+        upper,
+        parent,
+        lowers,
+        how.owner.unwrap_or((0, 0)),
+        new_dir_mode(how.mode),
+    )
+    .map_err(|e| format!("creating {}: {e}", parent.display()))?;
     let links = std::cell::RefCell::new(HashMap::new());
     let filter = Filter {
         ignore,
@@ -735,4 +865,56 @@ fn copy_file(
     };
     dst.set_permissions(std::fs::Permissions::from_mode(mode))?;
     dst.set_times(std::fs::FileTimes::new().set_modified(meta.modified()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An image whose `web` user's primary group (50) is not its uid.
+    fn image(dir: &Path) -> RootFs {
+        let l = dir.join("lower");
+        std::fs::create_dir_all(l.join("etc")).unwrap();
+        std::fs::write(
+            l.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nweb:x:2000:50:web:/srv:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(
+            l.join("etc/group"),
+            "root:x:0:\nstaff:x:50:\nwww:x:3000:web\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(dir.join("upper")).unwrap();
+        RootFs {
+            lower: vec![l],
+            upper: dir.join("upper"),
+            work: dir.join("work"),
+        }
+    }
+
+    #[test]
+    fn chown_takes_a_named_users_primary_group_and_a_uid_as_gid() {
+        let d = tempfile::tempdir().unwrap();
+        let v = image(d.path());
+        assert_eq!(chown_ids(&v, "web").unwrap(), (2000, 50));
+        assert_eq!(chown_ids(&v, "web:www").unwrap(), (2000, 3000));
+        assert_eq!(chown_ids(&v, "web:7").unwrap(), (2000, 7));
+        // A number is the uid and the gid, even when passwd has it.
+        assert_eq!(chown_ids(&v, "2000").unwrap(), (2000, 2000));
+        assert_eq!(chown_ids(&v, "2000:www").unwrap(), (2000, 3000));
+        assert_eq!(chown_ids(&v, "4321").unwrap(), (4321, 4321));
+        assert_eq!(chown_ids(&v, "root").unwrap(), (0, 0));
+        assert_eq!(chown_ids(&v, "root:staff").unwrap(), (0, 50));
+        assert!(chown_ids(&v, "ghost").is_err());
+        assert!(chown_ids(&v, "web:nogroup").is_err());
+    }
+
+    #[test]
+    fn created_dirs_take_an_octal_chmods_permission_bits() {
+        assert_eq!(new_dir_mode(None), 0o755);
+        assert_eq!(new_dir_mode(Some(&Chmod::parse("0640").unwrap())), 0o640);
+        assert_eq!(new_dir_mode(Some(&Chmod::parse("4755").unwrap())), 0o755);
+        assert_eq!(new_dir_mode(Some(&Chmod::parse("u+x").unwrap())), 0o755);
+    }
 }

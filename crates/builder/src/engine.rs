@@ -1154,15 +1154,8 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                     let extracted = if a.unpack == Some(false) {
                         false
                     } else {
-                        add_archive(
-                            &req.context,
-                            &p.source,
-                            &p.dest,
-                            owner.unwrap_or((0, 0)),
-                            &upper,
-                            lowers,
-                        )
-                        .map_err(add_err(&p.source))?
+                        add_archive(&req.context, &p.source, &p.dest, owner, &upper, lowers)
+                            .map_err(add_err(&p.source))?
                     };
                     if !extracted {
                         copy_source(&how, &p.source, &p.dest, p.into_dir, &upper, lowers)
@@ -1192,11 +1185,9 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                     .and_then(|v| v.as_str())
                     .unwrap_or("/")
                     .to_owned();
-                let abs = if path.starts_with('/') {
-                    path.clone()
-                } else {
-                    format!("{}/{path}", current.trim_end_matches('/'))
-                };
+                // Kept in the config as BuildKit writes it; made and used
+                // cleaned (`lib/./a/../b` → `lib/b`).
+                let abs = crate::config_step::workdir(&current, path);
                 image
                     .container_config()
                     .insert("WorkingDir".into(), json!(abs));
@@ -1224,9 +1215,9 @@ async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
                                 upper: upper.clone(),
                                 work: step.join("work"),
                             };
-                            let (uid, gid, _) = sandbox::resolve_user(&view, &u)
-                                .map_err(step_err(format!("{file}:{line}: WORKDIR")))?;
-                            (uid, gid)
+                            crate::copy::chown_ids(&view, &u)
+                                .map_err(std::io::Error::other)
+                                .map_err(step_err(format!("{file}:{line}: WORKDIR")))?
                         }
                     };
                     let rel = resolve_in_layers(Some(&upper), lowers, &rel)
@@ -1327,13 +1318,14 @@ async fn execute_run<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
         "creating {}",
         req.cache_mounts_dir.display()
     )))?;
-    let workdir = r
-        .config
-        .get("WorkingDir")
-        .and_then(|v| v.as_str())
-        .filter(|w| !w.is_empty())
-        .unwrap_or("/")
-        .to_owned();
+    // The config keeps a WORKDIR as written (`/w/./p/../q/`); the RUN's
+    // cwd is the clean path, as the sandbox takes it.
+    let workdir = crate::config_step::clean_path(
+        r.config
+            .get("WorkingDir")
+            .and_then(|v| v.as_str())
+            .unwrap_or("/"),
+    );
     let mut prepared = crate::run_mounts::prepare(
         &r.run.mounts,
         r.roots,
@@ -1376,7 +1368,11 @@ async fn execute_run<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
         upper: step.join("upper"),
         work: step.join("work"),
     };
-    let config: Option<oci_spec::image::Config> = serde_json::from_value(json!(r.config)).ok();
+    let mut config = r.config.clone();
+    if config.contains_key("WorkingDir") {
+        config.insert("WorkingDir".into(), json!(workdir));
+    }
+    let config: Option<oci_spec::image::Config> = serde_json::from_value(json!(config)).ok();
     let process = sandbox::image_process(
         config.as_ref(),
         &rootfs,
@@ -1393,6 +1389,19 @@ async fn execute_run<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
         },
     )
     .map_err(step_err(format!("{}:{}: RUN", cx.file, r.line)))?;
+    crate::layered::make_cwd(
+        &step.join("upper"),
+        r.lowers,
+        r.config
+            .get("WorkingDir")
+            .and_then(|v| v.as_str())
+            .unwrap_or("/"),
+        (process.uid, process.gid),
+    )
+    .map_err(step_err(format!(
+        "{}:{}: RUN: working directory",
+        cx.file, r.line
+    )))?;
     let mut spec = RunSpec::new(rootfs, r.argv.to_vec());
     spec.process = process;
     spec.mounts = prepared.mounts;

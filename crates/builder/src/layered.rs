@@ -153,3 +153,69 @@ pub(crate) fn resolve_in_layers(
         }
     })
 }
+
+/// A RUN's working directory made as BuildKit's runc executor makes it:
+/// what is missing of the clean path belongs to the RUN's user (`owner`;
+/// the executor's `MkdirAllAndChown`), then runc's `os.MkdirAll` of the
+/// path as the config has it (a WORKDIR kept unclean) makes every prefix
+/// that ends in a name, root's: `/w/./p/../q` leaves `/w/p` behind beside
+/// `/w/q`. Symlinks and `..` resolve as the kernel's would, inside the
+/// image; new directories are 0755 and go into `upper`.
+pub(crate) fn make_cwd(
+    upper: &Path,
+    lowers: &[PathBuf],
+    cwd: &str,
+    owner: (u32, u32),
+) -> std::io::Result<()> {
+    use std::path::Component;
+    let clean = crate::sources::clean(cwd);
+    let real = resolve_in_layers(Some(upper), lowers, &clean)?;
+    if !is_dir_in_layers(Some(upper), lowers, &real) {
+        crate::copy::make_dirs(upper, &real, lowers, owner)?;
+    }
+    let mut prefix = PathBuf::new();
+    for c in Path::new(cwd).components() {
+        match c {
+            Component::Normal(_) => prefix.push(c),
+            Component::ParentDir => {
+                prefix.push(c);
+                continue;
+            }
+            _ => continue,
+        }
+        let real = resolve_in_layers(Some(upper), lowers, &prefix)?;
+        if !is_dir_in_layers(Some(upper), lowers, &real) {
+            crate::copy::make_dirs(upper, &real, lowers, (0, 0))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn make_cwd_leaves_the_dirs_of_an_unclean_path_as_runc_does() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipping: chown needs root");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let (lower, upper) = (d.path().join("lower"), d.path().join("upper"));
+        std::fs::create_dir_all(lower.join("w/q")).unwrap();
+        std::fs::create_dir_all(&upper).unwrap();
+        let lowers = [lower];
+        make_cwd(&upper, &lowers, "/w/./p/../q/", (5, 5)).unwrap();
+        assert!(upper.join("w/p").is_dir());
+        assert!(!upper.join("w/q").exists(), "w/q is below already");
+        // A clean path that is missing is the RUN user's.
+        make_cwd(&upper, &lowers, "/n/m", (5, 6)).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(upper.join("n/m")).unwrap();
+        assert_eq!((m.uid(), m.gid()), (5, 6));
+        // Nothing to make: nothing made.
+        make_cwd(&upper, &lowers, "/w/q", (5, 5)).unwrap();
+        assert_eq!(std::fs::read_dir(&upper).unwrap().count(), 2);
+    }
+}

@@ -158,22 +158,12 @@ const CASES: &[Case] = &[
     case("copy_dir_rules"),
     case("copy_globs"),
     case("copy_chown"),
-    Case {
-        known: &[Known {
-            what: "fs /m3",
-            why: "BuildKit quirk not copied: the missing destination directory of a multi-source COPY --chmod=0440 is itself created 0440 (a directory nobody can enter); Slipway creates it 0755 as without --chmod",
-        }],
-        ..case("copy_chmod")
-    },
+    case("copy_chown_primary_group"),
+    case("copy_chmod"),
+    case("copy_chmod_new_dir"),
     case("copy_exclude"),
     case("copy_parents"),
-    Case {
-        known: &[Known {
-            what: "fs /home/app/ldir2",
-            why: "BuildKit quirk not copied (as /m3 of copy_chmod): the missing destination directory of COPY --chmod=700 is itself created 0700; Slipway creates it 0755 as without --chmod",
-        }],
-        ..case("copy_link")
-    },
+    case("copy_link"),
     Case {
         known: &[Known {
             what: "both builds failed",
@@ -207,6 +197,7 @@ const CASES: &[Case] = &[
     case("arg_defaults_and_scope"),
     case("env_forms"),
     case("workdir_create"),
+    case("workdir_dot_components"),
     case("user_and_chown"),
     case("shell_instruction"),
     case("cmd_entrypoint_forms"),
