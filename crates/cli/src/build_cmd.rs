@@ -137,7 +137,7 @@ pub(crate) fn docker_config_path() -> Option<PathBuf> {
 
 /// `512m`, `3g`, `1.5GiB`, `1048576` → bytes, binary multiples as docker's
 /// `--memory` reads them.
-fn parse_bytes(s: &str) -> Option<u64> {
+pub(crate) fn parse_bytes(s: &str) -> Option<u64> {
     let s = s.trim();
     let num_len = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))

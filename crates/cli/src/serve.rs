@@ -44,6 +44,20 @@ pub struct ServerArgs {
     /// Start the agents of pools created with --local (as `slipway up` does).
     #[arg(long)]
     local_agents: bool,
+    /// Largest blob the registry accepts (413 past it): bytes or 8g, 512m…
+    #[arg(long, default_value = "8g", value_parser = parse_size)]
+    max_blob_size: u64,
+    /// Largest build context accepted (413 past it).
+    #[arg(long, default_value = "2g", value_parser = parse_size)]
+    max_context_size: u64,
+    /// A task files' image alias: NAME=IMAGE (`bash`, `curl`, `az`, … in a
+    /// registry the pools reach); repeatable.
+    #[arg(long = "image-alias", value_name = "NAME=IMAGE")]
+    image_aliases: Vec<String>,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    crate::build_cmd::parse_bytes(s).ok_or_else(|| format!("{s:?}: expected bytes or 8g, 512m …"))
 }
 
 #[derive(clap::Args)]
@@ -142,12 +156,17 @@ impl AgentArgs {
     }
 }
 
-pub async fn open_registry(data: &Path, public_url: Option<String>) -> Result<Arc<Registry>> {
+pub async fn open_registry(
+    data: &Path,
+    public_url: Option<String>,
+    max_blob_bytes: u64,
+) -> Result<Arc<Registry>> {
     std::fs::create_dir_all(data)
         .with_context(|| format!("creating data directory {}", data.display()))?;
     builder::data_dir::mark(data).with_context(|| format!("marking {}", data.display()))?;
     let mut config = RegistryConfig::new(data);
     config.auth.public_url = public_url;
+    config.max_blob_bytes = max_blob_bytes;
     Registry::open(config)
         .await
         .with_context(|| format!("opening the registry in {}", data.display()))
@@ -166,7 +185,7 @@ struct Running {
 }
 
 async fn serve(args: ServerArgs, on_ready: impl FnOnce(&Running, &Arc<Server>)) -> Result<()> {
-    let reg = open_registry(&args.data, args.public_url.clone()).await?;
+    let reg = open_registry(&args.data, args.public_url.clone(), args.max_blob_size).await?;
     let token_path = server::admin_token_path(&args.data);
     if reg
         .auth()
@@ -189,6 +208,15 @@ async fn serve(args: ServerArgs, on_ready: impl FnOnce(&Running, &Arc<Server>)) 
     config.default_timeout = args.default_timeout;
     config.max_attempts = args.max_attempts.max(1);
     config.retention = args.retention;
+    config.max_context_bytes = args.max_context_size;
+    for a in &args.image_aliases {
+        let (name, image) = a
+            .split_once('=')
+            .with_context(|| format!("--image-alias {a}: expected NAME=IMAGE"))?;
+        config
+            .image_aliases
+            .insert(name.to_owned(), image.to_owned());
+    }
     if args.local_agents {
         let mut agent_args = vec![
             "agent".to_owned(),
@@ -261,6 +289,9 @@ pub async fn up(args: UpArgs) -> Result<()> {
         max_attempts: 3,
         retention: Duration::from_secs(30 * 24 * 3600),
         local_agents: true,
+        max_blob_size: registry::DEFAULT_MAX_BLOB_BYTES,
+        max_context_size: 2 << 30,
+        image_aliases: Vec::new(),
     };
     // The pool must exist before the supervisor's first look, so create it
     // through the database directly, before serving.

@@ -187,7 +187,9 @@ async fn handle(
             get_blob(reg, name, d, headers, method == Method::HEAD).await
         }
         (Route::Blob(name, d), Method::DELETE) => delete_blob(reg, name, d).await,
-        (Route::Uploads(name), Method::POST) => start_upload(reg, name, &q, &principal, body).await,
+        (Route::Uploads(name), Method::POST) => {
+            start_upload(reg, name, &q, &principal, headers, body).await
+        }
         (Route::Upload(name, id), Method::PATCH) => {
             patch_upload(reg, name, id, headers, body).await
         }
@@ -360,6 +362,7 @@ async fn start_upload(
     name: &str,
     q: &[(String, String)],
     principal: &auth::Principal,
+    h: &HeaderMap,
     body: Body,
 ) -> Result<Response> {
     if let Some(mount) = query_get(q, "mount") {
@@ -379,9 +382,9 @@ async fn start_upload(
     } else if let Some(digest) = query_get(q, "digest") {
         let d = parse_digest(digest)?;
         let id = reg.store.upload_create().await?;
-        if let Err(e) = reg.store.upload_append(&id, 0, body_stream(body)).await {
+        if let Err(e) = append_limited(reg, &id, 0, h, body).await {
             let _ = reg.store.upload_cancel(&id).await;
-            return Err(e.into());
+            return Err(e);
         }
         reg.store.upload_commit(&id, &d).await?;
         reg.meta.link_blob(name, &d).await?;
@@ -445,15 +448,41 @@ fn chunk_start(h: &HeaderMap) -> Result<Option<u64>> {
     Ok(Some(start))
 }
 
+/// Append `body` at `offset`, within the blob size limit: a declared
+/// `Content-Length` past it is refused before anything is read, and a body
+/// that runs past it is cut off. Either way: `413`, naming the limit.
+async fn append_limited(
+    reg: &Reg,
+    id: &str,
+    offset: u64,
+    h: &HeaderMap,
+    body: Body,
+) -> Result<u64> {
+    let max = reg.config.max_blob_bytes;
+    let too_large = || {
+        RegistryError::new(
+            Code::TooLarge,
+            format!("blob is larger than this registry's limit of {max} bytes (--max-blob-size)"),
+        )
+    };
+    let declared = header_str(h, &header::CONTENT_LENGTH).and_then(|l| l.parse::<u64>().ok());
+    if declared.is_some_and(|len| offset.saturating_add(len) > max) {
+        return Err(too_large());
+    }
+    let (stream, over) = store::limit::limited(body_stream(body), max.saturating_sub(offset));
+    match reg.store.upload_append(id, offset, stream).await {
+        Ok(size) => Ok(size),
+        Err(_) if over.happened() => Err(too_large()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 async fn append_chunk(reg: &Reg, id: &str, h: &HeaderMap, body: Body) -> Result<u64> {
     let offset = match chunk_start(h)? {
         Some(s) => s,
         None => reg.store.upload_size(id).await?,
     };
-    Ok(reg
-        .store
-        .upload_append(id, offset, body_stream(body))
-        .await?)
+    append_limited(reg, id, offset, h, body).await
 }
 
 async fn patch_upload(
@@ -464,7 +493,17 @@ async fn patch_upload(
     body: Body,
 ) -> Result<Response> {
     owned_upload(reg, name, id).await?;
-    let size = append_chunk(reg, id, h, body).await?;
+    let size = match append_chunk(reg, id, h, body).await {
+        Ok(size) => size,
+        Err(e) => {
+            // Past the limit, the whole upload goes: nothing stays behind.
+            if e.code == Code::TooLarge {
+                let _ = reg.store.upload_cancel(id).await;
+                reg.meta.remove_upload(name, id).await;
+            }
+            return Err(e);
+        }
+    };
     Ok(upload_accepted(StatusCode::ACCEPTED, name, id, size))
 }
 
@@ -490,8 +529,14 @@ async fn finish_upload(
             "the digest query parameter is required",
         )
     })?)?;
-    if has_body(h) {
-        append_chunk(reg, id, h, body).await?;
+    if has_body(h)
+        && let Err(e) = append_chunk(reg, id, h, body).await
+    {
+        if e.code == Code::TooLarge {
+            let _ = reg.store.upload_cancel(id).await;
+            reg.meta.remove_upload(name, id).await;
+        }
+        return Err(e);
     }
     let committed = reg.store.upload_commit(id, &d).await;
     if matches!(committed, Err(store::StoreError::DigestMismatch { .. })) {

@@ -30,11 +30,17 @@ pub use error::{Code, RegistryError};
 /// Largest manifest accepted on push (the spec asks registries to accept at least 4 MiB).
 pub const DEFAULT_MAX_MANIFEST_BYTES: usize = 4 << 20;
 
+/// Largest blob accepted on push (`slipway server --max-blob-size`): far
+/// above any sane layer, below what fills a disk by accident.
+pub const DEFAULT_MAX_BLOB_BYTES: u64 = 8 << 30;
+
 #[derive(Debug, Clone)]
 pub struct RegistryConfig {
     pub data: PathBuf,
     pub auth: AuthConfig,
     pub max_manifest_bytes: usize,
+    /// Uploads past this are refused with `413` and deleted.
+    pub max_blob_bytes: u64,
 }
 
 impl RegistryConfig {
@@ -43,6 +49,7 @@ impl RegistryConfig {
             data: data.into(),
             auth: AuthConfig::default(),
             max_manifest_bytes: DEFAULT_MAX_MANIFEST_BYTES,
+            max_blob_bytes: DEFAULT_MAX_BLOB_BYTES,
         }
     }
 }

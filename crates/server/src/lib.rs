@@ -50,6 +50,8 @@ pub struct ServerConfig {
     /// Task files' image aliases (`bash`, `curl`, `az`, …) → images in a
     /// registry the pools reach (a private network reaches no public one).
     pub image_aliases: std::collections::BTreeMap<String, String>,
+    /// Largest context upload accepted (`413` past it).
+    pub max_context_bytes: u64,
 }
 
 impl ServerConfig {
@@ -64,6 +66,7 @@ impl ServerConfig {
             agent_command: None,
             retention: Duration::from_secs(30 * 24 * 3600),
             image_aliases: Default::default(),
+            max_context_bytes: 2 << 30,
         }
     }
 }

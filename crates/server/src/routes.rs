@@ -529,11 +529,33 @@ async fn put_context(
         })
         .into_response());
     }
+    let max = s.config.max_context_bytes;
+    let too_large = || {
+        ApiErr(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "TOO_LARGE",
+            format!(
+                "the context is larger than this server's limit of {max} bytes (--max-context-size); \
+                 leave build outputs and dependencies out with .dockerignore"
+            ),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max) {
+        return Err(too_large());
+    }
     let id = s.contexts.upload_create().await.map_err(internal)?;
     let stream = body.into_data_stream().map_err(std::io::Error::other);
-    let appended = s.contexts.upload_append(&id, 0, Box::pin(stream)).await;
+    let (stream, over) = store::limit::limited(stream, max);
+    let appended = s.contexts.upload_append(&id, 0, stream).await;
     if let Err(e) = appended {
         let _ = s.contexts.upload_cancel(&id).await;
+        if over.happened() {
+            return Err(too_large());
+        }
         return Err(bad(format!("receiving the context: {e}")));
     }
     match s.contexts.upload_commit(&id, &digest).await {

@@ -12,6 +12,7 @@
 
 mod fs;
 pub mod layout;
+pub mod limit;
 
 use std::io;
 use std::pin::Pin;

@@ -33,10 +33,15 @@ pub struct Server {
 
 impl Server {
     pub async fn start() -> Server {
+        Server::start_with(|_| {}).await
+    }
+
+    /// A server whose config `tune` changes first (limits, say).
+    pub async fn start_with(tune: impl FnOnce(&mut RegistryConfig)) -> Server {
         let dir = tempfile::tempdir().unwrap();
-        let reg = Registry::open(RegistryConfig::new(dir.path()))
-            .await
-            .unwrap();
+        let mut config = RegistryConfig::new(dir.path());
+        tune(&mut config);
+        let reg = Registry::open(config).await.unwrap();
         let admin = reg.auth().create_token("admin", true, vec![]).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -49,6 +54,10 @@ impl Server {
             http: reqwest::Client::new(),
             _dir: dir,
         }
+    }
+
+    pub fn data(&self) -> &std::path::Path {
+        self._dir.path()
     }
 
     /// `path` (or an absolute URL, as in a `Location`) against this server.

@@ -225,3 +225,93 @@ async fn cross_repository_mount() {
         .unwrap();
     assert_eq!(head.status(), StatusCode::NOT_FOUND);
 }
+
+/// Files under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn blobs_past_the_size_limit_get_413_and_leave_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let srv = Server::start_with(|c| c.max_blob_bytes = 1 << 20).await;
+    let before = files_under(srv.data()).len();
+
+    // A 10 GiB blob declared up front is refused before any byte is read.
+    let crate::common::Cred::Basic(token) = &srv.admin else {
+        panic!("the admin credential is a token");
+    };
+    let mut s = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+    let auth = base64_basic(token);
+    let d = Digest::sha256(b"never sent");
+    s.write_all(
+        format!(
+            "POST /v2/big/blobs/uploads/?digest={d} HTTP/1.1\r\nHost: {}\r\nAuthorization: Basic {auth}\r\n\
+             Content-Type: application/octet-stream\r\nContent-Length: 10737418240\r\n\r\nxxxx",
+            srv.addr
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert!(
+        head.contains("SIZE_INVALID") && head.contains("1048576"),
+        "{head}"
+    );
+
+    // A streamed body (no length) is cut off at the limit; the upload is gone.
+    let location = start(&srv, "big").await;
+    let chunks: Vec<Result<Bytes, std::io::Error>> = (0..40)
+        .map(|_| Ok(Bytes::from(vec![7u8; 64 * 1024])))
+        .collect();
+    let resp = srv
+        .admin(Method::PATCH, &location)
+        .header("content-type", "application/octet-stream")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await;
+    // The server may answer before the client finished sending.
+    if let Ok(resp) = resp {
+        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+    let status = srv.admin(Method::GET, &location).send().await.unwrap();
+    assert_eq!(
+        status.status(),
+        StatusCode::NOT_FOUND,
+        "the upload must be gone"
+    );
+    assert_eq!(
+        files_under(srv.data()).len(),
+        before,
+        "nothing of the refused blobs stays: {:?}",
+        files_under(srv.data())
+    );
+
+    // Within the limit, uploads work as before.
+    let small = content(512 * 1024);
+    let d = Digest::sha256(&small);
+    let resp = srv.post_blob(&srv.admin, "big", &small, &d).await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+}
+
+fn base64_basic(token: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(format!("someone:{token}"))
+}
