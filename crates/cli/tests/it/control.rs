@@ -32,18 +32,18 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(cmd: &mut Command, log: PathBuf) -> Proc {
+    pub(crate) fn spawn(cmd: &mut Command, log: PathBuf) -> Proc {
         let f = std::fs::File::create(&log).unwrap();
         let child = cmd.stdout(Stdio::null()).stderr(f).spawn().unwrap();
         Proc { child, log }
     }
 
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Wait for `needle` in the log; returns what follows it.
-    fn wait_for(&self, needle: &str) -> String {
+    pub(crate) fn wait_for(&self, needle: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let t = self.text();

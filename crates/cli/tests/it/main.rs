@@ -12,6 +12,7 @@ mod deploy;
 mod differential;
 mod dockerfile;
 mod harness;
+mod newcomer;
 mod netns;
 mod packages;
 mod peers;
