@@ -97,8 +97,81 @@ pub fn redact(url: &str) -> String {
     format!("{url}{query}{fragment}")
 }
 
-/// `https://host/repo.git#ref:subdir`, `git://…`, or a tarball URL. A git
-/// context reports the commit (and branch) it resolved to.
+/// `git@host:path` (git's scp-like SSH syntax): no scheme, a user before
+/// the first `:`, and no `/` before it.
+fn scp_like(url: &str) -> bool {
+    !url.contains("://")
+        && url
+            .split_once(':')
+            .is_some_and(|(h, _)| h.contains('@') && !h.contains('/'))
+}
+
+/// The `host[:port]` an SSH git URL connects to, as `--git-host` names it.
+fn ssh_host(url: &str) -> Option<String> {
+    let authority = if let Some(rest) = url.strip_prefix("ssh://") {
+        rest.split('/').next().unwrap_or(rest)
+    } else if scp_like(url) {
+        url.split_once(':').map(|(h, _)| h).unwrap_or(url)
+    } else {
+        return None;
+    };
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    Some(host.to_owned())
+}
+
+/// git's failure as one line. SSH's own words are replaced by what went
+/// wrong with which host and what to do: its host key banner is a dozen
+/// lines, and "Permission denied" does not say which credential.
+fn git_failure(what: &str, url: &str, stderr: &str, access: &crate::access::Access) -> String {
+    let stderr = stderr.trim();
+    let Some(host) = ssh_host(url) else {
+        return format!("{what}: {stderr}");
+    };
+    let bare = crate::access::split_host_port(&host).0.to_owned();
+    let stored = access
+        .ssh_hosts
+        .iter()
+        .find(|h| **h == host || crate::access::split_host_port(h).0 == bare);
+    let why = if stderr.contains("Host key verification failed") {
+        let changed = stderr.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
+            || stderr.contains("has changed and you have requested strict checking");
+        let whose = |h: &String| {
+            if *h == host {
+                "it".to_owned()
+            } else {
+                h.clone()
+            }
+        };
+        match (stored, changed) {
+            (Some(h), true) => format!(
+                "host key verification failed: {host} offered a key that the known_hosts of the pool's git-ssh credential for {} does not list (the server's key changed, or the stored known_hosts is wrong: update the credential)",
+                whose(h)
+            ),
+            (Some(h), false) => format!(
+                "host key verification failed: the known_hosts of the pool's git-ssh credential for {h} has no key for {host} (agents never trust an unknown host key: update the credential)"
+            ),
+            (None, _) => format!(
+                "host key verification failed for {host}: the pool has no git-ssh credential for it, and agents never trust an unknown host key (slipway credential add POOL --git-host {host} --ssh-key-file KEY --known-hosts-file FILE)"
+            ),
+        }
+    } else if stderr.contains("Permission denied (publickey") {
+        match stored {
+            Some(h) => format!(
+                "{host} refused the key of the pool's git-ssh credential for {h} (Permission denied (publickey)): check its key and user"
+            ),
+            None => format!(
+                "{host} refused the login (Permission denied (publickey)): the pool has no git-ssh credential for it"
+            ),
+        }
+    } else {
+        return format!("{what}: {stderr}");
+    };
+    format!("{what}: {why}")
+}
+
+/// `https://host/repo.git#ref:subdir`, `git://…`, `ssh://…`,
+/// `git@host:repo.git`, or a tarball URL. A git context reports the commit
+/// (and branch) it resolved to.
 pub async fn url(
     url: &str,
     dir: &Path,
@@ -107,7 +180,11 @@ pub async fn url(
 ) -> Result<Option<api::Revision>, String> {
     let (base, fragment) = url.split_once('#').unwrap_or((url, ""));
     let path = base.split('?').next().unwrap_or(base);
-    let is_git = path.ends_with(".git") || base.starts_with("git://") || !fragment.is_empty();
+    let is_git = path.ends_with(".git")
+        || base.starts_with("git://")
+        || base.starts_with("ssh://")
+        || scp_like(base)
+        || !fragment.is_empty();
     let shown = redact(base);
     if !is_git {
         let http =
@@ -150,9 +227,11 @@ pub async fn url(
         if out.status.success() {
             Ok(())
         } else {
-            Err(format!(
-                "{what}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
+            Err(git_failure(
+                &what,
+                base,
+                &String::from_utf8_lossy(&out.stderr),
+                access,
             ))
         }
     };
@@ -254,7 +333,62 @@ async fn output(mut c: tokio::process::Command) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{redact, scp_like, ssh_host};
+
+    #[test]
+    fn ssh_urls_and_their_hosts() {
+        assert!(scp_like("git@host:org/repo.git"));
+        assert!(!scp_like("ssh://git@host/repo.git"));
+        assert!(!scp_like("https://h/r.git"));
+        assert!(!scp_like("host:repo"));
+        assert_eq!(
+            ssh_host("ssh://root@10.0.0.2:2222/srv/repo.git").as_deref(),
+            Some("10.0.0.2:2222")
+        );
+        assert_eq!(ssh_host("ssh://h/r.git").as_deref(), Some("h"));
+        assert_eq!(ssh_host("git@h:r.git").as_deref(), Some("h"));
+        assert_eq!(ssh_host("https://u@h/r.git"), None);
+        assert_eq!(
+            redact("ssh://root@10.0.0.2:2222/srv/repo.git#main"),
+            "ssh://10.0.0.2:2222/srv/repo.git#main"
+        );
+    }
+
+    #[test]
+    fn ssh_failures_are_one_line_naming_the_host_and_credential() {
+        let access = crate::access::Access {
+            docker_dir: "/nonexistent".into(),
+            git_config: "/nonexistent".into(),
+            ca_pems: Vec::new(),
+            ssh_hosts: vec!["10.0.0.2:2222".into()],
+        };
+        let url = "ssh://root@10.0.0.2:2222/srv/repo.git";
+        let changed = "@@@@@@@\n@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\n\
+            Host key for [10.0.0.2]:2222 has changed and you have requested strict checking.\n\
+            Host key verification failed.\nfatal: Could not read from remote repository.\n";
+        let m = super::git_failure("git fetch X main", url, changed, &access);
+        assert!(!m.contains('\n'), "{m}");
+        assert!(
+            m.starts_with("git fetch X main: host key verification failed"),
+            "{m}"
+        );
+        assert!(m.contains("10.0.0.2:2222 offered a key"), "{m}");
+        assert!(m.contains("git-ssh credential for it"), "{m}");
+        let unknown = "No ED25519 host key is known for [10.0.0.2]:2222 and you have requested strict checking.\nHost key verification failed.\n";
+        let m = super::git_failure("git fetch X main", url, unknown, &access);
+        assert!(m.contains("has no key for 10.0.0.2:2222"), "{m}");
+        let m = super::git_failure("f", "ssh://git@other/r.git", unknown, &access);
+        assert!(m.contains("no git-ssh credential"), "{m}");
+        let denied = "root@10.0.0.2: Permission denied (publickey).\nfatal: Could not read from remote repository.\n";
+        let m = super::git_failure("f", url, denied, &access);
+        assert!(
+            m.contains("refused the key of the pool's git-ssh credential"),
+            "{m}"
+        );
+        // HTTP failures keep git's words.
+        let m = super::git_failure("f", "https://h/r.git", "fatal: nope\n", &access);
+        assert_eq!(m, "f: fatal: nope");
+    }
 
     #[test]
     fn redacts_user_info_and_sas_tokens() {

@@ -401,12 +401,15 @@ pub struct Revision {
 }
 
 /// What a stored credential opens: a registry other than the server's own
-/// (`docker login` style), or a git server over HTTP(S).
+/// (`docker login` style), a git server over HTTP(S), or a git server over
+/// SSH (`git-ssh`: the password is a private key, with the host's
+/// `known_hosts`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CredentialKind {
     Registry,
     Git,
+    GitSsh,
 }
 
 impl CredentialKind {
@@ -414,6 +417,7 @@ impl CredentialKind {
         match self {
             CredentialKind::Registry => "registry",
             CredentialKind::Git => "git",
+            CredentialKind::GitSsh => "git-ssh",
         }
     }
 }
@@ -430,19 +434,27 @@ impl std::str::FromStr for CredentialKind {
         match s {
             "registry" => Ok(CredentialKind::Registry),
             "git" => Ok(CredentialKind::Git),
-            _ => Err(format!("credential kind {s:?}: expected registry or git")),
+            "git-ssh" => Ok(CredentialKind::GitSsh),
+            _ => Err(format!(
+                "credential kind {s:?}: expected registry, git or git-ssh"
+            )),
         }
     }
 }
 
 /// `POST /pools/{name}/credentials` and `PUT …/{kind}/{host}`; also what a
-/// lease hands the agent. `host` is `host[:port]`, no scheme.
+/// lease hands the agent. `host` is `host[:port]`, no scheme. For
+/// `git-ssh`, `password` is the private key (PEM or OpenSSH text, no
+/// passphrase) and `known_hosts` the host keys the agent may trust (an
+/// agent never trusts an unknown host key).
 #[derive(Clone, Serialize, Deserialize)]
 pub struct CredentialSpec {
     pub kind: CredentialKind,
     pub host: String,
     pub username: String,
     pub password: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub known_hosts: Option<String>,
 }
 
 impl std::fmt::Debug for CredentialSpec {
@@ -649,4 +661,42 @@ pub struct ErrorBody {
 pub struct ContextInfo {
     pub digest: String,
     pub size: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn git_ssh_credentials_on_the_wire() {
+        assert_eq!(
+            "git-ssh".parse::<CredentialKind>(),
+            Ok(CredentialKind::GitSsh)
+        );
+        assert_eq!(CredentialKind::GitSsh.to_string(), "git-ssh");
+        let spec = CredentialSpec {
+            kind: CredentialKind::GitSsh,
+            host: "git.internal:2222".into(),
+            username: "git".into(),
+            password: "-----BEGIN OPENSSH PRIVATE KEY-----\nSECRET\n".into(),
+            known_hosts: Some("[git.internal]:2222 ssh-ed25519 AAAA\n".into()),
+        };
+        let json = serde_json::to_value(&spec).unwrap();
+        assert_eq!(json["kind"], "git-ssh");
+        assert_eq!(
+            json["known_hosts"],
+            "[git.internal]:2222 ssh-ed25519 AAAA\n"
+        );
+        assert!(!format!("{spec:?}").contains("SECRET"));
+        // Without known_hosts the field is absent, and an old body parses.
+        let basic = CredentialSpec {
+            kind: CredentialKind::Git,
+            known_hosts: None,
+            ..spec
+        };
+        let json = serde_json::to_value(&basic).unwrap();
+        assert!(json.get("known_hosts").is_none(), "{json}");
+        let back: CredentialSpec = serde_json::from_value(json).unwrap();
+        assert_eq!(back.known_hosts, None);
+    }
 }

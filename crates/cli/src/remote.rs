@@ -14,7 +14,7 @@ use crate::build_cmd::BuildArgs;
 use crate::ctl;
 
 pub(crate) fn is_url(s: &str) -> bool {
-    ["https://", "http://", "git://", "git@"]
+    ["https://", "http://", "git://", "ssh://", "git@"]
         .iter()
         .any(|p| s.starts_with(p))
 }

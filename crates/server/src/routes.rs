@@ -239,6 +239,90 @@ fn valid_host(host: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b))
 }
 
+/// The password, and for `git-ssh` the private key, its known_hosts, a
+/// user and port an ssh config can name.
+fn check_secret_parts(spec: &api::CredentialSpec) -> Result<(), ApiErr> {
+    if spec.kind != api::CredentialKind::GitSsh {
+        if spec.password.is_empty() || spec.password.len() > 16 * 1024 {
+            return Err(bad("password: 1 byte to 16 KiB"));
+        }
+        if spec.known_hosts.is_some() {
+            return Err(bad(format!(
+                "known_hosts is for git-ssh credentials, not {}",
+                spec.kind
+            )));
+        }
+        return Ok(());
+    }
+    // The agent writes user and port into an ssh config.
+    if !spec
+        .username
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return Err(bad(
+            "git-ssh: the username may hold letters, digits, '.', '_' and '-' only",
+        ));
+    }
+    let port = match spec.host.strip_prefix('[') {
+        Some(rest) => rest.split_once("]:").map(|(_, p)| p),
+        None => spec
+            .host
+            .rsplit_once(':')
+            .filter(|(h, _)| !h.contains(':'))
+            .map(|(_, p)| p),
+    };
+    if let Some(p) = port
+        && p.parse::<u16>().map_or(true, |p| p == 0)
+    {
+        return Err(bad(format!(
+            "git-ssh: host {:?}: the port must be a number from 1 to 65535",
+            spec.host
+        )));
+    }
+    let key = spec.password.trim();
+    if key.is_empty() || spec.password.len() > 16 * 1024 {
+        return Err(bad("git-ssh: the private key must be 1 byte to 16 KiB"));
+    }
+    if !(key.starts_with("-----BEGIN ") && key.contains("PRIVATE KEY-----")) {
+        return Err(bad(
+            "git-ssh: the password must be a private key (PEM or OpenSSH text, -----BEGIN … PRIVATE KEY-----)",
+        ));
+    }
+    let Some(known) = spec.known_hosts.as_deref() else {
+        return Err(bad(format!(
+            "git-ssh: known_hosts is required (agents never trust an unknown host key): give the host key lines of {} (ssh-keyscan)",
+            spec.host
+        )));
+    };
+    if known.len() > 64 * 1024 {
+        return Err(bad("git-ssh: known_hosts must be at most 64 KiB"));
+    }
+    let mut entries = 0;
+    for (i, line) in known.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        // `[@marker] hosts keytype key [comment]`
+        let fields = line.split_whitespace().count() - usize::from(line.starts_with('@'));
+        if fields < 3 {
+            return Err(bad(format!(
+                "git-ssh: known_hosts line {}: expected `HOSTS KEYTYPE KEY`",
+                i + 1
+            )));
+        }
+        entries += 1;
+    }
+    if entries == 0 {
+        return Err(bad(format!(
+            "git-ssh: known_hosts has no host key (agents never trust an unknown host key): give the host key lines of {} (ssh-keyscan)",
+            spec.host
+        )));
+    }
+    Ok(())
+}
+
 async fn store_credential(
     s: &Server,
     headers: &HeaderMap,
@@ -256,14 +340,17 @@ async fn store_credential(
     if spec.username.is_empty() || spec.username.len() > 256 || spec.username.contains(':') {
         return Err(bad("username: 1-256 characters, no ':'"));
     }
-    if spec.password.is_empty() || spec.password.len() > 16 * 1024 {
-        return Err(bad("password: 1 byte to 16 KiB"));
-    }
+    check_secret_parts(spec)?;
     if s.db.pool(pool).await?.is_none() {
         return Err(not_found(format!("pool {pool} does not exist")));
     }
+    // The known_hosts is sealed with the key: whoever could change it
+    // could make agents trust another host.
     let mut m = BTreeMap::new();
     m.insert("password".to_owned(), spec.password.clone());
+    if let Some(k) = &spec.known_hosts {
+        m.insert("known_hosts".to_owned(), k.clone());
+    }
     let sealed = s
         .sealer
         .seal_for(&m, &credential_owner(pool, spec.kind, &spec.host))
@@ -379,11 +466,21 @@ async fn lease_credentials(s: &Server, pool: &str) -> R<Vec<api::CredentialSpec>
                 host: info.host,
                 username: info.username,
                 password: m.remove("password").unwrap_or_default(),
+                known_hosts: m.remove("known_hosts"),
             }),
             Err(e) => tracing::error!(pool, host = info.host, "credential: {e}"),
         }
     }
     Ok(out)
+}
+
+/// `git@host:path/repo.git`: git's scp-like SSH syntax (no scheme, a user,
+/// and a `:` before any `/`).
+fn scp_like_git(url: &str) -> bool {
+    !url.contains("://")
+        && url
+            .split_once(':')
+            .is_some_and(|(h, p)| !p.is_empty() && h.contains('@') && !h.contains('/'))
 }
 
 // ---- pools ----
@@ -679,10 +776,12 @@ pub(crate) async fn queue_run(
         ContextSource::Url { url } => {
             if !(url.starts_with("https://")
                 || url.starts_with("http://")
-                || url.starts_with("git://"))
+                || url.starts_with("git://")
+                || url.starts_with("ssh://")
+                || scp_like_git(url))
             {
                 return Err(bad(format!(
-                    "context URL {url:?}: use http(s):// or git://"
+                    "context URL {url:?}: use http(s)://, git://, ssh:// or USER@HOST:PATH"
                 )));
             }
         }
@@ -1154,6 +1253,65 @@ async fn agent_result(
 
 #[cfg(test)]
 mod tests {
+    fn ssh_spec(key: &str, known_hosts: Option<&str>) -> api::CredentialSpec {
+        api::CredentialSpec {
+            kind: api::CredentialKind::GitSsh,
+            host: "git.internal:2222".into(),
+            username: "git".into(),
+            password: key.into(),
+            known_hosts: known_hosts.map(str::to_owned),
+        }
+    }
+
+    const KEY: &str = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjE=\n-----END OPENSSH PRIVATE KEY-----\n";
+
+    #[test]
+    fn git_ssh_credentials_need_a_key_and_known_hosts() {
+        let line = "[git.internal]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA\n";
+        assert!(super::check_secret_parts(&ssh_spec(KEY, Some(line))).is_ok());
+        let msg = |s: &api::CredentialSpec| super::check_secret_parts(s).unwrap_err().2;
+        let m = msg(&ssh_spec(KEY, None));
+        assert!(m.contains("known_hosts is required"), "{m}");
+        assert!(m.contains("never trust an unknown host key"), "{m}");
+        let m = msg(&ssh_spec(KEY, Some("# nothing\n\n")));
+        assert!(m.contains("no host key"), "{m}");
+        let m = msg(&ssh_spec(KEY, Some("git.internal ssh-ed25519\n")));
+        assert!(m.contains("line 1"), "{m}");
+        let m = msg(&ssh_spec("hunter2", Some(line)));
+        assert!(m.contains("private key"), "{m}");
+        assert!(!m.contains("hunter2"), "{m}");
+        let big = format!("{line}{}", "#".repeat(64 * 1024));
+        assert!(msg(&ssh_spec(KEY, Some(&big))).contains("64 KiB"));
+        let huge_key = format!("{KEY}{}", "A".repeat(16 * 1024));
+        assert!(msg(&ssh_spec(&huge_key, Some(line))).contains("16 KiB"));
+        // known_hosts belongs to git-ssh only.
+        let mut basic = ssh_spec("pw", Some(line));
+        basic.kind = api::CredentialKind::Git;
+        assert!(msg(&basic).contains("known_hosts is for git-ssh"));
+        basic.known_hosts = None;
+        assert!(super::check_secret_parts(&basic).is_ok());
+        let mut odd = ssh_spec(KEY, Some(line));
+        odd.username = "git\n\tProxyCommand x".into();
+        assert!(msg(&odd).contains("username"));
+        let mut odd = ssh_spec(KEY, Some(line));
+        odd.host = "git.internal:ssh".into();
+        assert!(msg(&odd).contains("port"));
+        odd.host = "[fd00::1]:2222".into();
+        assert!(super::check_secret_parts(&odd).is_ok());
+        odd.host = "fd00::1".into();
+        assert!(super::check_secret_parts(&odd).is_ok());
+    }
+
+    #[test]
+    fn scp_like_git_urls() {
+        assert!(super::scp_like_git("git@host:org/repo.git"));
+        assert!(super::scp_like_git("git@10.0.0.1:repo.git#main"));
+        assert!(!super::scp_like_git("ssh://git@host/repo.git"));
+        assert!(!super::scp_like_git("host:repo.git"));
+        assert!(!super::scp_like_git("./dir/a@b:c"));
+        assert!(!super::scp_like_git("git@host:"));
+    }
+
     /// Every route the router serves is described in the OpenAPI document,
     /// with the same methods, and the document names no route we lack.
     #[test]

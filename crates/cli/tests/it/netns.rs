@@ -7,7 +7,7 @@
 //!     srv .1 (slipway server)   ci .2 (the CI job)
 //!     agent .3 (the private pool's agent)   outside .4 (another pool's agent)
 //!   vnet segment 10.202.0.0/24 (a veth pair)
-//!     agent .1   svc .2 (internal registry, Azurite, git server)
+//!     agent .1   svc .2 (internal registry, Azurite, git servers)
 //! ```
 //!
 //! No routing between the segments (forwarding is off in every new
@@ -21,8 +21,9 @@
 //!
 //! The services are real components: Debian's `docker-registry` over TLS
 //! (a CA made here with `openssl`) with htpasswd (bcrypt) auth, Azurite from
-//! npm (seeded through the Azure SDK for Python), and `git http-backend`
-//! behind a small HTTP front that checks Basic auth.
+//! npm (seeded through the Azure SDK for Python), `git http-backend`
+//! behind a small HTTP front that checks Basic auth, and Debian's OpenSSH
+//! server (`sshd`, key auth only) serving a bare repository over SSH.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -48,6 +49,8 @@ pub const SVC_ADDR: &str = "10.202.0.2";
 pub const REGISTRY_PORT: u16 = 5443;
 pub const AZURITE_PORT: u16 = 10000;
 pub const GIT_PORT: u16 = 8080;
+/// sshd's port: not 22, so the port travels through every layer.
+pub const SSH_PORT: u16 = 2222;
 
 /// The namespaces of a [`Topology`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,6 +104,10 @@ pub fn need_root_and_tools() -> bool {
         "busybox",
         "zstd",
         "node",
+        "sshd",
+        "ssh",
+        "ssh-keygen",
+        "ssh-keyscan",
     ] {
         tool(t);
     }
@@ -1069,40 +1076,8 @@ pub struct GitServer {
 impl GitServer {
     /// Serve a repository of `files` (path, contents), committed on `branch`.
     pub fn start(topo: &Topology, dir: &Path, branch: &str, files: &[(&str, &[u8])]) -> GitServer {
-        let work = dir.join("work");
         let root = dir.join("root");
-        std::fs::create_dir_all(&work).unwrap();
-        std::fs::create_dir_all(&root).unwrap();
-        for (path, bytes) in files {
-            let p = work.join(path);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, bytes).unwrap();
-        }
-        let t = Duration::from_secs(60);
-        let git = |args: &[&str], cwd: &Path| {
-            ok_for(
-                Command::new(tool("git"))
-                    .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
-                    .args(args)
-                    .current_dir(cwd),
-                None,
-                t,
-            )
-        };
-        git(&["init", "-q", "-b", branch], &work);
-        git(&["add", "."], &work);
-        git(&["commit", "-q", "-m", "private app"], &work);
-        let commit = git(&["rev-parse", "HEAD"], &work).trim().to_owned();
-        git(
-            &[
-                "clone",
-                "-q",
-                "--bare",
-                work.to_str().unwrap(),
-                root.join("repo.git").to_str().unwrap(),
-            ],
-            dir,
-        );
+        let commit = bare_repo(dir, &root.join("repo.git"), branch, files);
         let script = dir.join("git-http.py");
         std::fs::write(&script, GIT_HTTP_PY).unwrap();
         let user = "ci-reader".to_owned();
@@ -1141,6 +1116,188 @@ impl GitServer {
     /// `http://10.202.0.2:8080/repo.git` (no credentials in it).
     pub fn url(&self) -> String {
         format!("http://{}/repo.git", self.host())
+    }
+}
+
+/// A bare repository at `bare` holding one commit of `files` (path,
+/// contents) on `branch`, made through a work tree in `dir/work`; returns
+/// the commit.
+fn bare_repo(dir: &Path, bare: &Path, branch: &str, files: &[(&str, &[u8])]) -> String {
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::create_dir_all(bare.parent().unwrap()).unwrap();
+    for (path, bytes) in files {
+        let p = work.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    }
+    let t = Duration::from_secs(60);
+    let git = |args: &[&str], cwd: &Path| {
+        ok_for(
+            Command::new(tool("git"))
+                .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+                .args(args)
+                .current_dir(cwd),
+            None,
+            t,
+        )
+    };
+    git(&["init", "-q", "-b", branch], &work);
+    git(&["add", "."], &work);
+    git(&["commit", "-q", "-m", "private app"], &work);
+    let commit = git(&["rev-parse", "HEAD"], &work).trim().to_owned();
+    git(
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            work.to_str().unwrap(),
+            bare.to_str().unwrap(),
+        ],
+        dir,
+    );
+    commit
+}
+
+/// `ssh-keygen` of a new ed25519 key pair without a passphrase at `path`
+/// (and `path.pub`).
+pub fn ssh_keygen(path: &Path, comment: &str) {
+    ok_for(
+        Command::new(tool("ssh-keygen"))
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+            .arg(path),
+        None,
+        Duration::from_secs(30),
+    );
+}
+
+/// Debian's OpenSSH server in `svc`, in the foreground with a config of
+/// the test's own: a host key made here, port [`SSH_PORT`], public-key
+/// auth only, for `root` (sshd runs as root to switch users; UsePAM off, as
+/// PAM's session modules fail in containers) with the one client key the
+/// test makes, listed in an authorized_keys file of the test's own;
+/// serving a bare `repo.git` (git-upload-pack over the SSH session).
+pub struct SshServer {
+    /// The client's private key: what the git-ssh credential stores.
+    pub client_key: PathBuf,
+    /// The server's host key as a known_hosts line for
+    /// `[10.202.0.2]:2222`, read from its public key file.
+    pub known_hosts_line: String,
+    /// The user the server lets in.
+    pub user: String,
+    /// The commit `branch` points at.
+    pub commit: String,
+    dir: PathBuf,
+    pub server: NsProc,
+}
+
+impl SshServer {
+    /// `ssh://root@10.202.0.2:2222/…/repo.git` of the server started in
+    /// `dir`, known before it is (a repository may name itself).
+    pub fn url_in(dir: &Path) -> String {
+        format!(
+            "ssh://root@{SVC_ADDR}:{SSH_PORT}{}",
+            dir.join("root/repo.git").display()
+        )
+    }
+
+    /// Serve a repository of `files` (path, contents), committed on `branch`.
+    pub fn start(topo: &Topology, dir: &Path, branch: &str, files: &[(&str, &[u8])]) -> SshServer {
+        let dir = dir.to_owned();
+        let commit = bare_repo(&dir, &dir.join("root/repo.git"), branch, files);
+        let host_key = dir.join("ssh_host_ed25519_key");
+        ssh_keygen(&host_key, "slipway-test-sshd");
+        let client_key = dir.join("client_key");
+        ssh_keygen(&client_key, "slipway-test-agent");
+        let public = std::fs::read_to_string(dir.join("client_key.pub")).unwrap();
+        let authorized = dir.join("authorized_keys");
+        // `restrict`: no pty, forwarding or agent; a command still runs.
+        std::fs::write(&authorized, format!("restrict {}", public.trim_end())).unwrap();
+        let host_pub = std::fs::read_to_string(dir.join("ssh_host_ed25519_key.pub")).unwrap();
+        let mut fields = host_pub.split_whitespace();
+        let known_hosts_line = format!(
+            "[{SVC_ADDR}]:{SSH_PORT} {} {}\n",
+            fields.next().unwrap(),
+            fields.next().unwrap()
+        );
+        let config = dir.join("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "ListenAddress {SVC_ADDR}\nPort {SSH_PORT}\nHostKey {host_key}\nPidFile none\n\
+                 UsePAM no\nPubkeyAuthentication yes\nAuthenticationMethods publickey\n\
+                 PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+                 AuthorizedKeysFile {authorized}\n\
+                 StrictModes no\nPermitRootLogin prohibit-password\nAllowUsers root\n\
+                 LogLevel VERBOSE\n",
+                host_key = host_key.display(),
+                authorized = authorized.display(),
+            ),
+        )
+        .unwrap();
+        // sshd's privilege separation directory (Debian's unit makes it
+        // at boot; nothing here does).
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let sshd = tool("sshd");
+        ok_for(
+            Command::new(&sshd).arg("-t").arg("-f").arg(&config),
+            None,
+            Duration::from_secs(30),
+        );
+        // -D: the foreground; -e: the log on stderr. sshd re-executes
+        // itself, so it is started by its absolute path.
+        let mut cmd = Command::new(&sshd);
+        cmd.args(["-D", "-e", "-f"]).arg(&config);
+        let mut server = spawn_in(&topo.name(Ns::Svc), &cmd, dir.join("sshd.log"), None);
+        server.wait_for("Server listening on", Duration::from_secs(30));
+        topo.wait_port(
+            Ns::Svc,
+            SVC_ADDR,
+            SSH_PORT,
+            &mut server,
+            Duration::from_secs(30),
+        );
+        SshServer {
+            client_key,
+            known_hosts_line,
+            user: "root".into(),
+            commit,
+            dir,
+            server,
+        }
+    }
+
+    /// `10.202.0.2:2222`, as `--git-host` names it.
+    pub fn host(&self) -> String {
+        format!("{SVC_ADDR}:{SSH_PORT}")
+    }
+
+    /// `ssh://root@10.202.0.2:2222/…/repo.git`.
+    pub fn url(&self) -> String {
+        SshServer::url_in(&self.dir)
+    }
+
+    /// The client's private key (OpenSSH text).
+    pub fn client_key_text(&self) -> String {
+        std::fs::read_to_string(&self.client_key).unwrap()
+    }
+
+    /// `ssh-keyscan -p 2222 10.202.0.2` run in `ns`: the known_hosts lines
+    /// of the keys the server offers, as an operator would collect them.
+    pub fn keyscan(&self, topo: &Topology, ns: Ns) -> String {
+        ok_for(
+            topo.command(ns, tool("ssh-keyscan")).args([
+                "-T",
+                "10",
+                "-t",
+                "ed25519",
+                "-p",
+                &SSH_PORT.to_string(),
+                SVC_ADDR,
+            ]),
+            None,
+            Duration::from_secs(30),
+        )
     }
 }
 

@@ -1,8 +1,9 @@
 //! Issue 12 across real network boundaries (the topology of `netns.rs`):
 //! a CI job that reaches only the server builds on a pool whose agent sits
 //! in the private network with an internal registry (TLS from a private CA,
-//! htpasswd), Azurite and a git server with auth; an agent outside that
-//! network cannot; no credential or key lands anywhere it could be read.
+//! htpasswd), Azurite and git servers with auth (HTTP Basic; SSH with a key
+//! and known_hosts); an agent outside that network cannot; no credential or
+//! key lands anywhere it could be read.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -11,7 +12,8 @@ use std::time::{Duration, Instant};
 use crate::harness::tool;
 use crate::netns::{
     AGENT_ADDR, AZURITE_PORT, CI_ADDR, GIT_PORT, GitServer, Ns, OUTSIDE_ADDR, Private,
-    REGISTRY_PORT, SRV_ADDR, SVC_ADDR, Topology, need_root_and_tools, ok_for, run_for,
+    REGISTRY_PORT, SRV_ADDR, SSH_PORT, SVC_ADDR, SshServer, Topology, need_root_and_tools, ok_for,
+    run_for,
 };
 
 const SLIPWAY: &str = env!("CARGO_BIN_EXE_slipway");
@@ -179,6 +181,29 @@ impl Slipway {
             SHORT,
         );
     }
+
+    /// `slipway credential add|update POOL --git-host HOST --ssh-key-file
+    /// KEY --known-hosts-file FILE -u USER` of `ssh`'s client key, from `ci`.
+    fn ssh_credential(
+        &self,
+        topo: &Topology,
+        verb: &str,
+        pool: &str,
+        ssh: &SshServer,
+        known_hosts: &Path,
+    ) -> String {
+        ok_for(
+            self.cli(topo, Ns::Ci)
+                .args(["credential", verb, pool, "--git-host", &ssh.host()])
+                .arg("--ssh-key-file")
+                .arg(&ssh.client_key)
+                .arg("--known-hosts-file")
+                .arg(known_hosts)
+                .args(["-u", &ssh.user]),
+            None,
+            SHORT,
+        )
+    }
 }
 
 /// A finished `slipway build --pool`, run from `ci`.
@@ -212,6 +237,8 @@ struct World {
     runs: Vec<String>,
     /// Output of every CLI call whose output is to be scanned.
     transcripts: Vec<String>,
+    /// What else must appear nowhere (a test's own keys), with its name.
+    extra_secrets: Vec<(String, String)>,
     dir: PathBuf,
 }
 
@@ -284,6 +311,7 @@ impl World {
             context,
             runs: Vec::new(),
             transcripts: Vec::new(),
+            extra_secrets: Vec::new(),
             dir: dir.to_owned(),
         }
     }
@@ -441,6 +469,7 @@ impl World {
             s.push(("SAS signature".into(), sig.to_owned()));
             s.push(("SAS signature (decoded)".into(), percent_decode(sig)));
         }
+        s.extend(self.extra_secrets.iter().cloned());
         s
     }
 
@@ -1080,6 +1109,198 @@ fn seed_task_runs_from_ci_on_the_private_pool() {
     assert_eq!(
         std::fs::read(root.join("data/fetched.txt")).unwrap(),
         w.blob_two
+    );
+    w.assert_no_secret_anywhere();
+}
+
+/// The secret parts of an OpenSSH private key as [`World::secrets`] lists
+/// them: the whole text, and each base64 line but the first (which is the
+/// same for every ed25519 key without a passphrase) and the last.
+fn private_key_secrets(key: &str) -> Vec<(String, String)> {
+    let body: Vec<&str> = key
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("-----"))
+        .collect();
+    assert!(
+        body.len() >= 3,
+        "an OpenSSH private key: {} lines",
+        body.len()
+    );
+    let mut s = vec![("SSH private key".to_owned(), key.trim().to_owned())];
+    for (i, line) in body[1..body.len() - 1].iter().enumerate() {
+        s.push((
+            format!("SSH private key line {}", i + 2),
+            (*line).to_owned(),
+        ));
+    }
+    s
+}
+
+const SSH_BRANCH: &str = "feature-ssh";
+
+/// Git over SSH with a key and known_hosts, end to end: sshd in `svc`
+/// (Debian's OpenSSH, port 2222, key auth only) serves a repository whose
+/// Dockerfile also `ADD`s the same repository; from `ci`, a git-ssh
+/// credential of pool `private` is stored (the key, and the host key as
+/// `ssh-keyscan` saw it from `agent`), `credential list` shows it, and a
+/// build with the context `ssh://root@10.202.0.2:2222/…/repo.git#branch`
+/// succeeds, the commit and branch recorded. With a wrong known_hosts the
+/// next run fails, its log naming the host-key problem on one line. The
+/// private key appears in no log, `runs show`, data file or work dir.
+#[test]
+fn private_pool_builds_from_a_git_context_over_ssh() {
+    if !need_root_and_tools() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut w = World::start(tmp.path());
+    let ssh_dir = tmp.path().join("ssh");
+    let url = SshServer::url_in(&ssh_dir);
+    let dockerfile = format!(
+        "FROM {base}\nCOPY msg.txt /data/msg.txt\nADD {url}#{SSH_BRANCH} /src\n",
+        base = w.private.base
+    );
+    let ssh = SshServer::start(
+        w.topo(),
+        &ssh_dir,
+        SSH_BRANCH,
+        &[
+            ("Dockerfile", dockerfile.as_bytes()),
+            ("msg.txt", b"from the private git server over ssh\n"),
+        ],
+    );
+    let key_text = ssh.client_key_text();
+    w.extra_secrets.extend(private_key_secrets(&key_text));
+    let host = ssh.host();
+    let explain = |w: &World, b: &Build| format!("{}\nsshd:\n{}", w.explain(b), ssh.server.text());
+
+    // The host key as the agent's network sees it: the server's own key.
+    let scanned = ssh.keyscan(w.topo(), Ns::Agent);
+    let expected = ssh.known_hosts_line.trim();
+    assert!(
+        scanned.lines().any(|l| l.trim() == expected),
+        "ssh-keyscan from agent saw {scanned:?}, the server's key is {expected:?}"
+    );
+    // `ci` cannot reach it: only the agent's git can.
+    assert!(w.topo().connect(Ns::Ci, SVC_ADDR, SSH_PORT).is_err());
+    let known_hosts = tmp.path().join("known_hosts");
+    std::fs::write(&known_hosts, &scanned).unwrap();
+    let out = w
+        .slipway
+        .ssh_credential(w.topo(), "add", "private", &ssh, &known_hosts);
+    w.transcripts.push(out.clone());
+    assert!(
+        out.contains(&format!("git-ssh credential for {host} stored")),
+        "{out}"
+    );
+    let list = w.slipway.ok(w.topo(), &["credential", "list", "private"]);
+    w.transcripts.push(list.clone());
+    let row = list
+        .lines()
+        .find(|l| l.starts_with("git-ssh"))
+        .unwrap_or_else(|| panic!("no git-ssh credential listed:\n{list}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cols[..3], ["git-ssh", host.as_str(), "root"], "{list}");
+    let json = w
+        .slipway
+        .ok(w.topo(), &["credential", "list", "private", "-o", "json"]);
+    w.transcripts.push(json.clone());
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(
+        v.as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["kind"] == "git-ssh" && c["host"] == host.as_str()),
+        "{json}"
+    );
+
+    // The context over SSH (the agent's fetch) and the ADD of the same
+    // repository (the build child's git), both through the stored key.
+    let context = format!("{}#{SSH_BRANCH}", ssh.url());
+    let b = w.build("private", "ssh:1", &context);
+    assert!(b.ok(), "git-over-ssh build failed: {}", explain(&w, &b));
+    let reference = World::printed_reference(&b, "ssh:1");
+    let root = w.pull_into_rootfs(&reference, "ssh");
+    assert_eq!(
+        std::fs::read_to_string(root.join("data/msg.txt")).unwrap(),
+        "from the private git server over ssh\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("src/msg.txt")).unwrap(),
+        "from the private git server over ssh\n",
+        "ADD {url}#{SSH_BRANCH}"
+    );
+    let show = w.show(&b.run);
+    assert_eq!(show["revision"]["commit"], ssh.commit.as_str(), "{show:#}");
+    assert_eq!(show["revision"]["branch"], SSH_BRANCH, "{show:#}");
+    let log = w.logs(&b.run);
+    assert!(
+        log.contains(&format!("context at commit {}", ssh.commit)),
+        "{log}"
+    );
+    // sshd let the stored key in (the log names the key's type).
+    assert!(
+        ssh.server.text().contains("Accepted publickey for root"),
+        "{}",
+        ssh.server.text()
+    );
+
+    // A wrong known_hosts (another key for the same host and port): the
+    // agent refuses the server, the run fails naming the host-key problem.
+    let other = tmp.path().join("impostor_key");
+    crate::netns::ssh_keygen(&other, "impostor");
+    let other_pub = std::fs::read_to_string(other.with_extension("pub")).unwrap();
+    let mut f = other_pub.split_whitespace();
+    let wrong = tmp.path().join("known_hosts.wrong");
+    std::fs::write(
+        &wrong,
+        format!(
+            "[{SVC_ADDR}]:{SSH_PORT} {} {}\n",
+            f.next().unwrap(),
+            f.next().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = w
+        .slipway
+        .ssh_credential(w.topo(), "update", "private", &ssh, &wrong);
+    w.transcripts.push(out);
+    let b = w.build("private", "ssh:2", &context);
+    assert!(
+        !b.ok(),
+        "a build trusted an unknown host key: {}",
+        explain(&w, &b)
+    );
+    let log = w.logs(&b.run);
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("host key verification failed"))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "one log line says the host key failed:\n{log}\n{}",
+        explain(&w, &b)
+    );
+    assert!(lines[0].contains(&host), "names {host}: {}", lines[0]);
+    assert!(
+        lines[0].contains("git-ssh credential"),
+        "names the credential: {}",
+        lines[0]
+    );
+    assert_says_it_once(lines[0]);
+    assert!(
+        !log.contains("@@@@"),
+        "ssh's banner is not in the log:\n{log}"
+    );
+    let show = w.show(&b.run);
+    assert_ne!(show["state"], "succeeded", "{show:#}");
+    assert!(
+        show["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("host key verification failed")),
+        "{show:#}"
     );
     w.assert_no_secret_anywhere();
 }
