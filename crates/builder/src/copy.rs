@@ -369,13 +369,15 @@ pub(crate) fn add_archive(
         }
     };
     let target = upper.join(&dest_rel);
-    crate::unpack::apply_layer(
+    // An archive from the context: no device node comes out of it.
+    crate::unpack::apply_archive(
         f,
         &digest,
         None,
         &target,
         crate::unpack::WhiteoutMode::Flatten,
         &[],
+        crate::unpack::Origin::Context,
     )
     .map_err(|e| format!("extracting: {e}"))?;
     if let Some(owner) = owner {

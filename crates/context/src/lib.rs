@@ -211,13 +211,15 @@ impl<R: Read> Read for CountingRead<'_, R> {
 /// hash to `digest` into `target`, which must be empty or absent.
 pub fn unpack(archive: impl Read, digest: &Digest, target: &Path) -> Result<u64> {
     std::fs::create_dir_all(target).map_err(io_at(target))?;
-    let applied = builder::apply_layer(
+    // A context creates no device node, whatever its tar says.
+    let applied = builder::unpack::apply_archive(
         archive,
         digest,
         None,
         target,
         builder::WhiteoutMode::Flatten,
         &[],
+        builder::unpack::Origin::Context,
     )?;
     Ok(applied.entries)
 }

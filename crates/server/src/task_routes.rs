@@ -186,7 +186,9 @@ fn check_def(def: &TaskDef) -> R<()> {
         return Err(bad("status: Enabled or Disabled"));
     }
     if let Some(c) = &def.context
-        && !(c.starts_with("https://") || c.starts_with("http://") || c.starts_with("git://"))
+        && !["https://", "http://", "git://", "ssh://"]
+            .iter()
+            .any(|p| c.starts_with(p))
     {
         return Err(bad(format!(
             "context {c:?}: a stored task's context is a git or tarball URL"
