@@ -124,7 +124,8 @@ async fn basic_auth_challenge_is_answered_with_configured_credentials() {
         .await
         .unwrap_err();
     assert!(
-        err.to_string().contains(&format!("authentication failed for {host}"))
+        err.to_string()
+            .contains(&format!("authentication failed for {host}"))
             && err.to_string().contains("refused the credential of user u"),
         "{err}"
     );
