@@ -30,6 +30,33 @@ use crate::{AgentConfig, LogSink, Stop};
 /// Where the shared context is mounted in `cmd` steps.
 const WORKSPACE: &str = "/workspace";
 
+/// The variable (and, as `/run/secrets/slipway-token`, the file) holding
+/// the run's registry token in `cmd` steps.
+const RUN_TOKEN: &str = "SLIPWAY_RUN_TOKEN";
+
+/// `az login --identity` asks for a managed identity, which a private pool
+/// does not have: say what a task gets instead.
+fn refuse_managed_identity(env: &TaskEnv, image: &str, args: &[String]) -> Result<(), String> {
+    let task = env.lease.run.build.task.as_ref();
+    let az = task.and_then(|t| t.image_aliases.get("az"));
+    let is_az = az.is_some_and(|a| a == image)
+        || image
+            .rsplit('/')
+            .next()
+            .is_some_and(|n| n == "az" || n.starts_with("az:") || n.starts_with("azure-cli"))
+        || args.first().is_some_and(|a| a == "az");
+    let login = args.iter().any(|a| a == "login") && args.iter().any(|a| a == "--identity");
+    if is_az && login {
+        return Err(format!(
+            "az login --identity: Slipway tasks have no managed identity; each run gets a \
+             scoped token instead (${RUN_TOKEN}, /run/secrets/slipway-token) for the server's \
+             registry ({}), and stored secrets (slipway secret set) for anything else",
+            env.server_host
+        ));
+    }
+    Ok(())
+}
+
 /// What every step needs, shared by the steps running at once.
 pub(crate) struct TaskEnv {
     pub config: AgentConfig,
@@ -596,6 +623,7 @@ async fn attempt_step(
             })
         }
         Action::Cmd { image, args } => {
+            refuse_managed_identity(env, image, args)?;
             let mut cmd = slipway(env);
             cmd.arg("image")
                 .arg("run")
@@ -615,6 +643,16 @@ async fn attempt_step(
                 ("SLIPWAY_REGISTRY", env.server_host.clone()),
             ] {
                 cmd.arg("-e").arg(format!("{k}={v}"));
+            }
+            // The task's identity: the run's own registry token (its
+            // repositories, only while the run lasts), as a variable and a
+            // file, so steps need no long-lived credential of their own.
+            if let Some(reg) = &env.lease.registry {
+                cmd.env(RUN_TOKEN, &reg.password)
+                    .arg("--pass-env")
+                    .arg(RUN_TOKEN)
+                    .arg("--secret")
+                    .arg(format!("id=slipway-token,env={RUN_TOKEN}"));
             }
             if let Some(e) = &step.entry_point {
                 cmd.arg("--entrypoint").arg(e);

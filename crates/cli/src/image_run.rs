@@ -70,6 +70,14 @@ pub struct RunArgs {
     /// KEY=VALUE added to the image's environment; repeatable.
     #[arg(short = 'e', long = "env")]
     env: Vec<String>,
+    /// NAME: copy this variable from slipway's own environment into the
+    /// image's (a value that must not show on a command line); repeatable.
+    #[arg(long = "pass-env", value_name = "NAME")]
+    pass_env: Vec<String>,
+    /// A file at /run/secrets/ID (docker build's syntax: id=ID,src=FILE or
+    /// id=ID,env=VAR), on a tmpfs, never in the image; repeatable.
+    #[arg(long = "secret", value_name = "id=ID,src=FILE|env=VAR")]
+    secrets: Vec<String>,
     /// Replace the image's entrypoint (a command line, split into words).
     #[arg(long)]
     entrypoint: Option<String>,
@@ -164,13 +172,19 @@ async fn run_pulled(
         .as_deref()
         .map(|e| shell_words::split(e).with_context(|| format!("--entrypoint {e}")))
         .transpose()?;
+    let mut env = args.env.clone();
+    for name in &args.pass_env {
+        let value = std::env::var(name)
+            .with_context(|| format!("--pass-env {name}: not set in this environment"))?;
+        env.push(format!("{name}={value}"));
+    }
     let process = sandbox::image_process(
         config.as_ref().and_then(|c| c.config().as_ref()),
         &rootfs,
         &ImageRun {
             args: (!args.args.is_empty() || entrypoint.is_some()).then(|| args.args.clone()),
             entrypoint,
-            env: args.env.clone(),
+            env,
             user: args.user.clone(),
             workdir: args.workdir.clone(),
             hostname: args.hostname.clone(),
@@ -185,6 +199,10 @@ async fn run_pulled(
         other => bail!("--network {other}: use host or none"),
     };
     spec.limits.timeout = args.timeout;
+    for s in &args.secrets {
+        let (id, data) = crate::build_cmd::read_secret(s)?;
+        spec.secrets.push(sandbox::Secret::new(id, data));
+    }
     for v in &args.volumes {
         let mut parts = v.splitn(3, ':');
         let (Some(src), Some(dst)) = (parts.next(), parts.next()) else {

@@ -223,6 +223,10 @@ steps:
   - id: probe
     cmd: {base} sh -c 'echo lines=$(cat count.txt | wc -l); busybox wget -qO- http://127.0.0.1:{port}/hello.txt; grep -q "web" /etc/hosts && echo web-known; echo secret={{{{.Secrets.token}}}}'
     when: [count, web]
+  - id: identity
+    cmd: >-
+      {base} sh -c '[ "$(cat /run/secrets/slipway-token)" = "$SLIPWAY_RUN_TOKEN" ] && busybox wget -qO- --header "Authorization: Basic $(printf slipway-run:%s "$SLIPWAY_RUN_TOKEN" | busybox base64 -w0)" http://$SLIPWAY_REGISTRY/v2/ && echo " identity-ok $SLIPWAY_RUN_TOKEN"'
+    when: [probe]
 "#
         ),
     )
@@ -247,6 +251,7 @@ steps:
         "hello-from-web",
         "web-known",
         "secret=***",
+        "identity-ok ***",
         "step web: detached, stopped at the end of the task",
     ] {
         assert!(log.contains(want), "no {want:?} in:\n{log}");
@@ -319,6 +324,26 @@ fn a_failing_step_stops_the_steps_after_it_and_names_itself() {
     assert_eq!(run["state"], "failed");
     assert_eq!(run["message"], "step first failed");
     assert_eq!(run["steps"][1]["state"], "skipped");
+
+    // A managed identity is refused, saying what a task gets instead.
+    let out = plane
+        .cli()
+        .args([
+            "run",
+            "--pool",
+            "tasks",
+            "--cmd",
+            "az login --identity",
+            "/dev/null",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("az login --identity: Slipway tasks have no managed identity"),
+        "{}",
+        text(&out)
+    );
 
     // --dry-run needs no server and names the line of an error.
     let broken = tmp.path().join("broken.yaml");
