@@ -52,23 +52,7 @@ pub(crate) fn apply(
 ) {
     match command {
         Command::Env { vars } => {
-            let cfg = image.container_config();
-            let mut env: Vec<String> = cfg
-                .get("Env")
-                .and_then(|v| serde_json::from_value(v.clone()).ok())
-                .unwrap_or_default();
-            for kv in vars {
-                // Replaced where it is, as BuildKit does; new ones last.
-                let entry = format!("{}={}", kv.key, kv.value);
-                match env
-                    .iter_mut()
-                    .find(|e| e.split_once('=').map(|(k, _)| k) == Some(kv.key.as_str()))
-                {
-                    Some(e) => *e = entry,
-                    None => env.push(entry),
-                }
-            }
-            cfg.insert("Env".into(), json!(env));
+            set_env(image.container_config(), vars);
             image.add_empty_step(step.created_by, step.created);
         }
         Command::Label { labels } => {
@@ -113,25 +97,7 @@ pub(crate) fn apply(
             let cfg = image.container_config();
             let entry = cfg.entry("ExposedPorts").or_insert_with(|| json!({}));
             if let Some(map) = entry.as_object_mut() {
-                for p in ports {
-                    let (port, proto) = p.split_once('/').unwrap_or((p, "tcp"));
-                    let proto = proto.to_ascii_lowercase();
-                    // A range is one entry per port, as BuildKit has it.
-                    let range = port
-                        .split_once('-')
-                        .and_then(|(a, b)| Some((a.parse::<u16>().ok()?, b.parse::<u16>().ok()?)))
-                        .filter(|(a, b)| a <= b);
-                    match range {
-                        Some((a, b)) => {
-                            for n in a..=b {
-                                map.insert(format!("{n}/{proto}"), json!({}));
-                            }
-                        }
-                        None => {
-                            map.insert(format!("{port}/{proto}"), json!({}));
-                        }
-                    }
-                }
+                expose(map, ports);
             }
             image.add_empty_step(step.created_by, step.created);
         }
@@ -150,26 +116,9 @@ pub(crate) fn apply(
             image.add_empty_step(&format!("MAINTAINER {name}"), step.created);
         }
         Command::Healthcheck(h) => {
-            // Docker's HealthConfig: durations in nanoseconds, and
-            // zero values left out (`omitempty`).
-            let mut hc = serde_json::Map::new();
-            hc.insert("Test".into(), json!(h.test));
-            for (k, v) in [
-                ("Interval", h.interval_ns),
-                ("Timeout", h.timeout_ns),
-                ("StartPeriod", h.start_period_ns),
-                ("StartInterval", h.start_interval_ns),
-            ] {
-                if let Some(v) = v.filter(|v| *v > 0) {
-                    hc.insert(k.into(), json!(v));
-                }
-            }
-            if let Some(r) = h.retries.filter(|r| *r > 0) {
-                hc.insert("Retries".into(), json!(r));
-            }
             image
                 .container_config()
-                .insert("Healthcheck".into(), serde_json::Value::Object(hc));
+                .insert("Healthcheck".into(), healthcheck(h));
             image.add_empty_step(step.created_by, step.created);
         }
         Command::Volume { paths } => {
@@ -203,6 +152,72 @@ pub(crate) fn apply(
         | Command::Workdir { .. }
         | Command::Arg { .. } => {}
     }
+}
+
+/// ENV: each variable replaced where it is, as BuildKit does; new ones last.
+fn set_env(
+    cfg: &mut serde_json::Map<String, serde_json::Value>,
+    vars: &[dockerfile::parser::KeyValue],
+) {
+    let mut env: Vec<String> = cfg
+        .get("Env")
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default();
+    for kv in vars {
+        let entry = format!("{}={}", kv.key, kv.value);
+        match env
+            .iter_mut()
+            .find(|e| e.split_once('=').map(|(k, _)| k) == Some(kv.key.as_str()))
+        {
+            Some(e) => *e = entry,
+            None => env.push(entry),
+        }
+    }
+    cfg.insert("Env".into(), json!(env));
+}
+
+/// EXPOSE: `PORT[/PROTO]` (tcp by default) into `ExposedPorts`; a range is
+/// one entry per port, as BuildKit has it.
+fn expose(map: &mut serde_json::Map<String, serde_json::Value>, ports: &[String]) {
+    for p in ports {
+        let (port, proto) = p.split_once('/').unwrap_or((p, "tcp"));
+        let proto = proto.to_ascii_lowercase();
+        let range = port
+            .split_once('-')
+            .and_then(|(a, b)| Some((a.parse::<u16>().ok()?, b.parse::<u16>().ok()?)))
+            .filter(|(a, b)| a <= b);
+        match range {
+            Some((a, b)) => {
+                for n in a..=b {
+                    map.insert(format!("{n}/{proto}"), json!({}));
+                }
+            }
+            None => {
+                map.insert(format!("{port}/{proto}"), json!({}));
+            }
+        }
+    }
+}
+
+/// Docker's HealthConfig: durations in nanoseconds, and zero values left
+/// out (`omitempty`).
+fn healthcheck(h: &dockerfile::instructions::Healthcheck) -> serde_json::Value {
+    let mut hc = serde_json::Map::new();
+    hc.insert("Test".into(), json!(h.test));
+    for (k, v) in [
+        ("Interval", h.interval_ns),
+        ("Timeout", h.timeout_ns),
+        ("StartPeriod", h.start_period_ns),
+        ("StartInterval", h.start_interval_ns),
+    ] {
+        if let Some(v) = v.filter(|v| *v > 0) {
+            hc.insert(k.into(), json!(v));
+        }
+    }
+    if let Some(r) = h.retries.filter(|r| *r > 0) {
+        hc.insert("Retries".into(), json!(r));
+    }
+    serde_json::Value::Object(hc)
 }
 
 #[cfg(test)]

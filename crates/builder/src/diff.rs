@@ -62,6 +62,13 @@ pub struct LayerInfo {
     pub entries: u64,
 }
 
+/// A layer a build made: what [`write_layer`] wrote and the file holding it.
+#[derive(Clone)]
+pub(crate) struct NewLayer {
+    pub info: LayerInfo,
+    pub file: PathBuf,
+}
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DiffError {

@@ -15,7 +15,7 @@ use oci::Reference;
 use regclient::Client;
 use serde_json::json;
 
-use crate::engine::NewLayer;
+use crate::diff::NewLayer;
 use crate::image::BuiltImage;
 
 #[derive(Debug, thiserror::Error)]

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::diff::LayerInfo;
-use crate::engine::NewLayer;
+use crate::diff::NewLayer;
 use crate::unpack::WhiteoutMode;
 
 /// Media type of the cache's config blob.

@@ -1,10 +1,12 @@
-//! Layer application against the reference: images built and unpacked by
-//! umoci, flattened and as overlay lower layers (mounted by the kernel), and
-//! hostile archives that try to write outside the target; and the layer
-//! store pulling from Slipway's registry, shared and concurrent.
+//! `builder::build` in process (`engine`); layer application against the
+//! reference: images built and unpacked by umoci, flattened and as overlay
+//! lower layers (mounted by the kernel), and hostile archives that try to
+//! write outside the target; and the layer store pulling from Slipway's
+//! registry, shared and concurrent.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod diff;
+mod engine;
 mod hostile;
 mod reference;
 mod store;
