@@ -104,6 +104,10 @@ pub(crate) async fn run(
         task.name.as_deref().unwrap_or(&task.origin),
         plan.steps.len()
     ));
+    if let Err(e) = write_volumes(&env, &plan) {
+        env.log.line(&format!("error: {e}"));
+        return Ok((1, Vec::new()));
+    }
     let env = Arc::new(env);
     let built: Arc<Mutex<HashMap<String, String>>> = Arc::default();
     let detached_ids: Vec<String> = plan
@@ -252,6 +256,44 @@ fn record(step: &PlanStep, state: &str, code: Option<i32>, message: Option<Strin
         images: Vec::new(),
         message,
     }
+}
+
+/// Where a secret volume's files are written for the steps that mount it.
+fn volume_dir(env: &TaskEnv, name: &str) -> PathBuf {
+    env.dir.join("volumes").join(name)
+}
+
+/// The task's secret volumes as directories of files (0600 in a 0700
+/// directory of the run's scratch, gone with it), bound read-only where a
+/// step's `volumeMounts` say.
+fn write_volumes(env: &TaskEnv, plan: &tasks::Plan) -> Result<(), String> {
+    use base64::Engine as _;
+    use std::os::unix::fs::PermissionsExt;
+    for v in &plan.volumes {
+        let plain = |s: &str| {
+            !s.is_empty() && s != "." && s != ".." && !s.contains('/') && !s.contains('\0')
+        };
+        if !plain(&v.name) {
+            return Err(format!("volume name {:?}: a plain name", v.name));
+        }
+        let dir = volume_dir(env, &v.name);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+        for (file, b64) in &v.files {
+            if !plain(file) {
+                return Err(format!(
+                    "volume {}: file name {file:?}: a plain name",
+                    v.name
+                ));
+            }
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .map_err(|e| format!("volume {}: {file}: not base64: {e}", v.name))?;
+            crate::write_private(&dir.join(file), &bytes)
+                .map_err(|e| format!("volume {}: writing {file}: {e}", v.name))?;
+        }
+    }
+    Ok(())
 }
 
 /// `exitedWith` / `exitedWithout` decide, else exit code 0.
@@ -662,6 +704,14 @@ async fn attempt_step(
             }
             if step.network.as_deref() == Some("none") {
                 cmd.arg("--network").arg("none");
+            }
+            for m in &step.volume_mounts {
+                let dir = volume_dir(env, &m.name);
+                if !dir.is_dir() {
+                    return Err(format!("volumeMounts: no volume {:?} in the task", m.name));
+                }
+                cmd.arg("-v")
+                    .arg(format!("{}:{}:ro", dir.display(), m.mount_path));
             }
             for h in hosts.iter().filter(|h| **h != step.id) {
                 cmd.arg("--add-host").arg(format!("{h}:127.0.0.1"));

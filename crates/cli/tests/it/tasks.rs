@@ -195,6 +195,10 @@ fn task_graph_runs_parallel_branches_detached_steps_and_step_rules() {
         format!(
             r#"version: v1.1.0
 stepTimeout: 60
+volumes:
+  - name: cfg
+    secret:
+      app.conf: dm9sdW1lLWZpbGUtY29udGVudA==
 steps:
   - id: a
     cmd: {base} sh -c 'sleep 2; echo a-done'
@@ -223,6 +227,12 @@ steps:
   - id: probe
     cmd: {base} sh -c 'echo lines=$(cat count.txt | wc -l); busybox wget -qO- http://127.0.0.1:{port}/hello.txt; grep -q "web" /etc/hosts && echo web-known; echo secret={{{{.Secrets.token}}}}'
     when: [count, web]
+  - id: vol
+    cmd: {base} cat /etc/cfg/app.conf
+    volumeMounts:
+      - name: cfg
+        mountPath: /etc/cfg
+    when: ["-"]
   - id: identity
     cmd: >-
       {base} sh -c '[ "$(cat /run/secrets/slipway-token)" = "$SLIPWAY_RUN_TOKEN" ] && busybox wget -qO- --header "Authorization: Basic $(printf slipway-run:%s "$SLIPWAY_RUN_TOKEN" | busybox base64 -w0)" http://$SLIPWAY_REGISTRY/v2/ && echo " identity-ok $SLIPWAY_RUN_TOKEN"'
@@ -252,6 +262,7 @@ steps:
         "web-known",
         "secret=***",
         "identity-ok ***",
+        "[vol] volume-file-content",
         "step web: detached, stopped at the end of the task",
     ] {
         assert!(log.contains(want), "no {want:?} in:\n{log}");
