@@ -34,6 +34,108 @@ const WORKSPACE: &str = "/workspace";
 /// the run's registry token in `cmd` steps.
 const RUN_TOKEN: &str = "SLIPWAY_RUN_TOKEN";
 
+/// A step id as a host name (`acb_step_0` → `acb-step-0`): letters,
+/// digits, `.` and `-`, at most 63 characters.
+fn host_name(id: &str) -> String {
+    let n: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
+    if n.is_empty() { "step".into() } else { n }
+}
+
+/// Whether a `cmd` step runs the docker CLI (the `docker` alias or a
+/// `docker` image), which on ACR would talk to a daemon.
+fn is_docker(env: &TaskEnv, image: &str) -> bool {
+    let alias = env
+        .lease
+        .run
+        .build
+        .task
+        .as_ref()
+        .and_then(|t| t.image_aliases.get("docker"));
+    alias.is_some_and(|a| a == image)
+        || image
+            .rsplit('/')
+            .next()
+            .is_some_and(|n| n == "docker" || n.starts_with("docker:"))
+}
+
+/// `cmd: docker VERB …` carried out without a daemon: `build` and `run` as
+/// the task's own build and cmd steps, `push` as a push step, `tag` names
+/// an image of the run anew, `pull` is left to first use, `images` lists
+/// the run's images.
+async fn docker_shim(
+    env: &TaskEnv,
+    step: &PlanStep,
+    built: &Mutex<HashMap<String, String>>,
+    hosts: &[String],
+    stop: watch::Receiver<Option<Stop>>,
+    args: &[String],
+) -> Result<StepEnd, String> {
+    let done = |images: Vec<String>| StepEnd {
+        code: Some(0),
+        images,
+        message: None,
+        detached: None,
+    };
+    let mut as_step = step.clone();
+    match tasks::docker_verb(args)? {
+        tasks::DockerVerb::Build(b) => as_step.action = Action::Build(b),
+        tasks::DockerVerb::Push(images) => as_step.action = Action::Push { images },
+        tasks::DockerVerb::Run(r) => {
+            as_step.action = Action::Cmd {
+                image: r.image,
+                args: r.args,
+            };
+            as_step.env.extend(r.env);
+            if r.entrypoint.is_some() {
+                as_step.entry_point = r.entrypoint;
+            }
+            if let Some(w) = r.workdir {
+                as_step.working_directory = w;
+            }
+            if r.user.is_some() {
+                as_step.user = r.user;
+            }
+            as_step.detach |= r.detach;
+        }
+        tasks::DockerVerb::Tag { source, target } => {
+            let src = resolve_image(built, &source);
+            built
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(normalize(&target), src.clone());
+            env.log
+                .line(&format!("docker tag: {target} now names {source}"));
+            return Ok(done(Vec::new()));
+        }
+        tasks::DockerVerb::Pull(image) => {
+            env.log.line(&format!(
+                "docker pull {image}: pulled when a step uses it (no daemon to pull into)"
+            ));
+            return Ok(done(Vec::new()));
+        }
+        tasks::DockerVerb::Images => {
+            let map = built.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let mut names: Vec<&String> = map.keys().collect();
+            names.sort();
+            for n in names {
+                env.log.raw(&format!("[{}] {n}\n", step.id));
+            }
+            return Ok(done(Vec::new()));
+        }
+    }
+    attempt_step(env, &as_step, built, hosts, stop).await
+}
+
 /// `az login --identity` asks for a managed identity, which a private pool
 /// does not have: say what a task gets instead.
 fn refuse_managed_identity(env: &TaskEnv, image: &str, args: &[String]) -> Result<(), String> {
@@ -664,6 +766,9 @@ async fn attempt_step(
                 detached: None,
             })
         }
+        Action::Cmd { image, args } if is_docker(env, image) => {
+            Box::pin(docker_shim(env, step, built, hosts, stop, args)).await
+        }
         Action::Cmd { image, args } => {
             refuse_managed_identity(env, image, args)?;
             let mut cmd = slipway(env);
@@ -676,7 +781,7 @@ async fn attempt_step(
                 .arg("-w")
                 .arg(&step.working_directory)
                 .arg("--hostname")
-                .arg(&step.id);
+                .arg(host_name(&step.id));
             for e in &step.env {
                 cmd.arg("-e").arg(e);
             }

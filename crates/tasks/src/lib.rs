@@ -40,6 +40,7 @@
 mod alias;
 mod build;
 mod display;
+mod docker;
 mod error;
 mod file;
 mod plan;
@@ -47,6 +48,7 @@ mod render;
 mod template;
 
 pub use build::{BuildArg, BuildArgs, BuildSecret};
+pub use docker::{DockerRun, DockerVerb, docker_verb};
 pub use error::{Error, ErrorKind, Location, Result};
 pub use file::{
     Alias, Network, Secret, Step, StepKind, TaskFile, Version, Volume, VolumeMount, parse,

@@ -378,3 +378,68 @@ fn a_failing_step_stops_the_steps_after_it_and_names_itself() {
         text(&out)
     );
 }
+
+#[test]
+fn docker_cli_steps_run_without_a_daemon() {
+    if !need_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (plane, base) = plane(tmp.path());
+    let ctx = tmp.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("hello.txt"), "hello-from-docker-build\n").unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {base}\nCOPY hello.txt /hello.txt\n"),
+    )
+    .unwrap();
+    let file = tmp.path().join("docker.yaml");
+    std::fs::write(
+        &file,
+        "version: v1.1.0\nsteps:\n  - cmd: docker build -t app:dk .\n  \
+         - cmd: docker tag app:dk $Registry/dk:final\n  \
+         - cmd: docker run --rm -e X=1 --entrypoint sh app:dk -c 'echo run-$X; cat /hello.txt'\n  \
+         - cmd: docker images\n  \
+         - cmd: docker push $Registry/dk:final\n",
+    )
+    .unwrap();
+    let out = plane
+        .cli()
+        .args(["run", "--pool", "tasks", "-f"])
+        .arg(&file)
+        .arg(&ctx)
+        .output()
+        .unwrap();
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    for want in ["run-1", "hello-from-docker-build", "pushed "] {
+        assert!(log.contains(want), "no {want:?} in:\n{log}");
+    }
+    let got = ok(plane
+        .cli()
+        .args(["image", "run", "--data"])
+        .arg(tmp.path().join("run-data"))
+        .arg(format!("{}/dk:final", plane.host()))
+        .args(["cat", "/hello.txt"]));
+    assert_eq!(got, "hello-from-docker-build\n");
+    // A verb that needs a daemon is refused by name.
+    let out = plane
+        .cli()
+        .args([
+            "run",
+            "--pool",
+            "tasks",
+            "--cmd",
+            "docker compose up",
+            "/dev/null",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("docker compose: not supported in a Slipway task"),
+        "{}",
+        text(&out)
+    );
+}
