@@ -9,7 +9,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use builder::{BuildRequest, Compression, LayerOptions, LayerStore, OciArchive, Progress};
-use regclient::{Client, ClientConfig, DockerConfig};
 use sandbox::{InitCommand, Mode, Sandbox, SandboxConfig};
 
 #[derive(clap::Args)]
@@ -282,30 +281,12 @@ pub async fn run(args: BuildArgs) -> Result<()> {
         .and_then(|s| s.parse().ok());
     let platform: regclient::Platform = args.platform.parse().context("--platform")?;
 
-    let mut config = ClientConfig {
+    // Read now, so a bad --ca-cert or config.json fails before any work.
+    let client = crate::image_run::RegistryArgs {
         insecure_registries: args.insecure_registries.clone(),
-        ca_certs: args
-            .ca_certs
-            .iter()
-            .map(|p| std::fs::read(p).with_context(|| format!("--ca-cert {}", p.display())))
-            .collect::<Result<_>>()?,
-        ..ClientConfig::default()
-    };
-    if let Some(path) = docker_config_path() {
-        config.credentials.merge(
-            &DockerConfig::load(&path).with_context(|| format!("reading {}", path.display()))?,
-        );
+        ca_certs: args.ca_certs.clone(),
     }
-    // `slipway login` (or SLIPWAY_SERVER/SLIPWAY_TOKEN) opens the server's
-    // own registry too, without a hand-written docker config; a config.json
-    // entry for that host still wins.
-    if let Some((host, token)) = crate::ctl::login_credential()
-        && config.credentials.get(&host).is_none()
-    {
-        config
-            .credentials
-            .insert(&host, regclient::Credential::basic("slipway", token));
-    }
+    .client()?;
     let mut secrets = BTreeMap::new();
     for spec in &args.secrets {
         let (id, data) = read_secret(spec)?;
@@ -374,7 +355,7 @@ pub async fn run(args: BuildArgs) -> Result<()> {
         .canonicalize()
         .with_context(|| format!("build context {}", args.context.display()))?;
 
-    let client = Arc::new(Client::new(config)?);
+    let client = Arc::new(client);
     // Held until the build ends: `slipway prune` waits for it.
     let _in_use = builder::prune::BuildLock::shared(&data).context("locking the build data")?;
     let mode = Mode::detect().context("detecting how to isolate RUN steps")?;

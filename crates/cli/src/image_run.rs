@@ -26,7 +26,9 @@ pub struct RegistryArgs {
 
 impl RegistryArgs {
     /// A registry client with docker's `config.json` credentials and
-    /// `slipway login`'s for the server's own registry.
+    /// `slipway login`'s for the server's own registry (a config.json entry
+    /// for that host still wins): what `build --local`, `image import|run|copy`
+    /// all use.
     pub fn client(&self) -> Result<Client> {
         let mut config = ClientConfig {
             insecure_registries: self.insecure_registries.clone(),
