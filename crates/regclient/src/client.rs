@@ -144,6 +144,40 @@ fn push_scope(repo: &str) -> String {
     format!("repository:{repo}:pull,push")
 }
 
+/// The largest manifest read (the registry side accepts up to 4 MiB too).
+const MAX_MANIFEST_BYTES: usize = 4 << 20;
+/// The largest token response read.
+const MAX_TOKEN_BYTES: usize = 1 << 20;
+
+/// A response body of at most `limit` bytes: a registry that sends more is
+/// refused rather than read into memory whole.
+async fn read_limited(
+    mut resp: reqwest::Response,
+    limit: usize,
+    host: &str,
+    what: &str,
+) -> Result<Vec<u8>> {
+    if resp.content_length().is_some_and(|l| l > limit as u64) {
+        return Err(RegClientError::Invalid(format!(
+            "{host}: {what}: larger than {limit} bytes"
+        )));
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|error| RegClientError::Http {
+        registry: host.to_owned(),
+        what: what.to_owned(),
+        error,
+    })? {
+        if out.len() + chunk.len() > limit {
+            return Err(RegClientError::Invalid(format!(
+                "{host}: {what}: larger than {limit} bytes"
+            )));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
 /// An HTTP client trusting the system's roots and `ca_certs` (PEM, each
 /// file may hold several): what the registry client uses, and what other
 /// downloads of a build (`ADD URL`) should use so one `--ca-cert` serves all.
@@ -342,10 +376,10 @@ impl Client {
                 },
             });
         }
-        let body: TokenResponse = resp
-            .json()
-            .await
-            .map_err(Self::http_err(host, "token response"))?;
+        let raw = read_limited(resp, MAX_TOKEN_BYTES, host, "token response").await?;
+        let body: TokenResponse = serde_json::from_slice(&raw).map_err(|e| {
+            RegClientError::Invalid(format!("{host}: token response: not JSON: {e}"))
+        })?;
         body.into_token()
             .ok_or_else(|| RegClientError::Unauthorized {
                 registry: host.into(),
@@ -413,7 +447,7 @@ impl Client {
                 .get("docker-content-digest")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<Digest>().ok());
-            let bytes = resp.bytes().await.map_err(Self::http_err(host, &what))?;
+            let bytes = read_limited(resp, MAX_MANIFEST_BYTES, host, &what).await?;
             let expected = r.digest.clone().or(header_digest);
             let algorithm = expected
                 .as_ref()
@@ -437,7 +471,7 @@ impl Client {
             Ok(FetchedManifest {
                 digest,
                 media_type: manifest.media_type.clone(),
-                bytes,
+                bytes: bytes.into(),
                 manifest,
             })
         })

@@ -307,13 +307,27 @@ impl Auth {
         let dir = data.join("auth");
         std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
         let key_path = dir.join("jwt-key");
+        // A new key only on first start: a key that is there but unreadable
+        // or short is an error, since a fresh one would silently void every
+        // token issued so far.
         let key = match std::fs::read(&key_path) {
             Ok(k) if k.len() >= 32 => k,
-            Ok(_) | Err(_) => {
+            Ok(_) => {
+                return Err(AuthError::Io {
+                    context: format!(
+                        "{} holds fewer than 32 bytes: restore it, or delete it to make a new one \
+                         (every issued token then stops working)",
+                        key_path.display()
+                    ),
+                    source: std::io::Error::from(std::io::ErrorKind::InvalidData),
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let k = random_bytes::<32>()?.to_vec();
                 write_private(&key_path, &k)?;
                 k
             }
+            Err(e) => return Err(io(format!("reading {}", key_path.display()))(e)),
         };
         let tokens_path = dir.join("tokens.json");
         let tokens: Vec<TokenRecord> = match std::fs::read(&tokens_path) {

@@ -130,3 +130,46 @@ async fn basic_auth_challenge_is_answered_with_configured_credentials() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn an_oversized_manifest_is_refused_not_read_whole() {
+    // 5 MiB declared, and 5 MiB streamed without a length: both refused.
+    let big = bytes::Bytes::from(vec![b' '; 5 << 20]);
+    let b2 = big.clone();
+    let app = axum::Router::new()
+        .route(
+            "/v2/big/app/manifests/v1",
+            get(move || {
+                let b = big.clone();
+                async move { manifest_response(b) }
+            }),
+        )
+        .route(
+            "/v2/stream/app/manifests/v1",
+            get(move || {
+                let b = b2.clone();
+                async move {
+                    let chunks = futures_util::stream::iter(
+                        b.chunks(64 * 1024)
+                            .map(|c| Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(c)))
+                            .collect::<Vec<_>>(),
+                    );
+                    (
+                        [(header::CONTENT_TYPE, media_type::OCI_MANIFEST)],
+                        axum::body::Body::from_stream(chunks),
+                    )
+                        .into_response()
+                }
+            }),
+        );
+    let addr = serve(app).await;
+    let client = client_for(&addr.to_string(), None);
+    for repo in ["big", "stream"] {
+        let r: Reference = format!("{addr}/{repo}/app:v1").parse().unwrap();
+        let err = client.get_manifest(&r).await.unwrap_err();
+        assert!(
+            err.to_string().contains("larger than 4194304 bytes"),
+            "{repo}: {err}"
+        );
+    }
+}

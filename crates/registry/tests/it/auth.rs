@@ -156,3 +156,24 @@ async fn scoped_api_token_may_pull_but_not_push() {
     assert!(header(&resp, "www-authenticate").contains("insufficient_scope"));
     assert_error(resp, StatusCode::UNAUTHORIZED, "UNAUTHORIZED").await;
 }
+
+#[tokio::test]
+async fn a_damaged_signing_key_is_an_error_not_a_new_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = registry::Registry::open(registry::RegistryConfig::new(dir.path()))
+        .await
+        .unwrap();
+    drop(reg);
+    let key = dir.path().join("auth/jwt-key");
+    std::fs::write(&key, b"short").unwrap();
+    let err = match registry::Registry::open(registry::RegistryConfig::new(dir.path())).await {
+        Ok(_) => panic!("a 5-byte key was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("jwt-key") && err.contains("32 bytes"), "{err}");
+    assert_eq!(
+        std::fs::read(&key).unwrap(),
+        b"short",
+        "the key was replaced"
+    );
+}
