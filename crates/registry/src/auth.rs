@@ -43,6 +43,9 @@ pub enum AuthError {
     Random(String),
     #[error("the last admin token cannot be deleted: nobody could manage the server")]
     LastAdmin,
+    /// Names identify a run's submitter, so two tokens never share one.
+    #[error("a token named {0:?} exists: token names are unique")]
+    NameTaken(String),
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> AuthError {
@@ -400,6 +403,9 @@ impl Auth {
             created: record.created,
         };
         let mut tokens = self.tokens.write().unwrap_or_else(|p| p.into_inner());
+        if tokens.values().any(|t| t.name == record.name) {
+            return Err(AuthError::NameTaken(record.name));
+        }
         let key = record.sha256.clone();
         tokens.insert(key.clone(), record);
         if let Err(e) = self.save(&tokens) {

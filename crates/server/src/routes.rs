@@ -1007,7 +1007,10 @@ async fn create_token(
         .registry
         .auth()
         .create_token_info(&req.name, req.admin, grants)
-        .map_err(internal)?;
+        .map_err(|e| match e {
+            registry::auth::AuthError::NameTaken(_) => conflict(e.to_string()),
+            e => internal(e),
+        })?;
     tracing::info!(token = info.id, name = info.name, "API token created");
     let created = api::CreatedToken {
         info: token_json(info),

@@ -177,3 +177,15 @@ async fn a_damaged_signing_key_is_an_error_not_a_new_key() {
         "the key was replaced"
     );
 }
+
+#[tokio::test]
+async fn token_names_are_unique() {
+    let srv = Server::start().await;
+    let auth = srv.reg.auth();
+    auth.create_token("ci", false, vec![]).unwrap();
+    let err = auth.create_token("ci", false, vec![]).unwrap_err();
+    assert!(err.to_string().contains("token names are unique"), "{err}");
+    // Not even an admin-looking name of a scoped token gets in twice.
+    let err = auth.create_token("admin", false, vec![]).unwrap_err();
+    assert!(err.to_string().contains("\"admin\""), "{err}");
+}
