@@ -119,7 +119,7 @@ pub async fn run(config: &CheckConfig) -> Vec<Check> {
             // As the builds will speak to it: the server's own registry
             // with the server URL's scheme; another plain-HTTP registry
             // that is not loopback needs --insecure-registry here too.
-            let own_plain = server.starts_with("http://") && host == server_host(server);
+            let own_plain = server.starts_with("http://") && host == api::host_of(server);
             let scheme = if own_plain || regclient::plain_http(&host, &config.insecure_registries) {
                 "http"
             } else {
@@ -331,13 +331,6 @@ fn git() -> Check {
             t,
         ),
     }
-}
-
-fn server_host(url: &str) -> &str {
-    let rest = url
-        .trim_start_matches("https://")
-        .trim_start_matches("http://");
-    rest.split('/').next().unwrap_or(rest)
 }
 
 #[cfg(test)]

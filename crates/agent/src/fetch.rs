@@ -71,31 +71,8 @@ async fn unpack_file(file: &Path, digest: &oci::Digest, ctx: &Path) -> Result<()
     .map_err(|e| format!("unpacking: {e}"))?
 }
 
-/// A URL as it may be logged: without user info, and without its query,
-/// which for blob storage is a SAS token (a credential).
-pub fn redact(url: &str) -> String {
-    let (url, fragment) = match url.split_once('#') {
-        Some((u, f)) => (u, format!("#{f}")),
-        None => (url, String::new()),
-    };
-    let (url, query) = match url.split_once('?') {
-        Some((u, _)) => (u, "?…"),
-        None => (url, ""),
-    };
-    let url = match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-            if path.is_empty() && !rest.contains('/') {
-                format!("{scheme}://{host}")
-            } else {
-                format!("{scheme}://{host}/{path}")
-            }
-        }
-        None => url.to_owned(),
-    };
-    format!("{url}{query}{fragment}")
-}
+/// A URL as it may be logged (no user info, no query: a SAS token).
+pub use regclient::redact_url as redact;
 
 /// `git@host:path` (git's scp-like SSH syntax): no scheme, a user before
 /// the first `:`, and no `/` before it.
@@ -333,7 +310,7 @@ async fn output(mut c: tokio::process::Command) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{redact, scp_like, ssh_host};
+    use super::{scp_like, ssh_host};
 
     #[test]
     fn ssh_urls_and_their_hosts() {
@@ -348,10 +325,6 @@ mod tests {
         assert_eq!(ssh_host("ssh://h/r.git").as_deref(), Some("h"));
         assert_eq!(ssh_host("git@h:r.git").as_deref(), Some("h"));
         assert_eq!(ssh_host("https://u@h/r.git"), None);
-        assert_eq!(
-            redact("ssh://root@10.0.0.2:2222/srv/repo.git#main"),
-            "ssh://10.0.0.2:2222/srv/repo.git#main"
-        );
     }
 
     #[test]
@@ -388,18 +361,5 @@ mod tests {
         // HTTP failures keep git's words.
         let m = super::git_failure("f", "https://h/r.git", "fatal: nope\n", &access);
         assert_eq!(m, "f: fatal: nope");
-    }
-
-    #[test]
-    fn redacts_user_info_and_sas_tokens() {
-        assert_eq!(
-            redact("http://u:p@h:1/acct/c/ctx.tar?sv=1&sig=SECRET"),
-            "http://h:1/acct/c/ctx.tar?…"
-        );
-        assert_eq!(
-            redact("https://h/r.git#main:sub"),
-            "https://h/r.git#main:sub"
-        );
-        assert_eq!(redact("https://tok@h"), "https://h");
     }
 }

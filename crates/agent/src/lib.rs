@@ -329,7 +329,7 @@ async fn build(
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let spec = &lease.run.build;
     let ctx = dir.join("context");
-    let server_host = server_host(&config.server);
+    let server_host = api::host_of(&config.server).to_owned();
     let access = access::prepare(dir, lease, &server_host, &config.ca_certs)?;
     let mut revision = None;
     match &spec.context {
@@ -505,14 +505,6 @@ async fn build(
         revision,
         steps: Vec::new(),
     })
-}
-
-/// `host:port` of a server URL.
-fn server_host(url: &str) -> String {
-    let rest = url
-        .trim_start_matches("https://")
-        .trim_start_matches("http://");
-    rest.split('/').next().unwrap_or(rest).to_owned()
 }
 
 fn status_signal(status: &std::process::ExitStatus) -> i32 {

@@ -80,11 +80,7 @@ impl Client {
 
     /// `host:port` of the server, which is also its registry's host.
     pub fn registry_host(&self) -> &str {
-        let rest = self
-            .base
-            .trim_start_matches("https://")
-            .trim_start_matches("http://");
-        rest.split('/').next().unwrap_or(rest)
+        host_of(&self.base)
     }
 
     fn url(&self, path: &str) -> String {
@@ -435,4 +431,13 @@ impl Client {
     pub async fn openapi(&self) -> Result<serde_json::Value> {
         self.call::<(), _>(Method::GET, "/openapi.json", None).await
     }
+}
+
+/// `host:port` of a server URL (`http://h:5000/x` → `h:5000`): the name its
+/// registry goes by.
+pub fn host_of(url: &str) -> &str {
+    let rest = url
+        .trim_start_matches("https://")
+        .trim_start_matches("http://");
+    rest.split('/').next().unwrap_or(rest)
 }

@@ -5,7 +5,7 @@
 pub mod client;
 pub mod types;
 
-pub use client::{ApiError, Client};
+pub use client::{ApiError, Client, host_of};
 pub use types::*;
 
 /// Path prefix of every API route.

@@ -175,6 +175,27 @@ pub struct BuildSpec {
     pub registry: Option<String>,
 }
 
+impl BuildSpec {
+    /// A task run's spec: the context and the task file; nothing is pushed
+    /// by the run itself (its `push` steps do that).
+    pub fn for_task(context: ContextSource, task: TaskSpec) -> BuildSpec {
+        BuildSpec {
+            context,
+            dockerfile: default_dockerfile(),
+            dockerfile_inline: None,
+            tags: Vec::new(),
+            build_args: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            target: None,
+            platform: None,
+            no_cache: false,
+            no_push: true,
+            task: Some(task),
+            registry: None,
+        }
+    }
+}
+
 fn default_dockerfile() -> String {
     "Dockerfile".into()
 }

@@ -289,36 +289,31 @@ pub async fn run(args: &ClientArgs, cmd: CredentialCommand) -> Result<()> {
     // The arguments are checked (and files read) before the server is asked.
     let c = || client(args.server.as_deref());
     let json = args.output == Format::Json;
+    let replace = matches!(cmd, CredentialCommand::Update { .. });
     match cmd {
         CredentialCommand::Add {
             pool,
             target,
             username,
             secret,
-        } => {
-            let spec = spec(&target, username, &secret)?;
-            let info = c()?.add_credential(&pool, &spec).await?;
-            if json {
-                return print_json(&info);
-            }
-            println!(
-                "pool {pool}: {} credential for {} stored",
-                info.kind, info.host
-            );
         }
-        CredentialCommand::Update {
+        | CredentialCommand::Update {
             pool,
             target,
             username,
             secret,
         } => {
             let spec = spec(&target, username, &secret)?;
-            let info = c()?.update_credential(&pool, &spec).await?;
+            let (info, done) = if replace {
+                (c()?.update_credential(&pool, &spec).await?, "updated")
+            } else {
+                (c()?.add_credential(&pool, &spec).await?, "stored")
+            };
             if json {
                 return print_json(&info);
             }
             println!(
-                "pool {pool}: {} credential for {} updated",
+                "pool {pool}: {} credential for {} {done}",
                 info.kind, info.host
             );
         }

@@ -62,10 +62,7 @@ pub fn login_credential() -> Option<(String, String)> {
         .ok()
         .filter(|t| !t.is_empty())
         .or(saved.token)?;
-    let rest = server
-        .trim_start_matches("https://")
-        .trim_start_matches("http://");
-    Some((rest.split('/').next().unwrap_or(rest).to_owned(), token))
+    Some((api::host_of(&server).to_owned(), token))
 }
 
 #[derive(clap::Args)]

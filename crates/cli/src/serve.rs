@@ -172,13 +172,6 @@ pub async fn open_registry(
         .with_context(|| format!("opening the registry in {}", data.display()))
 }
 
-fn host_of(url: &str) -> String {
-    let rest = url
-        .trim_start_matches("https://")
-        .trim_start_matches("http://");
-    rest.split('/').next().unwrap_or(rest).to_owned()
-}
-
 /// What `serve` started, for `up` to print.
 struct Running {
     url: String,
@@ -202,7 +195,7 @@ async fn serve(args: ServerArgs, on_ready: impl FnOnce(&Running, &Arc<Server>)) 
         .public_url
         .clone()
         .unwrap_or_else(|| format!("http://{addr}"));
-    let mut config = ServerConfig::new(&args.data, host_of(&url));
+    let mut config = ServerConfig::new(&args.data, api::host_of(&url).to_owned());
     config.database_url = args.database.clone();
     config.lease_ttl = args.lease_ttl;
     config.default_timeout = args.default_timeout;
@@ -225,7 +218,7 @@ async fn serve(args: ServerArgs, on_ready: impl FnOnce(&Running, &Arc<Server>)) 
         ];
         if !addr.ip().is_loopback() {
             agent_args.push("--insecure-registry".into());
-            agent_args.push(host_of(&url));
+            agent_args.push(api::host_of(&url).to_owned());
         }
         config.agent_command = Some(AgentCommand {
             program: std::env::current_exe().context("locating the slipway binary")?,
@@ -318,7 +311,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
                 eprintln!("error: creating the local pool: {e}");
                 return;
             }
-            let host = host_of(&url);
+            let host = api::host_of(&url).to_owned();
             eprintln!(
                 "\nlocal pool `default`: {agents} agents\nadmin token: {}\n\nto build, paste:\n  export SLIPWAY_SERVER={url} SLIPWAY_TOKEN=$(cat {})\n  slipway build -t {host}/hello:1 examples/hello\n",
                 token.display(),

@@ -235,7 +235,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let run = c
         .submit_run(&RunRequest {
             pool: args.pool.clone(),
-            build: task_build(context, spec),
+            build: api::BuildSpec::for_task(context, spec),
             secrets,
             timeout_secs: args.timeout.map(|d| d.as_secs().max(1)),
         })
@@ -249,23 +249,6 @@ pub async fn run(args: RunArgs) -> Result<()> {
         args.client.output == Format::Json,
     )
     .await
-}
-
-fn task_build(context: ContextSource, task: TaskSpec) -> api::BuildSpec {
-    api::BuildSpec {
-        context,
-        dockerfile: "Dockerfile".into(),
-        dockerfile_inline: None,
-        tags: Vec::new(),
-        build_args: BTreeMap::new(),
-        labels: BTreeMap::new(),
-        target: None,
-        platform: None,
-        no_cache: false,
-        no_push: true,
-        task: Some(task),
-        registry: None,
-    }
 }
 
 /// What defines a stored task (`task create`, `task update`).

@@ -19,9 +19,11 @@
 pub mod auth;
 mod client;
 mod error;
+mod redact;
 
 pub use auth::{Credential, Credentials, DockerConfig};
 pub use client::{
     Client, ClientConfig, FetchedManifest, Platform, Pushed, http_client, plain_http,
 };
 pub use error::{RegClientError, explain, one_line};
+pub use redact::redact_url;

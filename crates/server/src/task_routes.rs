@@ -249,17 +249,23 @@ pub(crate) async fn update_task(
     store_task(&s, &headers, def, true).await
 }
 
+/// Task `name`, if `who` may build on its pool.
+async fn task_for(s: &Server, who: &Principal, name: &str) -> R<TaskDef> {
+    let def =
+        s.db.task(name)
+            .await?
+            .ok_or_else(|| not_found(format!("no task {name}")))?;
+    may_build(who, &def.pool)?;
+    Ok(def)
+}
+
 pub(crate) async fn show_task(
     State(s): S,
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> R<Response> {
     let who = user(&s, &headers)?;
-    let def =
-        s.db.task(&name)
-            .await?
-            .ok_or_else(|| not_found(format!("no task {name}")))?;
-    may_build(&who, &def.pool)?;
+    let def = task_for(&s, &who, &name).await?;
     Ok(Json(def).into_response())
 }
 
@@ -293,11 +299,7 @@ pub(crate) async fn run_task(
     Json(req): Json<TaskRunRequest>,
 ) -> R<Response> {
     let who = user(&s, &headers)?;
-    let def =
-        s.db.task(&name)
-            .await?
-            .ok_or_else(|| not_found(format!("no task {name}")))?;
-    may_build(&who, &def.pool)?;
+    let def = task_for(&s, &who, &name).await?;
     if def.status != "Enabled" {
         return Err(conflict(format!(
             "task {name} is disabled (slipway task update {name} --status Enabled)"
@@ -317,20 +319,7 @@ pub(crate) async fn run_task(
     task.set.extend(req.set);
     let run_req = RunRequest {
         pool: def.pool.clone(),
-        build: api::BuildSpec {
-            context,
-            dockerfile: "Dockerfile".into(),
-            dockerfile_inline: None,
-            tags: Vec::new(),
-            build_args: BTreeMap::new(),
-            labels: BTreeMap::new(),
-            target: None,
-            platform: None,
-            no_cache: false,
-            no_push: true,
-            task: Some(task),
-            registry: None,
-        },
+        build: api::BuildSpec::for_task(context, task),
         secrets: req.secrets,
         timeout_secs: req.timeout_secs.or(def.timeout_secs),
     };
@@ -351,11 +340,7 @@ pub(crate) async fn task_runs(
     Query(q): Query<RunsQuery>,
 ) -> R<Response> {
     let who = user(&s, &headers)?;
-    let def =
-        s.db.task(&name)
-            .await?
-            .ok_or_else(|| not_found(format!("no task {name}")))?;
-    may_build(&who, &def.pool)?;
+    let def = task_for(&s, &who, &name).await?;
     let limit = q.limit.unwrap_or(20).min(1000) as usize;
     let runs: Vec<api::Run> =
         s.db.list_runs(Some(&def.pool), None, 1000)

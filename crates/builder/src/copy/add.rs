@@ -200,28 +200,6 @@ fn chown_beneath(dir: &Path, names: &[PathBuf], owner: Owner) -> std::io::Result
     Ok(())
 }
 
-/// A URL as an error may show it: without its query (a SAS token or other
-/// credential) or user info.
-pub(crate) fn redact_url(url: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, _)) => (b, "?…"),
-        None => (url, ""),
-    };
-    let base = match base.split_once("://") {
-        Some((scheme, rest)) => {
-            let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
-            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-            if rest.contains('/') {
-                format!("{scheme}://{host}/{path}")
-            } else {
-                format!("{scheme}://{host}")
-            }
-        }
-        None => base.to_owned(),
-    };
-    format!("{base}{query}")
-}
-
 /// ADD of a URL: downloaded (verified against `--checksum` when given) to
 /// `dest`, or into it under the URL's last path segment; mode 0600 as in Docker.
 #[allow(clippy::too_many_arguments)]

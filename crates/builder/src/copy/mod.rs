@@ -18,7 +18,7 @@ use crate::chmod::Chmod;
 use crate::image::NewImage;
 use crate::layered::{is_dir_in_layers, lookup_layers, resolve_in_layers};
 
-pub(crate) use add::{add_archive, add_url, redact_url};
+pub(crate) use add::{add_archive, add_url};
 pub(crate) use owner::{Owner, chown_ids, new_dir_mode, ownership};
 
 /// `--exclude` patterns as one matcher (the `.dockerignore` syntax,

@@ -15,7 +15,7 @@ use super::{BuildError, StageCtx, StageState, say, unsupported};
 use crate::chmod::Chmod;
 use crate::copy::{
     CopySpec, Owner, absolute_dest, add_archive, add_url, copy_inline, copy_source,
-    exclude_matcher, ownership, plan_sources, redact_url, write_inline,
+    exclude_matcher, ownership, plan_sources, write_inline,
 };
 use crate::file_hashes::FileHashes;
 use crate::git::GitRef;
@@ -48,7 +48,7 @@ impl Kind {
             Kind::Add => BuildError::Add {
                 file,
                 line,
-                path: redact_url(&path),
+                path: regclient::redact_url(&path),
                 problem,
             },
         }
