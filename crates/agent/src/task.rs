@@ -564,14 +564,37 @@ fn host_dir(env: &TaskEnv, container_dir: &str) -> Result<PathBuf, String> {
     let rel = container_dir
         .strip_prefix(WORKSPACE)
         .ok_or_else(|| format!("working directory {container_dir} is outside {WORKSPACE}"))?;
-    let rel = Path::new(rel.trim_start_matches('/'));
-    if rel
-        .components()
-        .any(|c| !matches!(c, std::path::Component::Normal(_)))
-    {
-        return Err(format!("working directory {container_dir}: no '..'"));
+    inside(
+        &env.ctx,
+        &env.ctx,
+        rel.trim_start_matches('/'),
+        "working directory",
+    )
+}
+
+/// `rel` (a path the task file gives: a build context, `-f`, a secret's
+/// `src`) under `base`, which is inside the run's context: no absolute path,
+/// no `..`, and, where it exists, no symlink leading out of the context. A
+/// task file is input from outside; it must not read the agent's own files.
+fn inside(ctx: &Path, base: &Path, rel: &str, what: &str) -> Result<PathBuf, String> {
+    let r = Path::new(rel);
+    if r.components().any(|c| {
+        !matches!(
+            c,
+            std::path::Component::Normal(_) | std::path::Component::CurDir
+        )
+    }) {
+        return Err(format!(
+            "{what} {rel:?}: a relative path inside the context, without '..'"
+        ));
     }
-    Ok(env.ctx.join(rel))
+    let p = base.join(r);
+    if let (Ok(real), Ok(ctx)) = (p.canonicalize(), ctx.canonicalize())
+        && !real.starts_with(&ctx)
+    {
+        return Err(format!("{what} {rel:?} leads outside the context"));
+    }
+    Ok(p)
 }
 
 /// A `slipway` child with the run's registry and git access, no login of
@@ -629,7 +652,7 @@ async fn attempt_step(
                 ));
             }
             let workdir = host_dir(env, &step.working_directory)?;
-            let context = workdir.join(&b.context);
+            let context = inside(&env.ctx, &workdir, &b.context, "build context")?;
             let iid = env.dir.join(format!("iid-{}", step.id));
             let mut cmd = slipway(env);
             cmd.arg("build")
@@ -645,9 +668,10 @@ async fn attempt_step(
                 .arg("--cpus")
                 .arg(env.lease.limits.cpus.to_string());
             if let Some(f) = &b.dockerfile {
-                cmd.arg("-f").arg(workdir.join(f));
+                cmd.arg("-f").arg(inside(&env.ctx, &workdir, f, "-f")?);
             } else {
-                cmd.arg("-f").arg(context.join("Dockerfile"));
+                cmd.arg("-f")
+                    .arg(inside(&env.ctx, &context, "Dockerfile", "Dockerfile")?);
             }
             let mut privates = Vec::new();
             for t in &b.tags {
@@ -682,10 +706,12 @@ async fn attempt_step(
             for (i, s) in b.secrets.iter().enumerate() {
                 let value = match (&s.src, &s.env) {
                     (Some(src), _) => {
-                        let p = workdir.join(src);
-                        if !p.starts_with(&env.ctx) {
-                            return Err(format!("--secret id={}: src outside the context", s.id));
-                        }
+                        let p = inside(
+                            &env.ctx,
+                            &workdir,
+                            src,
+                            &format!("--secret id={}: src", s.id),
+                        )?;
                         cmd.arg("--secret")
                             .arg(format!("id={},src={}", s.id, p.display()));
                         continue;
@@ -887,6 +913,28 @@ async fn supervise(
             let _ = child.kill().await;
             let _ = child.wait().await;
             Err("stopped".into())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::inside;
+
+    #[test]
+    fn task_paths_stay_inside_the_context() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = dir.path().join("ctx");
+        std::fs::create_dir_all(ctx.join("app")).unwrap();
+        std::os::unix::fs::symlink("/etc", ctx.join("out")).unwrap();
+        assert!(inside(&ctx, &ctx, "app", "c").is_ok());
+        assert!(inside(&ctx, &ctx, "", "c").is_ok());
+        assert!(inside(&ctx, &ctx, "./app/Dockerfile", "c").is_ok());
+        for bad in ["../x", "app/../../x", "/etc/passwd", "out", "out/passwd"] {
+            assert!(
+                inside(&ctx, &ctx, bad, "c").is_err(),
+                "{bad} was let through"
+            );
         }
     }
 }
