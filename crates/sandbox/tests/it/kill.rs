@@ -28,11 +28,14 @@ async fn timeout_kills_a_fork_loop() {
     // sessions); the pids cgroup bounds it, the timeout ends it.
     let mut spec = sh(&fs, "while true; do setsid sleep 1001 & done");
     spec.limits.timeout = Some(Duration::from_secs(1));
+    // Room for every pid the limit allows (each process costs the memory
+    // cgroup tens of KiB of kernel memory): a memory-cgroup OOM kill would
+    // end the run before the timeout does, which is not what this tests.
     spec.limits.pids = Some(5000);
-    spec.limits.memory = Some(256 << 20);
+    spec.limits.memory = Some(1 << 30);
     let t = Instant::now();
     let r = run(&spec).await;
-    assert!(r.outcome.timed_out, "{}", r.stderr);
+    assert!(r.outcome.timed_out, "{:?} {}", r.outcome, r.stderr);
     assert!(
         !r.outcome.limits_not_enforced,
         "v1/v2 pids and memory controllers should be writable here"
