@@ -10,13 +10,13 @@ use tokio::io::AsyncWriteExt;
 
 /// Download `digest` from the server and unpack it into `ctx`.
 pub async fn uploaded(
-    server: &str,
-    token: &str,
+    config: &crate::AgentConfig,
     digest: &str,
     dir: &Path,
     ctx: &Path,
 ) -> Result<(), String> {
-    let client = api::Client::new(server, Some(token.to_owned())).map_err(|e| e.to_string())?;
+    let client =
+        api::Client::new(&config.server, Some(config.token.clone())).map_err(|e| e.to_string())?;
     let d: oci::Digest = digest
         .parse()
         .map_err(|e| format!("context digest {digest}: {e}"))?;
@@ -34,7 +34,7 @@ pub async fn uploaded(
     };
     let file = dir.join("context.tar");
     save(resp, &file).await?;
-    unpack_file(&file, &d, ctx).await
+    unpack_file(&file, &d, ctx, config.unpack_limits).await
 }
 
 async fn save(resp: reqwest::Response, file: &Path) -> Result<oci::Digest, String> {
@@ -56,14 +56,19 @@ async fn save(resp: reqwest::Response, file: &Path) -> Result<oci::Digest, Strin
     Ok(digester.finish())
 }
 
-async fn unpack_file(file: &Path, digest: &oci::Digest, ctx: &Path) -> Result<(), String> {
+async fn unpack_file(
+    file: &Path,
+    digest: &oci::Digest,
+    ctx: &Path,
+    limits: context::UnpackLimits,
+) -> Result<(), String> {
     let file = file.to_owned();
     let digest = digest.clone();
     let ctx = ctx.to_owned();
     tokio::task::spawn_blocking(move || {
         let f =
             std::fs::File::open(&file).map_err(|e| format!("opening {}: {e}", file.display()))?;
-        context::unpack(std::io::BufReader::new(f), &digest, &ctx)
+        context::unpack(std::io::BufReader::new(f), &digest, &ctx, limits)
             .map(drop)
             .map_err(|e| e.to_string())
     })
@@ -154,6 +159,7 @@ pub async fn url(
     dir: &Path,
     ctx: &Path,
     access: &crate::access::Access,
+    limits: context::UnpackLimits,
 ) -> Result<Option<api::Revision>, String> {
     let (base, fragment) = url.split_once('#').unwrap_or((url, ""));
     let path = base.split('?').next().unwrap_or(base);
@@ -180,7 +186,7 @@ pub async fn url(
         }
         let file = dir.join("context.tar");
         let digest = save(resp, &file).await?;
-        unpack_file(&file, &digest, ctx).await?;
+        unpack_file(&file, &digest, ctx, limits).await?;
         return Ok(None);
     }
     let (git_ref, subdir) = fragment.split_once(':').unwrap_or((fragment, ""));

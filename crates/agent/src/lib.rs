@@ -64,6 +64,9 @@ pub struct AgentConfig {
     pub ca_certs: Vec<PathBuf>,
     /// How long one lease request waits on the server.
     pub poll: Duration,
+    /// Bounds on what a context or layer may unpack to, here and in the
+    /// builds this agent starts.
+    pub unpack_limits: context::UnpackLimits,
 }
 
 /// Lease and build until `shutdown` resolves (then the current build is
@@ -335,11 +338,11 @@ async fn build(
     match &spec.context {
         ContextSource::Upload { digest } => {
             log.line(&format!("fetching context {digest}"));
-            fetch::uploaded(&config.server, &config.token, digest, dir, &ctx).await?
+            fetch::uploaded(config, digest, dir, &ctx).await?
         }
         ContextSource::Url { url } => {
             log.line(&format!("fetching context {}", fetch::redact(url)));
-            let rev = fetch::url(url, dir, &ctx, &access).await?;
+            let rev = fetch::url(url, dir, &ctx, &access, config.unpack_limits).await?;
             if let Some(r) = &rev {
                 match &r.branch {
                     Some(b) => log.line(&format!("context at commit {} (branch {b})", r.commit)),
@@ -392,6 +395,7 @@ async fn build(
     };
     let iid = dir.join("iid");
     let mut cmd = tokio::process::Command::new(&config.program);
+    cmd.envs(config.unpack_limits.env());
     cmd.arg("build")
         .arg("--local")
         .arg("--data")

@@ -601,6 +601,7 @@ fn inside(ctx: &Path, base: &Path, rel: &str, what: &str) -> Result<PathBuf, Str
 /// the agent machine's own, killed with the agent.
 fn slipway(env: &TaskEnv) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(&env.config.program);
+    cmd.envs(env.config.unpack_limits.env());
     cmd.env("DOCKER_CONFIG", &env.docker_dir)
         .env("GIT_CONFIG_GLOBAL", &env.git_config)
         .env("GIT_TERMINAL_PROMPT", "0")

@@ -197,8 +197,7 @@ mod tests {
 
     #[test]
     fn make_cwd_leaves_the_dirs_of_an_unclean_path_as_runc_does() {
-        if !rustix::process::geteuid().is_root() {
-            eprintln!("skipping: chown needs root");
+        if !testkit::root_or_skip("make_cwd (chown)") {
             return;
         }
         let d = tempfile::tempdir().unwrap();

@@ -20,7 +20,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use oci::{Digest, Reference};
 use regclient::{Client, Platform};
 
-use crate::unpack::{UnpackError, WhiteoutMode, apply_layer};
+use crate::unpack::{Limits, Unpack, UnpackError, WhiteoutMode, apply_archive};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -72,6 +72,7 @@ pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
 pub struct LayerStore {
     root: PathBuf,
     mode: WhiteoutMode,
+    limits: Limits,
 }
 
 impl LayerStore {
@@ -86,7 +87,19 @@ impl LayerStore {
         Ok(LayerStore {
             root,
             mode: WhiteoutMode::Overlay { userxattr },
+            limits: Limits::default(),
         })
+    }
+
+    /// Bound every archive this store's builds unpack (layers, cached
+    /// steps, ADD archives) by `limits` instead of the defaults.
+    pub fn with_limits(mut self, limits: Limits) -> LayerStore {
+        self.limits = limits;
+        self
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
     /// How this store writes whiteouts: what any other overlay lower dir
@@ -180,23 +193,18 @@ impl LayerStore {
             let target = self.snapshot_path(&chains[i]);
             if let Some(file) = downloads.remove(&i) {
                 let below: Vec<PathBuf> = paths.iter().rev().cloned().collect();
-                let (digest, diff_id, mode, tmp_root) = (
+                let (digest, diff_id, how) = (
                     layers[i].digest.clone(),
                     diff_ids[i].clone(),
-                    self.mode,
-                    self.root.join("tmp"),
+                    Applying {
+                        tmp_root: self.root.join("tmp"),
+                        mode: self.mode,
+                        limits: self.limits,
+                    },
                 );
                 let target2 = target.clone();
                 tokio::task::spawn_blocking(move || {
-                    apply_into(
-                        file.path(),
-                        &digest,
-                        &diff_id,
-                        &tmp_root,
-                        &target2,
-                        mode,
-                        &below,
-                    )
+                    apply_into(file.path(), &digest, &diff_id, &target2, &below, &how)
                 })
                 .await
                 .map_err(|e| io("applying a layer")(std::io::Error::other(e)))??;
@@ -212,27 +220,38 @@ impl LayerStore {
     }
 }
 
+/// How this store applies a layer: staged under `tmp_root`, with its
+/// whiteout mode and limits.
+struct Applying {
+    tmp_root: PathBuf,
+    mode: WhiteoutMode,
+    limits: Limits,
+}
+
 fn apply_into(
     blob: &Path,
     digest: &Digest,
     diff_id: &Digest,
-    tmp_root: &Path,
     target: &Path,
-    mode: WhiteoutMode,
     below: &[PathBuf],
+    how: &Applying,
 ) -> Result<(), LayerStoreError> {
     let work = tempfile::Builder::new()
         .prefix("apply-")
-        .tempdir_in(tmp_root)
+        .tempdir_in(&how.tmp_root)
         .map_err(io("creating a snapshot work dir"))?;
     let file = std::fs::File::open(blob).map_err(io(format!("opening {}", blob.display())))?;
-    let applied = apply_layer(
+    let applied = apply_archive(
         std::io::BufReader::with_capacity(1 << 20, file),
         digest,
         Some(diff_id),
         work.path(),
-        mode,
+        how.mode,
         below,
+        Unpack {
+            limits: how.limits,
+            ..Unpack::default()
+        },
     )?;
     for s in &applied.skipped {
         tracing::warn!(layer = %digest, "{s}");

@@ -106,6 +106,7 @@ impl RemoteCache {
         cache_dir: &Path,
         mode: WhiteoutMode,
         lowers: &[PathBuf],
+        limits: crate::unpack::Limits,
     ) -> Result<bool, RemoteCacheError> {
         let Some((from, step)) = self.steps.get(key) else {
             return Ok(false);
@@ -143,13 +144,17 @@ impl RemoteCache {
         tokio::task::spawn_blocking(move || -> Result<(), RemoteCacheError> {
             let f = std::fs::File::open(&layer_path)
                 .map_err(io(format!("opening {}", layer_path.display())))?;
-            crate::unpack::apply_layer(
+            crate::unpack::apply_archive(
                 std::io::BufReader::with_capacity(1 << 20, f),
                 &d,
                 Some(&di),
                 &upper,
                 mode,
                 &lowers_owned,
+                crate::unpack::Unpack {
+                    limits,
+                    ..Default::default()
+                },
             )
             .map_err(|e| RemoteCacheError::Invalid(format!("unpacking cached layer {d}: {e}")))?;
             Ok(())

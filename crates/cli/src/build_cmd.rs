@@ -57,6 +57,8 @@ pub struct BuildArgs {
     /// and ADD downloads behind a private CA; repeatable.
     #[arg(long = "ca-cert", value_name = "FILE")]
     pub(crate) ca_certs: Vec<PathBuf>,
+    #[command(flatten)]
+    pub(crate) unpack: crate::unpack_limits::UnpackLimitArgs,
     /// Build but push nothing.
     #[arg(long)]
     pub(crate) no_push: bool,
@@ -363,7 +365,8 @@ pub async fn run(args: BuildArgs) -> Result<()> {
         data.join("layers"),
         matches!(mode, Mode::UserNamespace { .. }),
     )
-    .context("opening the layer store")?;
+    .context("opening the layer store")?
+    .with_limits(args.unpack.limits());
     let init = InitCommand {
         program: std::env::current_exe().context("locating the slipway binary")?,
         args: vec!["sandbox-init".into()],

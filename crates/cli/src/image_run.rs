@@ -106,6 +106,8 @@ pub struct RunArgs {
     data: Option<PathBuf>,
     #[command(flatten)]
     registry: RegistryArgs,
+    #[command(flatten)]
+    unpack: crate::unpack_limits::UnpackLimitArgs,
 }
 
 /// Run an image; returns its exit code.
@@ -132,7 +134,8 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         data.join("layers"),
         matches!(mode, Mode::UserNamespace { .. }),
     )
-    .context("opening the layer store")?;
+    .context("opening the layer store")?
+    .with_limits(args.unpack.limits());
     let pulled = store
         .pull(&client, &reference, &platform)
         .await

@@ -12,6 +12,7 @@ mod remote;
 mod sandbox_cmd;
 mod serve;
 mod task_cmd;
+mod unpack_limits;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -56,9 +56,7 @@ pub struct ServerArgs {
     image_aliases: Vec<String>,
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
-    crate::build_cmd::parse_bytes(s).ok_or_else(|| format!("{s:?}: expected bytes or 8g, 512m …"))
-}
+use crate::unpack_limits::parse_size;
 
 #[derive(clap::Args)]
 pub struct UpArgs {
@@ -141,6 +139,8 @@ pub struct AgentArgs {
     /// registries, git servers and blob stores behind a private CA; repeatable.
     #[arg(long = "ca-cert", value_name = "FILE")]
     ca_certs: Vec<PathBuf>,
+    #[command(flatten)]
+    unpack: crate::unpack_limits::UnpackLimitArgs,
 }
 
 impl AgentArgs {
@@ -393,6 +393,7 @@ pub async fn agent(args: AgentArgs) -> Result<()> {
         insecure_registries: args.insecure_registries.clone(),
         ca_certs: args.ca_certs.clone(),
         poll: Duration::from_secs(20),
+        unpack_limits: args.unpack.limits(),
     };
     eprintln!("agent {id} of pool {pool} serving {server}");
     agent::run(config, shutdown())

@@ -208,8 +208,16 @@ impl<R: Read> Read for CountingRead<'_, R> {
 }
 
 /// Extract a context archive (zstd, gzip or plain tar) whose bytes must
-/// hash to `digest` into `target`, which must be empty or absent.
-pub fn unpack(archive: impl Read, digest: &Digest, target: &Path) -> Result<u64> {
+/// hash to `digest` into `target`, which must be empty or absent, within
+/// `limits` (a small upload can claim terabytes unpacked).
+pub use builder::unpack::Limits as UnpackLimits;
+
+pub fn unpack(
+    archive: impl Read,
+    digest: &Digest,
+    target: &Path,
+    limits: builder::unpack::Limits,
+) -> Result<u64> {
     std::fs::create_dir_all(target).map_err(io_at(target))?;
     // A context creates no device node, whatever its tar says.
     let applied = builder::unpack::apply_archive(
@@ -219,7 +227,10 @@ pub fn unpack(archive: impl Read, digest: &Digest, target: &Path) -> Result<u64>
         target,
         builder::WhiteoutMode::Flatten,
         &[],
-        builder::unpack::Origin::Context,
+        builder::unpack::Unpack {
+            origin: builder::unpack::Origin::Context,
+            limits,
+        },
     )?;
     Ok(applied.entries)
 }
@@ -260,7 +271,13 @@ mod tests {
         );
 
         let target = out.path().join("x");
-        unpack(File::open(&a).unwrap(), &pa.digest, &target).unwrap();
+        unpack(
+            File::open(&a).unwrap(),
+            &pa.digest,
+            &target,
+            Default::default(),
+        )
+        .unwrap();
         assert_eq!(
             std::fs::read_to_string(target.join("app/main.txt")).unwrap(),
             "hello"
@@ -279,11 +296,42 @@ mod tests {
         // A wrong digest is refused.
         let wrong: Digest = format!("sha256:{}", "0".repeat(64)).parse().unwrap();
         let t2 = out.path().join("y");
-        assert!(unpack(File::open(&a).unwrap(), &wrong, &t2).is_err());
+        assert!(unpack(File::open(&a).unwrap(), &wrong, &t2, Default::default()).is_err());
 
         // A changed file changes the digest.
         std::fs::write(d.join("app/main.txt"), "hello!").unwrap();
         let pc = pack(d, "Dockerfile", &b, &mut |_| {}).unwrap();
         assert_ne!(pa.digest, pc.digest);
+    }
+
+    /// A context that packs small but unpacks past the agent's limit (a
+    /// sparse-looking file of zeros) is refused, naming the limit.
+    #[test]
+    fn a_context_past_the_unpack_limit_is_refused_naming_it() {
+        let src = tempfile::tempdir().unwrap();
+        let f = File::create(src.path().join("zeros")).unwrap();
+        f.set_len(8 << 20).unwrap();
+        drop(f);
+        std::fs::write(src.path().join("Dockerfile"), "FROM scratch\n").unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let a = out.path().join("c.tar.zst");
+        let packed = pack(src.path(), "Dockerfile", &a, &mut |_| {}).unwrap();
+        assert!(std::fs::metadata(&a).unwrap().len() < 1 << 20);
+        let limits = UnpackLimits {
+            max_bytes: 1 << 20,
+            ..Default::default()
+        };
+        let err = unpack(
+            File::open(&a).unwrap(),
+            &packed.digest,
+            &out.path().join("x"),
+            limits,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("--max-unpacked-size"), "{err}");
+        assert!(
+            !out.path().join("x/zeros").exists()
+                || std::fs::metadata(out.path().join("x/zeros")).unwrap().len() <= 1 << 20
+        );
     }
 }

@@ -20,6 +20,7 @@ pub(crate) fn add_archive(
     owner: Option<Owner>,
     upper: &Path,
     lowers: &[PathBuf],
+    limits: crate::unpack::Limits,
 ) -> Result<bool, String> {
     use std::io::{Read, Seek};
     let Some(rel) = clean_rel(source) else {
@@ -131,7 +132,10 @@ pub(crate) fn add_archive(
         &target,
         crate::unpack::WhiteoutMode::Flatten,
         &[],
-        crate::unpack::Origin::Context,
+        crate::unpack::Unpack {
+            origin: crate::unpack::Origin::Context,
+            limits,
+        },
     )
     .map_err(|e| format!("extracting: {e}"))?;
     if let Some(owner) = owner {

@@ -118,7 +118,14 @@ impl StageCtx<'_> {
         }
         match self
             .remote
-            .import(self.client, key, dir, self.store.whiteout_mode(), lowers)
+            .import(
+                self.client,
+                key,
+                dir,
+                self.store.whiteout_mode(),
+                lowers,
+                self.store.limits(),
+            )
             .await
         {
             Ok(true) => cache_lookup(req, key),

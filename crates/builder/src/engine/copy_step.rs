@@ -402,10 +402,16 @@ async fn transfer<E: AsyncWrite + Unpin + Send>(
     for p in &planned {
         let source_err = || t.kind.err(file, line, &p.source);
         let extracted = match &t.extras {
-            Some(x) if x.unpack => {
-                add_archive(&req.context, &p.source, &p.dest, owner, &upper, lowers)
-                    .map_err(source_err())?
-            }
+            Some(x) if x.unpack => add_archive(
+                &req.context,
+                &p.source,
+                &p.dest,
+                owner,
+                &upper,
+                lowers,
+                cx.store.limits(),
+            )
+            .map_err(source_err())?,
             _ => false,
         };
         if !extracted {

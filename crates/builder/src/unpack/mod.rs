@@ -30,14 +30,21 @@
 //! sandbox mounts every rootfs `nosuid`, which ignores it at exec anyway);
 //! `user.*` and POSIX ACLs (`system.posix_acl_*`) are kept.
 //!
+//! Every archive is bounded ([`Limits`]): the bytes it decompresses to and
+//! its entry count, so a small gzip that claims terabytes (a decompression
+//! bomb) stops at the limit with an error naming it, whatever the layer's
+//! compressed size.
+//!
 //! We hand-write this rather than use `tar::Archive::unpack`: that does not
 //! know OCI whiteouts and resolves paths through the host filesystem.
 
 mod entry;
 
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 
 use oci::{Digest, Digester};
 use rustix::fs::{AtFlags, Mode, OFlags};
@@ -73,6 +80,16 @@ pub enum UnpackError {
         expected: Digest,
         actual: Digest,
     },
+    #[error(
+        "layer {layer}: {what} exceed this builder's limit of {limit} ({flag}); \
+         raise it if the archive is genuine"
+    )]
+    Limit {
+        layer: String,
+        what: &'static str,
+        limit: u64,
+        flag: &'static str,
+    },
     #[error("opening target directory {path}: {source}")]
     Target {
         path: PathBuf,
@@ -101,6 +118,55 @@ pub enum Origin {
     /// A build context (or an archive from it): no device node at all.
     /// Setuid bits are kept, as Docker keeps them.
     Context,
+}
+
+/// Bounds on what one archive may unpack to (layer, context or ADD archive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Uncompressed tar bytes (`--max-unpacked-size`).
+    pub max_bytes: u64,
+    /// Tar entries (`--max-unpacked-entries`).
+    pub max_entries: u64,
+}
+
+impl Limits {
+    /// 64 GiB: above the largest base images in use (CUDA and ML images
+    /// reach 10–20 GiB uncompressed) while a bomb still stops long before
+    /// the disk fills.
+    pub const DEFAULT_MAX_BYTES: u64 = 64 << 30;
+    /// Four million entries: node_modules-heavy layers hold a few hundred
+    /// thousand.
+    pub const DEFAULT_MAX_ENTRIES: u64 = 4_000_000;
+    /// The environment variables `slipway build --local` (and every other
+    /// command that unpacks) reads them from; an agent sets them for the
+    /// builds it starts.
+    pub const SIZE_ENV: &str = "SLIPWAY_MAX_UNPACKED_SIZE";
+    pub const ENTRIES_ENV: &str = "SLIPWAY_MAX_UNPACKED_ENTRIES";
+
+    /// These limits as the environment of a child process.
+    pub fn env(&self) -> [(&'static str, String); 2] {
+        [
+            (Self::SIZE_ENV, self.max_bytes.to_string()),
+            (Self::ENTRIES_ENV, self.max_entries.to_string()),
+        ]
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_bytes: Self::DEFAULT_MAX_BYTES,
+            max_entries: Self::DEFAULT_MAX_ENTRIES,
+        }
+    }
+}
+
+/// How an archive is applied beyond where to: what it may create and how
+/// big it may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Unpack {
+    pub origin: Origin,
+    pub limits: Limits,
 }
 
 /// Character devices an image layer may carry (major, minor): Docker's
@@ -149,6 +215,29 @@ impl<R: Read> Read for Hashing<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.digester.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Fails reads past `limit` bytes, so a bomb stops inside the
+/// decompressor; `seen` stays readable while the archive borrows this.
+struct Bounded<R> {
+    inner: R,
+    seen: Rc<Cell<u64>>,
+    limit: u64,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // One byte more than the limit may be read, to tell "exactly at"
+        // from "over".
+        let room = (self.limit + 1).saturating_sub(self.seen.get());
+        if room == 0 {
+            return Err(io::Error::other("archive over its size limit"));
+        }
+        let want = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        self.seen.set(self.seen.get() + n as u64);
         Ok(n)
     }
 }
@@ -203,11 +292,20 @@ pub fn apply_layer(
     mode: WhiteoutMode,
     lowers: &[PathBuf],
 ) -> Result<Applied, UnpackError> {
-    apply_archive(blob, digest, diff_id, target, mode, lowers, Origin::Image)
+    apply_archive(
+        blob,
+        digest,
+        diff_id,
+        target,
+        mode,
+        lowers,
+        Unpack::default(),
+    )
 }
 
-/// [`apply_layer`] for an archive of `origin`: a build context passes
-/// [`Origin::Context`], so that it creates no device node.
+/// [`apply_layer`] for an archive of `how.origin` (a build context passes
+/// [`Origin::Context`], so that it creates no device node) within
+/// `how.limits`.
 pub fn apply_archive(
     blob: impl Read,
     digest: &Digest,
@@ -215,12 +313,19 @@ pub fn apply_archive(
     target: &Path,
     mode: WhiteoutMode,
     lowers: &[PathBuf],
-    origin: Origin,
+    how: Unpack,
 ) -> Result<Applied, UnpackError> {
+    let Unpack { origin, limits } = how;
     let layer = digest.to_string();
     let read_err = |source| UnpackError::Read {
         layer: layer.clone(),
         source,
+    };
+    let too_big = || UnpackError::Limit {
+        layer: layer.clone(),
+        what: "its unpacked bytes",
+        limit: limits.max_bytes,
+        flag: "--max-unpacked-size",
     };
     let root = rustix::fs::open(
         target,
@@ -249,9 +354,15 @@ pub fn apply_archive(
         inner: blob,
         digester: Digester::new(digest.algorithm()),
     };
+    let seen = Rc::new(Cell::new(0u64));
+    let over = || seen.get() > limits.max_bytes;
     let (entries, actual_diff, skipped) = {
         let mut tar_bytes = Hashing {
-            inner: decompressor(&mut compressed).map_err(read_err)?,
+            inner: Bounded {
+                inner: decompressor(&mut compressed).map_err(read_err)?,
+                seen: seen.clone(),
+                limit: limits.max_bytes,
+            },
             digester: Digester::new(diff_id.map_or(oci::Algorithm::Sha256, Digest::algorithm)),
         };
         let mut ctx = Ctx {
@@ -272,7 +383,16 @@ pub fn apply_archive(
             for entry in archive.entries().map_err(read_err)? {
                 match entry {
                     Ok(entry) => {
-                        ctx.apply(entry)?;
+                        if entries >= limits.max_entries {
+                            return Err(UnpackError::Limit {
+                                layer: layer.clone(),
+                                what: "its entries",
+                                limit: limits.max_entries,
+                                flag: "--max-unpacked-entries",
+                            });
+                        }
+                        ctx.apply(entry)
+                            .map_err(|e| if over() { too_big() } else { e })?;
                         entries += 1;
                     }
                     Err(e) => {
@@ -288,6 +408,9 @@ pub fn apply_archive(
             // containerd, accept that. Anything else is a broken archive.
             let mut probe = [0u8; 1];
             let at_end = entries > 0 && matches!(tar_bytes.read(&mut probe), Ok(0));
+            if over() {
+                return Err(too_big());
+            }
             if !at_end {
                 return Err(read_err(e));
             }
@@ -296,7 +419,8 @@ pub fn apply_archive(
         for (rel, times) in std::mem::take(&mut ctx.dirs) {
             let _ = rustix::fs::utimensat(&ctx.root, &rel, &times, AtFlags::SYMLINK_NOFOLLOW);
         }
-        io::copy(&mut tar_bytes, &mut io::sink()).map_err(read_err)?;
+        io::copy(&mut tar_bytes, &mut io::sink())
+            .map_err(|e| if over() { too_big() } else { read_err(e) })?;
         (entries, tar_bytes.digester.finish(), ctx.skipped)
     };
     io::copy(&mut compressed, &mut io::sink()).map_err(read_err)?;

@@ -113,7 +113,7 @@ fn devices_and_privileged_xattrs_from_an_archive_are_not_applied() {
     if !crate::require_root() {
         return;
     }
-    use builder::unpack::{Origin, apply_archive};
+    use builder::unpack::{Origin, Unpack, apply_archive};
     let mut b = tar::Builder::new(Vec::new());
     let dev = |name: &str, kind: tar::EntryType, major: u32, minor: u32| {
         let mut h = tar::Header::new_gnu();
@@ -222,7 +222,10 @@ fn devices_and_privileged_xattrs_from_an_archive_are_not_applied() {
         &ctx,
         WhiteoutMode::Flatten,
         &[],
-        Origin::Context,
+        Unpack {
+            origin: Origin::Context,
+            ..Default::default()
+        },
     )
     .unwrap();
     for p in ["dev/sda", "dev/mem", "dev/null", "wh"] {
@@ -233,4 +236,99 @@ fn devices_and_privileged_xattrs_from_an_archive_are_not_applied() {
         );
     }
     assert!(ctx.join("bin/ping").is_file());
+}
+
+/// A gzip bomb (a few KiB that decompress to 256 MiB) and an archive of
+/// too many entries stop at their limit, naming it; nothing past the limit
+/// is written.
+#[test]
+fn decompression_bombs_stop_at_the_limit() {
+    use builder::unpack::{Limits, Origin, Unpack, UnpackError, apply_archive};
+    use std::io::{Read, Write};
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    {
+        let mut b = tar::Builder::new(&mut gz);
+        for name in ["a", "b"] {
+            let mut h = tar::Header::new_gnu();
+            h.set_path(name).unwrap();
+            h.set_size(128 << 20);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append(&h, std::io::repeat(0).take(128 << 20)).unwrap();
+        }
+        b.finish().unwrap();
+    }
+    gz.flush().unwrap();
+    let bomb = gz.finish().unwrap();
+    assert!(bomb.len() < 1 << 20, "{}", bomb.len());
+    let d = Digest::sha256(&bomb);
+    let how = |max_bytes, max_entries| Unpack {
+        origin: Origin::Context,
+        limits: Limits {
+            max_bytes,
+            max_entries,
+        },
+    };
+    let base = tempfile::tempdir().unwrap();
+    let target = base.path().join("t");
+    std::fs::create_dir(&target).unwrap();
+    let err = apply_archive(
+        &bomb[..],
+        &d,
+        None,
+        &target,
+        WhiteoutMode::Flatten,
+        &[],
+        how(100 << 20, 10),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, UnpackError::Limit { limit, .. } if limit == 100 << 20),
+        "{err}"
+    );
+    assert!(err.to_string().contains("--max-unpacked-size"), "{err}");
+    let written: u64 = walk_sizes(&target);
+    assert!(
+        written <= 100 << 20,
+        "{written} bytes written past the limit"
+    );
+    assert!(!target.join("b").exists());
+
+    let target = base.path().join("entries");
+    std::fs::create_dir(&target).unwrap();
+    let err = apply_archive(
+        &bomb[..],
+        &d,
+        None,
+        &target,
+        WhiteoutMode::Flatten,
+        &[],
+        how(1 << 30, 1),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("--max-unpacked-entries"), "{err}");
+    assert!(!target.join("b").exists());
+
+    // As many entries as the limit allows is fine.
+    let target = base.path().join("fits");
+    std::fs::create_dir(&target).unwrap();
+    let fits = apply_archive(
+        &bomb[..],
+        &d,
+        None,
+        &target,
+        WhiteoutMode::Flatten,
+        &[],
+        how(1 << 30, 2),
+    )
+    .unwrap();
+    assert_eq!(fits.entries, 2);
+}
+
+fn walk_sizes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+        .sum()
 }

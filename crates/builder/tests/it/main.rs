@@ -28,15 +28,7 @@ pub fn run(cmd: &mut Command) -> String {
 }
 
 pub fn require_root() -> bool {
-    if rustix::process::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "this test needs root and CI=true: refusing to skip"
-    );
-    eprintln!("skipping: needs root");
-    false
+    testkit::root_or_skip("this builder test")
 }
 
 /// Every path below `root` with what a layer can set: type, permission

@@ -5,6 +5,7 @@
 //! `--output type=oci` and `--progress` flags, and RUN resource limits.
 //! Every image is read back by skopeo and umoci, not by our own code.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -1165,4 +1166,92 @@ fn add_clones_git_repositories_and_follows_their_branches() {
         !out.status.success() && err.contains("Dockerfile:3") && err.contains("nope"),
         "{err}"
     );
+}
+
+/// Decompression bombs: a layer and an ADD archive that unpack far past
+/// `--max-unpacked-size` (or hold more entries than `--max-unpacked-entries`)
+/// stop at the limit with one error naming it; within the limits the same
+/// build succeeds.
+#[test]
+fn layers_and_archives_past_the_unpack_limits_stop_with_an_error_naming_them() {
+    let Some(fx) = fixture() else { return };
+    let host = fx.srv.addr.clone();
+    let ctx = fx.tmp.path().join("bomb");
+    std::fs::create_dir_all(&ctx).unwrap();
+    // 64 MiB of zeros: a layer of a few hundred KiB compressed.
+    let zeros = format!("{host}/bomb/zeros:v1");
+    must(build(
+        &fx,
+        &ctx,
+        &format!(
+            "{}RUN dd if=/dev/zero of=/zeros bs=1M count=64\n",
+            base(&host)
+        ),
+        &["-t", &zeros],
+    ));
+    let fresh = |name: &str| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_slipway"));
+        c.env("DOCKER_CONFIG", &fx.docker)
+            .args([
+                "build",
+                "--local",
+                "--no-push",
+                "--progress",
+                "plain",
+                "--data",
+            ])
+            .arg(fx.tmp.path().join(name));
+        c
+    };
+    let failed_naming = |out: &Output, flag: &str| {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "built past the limit: {err}");
+        assert_eq!(err.matches(flag).count(), 1, "{flag} named once: {err}");
+        assert!(err.contains("exceed this builder's limit"), "{err}");
+    };
+    std::fs::write(ctx.join("Dockerfile"), format!("FROM {zeros}\n")).unwrap();
+    let out = run(fresh("small")
+        .args(["--max-unpacked-size", "16m"])
+        .arg(&ctx));
+    failed_naming(&out, "--max-unpacked-size");
+    // Nothing half-unpacked is kept as a snapshot.
+    let snaps = fx.tmp.path().join("small/layers/snapshots");
+    let kept: Vec<_> = std::fs::read_dir(&snaps)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    for k in &kept {
+        let big = k.join("zeros");
+        assert!(!big.exists(), "a partial layer was published: {kept:?}");
+    }
+    let out = run(fresh("few")
+        .args(["--max-unpacked-entries", "50"])
+        .arg(&ctx));
+    failed_naming(&out, "--max-unpacked-entries");
+    must(run(fresh("roomy").arg(&ctx)));
+
+    // The same through the environment an agent sets, for an ADD archive
+    // of the context.
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::best(),
+    ));
+    let mut h = tar::Header::new_gnu();
+    h.set_path("zeros").unwrap();
+    h.set_size(32 << 20);
+    h.set_mode(0o644);
+    h.set_cksum();
+    tar.append(&h, std::io::repeat(0).take(32 << 20)).unwrap();
+    let gz = tar.into_inner().unwrap().finish().unwrap();
+    assert!(gz.len() < 1 << 20, "the bomb is small: {}", gz.len());
+    std::fs::write(ctx.join("bomb.tar.gz"), gz).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nADD bomb.tar.gz /x/\n",
+    )
+    .unwrap();
+    let out = run(fresh("add")
+        .env("SLIPWAY_MAX_UNPACKED_SIZE", "8m")
+        .arg(&ctx));
+    failed_naming(&out, "--max-unpacked-size");
+    must(run(fresh("add").arg(&ctx)));
 }

@@ -14,15 +14,7 @@ use crate::harness::{ok, tool};
 const SLIPWAY: &str = env!("CARGO_BIN_EXE_slipway");
 
 pub(crate) fn need_root() -> bool {
-    if rustix::process::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "needs root; refusing to skip in CI"
-    );
-    eprintln!("skipping: needs root");
-    false
+    testkit::root_or_skip("this control-plane test")
 }
 
 /// A child process killed on drop, with its stderr in a file.

@@ -83,12 +83,7 @@ impl Ns {
 /// skipped, except under CI, where it fails (as control.rs's `need_root`).
 /// A missing tool always fails.
 pub fn need_root_and_tools() -> bool {
-    if !rustix::process::geteuid().is_root() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "needs root (network namespaces); refusing to skip in CI"
-        );
-        eprintln!("skipping: needs root (network namespaces)");
+    if !testkit::root_or_skip("this network-namespace test") {
         return false;
     }
     for t in [

@@ -4,14 +4,7 @@ use super::*;
 
 /// True when the test may proceed as root; skips (or fails under CI) otherwise.
 pub fn root_or_skip(test: &str) -> bool {
-    if rustix::process::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{test} needs root and CI=true: refusing to skip");
-    }
-    eprintln!("skipping {test}: needs root");
-    false
+    testkit::root_or_skip(test)
 }
 
 /// A busybox rootfs (lower), with an empty upper and work dir.

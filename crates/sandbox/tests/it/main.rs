@@ -1,6 +1,6 @@
 //! Integration tests of the real sandbox: namespaces, mounts, kill, network.
 //! They need root (or, for `rootless`, unprivileged user namespaces); under
-//! CI (`CI=true`) a missing privilege fails the test instead of skipping it.
+//! CI (`CI` set; `testkit::root_or_skip`) a missing privilege fails the test instead of skipping it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
