@@ -459,12 +459,13 @@ impl Auth {
         Ok(true)
     }
 
-    /// The principal of the (first) token named `name`.
-    pub fn principal_named(&self, name: &str) -> Option<Principal> {
+    /// The principal of the token whose unique id is `id` (what a run
+    /// records of its submitter: a name can be taken again after a delete).
+    pub fn principal_by_id(&self, id: &str) -> Option<Principal> {
         let tokens = self.tokens.read().unwrap_or_else(|p| p.into_inner());
         tokens
             .values()
-            .find(|t| t.name == name)
+            .find(|t| t.id == id)
             .map(TokenRecord::principal)
     }
 
@@ -486,10 +487,15 @@ impl Auth {
 
     /// The principal an API token secret stands for.
     pub fn verify_api_token(&self, secret: &str) -> Option<Principal> {
+        self.verify_api_token_id(secret).map(|(_, p)| p)
+    }
+
+    /// [`Auth::verify_api_token`] with the token's unique id.
+    pub fn verify_api_token_id(&self, secret: &str) -> Option<(String, Principal)> {
         let tokens = self.tokens.read().unwrap_or_else(|p| p.into_inner());
         tokens
             .get(&hash_secret(secret.trim()))
-            .map(TokenRecord::principal)
+            .map(|t| (t.id.clone(), t.principal()))
     }
 
     /// Issue a bearer token granting `access` to `subject`.

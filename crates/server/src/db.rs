@@ -25,6 +25,20 @@ pub enum DbError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database holds a bad value in {what}: {detail}")]
     Corrupt { what: &'static str, detail: String },
+    #[error("sealing the run's secrets: {0}")]
+    Seal(String),
+}
+
+/// A run to queue.
+pub struct NewRun<'a> {
+    pub pool: &'a str,
+    pub spec: &'a BuildSpec,
+    pub secret_ids: &'a [String],
+    /// The submitting API token's unique id (never its name: a later token
+    /// may take a deleted one's name).
+    pub submitter: &'a str,
+    pub timeout: Duration,
+    pub max_attempts: u32,
 }
 
 pub type Result<T, E = DbError> = std::result::Result<T, E>;
@@ -86,6 +100,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "credentials, secrets, tasks",
         include_str!("../migrations/0002_credentials.sql"),
+    ),
+    (
+        3,
+        "context uploaders",
+        include_str!("../migrations/0003_access.sql"),
     ),
 ];
 
@@ -392,18 +411,25 @@ impl Db {
 
     // ---- runs ----
 
-    /// Insert a queued run and return its id (`r1`, `r2`, …).
-    #[allow(clippy::too_many_arguments)]
+    /// Insert a queued run and return its id (`r1`, `r2`, …). `seal` seals
+    /// the run's secrets for the id the run gets (bound to it).
     pub async fn insert_run(
         &self,
-        pool: &str,
-        spec: &BuildSpec,
-        secret_ids: &[String],
-        sealed_secrets: Option<String>,
-        submitter: &str,
-        timeout: Duration,
-        max_attempts: u32,
+        run: NewRun<'_>,
+        seal: impl FnOnce(&str) -> std::result::Result<Option<String>, String>,
     ) -> Result<String> {
+        let NewRun {
+            pool,
+            spec,
+            secret_ids,
+            submitter,
+            timeout,
+            max_attempts,
+        } = run;
+        let context = match &spec.context {
+            api::ContextSource::Upload { digest } => Some(digest.clone()),
+            api::ContextSource::Url { .. } => None,
+        };
         let spec_json = serde_json::to_string(spec).map_err(|e| corrupt("runs.spec", e))?;
         let ids_json =
             serde_json::to_string(secret_ids).map_err(|e| corrupt("runs.secret_ids", e))?;
@@ -411,8 +437,9 @@ impl Db {
         let mut tx = self.pool.begin().await?;
         let n = Self::next_counter(&mut tx, "run").await?;
         let id = format!("r{n}");
+        let sealed_secrets = seal(&id).map_err(DbError::Seal)?;
         sqlx::query(
-            "INSERT INTO runs (id, seq, pool, state, spec, secret_ids, secrets, submitter, timeout_ms, created_at, attempt, max_attempts, log_next) VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, 0, $10, 0)",
+            "INSERT INTO runs (id, seq, pool, state, spec, secret_ids, secrets, submitter, timeout_ms, created_at, attempt, max_attempts, log_next, context) VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, 0, $10, 0, $11)",
         )
         .bind(&id)
         .bind(n)
@@ -424,6 +451,7 @@ impl Db {
         .bind(timeout.as_millis() as i64)
         .bind(now_ms())
         .bind(i64::from(max_attempts))
+        .bind(context)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -1179,6 +1207,51 @@ impl Db {
             }
         }
         Ok(out)
+    }
+
+    /// Note that the API token `token_id` uploaded (or sent again) `digest`.
+    pub async fn record_context_upload(&self, digest: &str, token_id: &str) -> Result<()> {
+        let _w = self.write_lock().await;
+        sqlx::query(
+            "INSERT INTO context_uploads (digest, token_id, created_at) VALUES ($1, $2, $3) ON CONFLICT (digest, token_id) DO NOTHING",
+        )
+        .bind(digest)
+        .bind(token_id)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn context_uploaded_by(&self, digest: &str, token_id: &str) -> Result<bool> {
+        let row = sqlx::query("SELECT 1 FROM context_uploads WHERE digest = $1 AND token_id = $2")
+            .bind(digest)
+            .bind(token_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// Whether an agent of `pool` holds a lease on a run of context `digest`.
+    pub async fn context_leased(&self, pool: &str, digest: &str) -> Result<bool> {
+        let row = sqlx::query(
+            "SELECT 1 FROM runs WHERE pool = $1 AND context = $2 AND state = 'running'",
+        )
+        .bind(pool)
+        .bind(digest)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    /// A context was deleted: nobody uploaded it any more.
+    pub async fn forget_context(&self, digest: &str) -> Result<()> {
+        let _w = self.write_lock().await;
+        sqlx::query("DELETE FROM context_uploads WHERE digest = $1")
+            .bind(digest)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// `(run, attempt)` of every run an agent holds now.

@@ -240,6 +240,7 @@ impl Server {
         for blob in self.contexts.list().await? {
             if blob.modified < before && !needed.contains(&blob.digest.to_string()) {
                 self.contexts.delete(&blob.digest).await?;
+                self.db.forget_context(&blob.digest.to_string()).await?;
                 contexts += 1;
             }
         }

@@ -160,9 +160,21 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
     None
 }
 
+/// A user and the unique id of its API token: what runs and context
+/// uploads are recorded under (a name can be taken again after a delete).
+pub(crate) struct Caller {
+    pub who: Principal,
+    pub token_id: String,
+}
+
 /// A user: an API token of the registry's token store (the admin token, or
 /// a scoped one). Per-run registry credentials are not users.
 pub(crate) fn user(s: &Server, headers: &HeaderMap) -> R<Principal> {
+    caller(s, headers).map(|c| c.who)
+}
+
+/// [`user`], with its token's id.
+pub(crate) fn caller(s: &Server, headers: &HeaderMap) -> R<Caller> {
     let Some(token) = bearer(headers) else {
         return Err(ApiErr(
             StatusCode::UNAUTHORIZED,
@@ -170,8 +182,8 @@ pub(crate) fn user(s: &Server, headers: &HeaderMap) -> R<Principal> {
             "authentication required: pass an API token as a Bearer token".into(),
         ));
     };
-    match s.registry.auth().verify_api_token(&token) {
-        Some(p) if !p.subject().starts_with("run:") => Ok(p),
+    match s.registry.auth().verify_api_token_id(&token) {
+        Some((token_id, who)) if !who.subject().starts_with("run:") => Ok(Caller { who, token_id }),
         _ => Err(ApiErr(
             StatusCode::UNAUTHORIZED,
             "UNAUTHORIZED",
@@ -223,6 +235,11 @@ async fn agent(s: &Server, headers: &HeaderMap) -> R<String> {
 }
 
 // ---- credentials for other registries and git servers ----
+
+/// What a run's sealed secrets are bound to: they open only for this run.
+fn run_secrets_owner(run: &str) -> Vec<u8> {
+    format!("run-secrets\0{run}").into_bytes()
+}
 
 /// What a sealed credential is bound to: it opens only for this row.
 fn credential_owner(pool: &str, kind: api::CredentialKind, host: &str) -> Vec<u8> {
@@ -598,16 +615,27 @@ fn parse_digest(d: &str) -> R<oci::Digest> {
         .map_err(|e| bad(format!("context digest {d:?}: {e}")))
 }
 
+/// Whether `c` may read context `digest`: an admin, or the token that
+/// uploaded it (another token must send the bytes itself to prove it has
+/// them).
+async fn may_read_context(s: &Server, c: &Caller, digest: &str) -> R<bool> {
+    Ok(matches!(c.who, Principal::Admin { .. })
+        || s.db.context_uploaded_by(digest, &c.token_id).await?)
+}
+
+/// HEAD: a context this token may not read is "not stored" for it (the CLI
+/// then uploads it, which proves it has the bytes).
 async fn head_context(State(s): S, headers: HeaderMap, Path(d): Path<String>) -> R<Response> {
-    user(&s, &headers)?;
+    let c = caller(&s, &headers)?;
     let digest = parse_digest(&d)?;
-    match s.contexts.stat(&digest).await.map_err(internal)? {
-        Some(info) => Ok((
+    let stat = s.contexts.stat(&digest).await.map_err(internal)?;
+    match stat {
+        Some(info) if may_read_context(&s, &c, &d).await? => Ok((
             StatusCode::OK,
             [(header::CONTENT_LENGTH, info.size.to_string())],
         )
             .into_response()),
-        None => Err(not_found(format!("context {d} is not stored"))),
+        _ => Err(not_found(format!("context {d} is not stored"))),
     }
 }
 
@@ -617,9 +645,11 @@ async fn put_context(
     Path(d): Path<String>,
     body: Body,
 ) -> R<Response> {
-    user(&s, &headers)?;
+    let c = caller(&s, &headers)?;
     let digest = parse_digest(&d)?;
-    if let Some(info) = s.contexts.stat(&digest).await.map_err(internal)? {
+    if let Some(info) = s.contexts.stat(&digest).await.map_err(internal)?
+        && may_read_context(&s, &c, &d).await?
+    {
         return Ok(Json(ContextInfo {
             digest: d,
             size: info.size,
@@ -657,6 +687,7 @@ async fn put_context(
     }
     match s.contexts.upload_commit(&id, &digest).await {
         Ok(size) => {
+            s.db.record_context_upload(&d, &c.token_id).await?;
             Ok((StatusCode::CREATED, Json(ContextInfo { digest: d, size })).into_response())
         }
         Err(e @ store::StoreError::DigestMismatch { .. }) => {
@@ -676,10 +707,22 @@ async fn put_context(
 
 async fn get_context(State(s): S, headers: HeaderMap, Path(d): Path<String>) -> R<Response> {
     // Agents fetch contexts of the runs they hold; users may re-read theirs.
-    if agent(&s, &headers).await.is_err() {
-        user(&s, &headers)?;
-    }
     let digest = parse_digest(&d)?;
+    if let Ok(pool) = agent(&s, &headers).await {
+        if !s.db.context_leased(&pool, &d).await? {
+            return Err(forbidden(format!(
+                "no run of context {d} is leased to an agent of pool {pool}"
+            )));
+        }
+    } else {
+        let c = caller(&s, &headers)?;
+        if !may_read_context(&s, &c, &d).await? {
+            return Err(forbidden(format!(
+                "{} did not upload context {d}; only its uploader (or an admin) may read it",
+                c.who.subject()
+            )));
+        }
+    }
     let read = match s.contexts.open(&digest, None).await {
         Ok(r) => r,
         Err(store::StoreError::BlobUnknown(_)) => {
@@ -714,9 +757,9 @@ pub(crate) fn own_registry(s: &Server, headers: &HeaderMap) -> String {
 }
 
 async fn submit_run(State(s): S, headers: HeaderMap, Json(req): Json<RunRequest>) -> R<Response> {
-    let who = user(&s, &headers)?;
+    let c = caller(&s, &headers)?;
     let own = own_registry(&s, &headers);
-    let run = queue_run(&s, &who, &own, req).await?;
+    let run = queue_run(&s, &c, &own, req).await?;
     Ok((StatusCode::CREATED, Json(run)).into_response())
 }
 
@@ -724,10 +767,11 @@ async fn submit_run(State(s): S, headers: HeaderMap, Json(req): Json<RunRequest>
 /// this server's registry by.
 pub(crate) async fn queue_run(
     s: &Server,
-    who: &Principal,
+    c: &Caller,
     own: &str,
     mut req: RunRequest,
 ) -> R<api::Run> {
+    let who = &c.who;
     may_build(who, &req.pool)?;
     if s.db.pool(&req.pool).await?.is_none() {
         return Err(not_found(format!("pool {} does not exist", req.pool)));
@@ -767,7 +811,9 @@ pub(crate) async fn queue_run(
     match &b.context {
         ContextSource::Upload { digest } => {
             let d = parse_digest(digest)?;
-            if s.contexts.stat(&d).await.map_err(internal)?.is_none() {
+            if s.contexts.stat(&d).await.map_err(internal)?.is_none()
+                || !may_read_context(s, c, digest).await?
+            {
                 return Err(bad(format!(
                     "context {digest} is not stored: upload it with PUT /contexts/{digest} first"
                 )));
@@ -791,27 +837,30 @@ pub(crate) async fn queue_run(
             return Err(bad(format!("secret id {id:?}: no '/', ',' or '='")));
         }
     }
-    let sealed = if req.secrets.is_empty() {
-        None
-    } else {
-        Some(s.sealer.seal(&req.secrets).map_err(internal)?)
-    };
     let timeout = req
         .timeout_secs
         .map(Duration::from_secs)
         .unwrap_or(s.config.default_timeout)
         .min(MAX_TIMEOUT);
     let ids: Vec<String> = req.secrets.keys().cloned().collect();
+    let new = crate::db::NewRun {
+        pool: &req.pool,
+        spec: b,
+        secret_ids: &ids,
+        submitter: &c.token_id,
+        timeout,
+        max_attempts: s.config.max_attempts,
+    };
     let id =
-        s.db.insert_run(
-            &req.pool,
-            b,
-            &ids,
-            sealed,
-            who.subject(),
-            timeout,
-            s.config.max_attempts,
-        )
+        s.db.insert_run(new, |id| {
+            if req.secrets.is_empty() {
+                return Ok(None);
+            }
+            s.sealer
+                .seal_for(&req.secrets, &run_secrets_owner(id))
+                .map(Some)
+                .map_err(|e| e.to_string())
+        })
         .await?;
     s.pools.wake(&req.pool);
     let run =
@@ -1108,16 +1157,21 @@ async fn complete_lease(
             .await?
             .ok_or_else(|| internal("run vanished"))?;
     let mut secrets = match sealed {
-        Some(x) => s.sealer.open_sealed(&x).map_err(internal)?,
+        // Sealed before runs were bound to their id: open as then.
+        Some(x) => s
+            .sealer
+            .open_for(&x, &run_secrets_owner(&c.run.id))
+            .or_else(|_| s.sealer.open_sealed(&x))
+            .map_err(internal)?,
         None => BTreeMap::new(),
     };
     if let Some(task) = &c.run.build.task {
         crate::task_routes::add_stored_secrets(s, task, &mut secrets).await?;
     }
-    let submitter_is_admin = matches!(
-        s.registry.auth().principal_named(&submitter),
-        Some(Principal::Admin { .. })
-    );
+    // By the token's unique id: a token that took a deleted one's name
+    // gets nothing of its rights.
+    let submitter = s.registry.auth().principal_by_id(&submitter);
+    let submitter_is_admin = matches!(submitter, Some(Principal::Admin { .. }));
     let own = c
         .run
         .build
@@ -1144,9 +1198,7 @@ async fn complete_lease(
         grants.push(Access::repo("*", &[Action::Pull, Action::Push]));
     } else if submitter_is_admin {
         grants.push(Access::repo("*", &[Action::Pull]));
-    } else if let Some(Principal::Scoped { grants: g, .. }) =
-        s.registry.auth().principal_named(&submitter)
-    {
+    } else if let Some(Principal::Scoped { grants: g, .. }) = submitter {
         grants.extend(g.into_iter().filter(|a| a.kind == "repository"));
     }
     // A signed token, not a stored one: no disk write per lease. It lives

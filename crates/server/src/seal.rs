@@ -69,14 +69,10 @@ impl Sealer {
         Ok(Sealer { cipher })
     }
 
-    /// base64(nonce ‖ ciphertext) of the JSON map.
-    pub fn seal(&self, secrets: &BTreeMap<String, String>) -> Result<String, SealError> {
-        self.seal_for(secrets, b"")
-    }
-
-    /// Like [`Sealer::seal`], bound to `owner` (associated data): the sealed
-    /// text opens only for the same owner, so it cannot be moved to
-    /// another row (another pool's credential, another run).
+    /// base64(nonce ‖ ciphertext) of the JSON map, bound to `owner`
+    /// (associated data): the sealed text opens only for the same owner,
+    /// so it cannot be moved to another row (another pool's credential,
+    /// another run).
     pub fn seal_for(
         &self,
         secrets: &BTreeMap<String, String>,
@@ -101,6 +97,8 @@ impl Sealer {
         Ok(base64::engine::general_purpose::STANDARD.encode(out))
     }
 
+    /// Open what was sealed with no owner (run secrets stored before runs
+    /// were bound to their id).
     pub fn open_sealed(&self, sealed: &str) -> Result<BTreeMap<String, String>, SealError> {
         self.open_for(sealed, b"")
     }
@@ -142,7 +140,7 @@ mod tests {
         let s = Sealer::open(&dir.path().join("k")).unwrap();
         let mut m = BTreeMap::new();
         m.insert("npm".to_owned(), "hunter2-very-secret".to_owned());
-        let sealed = s.seal(&m).unwrap();
+        let sealed = s.seal_for(&m, b"").unwrap();
         assert!(!sealed.contains("hunter2"));
         assert_eq!(s.open_sealed(&sealed).unwrap(), m);
         // Same key file → same key; a tampered text does not open.

@@ -16,8 +16,8 @@ use serde::Deserialize;
 
 use crate::Server;
 use crate::routes::{
-    R, S, admin, bad, conflict, forbidden, internal, may_build, not_found, own_registry, queue_run,
-    user, valid_name,
+    R, S, admin, bad, caller, conflict, forbidden, internal, may_build, not_found, own_registry,
+    queue_run, user, valid_name,
 };
 
 /// The repository a task run's images live under before a push step.
@@ -298,8 +298,8 @@ pub(crate) async fn run_task(
     Path(name): Path<String>,
     Json(req): Json<TaskRunRequest>,
 ) -> R<Response> {
-    let who = user(&s, &headers)?;
-    let def = task_for(&s, &who, &name).await?;
+    let c = caller(&s, &headers)?;
+    let def = task_for(&s, &c.who, &name).await?;
     if def.status != "Enabled" {
         return Err(conflict(format!(
             "task {name} is disabled (slipway task update {name} --status Enabled)"
@@ -324,7 +324,7 @@ pub(crate) async fn run_task(
         timeout_secs: req.timeout_secs.or(def.timeout_secs),
     };
     let own = own_registry(&s, &headers);
-    let run = queue_run(&s, &who, &own, run_req).await?;
+    let run = queue_run(&s, &c, &own, run_req).await?;
     Ok((StatusCode::CREATED, Json(run)).into_response())
 }
 

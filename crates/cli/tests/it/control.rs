@@ -1858,3 +1858,176 @@ fn scoped_tokens_build_only_on_their_pools() {
     assert!(String::from_utf8_lossy(&last.stderr).contains("last admin token"));
     assert!(rt.block_on(admin.list_tokens()).is_ok());
 }
+
+/// Rights follow a token's unique id, never its name: a scoped token that
+/// takes the deleted admin token's name gives its runs no admin rights.
+/// A context is read back only by the token that uploaded it (another must
+/// send the bytes itself) or by an agent holding a lease on a run of it.
+#[test]
+fn contexts_and_run_rights_follow_the_token_not_its_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plane = Plane::start(tmp.path(), &[]);
+    let rt = rt();
+    let first_admin = plane.client();
+    let host = plane.host();
+    let http = reqwest::Client::new();
+    let url = plane.url.clone();
+    rt.block_on(async {
+        let ta = make_pool(&first_admin, "a", 0).await;
+        let tb = make_pool(&first_admin, "b", 0).await;
+        let token = |c: &api::Client, name: &str, admin: bool, grants: &[&str]| {
+            let req = api::TokenRequest {
+                name: name.into(),
+                admin,
+                grants: grants.iter().map(|g| g.to_string()).collect(),
+            };
+            let (c, url) = (c.clone(), url.clone());
+            async move {
+                let t = c.create_token(&req).await.unwrap();
+                let client = api::Client::new(&url, Some(t.token.clone())).unwrap();
+                (client, t.token)
+            }
+        };
+        // Replace the first admin token by "ops", then give its old name to
+        // a scoped token.
+        let (ops, _) = token(&first_admin, "ops", true, &[]).await;
+        let old = ops
+            .list_tokens()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|t| t.name == "admin")
+            .unwrap();
+        ops.delete_token(&old.id).await.unwrap();
+        let (fake, _) = token(
+            &ops,
+            "admin",
+            false,
+            &["pool:a:build", "repository:mine/*:pull,push"],
+        )
+        .await;
+        let (other, other_secret) = token(
+            &ops,
+            "other",
+            false,
+            &["pool:b:build", "repository:x/*:pull,push"],
+        )
+        .await;
+
+        let dir = context(&tmp.path().join("ctx"), "FROM scratch\n");
+        let d = upload(&fake, &dir).await;
+        let run = fake
+            .submit_run(&RunRequest {
+                pool: "a".into(),
+                build: spec(&d, "FROM scratch\n", &format!("{host}/mine/app:1")),
+                secrets: BTreeMap::new(),
+                timeout_secs: None,
+            })
+            .await
+            .unwrap();
+
+        // Another token can neither read nor build the context by digest.
+        let ctx_url = format!("{}/api/v1/contexts/{d}", plane.url);
+        let get = |t: &str| http.get(&ctx_url).bearer_auth(t.to_owned()).send();
+        assert_eq!(get(&other_secret).await.unwrap().status(), 403);
+        let head = http
+            .head(&ctx_url)
+            .bearer_auth(&other_secret)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(head.status(), 404, "HEAD reveals another's context");
+        let steal = RunRequest {
+            pool: "b".into(),
+            build: spec(&d, "FROM scratch\n", &format!("{host}/x/app:1")),
+            secrets: BTreeMap::new(),
+            timeout_secs: None,
+        };
+        let e = other.submit_run(&steal).await.unwrap_err();
+        assert_eq!(e.status(), Some(400), "{e}");
+        // Pool B's agent holds no run of it.
+        assert_eq!(get(&tb).await.unwrap().status(), 403);
+        // Sending the bytes proves having them: then it is theirs too.
+        assert_eq!(upload(&other, &dir).await, d);
+        assert_eq!(get(&other_secret).await.unwrap().status(), 200);
+        other.submit_run(&steal).await.unwrap();
+
+        // Pool A's agent leases the run and may read its context; the run's
+        // registry credential has the scoped token's rights, not admin's.
+        let agent_a = api::Client::new(&plane.url, Some(ta.clone())).unwrap();
+        let lease = agent_a
+            .lease(&api::LeaseRequest {
+                agent: "a1".into(),
+                wait_secs: 5,
+            })
+            .await
+            .unwrap()
+            .expect("pool A's agent leases the run");
+        assert_eq!(lease.run.id, run.id);
+        assert_eq!(get(&ta).await.unwrap().status(), 200);
+        let pw = lease.registry.unwrap().password;
+        let tags = |repo: &str| {
+            http.get(format!("{}/v2/{repo}/tags/list", plane.url))
+                .basic_auth("slipway-run", Some(pw.clone()))
+                .send()
+        };
+        let own = tags("mine/app").await.unwrap().status();
+        assert!(own == 200 || own == 404, "own repository: {own}");
+        let foreign = tags("someone/else").await.unwrap().status();
+        assert!(
+            foreign == 401 || foreign == 403,
+            "a token named admin gave its run admin's pull rights: {foreign}"
+        );
+
+        // A run queued by a token that is then deleted, its name given to a
+        // new admin token before the lease: the run gets no admin rights.
+        let (ci, _) = token(
+            &ops,
+            "ci",
+            false,
+            &["pool:a:build", "repository:ci/*:push,pull"],
+        )
+        .await;
+        let d2 = upload(&ci, &dir).await;
+        let queued = ci
+            .submit_run(&RunRequest {
+                pool: "a".into(),
+                build: spec(&d2, "FROM scratch\n", &format!("{host}/ci/app:1")),
+                secrets: BTreeMap::new(),
+                timeout_secs: None,
+            })
+            .await
+            .unwrap();
+        let ci_id = ops
+            .list_tokens()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|t| t.name == "ci")
+            .unwrap()
+            .id;
+        ops.delete_token(&ci_id).await.unwrap();
+        token(&ops, "ci", true, &[]).await;
+        let lease = agent_a
+            .lease(&api::LeaseRequest {
+                agent: "a2".into(),
+                wait_secs: 5,
+            })
+            .await
+            .unwrap()
+            .expect("the queued run is leased");
+        assert_eq!(lease.run.id, queued.id);
+        let pw = lease.registry.unwrap().password;
+        let foreign = http
+            .get(format!("{}/v2/someone/else/tags/list", plane.url))
+            .basic_auth("slipway-run", Some(pw))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert!(
+            foreign == 401 || foreign == 403,
+            "a run got the rights of the admin token that took its submitter's name: {foreign}"
+        );
+    });
+}

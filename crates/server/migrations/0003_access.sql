@@ -1,0 +1,12 @@
+-- Who uploaded each stored context: only that token (an admin, or an agent
+-- holding a lease on a run of it) may read it back.
+CREATE TABLE context_uploads (
+    digest TEXT NOT NULL,
+    token_id TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (digest, token_id)
+);
+
+-- The uploaded context a run builds, for the agent's read check. From now
+-- on runs.submitter holds the submitting token's unique id, not its name.
+ALTER TABLE runs ADD COLUMN context TEXT;
