@@ -5,6 +5,7 @@ mod build_cmd;
 mod credential_cmd;
 mod ctl;
 mod dockerfile_cmd;
+mod http_serve;
 mod image_cmd;
 mod image_run;
 mod prune_cmd;

@@ -54,6 +54,14 @@ pub struct ServerArgs {
     /// registry the pools reach); repeatable.
     #[arg(long = "image-alias", value_name = "NAME=IMAGE")]
     image_aliases: Vec<String>,
+    /// Longest a client may take to send a request's headers; the
+    /// connection is closed past it.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    header_timeout: Duration,
+    /// Longest pause allowed inside a request body (an upload that stalls
+    /// this long fails; one that keeps flowing may take any time).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    body_timeout: Duration,
 }
 
 use crate::unpack_limits::parse_size;
@@ -230,13 +238,6 @@ async fn serve(args: ServerArgs, on_ready: impl FnOnce(&Running, &Arc<Server>)) 
     let srv = Server::open(config, reg.clone())
         .await
         .with_context(|| format!("opening the control plane in {}", args.data.display()))?;
-    // Small responses (manifests, HEADs, log pages) must not wait on
-    // Nagle's algorithm and the client's delayed ACK.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!("TCP_NODELAY: {e}");
-        }
-    });
     let app = reg.router().merge(srv.router());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let background = {
@@ -253,16 +254,19 @@ async fn serve(args: ServerArgs, on_ready: impl FnOnce(&Running, &Arc<Server>)) 
     eprintln!("slipway server listening on {url} (API at /api/v1, registry at /v2/)");
     on_ready(&Running { url: url.clone() }, &srv);
     let mut rx = stop_rx.clone();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown().await;
-            let _ = stop_tx.send(true);
-            let _ = rx.wait_for(|s| *s).await;
-        })
-        .await;
+    let timeouts = crate::http_serve::Timeouts {
+        headers: args.header_timeout,
+        body_idle: args.body_timeout,
+    };
+    crate::http_serve::serve(listener, app, timeouts, async move {
+        shutdown().await;
+        let _ = stop_tx.send(true);
+        let _ = rx.wait_for(|s| *s).await;
+    })
+    .await;
     // Local agents stop before we return (they die with us anyway).
     let _ = background.await;
-    served.context("serving HTTP")
+    Ok(())
 }
 
 pub async fn server(args: ServerArgs) -> Result<()> {
@@ -285,6 +289,8 @@ pub async fn up(args: UpArgs) -> Result<()> {
         max_blob_size: registry::DEFAULT_MAX_BLOB_BYTES,
         max_context_size: 2 << 30,
         image_aliases: Vec::new(),
+        header_timeout: Duration::from_secs(30),
+        body_timeout: Duration::from_secs(60),
     };
     // The pool must exist before the supervisor's first look, so create it
     // through the database directly, before serving.

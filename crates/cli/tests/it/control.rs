@@ -2031,3 +2031,82 @@ fn contexts_and_run_rights_follow_the_token_not_its_name() {
         );
     });
 }
+
+/// A client that trickles its headers, or stalls inside a body, is cut off
+/// at `--header-timeout` / `--body-timeout`; nothing of the stalled upload
+/// is stored and the server keeps serving others.
+#[test]
+fn slow_clients_are_cut_off_at_the_header_and_body_timeouts() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let plane = Plane::start(
+        tmp.path(),
+        &["--header-timeout", "1s", "--body-timeout", "1s"],
+    );
+    let addr = plane.host();
+    // Waits for the server to answer or hang up; returns what it sent.
+    let outcome = |mut tcp: std::net::TcpStream| {
+        tcp.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let start = Instant::now();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match tcp.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(e) => panic!("the server held a stalled request open: {e}"),
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(12));
+        String::from_utf8_lossy(&got).into_owned()
+    };
+
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    slow.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let said = outcome(slow);
+    assert!(
+        said.is_empty() || said.starts_with("HTTP/1.1 408"),
+        "{said}"
+    );
+
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let mut stalled = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        stalled,
+        "PUT /api/v1/contexts/{digest} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Length: 100000\r\n\r\n0123456789",
+        plane.token
+    )
+    .unwrap();
+    let said = outcome(stalled);
+    assert!(
+        said.is_empty() || !said.starts_with("HTTP/1.1 2"),
+        "a stalled upload was accepted: {said}"
+    );
+
+    let rt = rt();
+    let c = plane.client();
+    rt.block_on(async {
+        assert!(!c.context_exists(&digest).await.unwrap());
+        c.list_pools().await.unwrap();
+    });
+    let leftovers: Vec<_> = walk(&plane.data.join("contexts"))
+        .into_iter()
+        .filter(|p| p.is_file())
+        .collect();
+    assert!(leftovers.is_empty(), "half an upload kept: {leftovers:?}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            }
+            out.push(p);
+        }
+    }
+    out
+}
