@@ -224,6 +224,19 @@ pub fn plain_http(host: &str, insecure: &[String]) -> bool {
     is_loopback(host) || insecure.iter().any(|h| h == host)
 }
 
+/// Hosts that differ only in their first label under a domain of at least
+/// two labels (`registry-1.docker.io`, `auth.docker.io`).
+fn same_site(a: &str, b: &str) -> bool {
+    let parent = |h: &str| {
+        h.split_once('.')
+            .map(|(_, rest)| rest.to_owned())
+            .filter(|rest| {
+                rest.contains('.') && !rest.chars().all(|c| c.is_ascii_digit() || c == '.')
+            })
+    };
+    matches!((parent(a), parent(b)), (Some(x), Some(y)) if x == y)
+}
+
 fn is_loopback(host: &str) -> bool {
     let h = host
         .rsplit_once(':')
@@ -233,6 +246,44 @@ fn is_loopback(host: &str) -> bool {
 }
 
 impl Client {
+    /// Why `host`'s credential must not go to the token `realm`, if it must
+    /// not: a realm on another site (a registry's challenge could name any
+    /// URL, and would collect the password), or plain HTTP to a host that is
+    /// neither loopback nor a registry configured insecure. A realm on a
+    /// sibling host of the same domain (Docker Hub: registry-1.docker.io →
+    /// auth.docker.io) is the same site.
+    fn withhold_from(&self, host: &str, realm: &str) -> Option<String> {
+        let Ok(url) = reqwest::Url::parse(realm) else {
+            return Some(format!("its token realm {realm:?} is not a URL"));
+        };
+        let realm_host = match (url.host_str(), url.port()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_owned(),
+            (None, _) => return Some(format!("its token realm {realm:?} names no host")),
+        };
+        let bare = |h: &str| {
+            h.rsplit_once(':')
+                .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
+                .map_or(h, |(h, _)| h)
+                .to_ascii_lowercase()
+        };
+        let (a, b) = (bare(host), bare(&realm_host));
+        if a != b && !same_site(&a, &b) {
+            return Some(format!(
+                "its token realm {realm} is on another host than {host}"
+            ));
+        }
+        if url.scheme() == "http"
+            && !is_loopback(&realm_host)
+            && !self.config.insecure_registries.iter().any(|h| h == host)
+        {
+            return Some(format!(
+                "its token realm {realm} is plain HTTP; add --insecure-registry {host} if that is intended"
+            ));
+        }
+        None
+    }
+
     /// The HTTP client, with the configured roots, for a build's other
     /// downloads.
     pub fn http(&self) -> &reqwest::Client {
@@ -358,7 +409,15 @@ impl Client {
             query.push(("scope", s));
         }
         let mut req = self.http.get(realm).query(&query);
-        let credential = self.config.credentials.get(host);
+        let mut credential = self.config.credentials.get(host);
+        let withheld = credential
+            .is_some()
+            .then(|| self.withhold_from(host, realm))
+            .flatten();
+        if let Some(why) = &withheld {
+            tracing::warn!(registry = host, "not sending its credential: {why}");
+            credential = None;
+        }
         if let Some(c) = &credential {
             req = req.header(AUTHORIZATION, c.header());
         }
@@ -370,9 +429,14 @@ impl Client {
             return Err(RegClientError::Unauthorized {
                 registry: host.into(),
                 what: what.into(),
-                detail: match resp.status().as_u16() {
-                    s @ (401 | 403) => refused(host, credential.as_ref(), s),
-                    s => format!("its token endpoint {realm} answered HTTP {s}"),
+                detail: match (resp.status().as_u16(), withheld) {
+                    (s @ (401 | 403), Some(why)) => {
+                        format!(
+                            "its token endpoint answered HTTP {s}; its credential was not sent: {why}"
+                        )
+                    }
+                    (s @ (401 | 403), None) => refused(host, credential.as_ref(), s),
+                    (s, _) => format!("its token endpoint {realm} answered HTTP {s}"),
                 },
             });
         }
@@ -855,12 +919,42 @@ mod tests {
     use super::*;
 
     #[test]
+    fn credentials_go_only_to_a_realm_of_the_same_site_and_not_in_clear() {
+        let mut config = ClientConfig::default();
+        config.insecure_registries.push("plain.corp:5000".into());
+        let c = Client::new(config).unwrap();
+        let w = |host, realm| c.withhold_from(host, realm);
+        assert_eq!(
+            w("reg.corp.example", "https://reg.corp.example/token"),
+            None
+        );
+        assert_eq!(
+            w("registry-1.docker.io", "https://auth.docker.io/token"),
+            None
+        );
+        assert_eq!(w("127.0.0.1:5000", "http://127.0.0.1:5000/token"), None);
+        assert_eq!(w("plain.corp:5000", "http://plain.corp:5000/token"), None);
+        let other = w("reg.corp.example", "https://collector.example/token").unwrap();
+        assert!(other.contains("another host"), "{other}");
+        let clear = w("reg.corp.example", "http://reg.corp.example/token").unwrap();
+        assert!(
+            clear.contains("--insecure-registry reg.corp.example"),
+            "{clear}"
+        );
+        assert!(w("reg.corp.example", "not a url").is_some());
+    }
+
+    #[test]
     fn platforms_and_schemes() {
         let p: Platform = "linux/arm64/v8".parse().unwrap();
         assert_eq!(p.to_string(), "linux/arm64/v8");
         assert!("linux".parse::<Platform>().is_err());
         assert!(
-            is_loopback("127.0.0.1:5000")
+            same_site("registry-1.docker.io", "auth.docker.io")
+                && !same_site("reg.corp.example", "evil.example")
+                && !same_site("10.0.0.1", "10.0.0.2")
+                && !same_site("a.io", "b.io")
+                && is_loopback("127.0.0.1:5000")
                 && is_loopback("localhost")
                 && !is_loopback("registry.example:443")
         );

@@ -233,6 +233,40 @@ struct Claims {
     access: Vec<Access>,
 }
 
+/// `host[:port]` as a challenge may quote it: nothing that could end the
+/// quoted string or add a parameter.
+fn is_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 255
+        && h.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']' | '_'))
+}
+
+/// The scheme a proxy in front of us says the client used.
+fn forwarded_scheme(headers: &HeaderMap) -> &'static str {
+    let said = |v: &str| match v.trim().trim_matches('"').to_ascii_lowercase().as_str() {
+        "https" => Some("https"),
+        "http" => Some("http"),
+        _ => None,
+    };
+    let xfp = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| said(v.split(',').next().unwrap_or("")));
+    let fwd = || {
+        let v = headers.get(header::FORWARDED)?.to_str().ok()?;
+        let first = v.split(',').next()?;
+        first.split(';').find_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            k.trim()
+                .eq_ignore_ascii_case("proto")
+                .then(|| said(v))
+                .flatten()
+        })
+    };
+    xfp.or_else(fwd).unwrap_or("http")
+}
+
 /// Settings of the Docker token flow.
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
@@ -592,6 +626,10 @@ impl Auth {
         Err(())
     }
 
+    /// Where clients fetch tokens: `--public-url`, else the `Host` the
+    /// client used with the scheme it used (`X-Forwarded-Proto`, or
+    /// `Forwarded: proto=`, from a TLS-terminating proxy; plain HTTP
+    /// otherwise, as this server speaks it).
     fn realm(&self, headers: &HeaderMap) -> String {
         let base = match &self.config.public_url {
             Some(u) => u.trim_end_matches('/').to_owned(),
@@ -599,8 +637,9 @@ impl Auth {
                 let host = headers
                     .get(header::HOST)
                     .and_then(|h| h.to_str().ok())
+                    .filter(|h| is_host(h))
                     .unwrap_or("localhost");
-                format!("http://{host}")
+                format!("{}://{host}", forwarded_scheme(headers))
             }
         };
         format!("{base}/token")
@@ -708,6 +747,25 @@ pub fn parse_scopes<'a>(scopes: impl Iterator<Item = &'a str>) -> Vec<Access> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_realm_keeps_the_scheme_and_host_the_client_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = Auth::open(dir.path(), AuthConfig::default()).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, "reg.example:5000".parse().unwrap());
+        assert_eq!(auth.realm(&h), "http://reg.example:5000/token");
+        h.insert("x-forwarded-proto", "https".parse().unwrap());
+        assert_eq!(auth.realm(&h), "https://reg.example:5000/token");
+        h.remove("x-forwarded-proto");
+        h.insert(
+            header::FORWARDED,
+            "for=10.0.0.1;proto=https;by=x".parse().unwrap(),
+        );
+        assert_eq!(auth.realm(&h), "https://reg.example:5000/token");
+        h.insert(header::HOST, "evil\",x=\"y".parse().unwrap());
+        assert_eq!(auth.realm(&h), "https://localhost/token");
+    }
 
     #[test]
     fn scopes_round_trip_and_grant() {
