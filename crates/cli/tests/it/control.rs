@@ -2110,3 +2110,51 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// A RUN that prints one 100 MB line: the line reaches the log cut at the
+/// agent's bound, the lines after it arrive whole, and the agent's memory
+/// stays far below the line's size.
+#[test]
+fn a_huge_log_line_is_cut_and_does_not_grow_the_agent() {
+    if !need_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut plane = Plane::start(tmp.path(), &[]);
+    let rt = rt();
+    let c = plane.client();
+    let token = rt.block_on(make_pool(&c, "p", 1));
+    let base = plane.import_busybox();
+    plane.start_agent("p", &token, "a1");
+    let df = format!(
+        "FROM {base}\nRUN head -c 100000000 /dev/zero | tr '\\0' a && echo && echo after-the-long-line\n"
+    );
+    let dir = context(&tmp.path().join("ctx"), &df);
+    let tag = format!("{}/longline:1", plane.host());
+    let run = rt.block_on(async {
+        let d = upload(&c, &dir).await;
+        submit(&c, "p", spec(&d, &df, &tag)).await
+    });
+    let done = rt.block_on(wait_state(&c, &run.id, RunState::is_final, 180));
+    assert_eq!(done.state, RunState::Succeeded, "{done:?}");
+    let log: String = rt
+        .block_on(full_log(&c, &run.id))
+        .into_iter()
+        .map(|c| c.data)
+        .collect();
+    assert!(log.contains("[line cut at 64 KiB]"), "the line was not cut");
+    assert!(log.contains("after-the-long-line"));
+    assert!(log.len() < 1 << 20, "log of {} bytes", log.len());
+    let pid = plane.agents[0].child.id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    eprintln!("agent peak memory: {peak_kib} KiB");
+    assert!(
+        peak_kib < 64 * 1024,
+        "the agent's peak memory was {peak_kib} KiB for a 100 MB line"
+    );
+}
