@@ -200,6 +200,25 @@ fn default_dockerfile() -> String {
     "Dockerfile".into()
 }
 
+/// Secret values shorter than this are masked in logs like any other, but
+/// a short text also turns up where it is no secret (and is easy to guess):
+/// submitters warn about them.
+pub const SHORT_SECRET: usize = 8;
+
+/// The warnings to print for `secrets` at submit, one per short value.
+pub fn short_secret_warnings(secrets: &BTreeMap<String, String>) -> Vec<String> {
+    secrets
+        .iter()
+        .filter(|(_, v)| v.trim().chars().count() < SHORT_SECRET)
+        .map(|(id, v)| {
+            format!(
+                "secret {id} is only {} characters: it is masked in the log, but so is every other occurrence of that text, and it is easy to guess",
+                v.trim().chars().count()
+            )
+        })
+        .collect()
+}
+
 /// `POST /runs`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunRequest {
@@ -686,6 +705,18 @@ pub struct ContextInfo {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn short_secrets_are_warned_about_by_id_never_by_value() {
+        let mut m = BTreeMap::new();
+        m.insert("pin".to_owned(), "1234".to_owned());
+        m.insert("token".to_owned(), "a-long-enough-secret".to_owned());
+        let w = short_secret_warnings(&m);
+        assert_eq!(w.len(), 1);
+        assert!(w[0].starts_with("secret pin is only 4 characters"), "{w:?}");
+        assert!(!w[0].contains("1234"));
+    }
+
     use super::*;
 
     #[test]

@@ -178,6 +178,9 @@ pub async fn build(args: BuildArgs) -> Result<()> {
             .with_context(|| format!("--secret id={id}: pool builds carry text secrets only"))?;
         secrets.insert(id, text);
     }
+    for w in api::short_secret_warnings(&secrets) {
+        eprintln!("warning: {w}");
+    }
 
     let ctx = args.context.to_string_lossy().into_owned();
     let (context, dockerfile, inline) = if is_url(&ctx) {

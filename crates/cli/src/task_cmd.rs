@@ -51,6 +51,9 @@ impl RenderArgs {
             })?;
             m.insert(k.to_owned(), v.to_owned());
         }
+        for w in api::short_secret_warnings(&m) {
+            eprintln!("warning: {w}");
+        }
         Ok(m)
     }
 }

@@ -532,13 +532,17 @@ async fn create_pool(State(s): S, headers: HeaderMap, Json(spec): Json<PoolSpec>
     Ok((StatusCode::CREATED, Json(pool)).into_response())
 }
 
+/// A scoped token sees only the pools it may build on.
 async fn list_pools(State(s): S, headers: HeaderMap) -> R<Response> {
-    user(&s, &headers)?;
-    Ok(Json(s.db.list_pools().await?).into_response())
+    let who = user(&s, &headers)?;
+    let mut pools = s.db.list_pools().await?;
+    pools.retain(|p| may_build(&who, &p.name).is_ok());
+    Ok(Json(pools).into_response())
 }
 
 async fn show_pool(State(s): S, headers: HeaderMap, Path(name): Path<String>) -> R<Response> {
-    user(&s, &headers)?;
+    let who = user(&s, &headers)?;
+    may_build(&who, &name)?;
     let pool =
         s.db.pool(&name)
             .await?

@@ -1825,6 +1825,17 @@ fn scoped_tokens_build_only_on_their_pools() {
         );
         assert_eq!(ci.run(&mine.id).await.unwrap().pool, "a");
         ci.cancel_run(&mine.id).await.unwrap();
+        // Only its pools are listed; another's is refused.
+        let pools: Vec<String> = ci
+            .list_pools()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        assert_eq!(pools, vec!["a".to_owned()]);
+        assert_eq!(status(ci.pool("b").await.unwrap_err()).0, 403);
+        assert_eq!(ci.pool("a").await.unwrap().pool.name, "a");
         // Managing pools and tokens stays with admin tokens.
         assert_eq!(status(ci.list_tokens().await.unwrap_err()).0, 403);
         assert_eq!(status(ci.delete_pool("b", true).await.unwrap_err()).0, 403);
