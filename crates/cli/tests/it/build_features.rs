@@ -1255,3 +1255,62 @@ fn layers_and_archives_past_the_unpack_limits_stop_with_an_error_naming_them() {
     failed_naming(&out, "--max-unpacked-size");
     must(run(fresh("add").arg(&ctx)));
 }
+
+/// The confinement of a RUN, seen from inside a real build (the sandbox's
+/// own tests check each piece in detail): the seccomp filter is on, a user
+/// namespace is refused, the rootfs and a bind mount are nodev,nosuid, a
+/// block device made with mknod cannot be read, `/dev` holds only Docker's
+/// standard devices, and the masked `/proc` files (`kcore`, `keys`, …)
+/// read empty.
+#[test]
+fn a_run_step_is_confined_as_docker_confines_it() {
+    let Some(fx) = fixture() else { return };
+    let host = fx.srv.addr.clone();
+    let ctx = fx.tmp.path().join("confined");
+    std::fs::create_dir_all(&ctx).unwrap();
+    let script = "grep Seccomp: /proc/self/status; \
+         unshare -U true 2>/dev/null && echo userns=allowed || echo userns=refused; \
+         grep -E '^overlay / ' /proc/mounts | sed 's/^/root-mount /'; \
+         grep -E ' /ctx ' /proc/mounts | sed 's/^/bind-mount /'; \
+         mknod /blk b 8 0 && (dd if=/blk of=/dev/null bs=512 count=1 2>/dev/null && echo blk=read || echo blk=refused); \
+         echo dev=$(ls -A /dev | tr '\\n' ' '); \
+         for f in /proc/kcore /proc/keys /proc/timer_list; do \
+           [ -e $f ] && echo masked $f $(wc -c < $f); \
+         done";
+    let out = must(build(
+        &fx,
+        &ctx,
+        &format!(
+            "{}RUN --mount=type=bind,target=/ctx {script}\n",
+            base(&host)
+        ),
+        &["--no-push", "--no-cache"],
+    ));
+    let has = |needle: &str| out.lines().any(|l| l.contains(needle));
+    let seccomp = out.lines().find_map(|l| l.strip_prefix("Seccomp:"));
+    assert_eq!(seccomp.map(str::trim), Some("2"), "{out}");
+    assert!(has("userns=refused"), "{out}");
+    for mount in ["root-mount ", "bind-mount "] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(mount))
+            .unwrap_or_else(|| panic!("no {mount}line: {out}"));
+        let opts = line.split_whitespace().nth(4).unwrap_or("");
+        assert!(
+            opts.split(',').any(|o| o == "nodev") && opts.split(',').any(|o| o == "nosuid"),
+            "{line}"
+        );
+    }
+    assert!(has("blk=refused"), "{out}");
+    assert!(
+        has("dev=fd full mqueue null ptmx pts random shm stderr stdin stdout tty urandom zero"),
+        "{out}"
+    );
+    // Masked: each of these the kernel has is there and reads empty
+    // (this one has no /proc/kcore; /proc/keys is in every kernel here).
+    let masked: Vec<&str> = out.lines().filter(|l| l.starts_with("masked ")).collect();
+    assert!(masked.iter().any(|l| l.contains("/proc/keys")), "{out}");
+    for l in masked {
+        assert!(l.ends_with(" 0"), "not empty: {l}");
+    }
+}
