@@ -19,6 +19,7 @@ mod access;
 pub mod check;
 mod fetch;
 mod logs;
+mod steps;
 mod task;
 
 use std::collections::BTreeMap;
@@ -475,8 +476,15 @@ async fn build(
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("starting {}: {e}", config.program.display()))?;
+    let tracker = steps::StepTracker::default();
     let pumps = [
-        child.stdout.take().map(|o| pump(o, log.clone())),
+        child.stdout.take().map(|o| {
+            let (log, tracker) = (log.clone(), tracker.clone());
+            tokio::spawn(async move {
+                log.copy_lines_observed(o, "", |l| tracker.line(l, now_ms()))
+                    .await;
+            })
+        }),
         child.stderr.take().map(|e| pump(e, log.clone())),
     ];
     let status = tokio::select! {
@@ -492,7 +500,7 @@ async fn build(
                 code: 137,
                 digest: None,
                 revision,
-                steps: Vec::new(),
+                steps: tracker.finish(137, now_ms()),
             });
         }
     };
@@ -507,8 +515,16 @@ async fn build(
         code,
         digest,
         revision,
-        steps: Vec::new(),
+        steps: tracker.finish(code, now_ms()),
     })
+}
+
+/// Milliseconds since the epoch, as the run record keeps times.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn status_signal(status: &std::process::ExitStatus) -> i32 {

@@ -95,6 +95,16 @@ impl LogSink {
     /// A child's output, line by line under `prefix`, each line cut at
     /// [`MAX_LINE`]; waits while the upload is behind (backpressure).
     pub async fn copy_lines<R: tokio::io::AsyncRead + Unpin>(&self, r: R, prefix: &str) {
+        self.copy_lines_observed(r, prefix, |_| {}).await;
+    }
+
+    /// [`LogSink::copy_lines`], handing each (masked) line to `observe` too.
+    pub async fn copy_lines_observed<R: tokio::io::AsyncRead + Unpin>(
+        &self,
+        r: R,
+        prefix: &str,
+        mut observe: impl FnMut(&str),
+    ) {
         use tokio::io::{AsyncBufReadExt, AsyncReadExt};
         let mut r = tokio::io::BufReader::new(r);
         let mut buf = Vec::new();
@@ -130,7 +140,9 @@ impl LogSink {
             if cut {
                 text.push_str(&format!(" [line cut at {} KiB]\n", MAX_LINE / 1024));
             }
-            if self.tx.send(Msg::Text(self.mask(&text))).await.is_err() {
+            let text = self.mask(&text);
+            observe(&text);
+            if self.tx.send(Msg::Text(text)).await.is_err() {
                 return;
             }
         }

@@ -25,7 +25,7 @@ use api::{Lease, StepRecord};
 use tasks::{Action, PlanStep};
 use tokio::sync::watch;
 
-use crate::{AgentConfig, LogSink, Stop};
+use crate::{AgentConfig, LogSink, Stop, now_ms};
 
 /// Where the shared context is mounted in `cmd` steps.
 const WORKSPACE: &str = "/workspace";
@@ -408,13 +408,6 @@ fn succeeded(step: &PlanStep, code: i32) -> bool {
         return !step.exited_without.contains(&c);
     }
     code == 0
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// The task file rendered with this run's values and planned.

@@ -200,6 +200,13 @@ fn default_dockerfile() -> String {
     "Dockerfile".into()
 }
 
+/// `GET /repositories`: one repository of the server's registry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RepositoryInfo {
+    pub name: String,
+    pub tags: usize,
+}
+
 /// Secret values shorter than this are masked in logs like any other, but
 /// a short text also turns up where it is no secret (and is easy to guess):
 /// submitters warn about them.
@@ -317,9 +324,13 @@ pub struct Run {
     /// fetched it: recorded even though the context's `.git` is removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<Revision>,
-    /// A task run's steps, as they went.
+    /// A task run's steps, or a Dockerfile build's instructions, as they
+    /// went (with their times).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<StepRecord>,
+    /// The name of the token that submitted it, as it was then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted_by: Option<String>,
 }
 
 /// A task file and what renders it, as `az acr run` takes them.
@@ -369,9 +380,10 @@ pub struct TaskRunRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepRecord {
     pub id: String,
-    /// `build`, `push` or `cmd`.
+    /// `build`, `push` or `cmd` (a task step); `instruction` (a Dockerfile
+    /// step, its id `N/TOTAL`, its text the message).
     pub kind: String,
-    /// `succeeded`, `failed`, `ignored` (failed with ignoreErrors),
+    /// `succeeded`, `failed`, `cached` (an instruction), `ignored` (failed with ignoreErrors),
     /// `skipped` (a step it waited for failed), `stopped` (detached, ended
     /// with the task) or `canceled`; `running`/`detached` while it runs.
     pub state: String,

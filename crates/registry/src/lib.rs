@@ -12,6 +12,7 @@
 //! ```
 
 pub mod auth;
+pub mod browse;
 pub mod error;
 pub mod gc;
 mod handlers;

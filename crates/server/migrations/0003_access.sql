@@ -10,3 +10,5 @@ CREATE TABLE context_uploads (
 -- The uploaded context a run builds, for the agent's read check. From now
 -- on runs.submitter holds the submitting token's unique id, not its name.
 ALTER TABLE runs ADD COLUMN context TEXT;
+-- The submitting token's name at submit time, for display only.
+ALTER TABLE runs ADD COLUMN submitter_name TEXT;

@@ -37,6 +37,8 @@ pub struct NewRun<'a> {
     /// The submitting API token's unique id (never its name: a later token
     /// may take a deleted one's name).
     pub submitter: &'a str,
+    /// Its name now, shown as who started the run.
+    pub submitter_name: &'a str,
     pub timeout: Duration,
     pub max_attempts: u32,
 }
@@ -132,7 +134,7 @@ impl sqlx::migrate::MigrationSource<'static> for Embedded {
     }
 }
 
-const RUN_COLUMNS: &str = "id, pool, state, spec, secret_ids, timeout_ms, created_at, started_at, finished_at, exit_code, image_digest, message, revision, steps";
+const RUN_COLUMNS: &str = "id, pool, state, spec, secret_ids, timeout_ms, created_at, started_at, finished_at, exit_code, image_digest, message, revision, steps, submitter_name";
 
 impl Db {
     /// Open (creating, for SQLite) and migrate. `url` is `sqlite://PATH` or
@@ -423,6 +425,7 @@ impl Db {
             spec,
             secret_ids,
             submitter,
+            submitter_name,
             timeout,
             max_attempts,
         } = run;
@@ -439,7 +442,7 @@ impl Db {
         let id = format!("r{n}");
         let sealed_secrets = seal(&id).map_err(DbError::Seal)?;
         sqlx::query(
-            "INSERT INTO runs (id, seq, pool, state, spec, secret_ids, secrets, submitter, timeout_ms, created_at, attempt, max_attempts, log_next, context) VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, 0, $10, 0, $11)",
+            "INSERT INTO runs (id, seq, pool, state, spec, secret_ids, secrets, submitter, timeout_ms, created_at, attempt, max_attempts, log_next, context, submitter_name) VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, 0, $10, 0, $11, $12)",
         )
         .bind(&id)
         .bind(n)
@@ -452,6 +455,7 @@ impl Db {
         .bind(now_ms())
         .bind(i64::from(max_attempts))
         .bind(context)
+        .bind(submitter_name)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -487,6 +491,7 @@ impl Db {
                 .map(|r| serde_json::from_str(&r).map_err(|e| corrupt("runs.steps", e)))
                 .transpose()?
                 .unwrap_or_default(),
+            submitted_by: row.try_get("submitter_name")?,
         })
     }
 
@@ -713,18 +718,34 @@ impl Db {
         row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
     }
 
+    /// The newest `limit` runs, of `pool` and in `state` when given, whose
+    /// id, spec (tags, Dockerfile), message or submitter contain `text`
+    /// (case-insensitive).
     pub async fn list_runs(
         &self,
         pool: Option<&str>,
         state: Option<RunState>,
+        text: Option<&str>,
         limit: u32,
     ) -> Result<Vec<Run>> {
+        let like = text.map(|t| {
+            let escaped = t
+                .to_lowercase()
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            format!("%{escaped}%")
+        });
         let rows = sqlx::query(&format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE ($1 IS NULL OR pool = $1) AND ($2 IS NULL OR state = $2) ORDER BY seq DESC LIMIT $3"
+            "SELECT {RUN_COLUMNS} FROM runs WHERE ($1 IS NULL OR pool = $1) AND ($2 IS NULL OR state = $2) \
+             AND ($4 IS NULL OR LOWER(id) LIKE $4 ESCAPE '\\' OR LOWER(spec) LIKE $4 ESCAPE '\\' \
+             OR LOWER(COALESCE(message, '')) LIKE $4 ESCAPE '\\' OR LOWER(COALESCE(submitter_name, '')) LIKE $4 ESCAPE '\\') \
+             ORDER BY seq DESC LIMIT $3"
         ))
         .bind(pool.map(str::to_owned))
         .bind(state.map(|s| s.as_str().to_owned()))
         .bind(i64::from(limit))
+        .bind(like)
         .fetch_all(&self.pool)
         .await?;
         let mut runs = Vec::with_capacity(rows.len());

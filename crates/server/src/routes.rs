@@ -122,6 +122,8 @@ pub fn router(server: Arc<Server>) -> Router {
             "/tasks/{name}/runs",
             post(crate::task_routes::run_task).get(crate::task_routes::task_runs),
         )
+        .route("/repositories", get(list_repositories))
+        .route("/repositories/{*name}", get(repository_tags))
         .route("/tokens", post(create_token).get(list_tokens))
         .route("/tokens/{id}", axum::routing::delete(delete_token))
         .route("/agent/self", get(agent_self))
@@ -612,6 +614,54 @@ async fn pool_token(State(s): S, headers: HeaderMap, Path(name): Path<String>) -
     Ok((StatusCode::CREATED, Json(AgentToken { pool: name, token })).into_response())
 }
 
+// ---- the registry, as the console browses it ----
+
+/// Repositories this token may pull from, each with its tag count.
+async fn list_repositories(State(s): S, headers: HeaderMap) -> R<Response> {
+    let who = user(&s, &headers)?;
+    let mut out = Vec::new();
+    for name in s
+        .registry
+        .repositories()
+        .await
+        .map_err(|e| internal(e.message))?
+    {
+        if !who.allows("repository", &name, "pull") {
+            continue;
+        }
+        let tags = s
+            .registry
+            .describe_tags(&name)
+            .await
+            .map_err(|e| internal(e.message))?;
+        out.push(api::RepositoryInfo {
+            tags: tags.map_or(0, |t| t.len()),
+            name,
+        });
+    }
+    Ok(Json(out).into_response())
+}
+
+/// A repository's tags: digest, size, creation time, platforms.
+async fn repository_tags(State(s): S, headers: HeaderMap, Path(name): Path<String>) -> R<Response> {
+    let who = user(&s, &headers)?;
+    if !who.allows("repository", &name, "pull") {
+        return Err(forbidden(format!(
+            "{} may not pull from {name}",
+            who.subject()
+        )));
+    }
+    match s
+        .registry
+        .describe_tags(&name)
+        .await
+        .map_err(|e| internal(e.message))?
+    {
+        Some(tags) => Ok(Json(tags).into_response()),
+        None => Err(not_found(format!("repository {name} does not exist"))),
+    }
+}
+
 // ---- contexts ----
 
 fn parse_digest(d: &str) -> R<oci::Digest> {
@@ -852,6 +902,7 @@ pub(crate) async fn queue_run(
         spec: b,
         secret_ids: &ids,
         submitter: &c.token_id,
+        submitter_name: c.who.subject(),
         timeout,
         max_attempts: s.config.max_attempts,
     };
@@ -879,6 +930,8 @@ pub(crate) async fn queue_run(
 struct ListQuery {
     pool: Option<String>,
     state: Option<String>,
+    /// Text the run's id, tags, Dockerfile, message or submitter contain.
+    q: Option<String>,
     limit: Option<u32>,
 }
 
@@ -894,6 +947,10 @@ async fn list_runs(State(s): S, headers: HeaderMap, Query(q): Query<ListQuery>) 
         .transpose()
         .map_err(bad)?;
     let limit = q.limit.unwrap_or(50).min(1000);
+    let text = q.q.as_deref().map(str::trim).filter(|t| !t.is_empty());
+    if text.is_some_and(|t| t.len() > 200) {
+        return Err(bad("q: at most 200 characters"));
+    }
     let runs = match (&who, q.pool.as_deref()) {
         (Principal::Scoped { .. }, None) => {
             // Only the pools this token may build on, each asked for the
@@ -902,14 +959,14 @@ async fn list_runs(State(s): S, headers: HeaderMap, Query(q): Query<ListQuery>) 
             let mut runs = Vec::new();
             for p in s.db.list_pools().await? {
                 if may_build(&who, &p.name).is_ok() {
-                    runs.extend(s.db.list_runs(Some(&p.name), state, limit).await?);
+                    runs.extend(s.db.list_runs(Some(&p.name), state, text, limit).await?);
                 }
             }
             runs.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
             runs.truncate(limit as usize);
             runs
         }
-        (_, pool) => s.db.list_runs(pool, state, limit).await?,
+        (_, pool) => s.db.list_runs(pool, state, text, limit).await?,
     };
     Ok(Json(runs).into_response())
 }

@@ -343,7 +343,7 @@ pub(crate) async fn task_runs(
     let def = task_for(&s, &who, &name).await?;
     let limit = q.limit.unwrap_or(20).min(1000) as usize;
     let runs: Vec<api::Run> =
-        s.db.list_runs(Some(&def.pool), None, 1000)
+        s.db.list_runs(Some(&def.pool), None, None, 1000)
             .await?
             .into_iter()
             .filter(|r| {
