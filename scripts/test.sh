@@ -87,6 +87,15 @@ if ! "$CACHE/venv/bin/python3" -c "import sys, azure.storage.blob as b; sys.exit
   [ -x "$CACHE/venv/bin/pip" ] || python3 -m venv "$CACHE/venv"
   "$CACHE/venv/bin/pip" install -q "azure-storage-blob==$AZURE_STORAGE_BLOB_VERSION"
 fi
+# The console's browser tests (crates/cli/tests/it/console.rs) drive Debian's
+# chromium through playwright-core from npm (no browser download).
+PLAYWRIGHT_VERSION=1.65.2
+export SLIPWAY_NPM="$CACHE/npm"
+if [ "$(node -e "console.log(require('$CACHE/npm/node_modules/playwright-core/package.json').version)" 2>/dev/null)" != "$PLAYWRIGHT_VERSION" ]; then
+  log "installing playwright-core $PLAYWRIGHT_VERSION into $CACHE/npm"
+  mkdir -p "$CACHE/npm"
+  npm install --prefix "$CACHE/npm" --no-audit --no-fund --loglevel=error "playwright-core@$PLAYWRIGHT_VERSION" >/dev/null
+fi
 # BuildKit's go.mod has exclude directives, which `go install pkg@version`
 # refuses: build its commands inside the downloaded module instead.
 build_buildkit() { # name

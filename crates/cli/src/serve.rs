@@ -238,7 +238,7 @@ async fn serve(args: ServerArgs, on_ready: impl FnOnce(&Running, &Arc<Server>)) 
     let srv = Server::open(config, reg.clone())
         .await
         .with_context(|| format!("opening the control plane in {}", args.data.display()))?;
-    let app = reg.router().merge(srv.router());
+    let app = reg.router().merge(srv.router()).merge(console::router());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let background = {
         let srv = srv.clone();
@@ -251,7 +251,7 @@ async fn serve(args: ServerArgs, on_ready: impl FnOnce(&Running, &Arc<Server>)) 
             .await;
         })
     };
-    eprintln!("slipway server listening on {url} (API at /api/v1, registry at /v2/)");
+    eprintln!("slipway server listening on {url} (console at /, API at /api/v1, registry at /v2/)");
     on_ready(&Running { url: url.clone() }, &srv);
     let mut rx = stop_rx.clone();
     let timeouts = crate::http_serve::Timeouts {
@@ -319,7 +319,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
             }
             let host = api::host_of(&url).to_owned();
             eprintln!(
-                "\nlocal pool `default`: {agents} agents\nadmin token: {}\n\nto build, paste:\n  export SLIPWAY_SERVER={url} SLIPWAY_TOKEN=$(cat {})\n  slipway build -t {host}/hello:1 examples/hello\n",
+                "\nlocal pool `default`: {agents} agents\nconsole: {url}/ (sign in with the admin token)\nadmin token: {}\n\nto build, paste:\n  export SLIPWAY_SERVER={url} SLIPWAY_TOKEN=$(cat {})\n  slipway build -t {host}/hello:1 examples/hello\n",
                 token.display(),
                 token.display(),
             );

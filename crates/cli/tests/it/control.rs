@@ -177,6 +177,40 @@ impl Plane {
         self.agents.push(proc);
     }
 
+    /// `slipway up` with `agents` local agents, in `dir`: the process (its
+    /// server and pool) and a plane to talk to it.
+    pub fn up(dir: &Path, agents: u32) -> (Proc, Plane) {
+        let data = dir.join("data");
+        let up = Proc::spawn(
+            Command::new(SLIPWAY)
+                .args(["up", "--listen", "127.0.0.1:0", "--agents"])
+                .arg(agents.to_string())
+                .arg("--data")
+                .arg(&data),
+            dir.join("up.log"),
+        );
+        let url = up
+            .wait_for("listening on ")
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned();
+        up.wait_for("to build, paste:");
+        let plane = Plane {
+            dir: dir.to_owned(),
+            data: data.clone(),
+            server: None,
+            url,
+            token: std::fs::read_to_string(data.join("admin-token"))
+                .unwrap()
+                .trim()
+                .to_owned(),
+            agents: Vec::new(),
+            starts: 0,
+        };
+        (up, plane)
+    }
+
     /// Import the host's busybox as `<host>/base/busybox:1`.
     pub fn import_busybox(&self) -> String {
         let rootfs = self.dir.join("rootfs");
@@ -352,32 +386,8 @@ fn up_builds_examples_hello_and_reports_failures() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let up = Proc::spawn(
-        Command::new(SLIPWAY)
-            .args(["up", "--listen", "127.0.0.1:0", "--agents", "2", "--data"])
-            .arg(&data),
-        tmp.path().join("up.log"),
-    );
-    let url = up
-        .wait_for("listening on ")
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned();
-    up.wait_for("to build, paste:");
-    let plane = Plane {
-        dir: tmp.path().to_owned(),
-        data: data.clone(),
-        server: None,
-        url: url.clone(),
-        token: std::fs::read_to_string(data.join("admin-token"))
-            .unwrap()
-            .trim()
-            .to_owned(),
-        agents: Vec::new(),
-        starts: 0,
-    };
+    let (up, plane) = Plane::up(tmp.path(), 2);
+    let (data, url) = (plane.data.clone(), plane.url.clone());
     let base = plane.import_busybox();
     let hello = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello");
     let out = plane
