@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
+use builder::data_dir::DataDir;
 use builder::{BuildRequest, Compression, LayerOptions, LayerStore, OciArchive, Progress};
 use sandbox::{InitCommand, Mode, Sandbox, SandboxConfig};
 
@@ -345,13 +346,7 @@ pub async fn run(args: BuildArgs) -> Result<()> {
         bail!("give at least one -t REFERENCE to push to, or --no-push");
     }
     // The sandbox mounts host paths: every path it sees must be absolute.
-    let data_arg = args.data.clone().unwrap_or_else(default_build_data);
-    std::fs::create_dir_all(&data_arg)
-        .with_context(|| format!("creating {}", data_arg.display()))?;
-    let data = data_arg
-        .canonicalize()
-        .with_context(|| format!("resolving {}", data_arg.display()))?;
-    builder::data_dir::mark(&data).with_context(|| format!("marking {}", data.display()))?;
+    let data = DataDir::open(&args.data.clone().unwrap_or_else(default_build_data))?;
     let context = args
         .context
         .canonicalize()
@@ -361,21 +356,16 @@ pub async fn run(args: BuildArgs) -> Result<()> {
     // Held until the build ends: `slipway prune` waits for it.
     let _in_use = builder::prune::BuildLock::shared(&data).context("locking the build data")?;
     let mode = Mode::detect().context("detecting how to isolate RUN steps")?;
-    let store = LayerStore::open(
-        data.join("layers"),
-        matches!(mode, Mode::UserNamespace { .. }),
-    )
-    .context("opening the layer store")?
-    .with_limits(args.unpack.limits());
+    let store = LayerStore::open(data.layers(), matches!(mode, Mode::UserNamespace { .. }))
+        .context("opening the layer store")?
+        .with_limits(args.unpack.limits());
     let init = InitCommand {
         program: std::env::current_exe().context("locating the slipway binary")?,
         args: vec!["sandbox-init".into()],
     };
-    let sandbox = Sandbox::new(SandboxConfig::new(mode, init, data.join("sandbox")));
-    let work = data
-        .join("work")
-        .join(format!("build-{}", std::process::id()));
-    let context_excludes = builder::data_dir::excluded_in(&context, &data);
+    let sandbox = Sandbox::new(SandboxConfig::new(mode, init, data.sandbox()));
+    let work = data.work_for("build");
+    let context_excludes = builder::data_dir::excluded_in(&context, data.root());
     let request = BuildRequest {
         dockerfile: args
             .file
@@ -392,7 +382,7 @@ pub async fn run(args: BuildArgs) -> Result<()> {
             source_date_epoch: epoch,
         },
         created: created(epoch),
-        cache_dir: (!args.no_cache).then(|| data.join("cache")),
+        cache_dir: (!args.no_cache).then(|| data.cache()),
         secrets,
         labels,
         run_limits: sandbox::Limits {
@@ -400,7 +390,7 @@ pub async fn run(args: BuildArgs) -> Result<()> {
             cpus: args.cpus,
             ..Default::default()
         },
-        cache_mounts_dir: data.join("cache-mounts"),
+        cache_mounts_dir: data.cache_mounts(),
         oci_archive: oci_dest.map(|dest| OciArchive {
             dest,
             name: tags.first().cloned(),

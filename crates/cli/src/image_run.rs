@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use builder::LayerStore;
+use builder::data_dir::DataDir;
 use regclient::{Client, ClientConfig, DockerConfig};
 use sandbox::{ImageRun, InitCommand, Mode, RootFs, RunSpec, Sandbox, SandboxConfig};
 
@@ -117,32 +118,23 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         .parse()
         .with_context(|| format!("image {}", args.image))?;
     let platform: regclient::Platform = args.platform.parse().context("--platform")?;
-    let data_arg = args
-        .data
-        .clone()
-        .unwrap_or_else(crate::build_cmd::default_build_data);
-    std::fs::create_dir_all(&data_arg)
-        .with_context(|| format!("creating {}", data_arg.display()))?;
-    let data = data_arg
-        .canonicalize()
-        .with_context(|| format!("resolving {}", data_arg.display()))?;
-    builder::data_dir::mark(&data).with_context(|| format!("marking {}", data.display()))?;
+    let data = DataDir::open(
+        &args
+            .data
+            .clone()
+            .unwrap_or_else(crate::build_cmd::default_build_data),
+    )?;
     let _in_use = builder::prune::BuildLock::shared(&data).context("locking the build data")?;
     let client = Arc::new(args.registry.client()?);
     let mode = Mode::detect().context("detecting how to isolate the run")?;
-    let store = LayerStore::open(
-        data.join("layers"),
-        matches!(mode, Mode::UserNamespace { .. }),
-    )
-    .context("opening the layer store")?
-    .with_limits(args.unpack.limits());
+    let store = LayerStore::open(data.layers(), matches!(mode, Mode::UserNamespace { .. }))
+        .context("opening the layer store")?
+        .with_limits(args.unpack.limits());
     let pulled = store
         .pull(&client, &reference, &platform)
         .await
         .with_context(|| format!("pulling {reference}"))?;
-    let scratch = data
-        .join("work")
-        .join(format!("run-{}", std::process::id()));
+    let scratch = data.work_for("run");
     let _ = std::fs::remove_dir_all(&scratch);
     let result = run_pulled(&args, &data, &scratch, mode, &pulled).await;
     let _ = std::fs::remove_dir_all(&scratch);
@@ -151,7 +143,7 @@ pub async fn run(args: RunArgs) -> Result<i32> {
 
 async fn run_pulled(
     args: &RunArgs,
-    data: &std::path::Path,
+    data: &DataDir,
     scratch: &std::path::Path,
     mode: Mode,
     pulled: &builder::PulledImage,
@@ -253,7 +245,7 @@ async fn run_pulled(
         program: std::env::current_exe().context("locating the slipway binary")?,
         args: vec!["sandbox-init".into()],
     };
-    let sandbox = Sandbox::new(SandboxConfig::new(mode, init, data.join("sandbox")));
+    let sandbox = Sandbox::new(SandboxConfig::new(mode, init, data.sandbox()));
     let cancel = sandbox::CancellationToken::new();
     let stop = cancel.clone();
     tokio::spawn(async move {
