@@ -27,7 +27,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use dockerfile::instructions::Mount;
+use dockerfile::instructions::{Mount, MountKind};
 
 /// What the mounts need from the build.
 pub(crate) struct MountContext<'a> {
@@ -95,9 +95,9 @@ pub(crate) fn prepare(
     let mut out = Prepared::default();
     let mut ssh_index = 0;
     for (i, m) in mounts.iter().enumerate() {
-        match m.kind.as_str() {
-            "secret" => secret(m, i, cx, &mut out)?,
-            "cache" => {
+        match m.kind {
+            MountKind::Secret => secret(m, i, cx, &mut out)?,
+            MountKind::Cache => {
                 if m.from.is_some() {
                     return Err("type=cache with from= is not supported yet".into());
                 }
@@ -127,11 +127,11 @@ pub(crate) fn prepare(
                     sandbox::Mount::Cache { source, target }
                 });
             }
-            "tmpfs" => out.mounts.push(sandbox::Mount::Tmpfs {
+            MountKind::Tmpfs => out.mounts.push(sandbox::Mount::Tmpfs {
                 target: target_of(m, cx.workdir)?,
                 size: m.size,
             }),
-            "bind" => {
+            MountKind::Bind => {
                 let target = target_of(m, cx.workdir)?;
                 let from_context = roots.get(i).and_then(|r| r.as_ref()).is_none();
                 let root = match roots.get(i).and_then(|r| r.as_ref()) {
@@ -179,7 +179,7 @@ pub(crate) fn prepare(
                     readonly: m.readonly,
                 });
             }
-            "ssh" => {
+            MountKind::Ssh => {
                 if m.source.is_some() {
                     return Err("ssh does not support source".into());
                 }
@@ -213,7 +213,6 @@ pub(crate) fn prepare(
                     readonly: false,
                 });
             }
-            other => return Err(format!("unsupported mount type {other:?}")),
         }
     }
     Ok(out)

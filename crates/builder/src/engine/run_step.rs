@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use dockerfile::instructions::{MountKind, NetworkMode, SecurityMode};
 use regclient::Platform;
 use sandbox::{ImageRun, RootFs, RunSpec};
 use serde_json::json;
@@ -27,7 +28,7 @@ pub(super) async fn run<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Se
     err: &mut E,
 ) -> Result<Step, BuildError> {
     let (req, line) = (cx.req, s.line);
-    if run.security.as_deref() == Some("insecure") {
+    if run.security == Some(SecurityMode::Insecure) {
         return Err(unsupported(cx.file, line, "RUN", "--security=insecure"));
     }
     let (argv, script) = run_argv(&run.command, &st.shell)
@@ -42,7 +43,7 @@ pub(super) async fn run<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Se
     let mut roots = Vec::with_capacity(run.mounts.len());
     let mut mount_hashes = Vec::new();
     for m in &run.mounts {
-        if m.kind != "bind" {
+        if m.kind != MountKind::Bind {
             roots.push(None);
             continue;
         }
@@ -221,7 +222,7 @@ async fn execute_run<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
     spec.mounts = prepared.mounts;
     spec.secrets = prepared.secrets;
     spec.limits = req.run_limits.clone();
-    if r.run.network.as_deref() == Some("none") {
+    if r.run.network == Some(NetworkMode::None) {
         spec.network = sandbox::Network::None;
     }
     // Served while the RUN lasts: stopped when this goes, whatever happens.
