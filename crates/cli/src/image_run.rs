@@ -40,7 +40,7 @@ impl RegistryArgs {
                 .collect::<Result<_>>()?,
             ..ClientConfig::default()
         };
-        if let Some(path) = crate::build_cmd::docker_config_path() {
+        if let Some(path) = docker_config_path() {
             config.credentials.merge(
                 &DockerConfig::load(&path)
                     .with_context(|| format!("reading {}", path.display()))?,
@@ -111,6 +111,14 @@ pub struct RunArgs {
     unpack: crate::unpack_limits::UnpackLimitArgs,
 }
 
+/// Docker's `config.json`: `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.
+fn docker_config_path() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("DOCKER_CONFIG") {
+        return Some(PathBuf::from(dir).join("config.json"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json"))
+}
+
 /// Run an image; returns its exit code.
 pub async fn run(args: RunArgs) -> Result<i32> {
     let reference: oci::Reference = args
@@ -122,7 +130,7 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         &args
             .data
             .clone()
-            .unwrap_or_else(crate::build_cmd::default_build_data),
+            .unwrap_or_else(crate::build_args::default_build_data),
     )?;
     let _in_use = builder::prune::BuildLock::shared(&data).context("locking the build data")?;
     let client = Arc::new(args.registry.client()?);
@@ -197,7 +205,7 @@ async fn run_pulled(
     };
     spec.limits.timeout = args.timeout;
     for s in &args.secrets {
-        let (id, data) = crate::build_cmd::read_secret(s)?;
+        let (id, data) = crate::build_args::read_secret(s)?;
         spec.secrets.push(sandbox::Secret::new(id, data));
     }
     for v in &args.volumes {

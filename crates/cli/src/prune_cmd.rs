@@ -28,7 +28,7 @@ pub async fn run(args: PruneArgs) -> Result<()> {
     let data = DataDir::new(
         args.data
             .clone()
-            .unwrap_or_else(crate::build_cmd::default_build_data),
+            .unwrap_or_else(crate::build_args::default_build_data),
     );
     tokio::task::spawn_blocking(move || {
         let lock = match BuildLock::exclusive(&data, false)? {
