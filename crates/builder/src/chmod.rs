@@ -3,6 +3,8 @@
 //! file's own mode, as BuildKit does through `dchapes-mode` (no who means
 //! `a`, no umask).
 
+use crate::fault::StepError;
+
 /// A parsed `--chmod`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Chmod {
@@ -26,8 +28,13 @@ enum Perm {
 }
 
 impl Chmod {
-    pub fn parse(s: &str) -> Result<Chmod, String> {
-        let bad = || format!("--chmod={s}: not an octal mode or a chmod(1) symbolic mode");
+    /// A `--chmod` that is neither form is the user's to fix.
+    pub fn parse(s: &str) -> Result<Chmod, StepError> {
+        let bad = || {
+            StepError::user(format!(
+                "--chmod={s}: not an octal mode or a chmod(1) symbolic mode"
+            ))
+        };
         if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
             return u32::from_str_radix(s, 8)
                 .ok()

@@ -3,8 +3,115 @@
 //! ever takes one in: `docker build .` users keep `slipway up`'s data or
 //! their build data in the project directory, and a context that copied it
 //! would copy itself (or ship a database and every blob to the server).
+//!
+//! [`DataDir`] owns a builder data dir's layout (`build --local --data`,
+//! `image run --data`, `prune --data`): every subdirectory is named here
+//! once, so the CLI, the builder and prune agree on where things live.
 
 use std::path::{Path, PathBuf};
+
+/// A builder data dir: where layers, cache steps, cache mounts and a
+/// build's scratch live. Names paths only; [`DataDir::open`] creates it.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+/// Creating or marking a data dir failed; says which step and path.
+#[derive(Debug, thiserror::Error)]
+#[error("{action} {}", path.display())]
+pub struct DataDirError {
+    action: &'static str,
+    path: PathBuf,
+    #[source]
+    source: std::io::Error,
+}
+
+impl DataDir {
+    /// The layout under `root`, without touching the disk (prune reads a
+    /// data dir as it is; it must not mark or resolve one).
+    pub fn new(root: impl Into<PathBuf>) -> DataDir {
+        DataDir { root: root.into() }
+    }
+
+    /// Create `path` if missing, resolve it to an absolute path (the
+    /// sandbox mounts host paths below it, which must be absolute) and
+    /// mark it, so no build context takes it in.
+    pub fn open(path: &Path) -> Result<DataDir, DataDirError> {
+        let fail = |action, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| DataDirError {
+                action,
+                path,
+                source,
+            }
+        };
+        std::fs::create_dir_all(path).map_err(fail("creating", path))?;
+        let root = path.canonicalize().map_err(fail("resolving", path))?;
+        mark(&root).map_err(fail("marking", &root))?;
+        Ok(DataDir { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The [`LayerStore`](crate::LayerStore)'s root: pulled layers under
+    /// `layers/snapshots`, pulls in progress under `layers/tmp`.
+    pub fn layers(&self) -> PathBuf {
+        self.root.join("layers")
+    }
+
+    /// Finished build steps, one dir per cache key (`BuildRequest::cache_dir`).
+    pub fn cache(&self) -> PathBuf {
+        self.root.join("cache")
+    }
+
+    /// `RUN --mount=type=cache` contents, kept across builds.
+    pub fn cache_mounts(&self) -> PathBuf {
+        self.root.join("cache-mounts")
+    }
+
+    /// Scratch of running builds and runs, one subdir each (see [`work_for`](Self::work_for)).
+    pub fn work(&self) -> PathBuf {
+        self.root.join("work")
+    }
+
+    /// This process's scratch dir under [`work`](Self::work): `build-PID`,
+    /// `run-PID`. A pid is unique among the processes sharing the dir now,
+    /// and a stale one is removed by prune.
+    pub fn work_for(&self, what: &str) -> PathBuf {
+        self.work().join(format!("{what}-{}", std::process::id()))
+    }
+
+    /// The sandbox's own state (its init's scratch).
+    pub fn sandbox(&self) -> PathBuf {
+        self.root.join("sandbox")
+    }
+
+    /// Held shared by builds and exclusive by prune ([`crate::prune::BuildLock`]).
+    pub fn prune_lock(&self) -> PathBuf {
+        self.root.join("prune.lock")
+    }
+
+    /// Where prune moves entries before deleting them.
+    pub fn trash(&self) -> PathBuf {
+        self.root.join(".trash")
+    }
+
+    /// The directories whose entries prune may delete, each with a name
+    /// for its entries in the trash.
+    pub fn reclaimable(&self) -> [(&'static str, PathBuf); 5] {
+        let layers = self.layers();
+        [
+            ("layers-snapshots", layers.join("snapshots")),
+            ("layers-tmp", layers.join("tmp")),
+            ("cache", self.cache()),
+            ("cache-mounts", self.cache_mounts()),
+            ("work", self.work()),
+        ]
+    }
+}
 
 /// The marker's name: a directory holding it is a data dir.
 pub const MARKER: &str = ".slipway-data";
@@ -21,6 +128,7 @@ pub fn mark(dir: &Path) -> std::io::Result<()> {
     )
 }
 
+/// Whether `dir` carries the [`MARKER`].
 pub fn is_data_dir(dir: &Path) -> bool {
     dir.join(MARKER).is_file()
 }
@@ -93,5 +201,20 @@ mod tests {
             ignore_lines(&[PathBuf::from("a*b"), PathBuf::from(".slipway")]),
             "\na\\*b\n.slipway"
         );
+    }
+
+    #[test]
+    fn open_creates_resolves_and_marks() {
+        let d = tempfile::tempdir().unwrap();
+        let data = DataDir::open(&d.path().join("a/../b")).unwrap();
+        assert!(data.root().is_absolute());
+        assert!(is_data_dir(data.root()));
+        assert_eq!(data.layers(), data.root().join("layers"));
+        // Every area prune empties lies inside the data dir.
+        for (_, area) in data.reclaimable() {
+            assert!(area.starts_with(data.root()), "{}", area.display());
+        }
+        // Opening again changes nothing.
+        assert_eq!(DataDir::open(data.root()).unwrap().root(), data.root());
     }
 }

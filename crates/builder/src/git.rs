@@ -12,6 +12,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::fault::StepError;
+
 /// A parsed git source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct GitRef {
@@ -24,7 +26,7 @@ pub(crate) struct GitRef {
 }
 
 /// `Some` when `src` names a git repository (then `Err` if malformed).
-pub(crate) fn parse(src: &str) -> Option<Result<GitRef, String>> {
+pub(crate) fn parse(src: &str) -> Option<Result<GitRef, StepError>> {
     let (base, fragment) = match src.split_once('#') {
         Some((b, f)) => (b, Some(f)),
         None => (src, None),
@@ -62,9 +64,11 @@ pub(crate) fn parse(src: &str) -> Option<Result<GitRef, String>> {
     }
     for pair in query.into_iter().flat_map(|q| q.split('&')) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let set = |slot: &mut Option<String>, v: String| -> Result<(), String> {
+        let set = |slot: &mut Option<String>, v: String| -> Result<(), StepError> {
             match slot {
-                Some(old) if *old != v => Err(format!("{k} conflicts: {old:?} vs {v:?}")),
+                Some(old) if *old != v => {
+                    Err(StepError::user(format!("{k} conflicts: {old:?} vs {v:?}")))
+                }
                 _ => {
                     *slot = Some(v);
                     Ok(())
@@ -87,10 +91,10 @@ pub(crate) fn parse(src: &str) -> Option<Result<GitRef, String>> {
                 r.keep_git_dir = Some(matches!(v, "" | "1" | "true"));
                 Ok(())
             }
-            other => Err(format!("unexpected query {other:?}")),
+            other => Err(StepError::user(format!("unexpected query {other:?}"))),
         };
         if let Err(e) = result {
-            return Some(Err(format!("{src}: {e}")));
+            return Some(Err(e.context(src)));
         }
     }
     Some(Ok(r))
@@ -100,7 +104,9 @@ fn is_commit(s: &str) -> bool {
     (s.len() == 40 || s.len() == 64) && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-async fn git(dir: Option<&Path>, args: &[&str]) -> Result<String, String> {
+/// Run `git ARGS`. A failing `ls-remote` or `fetch` is the remote's (the
+/// network's) fault; any other failing command, or no git, this machine's.
+async fn git(dir: Option<&Path>, args: &[&str]) -> Result<String, StepError> {
     let mut c = tokio::process::Command::new("git");
     if let Some(d) = dir {
         c.current_dir(d);
@@ -110,20 +116,24 @@ async fn git(dir: Option<&Path>, args: &[&str]) -> Result<String, String> {
     let out = c
         .output()
         .await
-        .map_err(|e| format!("running git: {e} (is git installed?)"))?;
+        .map_err(|e| StepError::machine(format!("running git: {e} (is git installed?)")))?;
     if !out.status.success() {
-        return Err(format!(
-            "git {}: {}",
-            args.first().copied().unwrap_or(""),
+        let command = args.first().copied().unwrap_or("");
+        let message = format!(
+            "git {command}: {}",
             String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        );
+        return Err(match command {
+            "ls-remote" | "fetch" => StepError::network(message),
+            _ => StepError::machine(message),
+        });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The commit `r` names now: its ref (default `HEAD`) through `git
 /// ls-remote`, or the ref itself when it is a full commit id.
-pub(crate) async fn resolve(r: &GitRef) -> Result<String, String> {
+pub(crate) async fn resolve(r: &GitRef) -> Result<String, StepError> {
     let want = r.reference.as_deref().unwrap_or("HEAD");
     let commit = if is_commit(want) {
         want.to_owned()
@@ -142,12 +152,15 @@ pub(crate) async fn resolve(r: &GitRef) -> Result<String, String> {
         pick(want)
             .or_else(|| pick(&format!("refs/heads/{want}")))
             .or_else(|| pick(&format!("refs/tags/{want}")))
-            .ok_or_else(|| format!("{}: no ref {want:?}", r.remote))?
+            .ok_or_else(|| StepError::user(format!("{}: no ref {want:?}", r.remote)))?
     };
     if let Some(c) = &r.checksum
         && !commit.starts_with(c.as_str())
     {
-        return Err(format!("{}: {want} is commit {commit}, not {c}", r.remote));
+        return Err(StepError::user(format!(
+            "{}: {want} is commit {commit}, not {c}",
+            r.remote
+        )));
     }
     Ok(commit)
 }
@@ -159,9 +172,10 @@ pub(crate) async fn checkout(
     commit: &str,
     dir: &Path,
     keep_git_dir: bool,
-) -> Result<PathBuf, String> {
+) -> Result<PathBuf, StepError> {
     let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| StepError::machine(format!("creating {}: {e}", dir.display())))?;
     git(Some(dir), &["init", "-q"]).await?;
     git(Some(dir), &["remote", "add", "origin", &r.remote]).await?;
     let want = r.reference.as_deref().unwrap_or("HEAD");
@@ -179,21 +193,22 @@ pub(crate) async fn checkout(
     }
     git(Some(dir), &["checkout", "-q", commit]).await?;
     if !keep_git_dir {
-        std::fs::remove_dir_all(dir.join(".git")).map_err(|e| format!("removing .git: {e}"))?;
+        std::fs::remove_dir_all(dir.join(".git"))
+            .map_err(|e| StepError::machine(format!("removing .git: {e}")))?;
     }
     let root = match &r.subdir {
         None => dir.to_path_buf(),
         Some(s) => {
             let rel = crate::sources::resolve_in_root(dir, &crate::sources::clean(s))
-                .map_err(|e| format!("subdir {s}: {e}"))?;
+                .map_err(|e| StepError::io(e).context(format!("subdir {s}")))?;
             dir.join(rel)
         }
     };
     if !root.is_dir() {
-        return Err(format!(
+        return Err(StepError::user(format!(
             "{}: no directory {:?} at {commit}",
             r.remote, r.subdir
-        ));
+        )));
     }
     Ok(root)
 }

@@ -16,6 +16,7 @@ mod copy;
 pub mod data_dir;
 pub mod diff;
 pub mod engine;
+pub mod fault;
 pub mod file_hashes;
 mod git;
 pub mod image;
@@ -31,6 +32,7 @@ pub mod unpack;
 
 pub use diff::{Compression, DiffError, LayerInfo, LayerOptions, write_layer};
 pub use engine::{BuildError, BuildRequest, BuildResult, OciArchive, Progress, build};
+pub use fault::{Fault, StepError};
 pub use image::{BuiltImage, ImageError, NewImage};
 pub use layers::{LayerStore, LayerStoreError, PulledImage, chain_ids};
 pub use unpack::{Applied, UnpackError, WhiteoutMode, apply_layer};

@@ -14,6 +14,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use crate::data_dir::DataDir;
+
 #[derive(Debug, thiserror::Error)]
 pub enum PruneError {
     #[error("{context}: {source}")]
@@ -31,24 +33,16 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> PruneError {
     }
 }
 
-/// The directories of a data dir whose entries can go.
-const AREAS: &[&str] = &[
-    "layers/snapshots",
-    "layers/tmp",
-    "cache",
-    "cache-mounts",
-    "work",
-];
-
 /// A held `prune.lock` (shared for builds, exclusive for prune); released
 /// on drop.
 pub struct BuildLock {
     _file: File,
 }
 
-fn lock_file(data: &Path) -> Result<File, PruneError> {
-    std::fs::create_dir_all(data).map_err(io(format!("creating {}", data.display())))?;
-    let path = data.join("prune.lock");
+fn lock_file(data: &DataDir) -> Result<File, PruneError> {
+    let root = data.root();
+    std::fs::create_dir_all(root).map_err(io(format!("creating {}", root.display())))?;
+    let path = data.prune_lock();
     std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -59,7 +53,7 @@ fn lock_file(data: &Path) -> Result<File, PruneError> {
 
 impl BuildLock {
     /// Taken by every build: many at once, never during a prune.
-    pub fn shared(data: &Path) -> Result<BuildLock, PruneError> {
+    pub fn shared(data: &DataDir) -> Result<BuildLock, PruneError> {
         let f = lock_file(data)?;
         rustix::fs::flock(&f, rustix::fs::FlockOperation::LockShared)
             .map_err(|e| io("locking prune.lock")(e.into()))?;
@@ -67,7 +61,7 @@ impl BuildLock {
     }
 
     /// Taken by prune. `Ok(None)` when builds are running and `wait` is off.
-    pub fn exclusive(data: &Path, wait: bool) -> Result<Option<BuildLock>, PruneError> {
+    pub fn exclusive(data: &DataDir, wait: bool) -> Result<Option<BuildLock>, PruneError> {
         let f = lock_file(data)?;
         let op = if wait {
             rustix::fs::FlockOperation::LockExclusive
@@ -123,11 +117,11 @@ fn usage(path: &Path) -> u64 {
 
 /// Prune `data` (the caller holds [`BuildLock::exclusive`]).
 pub fn prune(
-    data: &Path,
+    data: &DataDir,
     opts: &PruneOptions,
     _lock: &BuildLock,
 ) -> Result<PruneReport, PruneError> {
-    let trash = data.join(".trash");
+    let trash = data.trash();
     let mut report = PruneReport::default();
     // What an interrupted prune left.
     if trash.exists() && !opts.dry_run {
@@ -136,8 +130,7 @@ pub fn prune(
     let cutoff = SystemTime::now()
         .checked_sub(opts.keep)
         .unwrap_or(SystemTime::UNIX_EPOCH);
-    for area in AREAS {
-        let dir = data.join(area);
+    for (area, dir) in data.reclaimable() {
         let entries = match std::fs::read_dir(&dir) {
             Ok(rd) => rd,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -160,11 +153,7 @@ pub fn prune(
                 continue;
             }
             std::fs::create_dir_all(&trash).map_err(io(format!("creating {}", trash.display())))?;
-            let to: PathBuf = trash.join(format!(
-                "{}-{}",
-                area.replace('/', "-"),
-                e.file_name().to_string_lossy()
-            ));
+            let to: PathBuf = trash.join(format!("{area}-{}", e.file_name().to_string_lossy()));
             std::fs::rename(&path, &to).map_err(io(format!("moving {} aside", path.display())))?;
         }
     }
@@ -181,6 +170,7 @@ mod tests {
     #[test]
     fn prune_honours_the_lock_age_and_dry_run() {
         let d = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(d.path());
         let data = d.path();
         for (area, name) in [
             ("layers/snapshots", "aaa"),
@@ -192,25 +182,25 @@ mod tests {
             std::fs::write(p.join("f"), vec![1u8; 10_000]).unwrap();
         }
         // A build holds the lock: prune cannot start without waiting.
-        let build = BuildLock::shared(data).unwrap();
-        assert!(BuildLock::exclusive(data, false).unwrap().is_none());
+        let build = BuildLock::shared(&dir).unwrap();
+        assert!(BuildLock::exclusive(&dir, false).unwrap().is_none());
         drop(build);
-        let lock = BuildLock::exclusive(data, false).unwrap().unwrap();
-        assert!(BuildLock::shared_would_block(data));
+        let lock = BuildLock::exclusive(&dir, false).unwrap().unwrap();
+        assert!(BuildLock::shared_would_block(&dir));
 
         // Everything is recent: a keep period keeps it all.
         let keep = PruneOptions {
             keep: Duration::from_secs(3600),
             dry_run: false,
         };
-        let r = prune(data, &keep, &lock).unwrap();
+        let r = prune(&dir, &keep, &lock).unwrap();
         assert_eq!((r.entries, r.kept), (0, 3));
         // Dry run: counted, not deleted.
         let dry = PruneOptions {
             keep: Duration::ZERO,
             dry_run: true,
         };
-        let r = prune(data, &dry, &lock).unwrap();
+        let r = prune(&dir, &dry, &lock).unwrap();
         assert_eq!(r.entries, 3);
         assert!(r.bytes >= 30_000, "{r:?}");
         assert!(data.join("cache/k1/f").exists());
@@ -219,7 +209,7 @@ mod tests {
             keep: Duration::ZERO,
             dry_run: false,
         };
-        let r = prune(data, &all, &lock).unwrap();
+        let r = prune(&dir, &all, &lock).unwrap();
         assert_eq!(r.entries, 3);
         assert!(!data.join("cache/k1").exists());
         assert!(!data.join("layers/snapshots/aaa").exists());
@@ -231,7 +221,7 @@ mod tests {
     }
 
     impl BuildLock {
-        fn shared_would_block(data: &Path) -> bool {
+        fn shared_would_block(data: &DataDir) -> bool {
             let f = lock_file(data).unwrap();
             matches!(
                 rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockShared),

@@ -27,7 +27,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use dockerfile::instructions::Mount;
+use dockerfile::instructions::{Mount, MountKind};
+
+use crate::fault::StepError;
 
 /// What the mounts need from the build.
 pub(crate) struct MountContext<'a> {
@@ -60,16 +62,17 @@ pub(crate) struct Prepared {
 }
 
 /// A mount's target made absolute against `workdir`.
-pub(crate) fn target_of(m: &Mount, workdir: &str) -> Result<String, String> {
+pub(crate) fn target_of(m: &Mount, workdir: &str) -> Result<String, StepError> {
     let t = m.target.as_deref().unwrap_or("");
     let joined = if t.starts_with('/') {
         t.to_owned()
     } else {
         format!("{}/{t}", workdir.trim_end_matches('/'))
     };
-    let clean = crate::sources::kept_rel(&joined).ok_or("the mount target leaves /")?;
+    let clean = crate::sources::kept_rel(&joined)
+        .ok_or_else(|| StepError::user("the mount target leaves /"))?;
     if clean.as_os_str().is_empty() {
-        return Err(format!("invalid mount target {t:?}"));
+        return Err(StepError::user(format!("invalid mount target {t:?}")));
     }
     Ok(format!("/{}", clean.display()))
 }
@@ -91,15 +94,17 @@ pub(crate) fn prepare(
     mounts: &[Mount],
     roots: &[Option<PathBuf>],
     cx: &MountContext<'_>,
-) -> Result<Prepared, String> {
+) -> Result<Prepared, StepError> {
     let mut out = Prepared::default();
     let mut ssh_index = 0;
     for (i, m) in mounts.iter().enumerate() {
-        match m.kind.as_str() {
-            "secret" => secret(m, i, cx, &mut out)?,
-            "cache" => {
+        match m.kind {
+            MountKind::Secret => secret(m, i, cx, &mut out)?,
+            MountKind::Cache => {
                 if m.from.is_some() {
-                    return Err("type=cache with from= is not supported yet".into());
+                    return Err(StepError::user(
+                        "type=cache with from= is not supported yet",
+                    ));
                 }
                 let target = target_of(m, cx.workdir)?;
                 let id = m.id.clone().unwrap_or_else(|| target.clone());
@@ -107,13 +112,15 @@ pub(crate) fn prepare(
                     .cache_root
                     .join(oci::Digest::of(oci::Algorithm::Sha256, id.as_bytes()).hex());
                 if !dir.is_dir() {
-                    create_cache_dir(&dir, m).map_err(|e| format!("cache mount {id}: {e}"))?;
+                    create_cache_dir(&dir, m)
+                        .map_err(|e| StepError::machine(format!("cache mount {id}: {e}")))?;
                 }
                 let source = match m.source.as_deref() {
                     Some(s) => {
                         let rel = crate::sources::kept_rel(s)
-                            .ok_or("the cache source leaves the cache")?;
-                        cache_subdir(&dir, &rel).map_err(|e| format!("cache mount {id}: {e}"))?
+                            .ok_or_else(|| StepError::user("the cache source leaves the cache"))?;
+                        cache_subdir(&dir, &rel)
+                            .map_err(|e| e.context(format!("cache mount {id}")))?
                     }
                     None => dir,
                 };
@@ -127,11 +134,11 @@ pub(crate) fn prepare(
                     sandbox::Mount::Cache { source, target }
                 });
             }
-            "tmpfs" => out.mounts.push(sandbox::Mount::Tmpfs {
+            MountKind::Tmpfs => out.mounts.push(sandbox::Mount::Tmpfs {
                 target: target_of(m, cx.workdir)?,
                 size: m.size,
             }),
-            "bind" => {
+            MountKind::Bind => {
                 let target = target_of(m, cx.workdir)?;
                 let from_context = roots.get(i).and_then(|r| r.as_ref()).is_none();
                 let root = match roots.get(i).and_then(|r| r.as_ref()) {
@@ -139,17 +146,20 @@ pub(crate) fn prepare(
                     None => cx.context.to_path_buf(),
                 };
                 let rel = crate::sources::kept_rel(m.source.as_deref().unwrap_or("/"))
-                    .ok_or("the bind source leaves its root")?;
+                    .ok_or_else(|| StepError::user("the bind source leaves its root"))?;
                 // Followed inside the root, as a COPY source is.
                 let real = crate::sources::resolve_in_root(&root, &rel)
                     .map(|r| root.join(r))
                     .ok()
                     .filter(|p| p.exists())
                     .ok_or_else(|| {
-                        format!("bind source {}: no such file or directory", rel.display())
+                        StepError::user(format!(
+                            "bind source {}: no such file or directory",
+                            rel.display()
+                        ))
                     })?;
                 // The sandbox binds absolute host paths.
-                let real = real.canonicalize().map_err(|e| e.to_string())?;
+                let real = real.canonicalize().map_err(StepError::io)?;
                 let ignore = if from_context { cx.ignore } else { None };
                 let source = if m.readonly && ignore.is_none() {
                     real
@@ -158,7 +168,7 @@ pub(crate) fn prepare(
                     // and .dockerignored files are not in it.
                     let copy = cx.scratch.join(format!("bind-{i}"));
                     let _ = std::fs::remove_dir_all(&copy);
-                    std::fs::create_dir_all(cx.scratch).map_err(|e| e.to_string())?;
+                    std::fs::create_dir_all(cx.scratch).map_err(StepError::machine)?;
                     let links = std::cell::RefCell::new(std::collections::HashMap::new());
                     let filter = crate::copy::Filter {
                         ignore,
@@ -169,8 +179,9 @@ pub(crate) fn prepare(
                         mode: None,
                         links: Some(&links),
                     };
-                    crate::copy::copy_tree(&real, &copy, false, &filter)
-                        .map_err(|e| format!("bind source {}: {e}", rel.display()))?;
+                    crate::copy::copy_tree(&real, &copy, false, &filter).map_err(|e| {
+                        StepError::io(e).context(format!("bind source {}", rel.display()))
+                    })?;
                     copy
                 };
                 out.mounts.push(sandbox::Mount::Bind {
@@ -179,9 +190,9 @@ pub(crate) fn prepare(
                     readonly: m.readonly,
                 });
             }
-            "ssh" => {
+            MountKind::Ssh => {
                 if m.source.is_some() {
-                    return Err("ssh does not support source".into());
+                    return Err(StepError::user("ssh does not support source"));
                 }
                 let id = m.id.clone().unwrap_or_else(|| "default".into());
                 let target = match &m.target {
@@ -197,15 +208,16 @@ pub(crate) fn prepare(
                 }
                 let Some(socket) = cx.ssh.get(&id) else {
                     if m.required {
-                        return Err(format!(
+                        return Err(StepError::user(format!(
                             "ssh agent {id} is required but was not given (--ssh {id}=SOCKET)"
-                        ));
+                        )));
                     }
                     continue;
                 };
                 let listen = cx.scratch.join(format!("ssh-{i}.sock"));
-                let listener = ssh_socket(&listen, m)
-                    .map_err(|e| format!("ssh agent {id}: {}: {e}", listen.display()))?;
+                let listener = ssh_socket(&listen, m).map_err(|e| {
+                    StepError::machine(format!("ssh agent {id}: {}: {e}", listen.display()))
+                })?;
                 out.ssh.push((listener, socket.clone()));
                 out.mounts.push(sandbox::Mount::Bind {
                     source: listen,
@@ -213,25 +225,27 @@ pub(crate) fn prepare(
                     readonly: false,
                 });
             }
-            other => return Err(format!("unsupported mount type {other:?}")),
         }
     }
     Ok(out)
 }
 
-fn secret(m: &Mount, i: usize, cx: &MountContext<'_>, out: &mut Prepared) -> Result<(), String> {
-    let id = secret_id(m).ok_or("a secret mount needs an id")?;
+fn secret(m: &Mount, i: usize, cx: &MountContext<'_>, out: &mut Prepared) -> Result<(), StepError> {
+    let id = secret_id(m).ok_or_else(|| StepError::user("a secret mount needs an id"))?;
     let Some(data) = cx.secrets.get(&id) else {
         if m.required {
-            return Err(format!(
+            return Err(StepError::user(format!(
                 "secret {id} is required but was not given (--secret id={id},…)"
-            ));
+            )));
         }
         return Ok(());
     };
     if let Some(var) = &m.env {
-        let value = std::str::from_utf8(data)
-            .map_err(|_| format!("secret {id} is not UTF-8 text, so it cannot be env={var}"))?;
+        let value = std::str::from_utf8(data).map_err(|_| {
+            StepError::user(format!(
+                "secret {id} is not UTF-8 text, so it cannot be env={var}"
+            ))
+        })?;
         out.env.push(format!("{var}={value}"));
         if m.target.is_none() {
             return Ok(());
@@ -240,8 +254,9 @@ fn secret(m: &Mount, i: usize, cx: &MountContext<'_>, out: &mut Prepared) -> Res
     let target = match &m.target {
         Some(t) if t.starts_with('/') => crate::sources::kept_rel(t)
             .map(|p| format!("/{}", p.display()))
-            .ok_or("the secret target leaves /")?,
-        Some(t) => target_of(m, cx.workdir).map_err(|_| format!("invalid secret target {t:?}"))?,
+            .ok_or_else(|| StepError::user("the secret target leaves /"))?,
+        Some(t) => target_of(m, cx.workdir)
+            .map_err(|_| StepError::user(format!("invalid secret target {t:?}")))?,
         None => {
             let base = Path::new(&id)
                 .file_name()
@@ -331,17 +346,23 @@ fn serve_ssh(
 /// `rel` under the cache dir `dir`, created as needed. Earlier RUN steps
 /// wrote the cache as root: a symlink in it must not lead the bind mount to
 /// a host path, so no component may be a symlink.
-fn cache_subdir(dir: &Path, rel: &Path) -> Result<PathBuf, String> {
+/// A symlink or a file on the way is the RUN steps' doing (the user's).
+fn cache_subdir(dir: &Path, rel: &Path) -> Result<PathBuf, StepError> {
     let mut at = dir.to_path_buf();
     for c in rel.components() {
         at.push(c);
         match std::fs::symlink_metadata(&at) {
             Ok(m) if m.file_type().is_symlink() => {
-                return Err(format!("{} is a symlink", at.display()));
+                return Err(StepError::user(format!("{} is a symlink", at.display())));
             }
             Ok(m) if m.is_dir() => {}
-            Ok(_) => return Err(format!("{} is not a directory", at.display())),
-            Err(_) => std::fs::create_dir(&at).map_err(|e| e.to_string())?,
+            Ok(_) => {
+                return Err(StepError::user(format!(
+                    "{} is not a directory",
+                    at.display()
+                )));
+            }
+            Err(_) => std::fs::create_dir(&at).map_err(StepError::machine)?,
         }
     }
     Ok(at)

@@ -181,10 +181,11 @@ pub(crate) fn resolve_links(
 
 /// The paths (relative to `root`) that `source` names: itself when it has
 /// no wildcard, else every match, sorted. Matching nothing is not an error
-/// (BuildKit allows an empty wildcard).
-pub(crate) fn expand(root: &Path, source: &str) -> Result<Vec<String>, String> {
+/// (BuildKit allows an empty wildcard), and neither is a directory it
+/// cannot read: that one matches nothing.
+pub(crate) fn expand(root: &Path, source: &str) -> Vec<String> {
     if !has_wildcards(source) {
-        return Ok(vec![source.to_owned()]);
+        return vec![source.to_owned()];
     }
     // Components are kept as written: cleaning would drop the escapes.
     let mut parts: Vec<&str> = Vec::new();
@@ -222,13 +223,13 @@ pub(crate) fn expand(root: &Path, source: &str) -> Result<Vec<String>, String> {
         }
         found = next;
     }
-    Ok(found
+    found
         .into_iter()
         .filter(|p| {
             resolve_in_root(root, p).is_ok_and(|r| std::fs::symlink_metadata(root.join(r)).is_ok())
         })
         .map(|p| p.to_string_lossy().into_owned())
-        .collect())
+        .collect()
 }
 
 fn unescape(s: &str) -> String {
@@ -295,17 +296,14 @@ mod tests {
         }
         std::fs::write(d.path().join("outside.txt"), "no").unwrap();
         std::os::unix::fs::symlink("..", root.join("up")).unwrap();
-        assert_eq!(expand(&root, "*.txt").unwrap(), ["a.txt", "b.txt"]);
-        assert_eq!(
-            expand(&root, "dir*/*.txt").unwrap(),
-            ["dir1/x.txt", "dir2/y.txt"]
-        );
-        assert_eq!(expand(&root, "dir?").unwrap(), ["dir1", "dir2"]);
-        assert!(expand(&root, "*.nope").unwrap().is_empty());
+        assert_eq!(expand(&root, "*.txt"), ["a.txt", "b.txt"]);
+        assert_eq!(expand(&root, "dir*/*.txt"), ["dir1/x.txt", "dir2/y.txt"]);
+        assert_eq!(expand(&root, "dir?"), ["dir1", "dir2"]);
+        assert!(expand(&root, "*.nope").is_empty());
         // A symlink out of the root lands on the root itself, as in BuildKit.
-        assert_eq!(expand(&root, "up/*.txt").unwrap(), ["up/a.txt", "up/b.txt"]);
-        assert_eq!(expand(&root, "plain.txt").unwrap(), ["plain.txt"]);
-        assert_eq!(expand(&root, "../*.txt").unwrap(), ["a.txt", "b.txt"]);
+        assert_eq!(expand(&root, "up/*.txt"), ["up/a.txt", "up/b.txt"]);
+        assert_eq!(expand(&root, "plain.txt"), ["plain.txt"]);
+        assert_eq!(expand(&root, "../*.txt"), ["a.txt", "b.txt"]);
     }
 
     #[test]

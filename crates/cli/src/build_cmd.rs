@@ -1,452 +1,144 @@
-//! `slipway build`: the `--local` form builds on this machine with the
-//! daemonless builder and pushes to the `-t` references; without it the
-//! build goes to an agent pool (see `remote.rs`).
+//! `slipway build --local`: build on this machine with the daemonless
+//! builder, from a [`LocalBuild`] whose flags `build_args` has checked,
+//! and push to the `-t` references (or write an OCI tarball). The pool
+//! path is `remote.rs`; neither knows the other.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, bail};
-use builder::{BuildRequest, Compression, LayerOptions, LayerStore, OciArchive, Progress};
+use anyhow::{Context, Result};
+use builder::data_dir::DataDir;
+use builder::{
+    BuildRequest, BuildResult, Compression, LayerOptions, LayerStore, OciArchive, Progress,
+};
 use sandbox::{InitCommand, Mode, Sandbox, SandboxConfig};
 
-#[derive(clap::Args)]
-pub struct BuildArgs {
-    /// Build on this machine instead of an agent pool.
-    #[arg(long)]
-    pub(crate) local: bool,
-    /// Agent pool to build on (remote builds).
-    #[arg(long, default_value = "default", conflicts_with = "local")]
-    pub(crate) pool: String,
-    /// Queue the run, print its id and exit (remote builds).
-    #[arg(long, conflicts_with = "local")]
-    pub(crate) no_wait: bool,
-    /// Wait for the run without printing its log (remote builds).
-    #[arg(long, conflicts_with = "local")]
-    pub(crate) no_logs: bool,
-    /// Print the finished run as JSON on stdout (remote builds): --format json.
-    #[arg(long, value_parser = ["text", "json"], default_value = "text", conflicts_with = "local")]
-    pub(crate) format: String,
-    /// Run time limit on the agent, e.g. 30m (remote builds; default: the server's).
-    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "local")]
-    pub(crate) timeout: Option<Duration>,
-    /// Server URL (remote builds; default: $SLIPWAY_SERVER or `slipway login`;
-    /// ignored with --local).
-    #[arg(long, env = "SLIPWAY_SERVER")]
-    pub(crate) server: Option<String>,
-    /// Dockerfile path (default: CONTEXT/Dockerfile).
-    #[arg(short = 'f', long = "file")]
-    pub(crate) file: Option<PathBuf>,
-    /// Image reference to push to; repeatable.
-    #[arg(short = 't', long = "tag")]
-    pub(crate) tags: Vec<String>,
-    /// Build-time variable KEY=VALUE; repeatable.
-    #[arg(long = "build-arg")]
-    pub(crate) build_args: Vec<String>,
-    /// Stage to build (default: the last).
-    #[arg(long)]
-    pub(crate) target: Option<String>,
-    /// Platform of the base image, os/arch[/variant].
-    #[arg(long, default_value = "linux/amd64")]
-    pub(crate) platform: String,
-    /// Registry host:port to reach over plain HTTP (loopback always is); repeatable.
-    #[arg(long = "insecure-registry")]
-    pub(crate) insecure_registries: Vec<String>,
-    /// A CA certificate (PEM) to trust beside the system's, for registries
-    /// and ADD downloads behind a private CA; repeatable.
-    #[arg(long = "ca-cert", value_name = "FILE")]
-    pub(crate) ca_certs: Vec<PathBuf>,
-    #[command(flatten)]
-    pub(crate) unpack: crate::unpack_limits::UnpackLimitArgs,
-    /// Build but push nothing.
-    #[arg(long)]
-    pub(crate) no_push: bool,
-    /// Write the image digest to this file.
-    #[arg(long)]
-    pub(crate) iidfile: Option<PathBuf>,
-    /// Layer compression: gzip or zstd.
-    #[arg(long, default_value = "gzip")]
-    pub(crate) compression: String,
-    /// Build every step, ignoring the local cache.
-    #[arg(long)]
-    pub(crate) no_cache: bool,
-    /// Where layers, sandbox state, the build cache and step scratch live
-    /// [default: $XDG_DATA_HOME/slipway (~/.local/share/slipway), or
-    /// /var/lib/slipway as root]. Never part of a build context.
-    #[arg(long, env = "SLIPWAY_DATA")]
-    pub(crate) data: Option<PathBuf>,
-    /// A secret for `RUN --mount=type=secret`: id=ID,src=FILE or id=ID,env=VAR
-    /// (docker build's syntax); repeatable. Never stored in the image.
-    #[arg(long = "secret")]
-    pub(crate) secrets: Vec<String>,
-    /// Label KEY=VALUE set on the image; repeatable.
-    #[arg(long = "label")]
-    pub(crate) labels: Vec<String>,
-    /// Write the build's result as JSON (containerimage.digest, image.name …), as buildx does.
-    #[arg(long)]
-    pub(crate) metadata_file: Option<PathBuf>,
-    /// type=oci,dest=FILE.tar: write an OCI layout tarball instead of pushing;
-    /// type=registry: push to the -t references (the default). On a pool,
-    /// `-o json` prints the finished run as JSON (as --format json).
-    #[arg(short = 'o', long)]
-    pub(crate) output: Option<String>,
-    /// Progress output: plain (step lines for logs), tty (bold step lines),
-    /// auto (tty on a terminal).
-    #[arg(long, default_value = "auto")]
-    pub(crate) progress: String,
-    /// Memory limit of each RUN step: bytes, or with a unit (512m, 3g).
-    #[arg(long)]
-    pub(crate) memory: Option<String>,
-    /// CPU limit of each RUN step, in CPUs (1.5 = one and a half).
-    #[arg(long)]
-    pub(crate) cpus: Option<f64>,
-    /// SSH agent for RUN --mount=type=ssh: default (the agent of $SSH_AUTH_SOCK)
-    /// or ID=SOCKET; repeatable.
-    #[arg(long = "ssh")]
-    pub(crate) ssh: Vec<String>,
-    /// A registry cache to reuse steps from: REF or type=registry,ref=REF; repeatable.
-    #[arg(long = "cache-from")]
-    pub(crate) cache_from: Vec<String>,
-    /// Push this build's steps as a registry cache: REF or type=registry,ref=REF[,mode=max].
-    #[arg(long = "cache-to")]
-    pub(crate) cache_to: Option<String>,
-    /// Build context directory.
-    pub(crate) context: PathBuf,
+/// A local build, every flag read and checked.
+pub(crate) struct LocalBuild {
+    pub tags: Vec<oci::Reference>,
+    /// Push to `tags` (not with `--no-push` or an OCI tarball output).
+    pub push: bool,
+    pub build_args: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub secrets: BTreeMap<String, Vec<u8>>,
+    /// `--ssh`: agent sockets by id.
+    pub ssh: BTreeMap<String, PathBuf>,
+    pub cache_from: Vec<oci::Reference>,
+    pub cache_to: Option<oci::Reference>,
+    pub compression: Compression,
+    /// `SOURCE_DATE_EPOCH`, and the creation time it gives.
+    pub epoch: Option<u64>,
+    pub created: String,
+    pub platform: regclient::Platform,
+    pub client: Arc<regclient::Client>,
+    pub progress: Progress,
+    /// `--memory`/`--cpus` of every RUN.
+    pub run_limits: sandbox::Limits,
+    pub unpack: builder::unpack::Limits,
+    pub oci_archive: Option<OciArchive>,
+    /// The data dir as given (`--data` or the default); opened by [`run`].
+    pub data: PathBuf,
+    pub context: PathBuf,
+    pub file: Option<PathBuf>,
+    pub target: Option<String>,
+    pub no_cache: bool,
+    pub iidfile: Option<PathBuf>,
+    pub metadata_file: Option<PathBuf>,
 }
 
-/// The builder's data dir when `--data` is not given: outside any project,
-/// so a context never holds it (`/var/lib/slipway` for root, as docker's
-/// `/var/lib/docker`; else the XDG data home).
-pub(crate) fn default_build_data() -> PathBuf {
-    if rustix::process::geteuid().is_root() {
-        return PathBuf::from("/var/lib/slipway");
-    }
-    std::env::var_os("XDG_DATA_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .map_or_else(|| PathBuf::from(".slipway"), |d| d.join("slipway"))
+/// What a build runs with on this machine: the data dir (locked against
+/// prune while this lives), the layer store and the sandbox.
+struct Machine {
+    data: DataDir,
+    _in_use: builder::prune::BuildLock,
+    store: LayerStore,
+    sandbox: Sandbox,
 }
 
-pub(crate) fn docker_config_path() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("DOCKER_CONFIG") {
-        return Some(PathBuf::from(dir).join("config.json"));
-    }
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json"))
-}
-
-/// `512m`, `3g`, `1.5GiB`, `1048576` → bytes, binary multiples as docker's
-/// `--memory` reads them.
-pub(crate) fn parse_bytes(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let num_len = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let num: f64 = s[..num_len].parse().ok()?;
-    let unit = s[num_len..].trim().to_ascii_lowercase();
-    let unit = unit.strip_suffix('b').unwrap_or(&unit);
-    let unit = unit.strip_suffix('i').unwrap_or(unit);
-    let mult: f64 = match unit {
-        "" => 1.0,
-        "k" => 1024.0,
-        "m" => 1024f64.powi(2),
-        "g" => 1024f64.powi(3),
-        "t" => 1024f64.powi(4),
-        _ => return None,
-    };
-    let v = num * mult;
-    (v.is_finite() && v >= 1.0 && v < u64::MAX as f64).then_some(v as u64)
-}
-
-/// `--secret id=ID,src=FILE | id=ID,env=VAR` (also `source=`, `type=file|env`;
-/// an id alone reads the environment variable of that name, as buildx does).
-pub(crate) fn read_secret(spec: &str) -> Result<(String, Vec<u8>)> {
-    let (mut id, mut src, mut env, mut typ) = (None, None, None, None);
-    for field in spec.split(',') {
-        let (k, v) = field
-            .split_once('=')
-            .with_context(|| format!("--secret {spec}: {field:?} is not key=value"))?;
-        match k.trim() {
-            "id" => id = Some(v.to_owned()),
-            "src" | "source" => src = Some(v.to_owned()),
-            "env" => env = Some(v.to_owned()),
-            "type" => typ = Some(v.to_owned()),
-            other => bail!("--secret {spec}: unknown key {other:?} (id, src, env, type)"),
-        }
-    }
-    if typ.as_deref() == Some("env") && env.is_none() {
-        env = src.take();
-    }
-    let id = id
-        .or_else(|| {
-            src.as_deref()
-                .and_then(|p| std::path::Path::new(p).file_name())
-                .map(|n| n.to_string_lossy().into_owned())
+impl Machine {
+    fn open(b: &LocalBuild) -> Result<Machine> {
+        // The sandbox mounts host paths: every path it sees must be absolute.
+        let data = DataDir::open(&b.data)?;
+        // Held until the build ends: `slipway prune` waits for it.
+        let in_use = builder::prune::BuildLock::shared(&data).context("locking the build data")?;
+        let mode = Mode::detect().context("detecting how to isolate RUN steps")?;
+        let store = LayerStore::open(data.layers(), matches!(mode, Mode::UserNamespace { .. }))
+            .context("opening the layer store")?
+            .with_limits(b.unpack);
+        let init = InitCommand {
+            program: std::env::current_exe().context("locating the slipway binary")?,
+            args: vec!["sandbox-init".into()],
+        };
+        let sandbox = Sandbox::new(SandboxConfig::new(mode, init, data.sandbox()));
+        Ok(Machine {
+            data,
+            _in_use: in_use,
+            store,
+            sandbox,
         })
-        .with_context(|| format!("--secret {spec}: needs id=ID"))?;
-    let data = match (src, env) {
-        (Some(path), None) => {
-            std::fs::read(&path).with_context(|| format!("--secret id={id}: reading {path}"))?
-        }
-        (None, Some(var)) => std::env::var_os(&var)
-            .with_context(|| format!("--secret id={id}: environment variable {var} is not set"))?
-            .into_encoded_bytes(),
-        (None, None) => std::env::var_os(&id)
-            .with_context(|| {
-                format!("--secret id={id}: give src=FILE or env=VAR (no variable {id} is set)")
-            })?
-            .into_encoded_bytes(),
-        (Some(_), Some(_)) => bail!("--secret {spec}: give src or env, not both"),
-    };
-    Ok((id, data))
+    }
 }
 
-/// `--ssh default | ID | ID=SOCKET`: an id alone means the agent of
-/// `$SSH_AUTH_SOCK`, as buildx reads it. Key files are not supported.
-fn ssh_socket(spec: &str) -> Result<(String, PathBuf)> {
-    let (id, path) = match spec.split_once('=') {
-        Some((id, path)) => (id, PathBuf::from(path)),
-        None => (
-            spec,
-            std::env::var_os("SSH_AUTH_SOCK")
-                .map(PathBuf::from)
-                .with_context(|| format!("--ssh {spec}: SSH_AUTH_SOCK is not set"))?,
-        ),
-    };
-    use std::os::unix::fs::FileTypeExt;
-    let meta =
-        std::fs::metadata(&path).with_context(|| format!("--ssh {spec}: {}", path.display()))?;
-    if !meta.file_type().is_socket() {
-        bail!(
-            "--ssh {spec}: {} is not an agent socket (key files are not supported)",
-            path.display()
-        );
-    }
-    let path = path
-        .canonicalize()
-        .with_context(|| format!("--ssh {spec}: {}", path.display()))?;
-    Ok((id.to_owned(), path))
-}
-
-/// `--cache-from`/`--cache-to`: a bare reference, or buildx's
-/// `type=registry,ref=REF[,mode=min|max]` (every step is exported: `max`).
-fn cache_ref(flag: &str, spec: &str) -> Result<oci::Reference> {
-    let reference = if spec.contains('=') {
-        let mut r = None;
-        for field in spec.split(',') {
-            match field.split_once('=') {
-                Some(("ref", v)) => r = Some(v),
-                Some(("type", "registry")) | Some(("mode", "max" | "min")) => {}
-                _ => bail!("{flag} {spec}: expected REF or type=registry,ref=REF"),
-            }
-        }
-        r.with_context(|| format!("{flag} {spec}: needs ref=REF"))?
-    } else {
-        spec
-    };
-    reference.parse().with_context(|| format!("{flag} {spec}"))
-}
-
-/// RFC 3339 for `SOURCE_DATE_EPOCH` when set (reproducible builds), else now.
-pub(crate) fn created(epoch: Option<u64>) -> String {
-    let t = epoch.map_or_else(SystemTime::now, |e| UNIX_EPOCH + Duration::from_secs(e));
-    humantime::format_rfc3339_seconds(t).to_string()
-}
-
-pub async fn run(args: BuildArgs) -> Result<()> {
-    if !args.local {
-        return crate::remote::build(args).await;
-    }
-    let tags = args
-        .tags
-        .iter()
-        .map(|t| {
-            t.parse::<oci::Reference>()
-                .with_context(|| format!("-t {t}"))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let mut build_args = BTreeMap::new();
-    for kv in &args.build_args {
-        let (k, v) = kv
-            .split_once('=')
-            .with_context(|| format!("--build-arg {kv}: expected KEY=VALUE"))?;
-        build_args.insert(k.to_owned(), v.to_owned());
-    }
-    let compression = match args.compression.as_str() {
-        "gzip" => Compression::Gzip,
-        "zstd" => Compression::Zstd,
-        other => bail!("--compression {other}: use gzip or zstd"),
-    };
-    let epoch = std::env::var("SOURCE_DATE_EPOCH")
-        .ok()
-        .and_then(|s| s.parse().ok());
-    let platform: regclient::Platform = args.platform.parse().context("--platform")?;
-
-    // Read now, so a bad --ca-cert or config.json fails before any work.
-    let client = crate::image_run::RegistryArgs {
-        insecure_registries: args.insecure_registries.clone(),
-        ca_certs: args.ca_certs.clone(),
-    }
-    .client()?;
-    let mut secrets = BTreeMap::new();
-    for spec in &args.secrets {
-        let (id, data) = read_secret(spec)?;
-        secrets.insert(id, data);
-    }
-    let mut labels = BTreeMap::new();
-    for kv in &args.labels {
-        let (k, v) = kv
-            .split_once('=')
-            .with_context(|| format!("--label {kv}: expected KEY=VALUE"))?;
-        labels.insert(k.to_owned(), v.to_owned());
-    }
-    if !matches!(args.progress.as_str(), "auto" | "plain" | "tty") {
-        bail!("--progress {}: use auto, plain or tty", args.progress);
-    }
-    let memory = args
-        .memory
-        .as_deref()
-        .map(|m| {
-            parse_bytes(m).with_context(|| format!("--memory {m}: expected bytes or 512m, 3g …"))
-        })
-        .transpose()?;
-    if let Some(c) = args.cpus
-        && !(c.is_finite() && c > 0.0)
-    {
-        bail!("--cpus {c}: expected a positive number of CPUs");
-    }
-    let mut oci_dest = None;
-    let mut push = !args.no_push;
-    if let Some(o) = &args.output {
-        let mut typ = None;
-        let mut dest = None;
-        for field in o.split(',') {
-            match field.split_once('=') {
-                Some(("type", v)) => typ = Some(v.to_owned()),
-                Some(("dest", v)) => dest = Some(PathBuf::from(v)),
-                // buildx's tar=true is what we write anyway; names come from -t.
-                Some(("tar", "true")) | Some(("name", _)) => {}
-                _ => bail!("--output {o}: expected type=oci,dest=FILE or type=registry"),
-            }
-        }
-        match typ.as_deref() {
-            Some("oci") => {
-                oci_dest = Some(dest.with_context(|| format!("--output {o}: needs dest=FILE"))?);
-                // As buildx: an exported image is not pushed too.
-                push = false;
-            }
-            Some("registry") if !args.no_push => push = true,
-            Some("registry") => bail!("--output type=registry contradicts --no-push"),
-            _ => bail!("--output {o}: expected type=oci,dest=FILE or type=registry"),
-        }
-    }
-    if tags.is_empty() && push {
-        bail!("give at least one -t REFERENCE to push to, or --no-push");
-    }
-    // The sandbox mounts host paths: every path it sees must be absolute.
-    let data_arg = args.data.clone().unwrap_or_else(default_build_data);
-    std::fs::create_dir_all(&data_arg)
-        .with_context(|| format!("creating {}", data_arg.display()))?;
-    let data = data_arg
-        .canonicalize()
-        .with_context(|| format!("resolving {}", data_arg.display()))?;
-    builder::data_dir::mark(&data).with_context(|| format!("marking {}", data.display()))?;
-    let context = args
+pub(crate) async fn run(b: LocalBuild) -> Result<()> {
+    let machine = Machine::open(&b)?;
+    let context = b
         .context
         .canonicalize()
-        .with_context(|| format!("build context {}", args.context.display()))?;
-
-    let client = Arc::new(client);
-    // Held until the build ends: `slipway prune` waits for it.
-    let _in_use = builder::prune::BuildLock::shared(&data).context("locking the build data")?;
-    let mode = Mode::detect().context("detecting how to isolate RUN steps")?;
-    let store = LayerStore::open(
-        data.join("layers"),
-        matches!(mode, Mode::UserNamespace { .. }),
-    )
-    .context("opening the layer store")?
-    .with_limits(args.unpack.limits());
-    let init = InitCommand {
-        program: std::env::current_exe().context("locating the slipway binary")?,
-        args: vec!["sandbox-init".into()],
-    };
-    let sandbox = Sandbox::new(SandboxConfig::new(mode, init, data.join("sandbox")));
-    let work = data
-        .join("work")
-        .join(format!("build-{}", std::process::id()));
-    let context_excludes = builder::data_dir::excluded_in(&context, &data);
-    let request = BuildRequest {
-        dockerfile: args
-            .file
-            .clone()
-            .unwrap_or_else(|| context.join("Dockerfile")),
-        context,
-        tags: if push { tags.clone() } else { Vec::new() },
-        build_args,
-        target: args.target.clone(),
-        platform,
-        work_dir: work.clone(),
-        layer_options: LayerOptions {
-            compression,
-            source_date_epoch: epoch,
-        },
-        created: created(epoch),
-        cache_dir: (!args.no_cache).then(|| data.join("cache")),
-        secrets,
-        labels,
-        run_limits: sandbox::Limits {
-            memory,
-            cpus: args.cpus,
-            ..Default::default()
-        },
-        cache_mounts_dir: data.join("cache-mounts"),
-        oci_archive: oci_dest.map(|dest| OciArchive {
-            dest,
-            name: tags.first().cloned(),
-        }),
-        ssh: args
-            .ssh
-            .iter()
-            .map(|spec| ssh_socket(spec))
-            .collect::<Result<_>>()?,
-        cache_from: args
-            .cache_from
-            .iter()
-            .map(|c| cache_ref("--cache-from", c))
-            .collect::<Result<_>>()?,
-        cache_to: args
-            .cache_to
-            .as_deref()
-            .map(|c| cache_ref("--cache-to", c))
-            .transpose()?,
-        context_excludes,
-        progress: match args.progress.as_str() {
-            "tty" => Progress::Tty,
-            "plain" => Progress::Plain,
-            // auto: bold step lines only where a person is watching.
-            _ if std::io::IsTerminal::is_terminal(&std::io::stdout()) => Progress::Tty,
-            _ => Progress::Plain,
-        },
-    };
+        .with_context(|| format!("build context {}", b.context.display()))?;
+    let request = request(&b, &machine.data, context);
     let result = builder::build(
         &request,
-        &client,
-        &store,
-        &sandbox,
+        &b.client,
+        &machine.store,
+        &machine.sandbox,
         &mut tokio::io::stdout(),
         &mut tokio::io::stderr(),
     )
     .await;
-    let _ = std::fs::remove_dir_all(&work);
-    let result = result?;
-    if let Some(path) = &args.iidfile {
+    let _ = std::fs::remove_dir_all(&request.work_dir);
+    report(&b, &result?)
+}
+
+/// The builder's request: the checked flags, with the data dir's places.
+fn request(b: &LocalBuild, data: &DataDir, context: PathBuf) -> BuildRequest {
+    let context_excludes = builder::data_dir::excluded_in(&context, data.root());
+    BuildRequest {
+        dockerfile: b.file.clone().unwrap_or_else(|| context.join("Dockerfile")),
+        context,
+        tags: if b.push { b.tags.clone() } else { Vec::new() },
+        build_args: b.build_args.clone(),
+        target: b.target.clone(),
+        platform: b.platform.clone(),
+        work_dir: data.work_for("build"),
+        layer_options: LayerOptions {
+            compression: b.compression,
+            source_date_epoch: b.epoch,
+        },
+        created: b.created.clone(),
+        cache_dir: (!b.no_cache).then(|| data.cache()),
+        secrets: b.secrets.clone(),
+        labels: b.labels.clone(),
+        run_limits: b.run_limits.clone(),
+        cache_mounts_dir: data.cache_mounts(),
+        oci_archive: b.oci_archive.clone(),
+        ssh: b.ssh.clone(),
+        cache_from: b.cache_from.clone(),
+        cache_to: b.cache_to.clone(),
+        context_excludes,
+        progress: b.progress,
+    }
+}
+
+/// `--iidfile`, `--metadata-file`, and each pushed reference on stdout.
+fn report(b: &LocalBuild, result: &BuildResult) -> Result<()> {
+    if let Some(path) = &b.iidfile {
         std::fs::write(path, result.manifest_digest.to_string())
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    if let Some(path) = &args.metadata_file {
+    if let Some(path) = &b.metadata_file {
         // The keys buildx writes with --metadata-file.
-        let names: Vec<String> = tags.iter().map(ToString::to_string).collect();
+        let names: Vec<String> = b.tags.iter().map(ToString::to_string).collect();
         let metadata = serde_json::json!({
             "containerimage.digest": result.manifest_digest.to_string(),
             "containerimage.config.digest": oci::Digest::sha256(&result.config).to_string(),

@@ -72,7 +72,7 @@ pub async fn run(cmd: ImageCommand) -> Result<()> {
         &opts,
         &arch,
         &cmd,
-        &crate::build_cmd::created(epoch),
+        &crate::build_args::created(epoch),
     )
     .await
     .with_context(|| format!("importing {}", rootfs.display()))?;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use builder::LayerStore;
+use builder::data_dir::DataDir;
 use regclient::{Client, ClientConfig, DockerConfig};
 use sandbox::{ImageRun, InitCommand, Mode, RootFs, RunSpec, Sandbox, SandboxConfig};
 
@@ -39,7 +40,7 @@ impl RegistryArgs {
                 .collect::<Result<_>>()?,
             ..ClientConfig::default()
         };
-        if let Some(path) = crate::build_cmd::docker_config_path() {
+        if let Some(path) = docker_config_path() {
             config.credentials.merge(
                 &DockerConfig::load(&path)
                     .with_context(|| format!("reading {}", path.display()))?,
@@ -110,6 +111,14 @@ pub struct RunArgs {
     unpack: crate::unpack_limits::UnpackLimitArgs,
 }
 
+/// Docker's `config.json`: `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.
+fn docker_config_path() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("DOCKER_CONFIG") {
+        return Some(PathBuf::from(dir).join("config.json"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json"))
+}
+
 /// Run an image; returns its exit code.
 pub async fn run(args: RunArgs) -> Result<i32> {
     let reference: oci::Reference = args
@@ -117,32 +126,23 @@ pub async fn run(args: RunArgs) -> Result<i32> {
         .parse()
         .with_context(|| format!("image {}", args.image))?;
     let platform: regclient::Platform = args.platform.parse().context("--platform")?;
-    let data_arg = args
-        .data
-        .clone()
-        .unwrap_or_else(crate::build_cmd::default_build_data);
-    std::fs::create_dir_all(&data_arg)
-        .with_context(|| format!("creating {}", data_arg.display()))?;
-    let data = data_arg
-        .canonicalize()
-        .with_context(|| format!("resolving {}", data_arg.display()))?;
-    builder::data_dir::mark(&data).with_context(|| format!("marking {}", data.display()))?;
+    let data = DataDir::open(
+        &args
+            .data
+            .clone()
+            .unwrap_or_else(crate::build_args::default_build_data),
+    )?;
     let _in_use = builder::prune::BuildLock::shared(&data).context("locking the build data")?;
     let client = Arc::new(args.registry.client()?);
     let mode = Mode::detect().context("detecting how to isolate the run")?;
-    let store = LayerStore::open(
-        data.join("layers"),
-        matches!(mode, Mode::UserNamespace { .. }),
-    )
-    .context("opening the layer store")?
-    .with_limits(args.unpack.limits());
+    let store = LayerStore::open(data.layers(), matches!(mode, Mode::UserNamespace { .. }))
+        .context("opening the layer store")?
+        .with_limits(args.unpack.limits());
     let pulled = store
         .pull(&client, &reference, &platform)
         .await
         .with_context(|| format!("pulling {reference}"))?;
-    let scratch = data
-        .join("work")
-        .join(format!("run-{}", std::process::id()));
+    let scratch = data.work_for("run");
     let _ = std::fs::remove_dir_all(&scratch);
     let result = run_pulled(&args, &data, &scratch, mode, &pulled).await;
     let _ = std::fs::remove_dir_all(&scratch);
@@ -151,7 +151,7 @@ pub async fn run(args: RunArgs) -> Result<i32> {
 
 async fn run_pulled(
     args: &RunArgs,
-    data: &std::path::Path,
+    data: &DataDir,
     scratch: &std::path::Path,
     mode: Mode,
     pulled: &builder::PulledImage,
@@ -205,7 +205,7 @@ async fn run_pulled(
     };
     spec.limits.timeout = args.timeout;
     for s in &args.secrets {
-        let (id, data) = crate::build_cmd::read_secret(s)?;
+        let (id, data) = crate::build_args::read_secret(s)?;
         spec.secrets.push(sandbox::Secret::new(id, data));
     }
     for v in &args.volumes {
@@ -253,7 +253,7 @@ async fn run_pulled(
         program: std::env::current_exe().context("locating the slipway binary")?,
         args: vec!["sandbox-init".into()],
     };
-    let sandbox = Sandbox::new(SandboxConfig::new(mode, init, data.join("sandbox")));
+    let sandbox = Sandbox::new(SandboxConfig::new(mode, init, data.sandbox()));
     let cancel = sandbox::CancellationToken::new();
     let stop = cancel.clone();
     tokio::spawn(async move {

@@ -1,6 +1,7 @@
 //! `slipway`: the one binary. Parses arguments, wires the library crates
 //! together and reports errors; the logic lives in the crates it calls.
 
+mod build_args;
 mod build_cmd;
 mod credential_cmd;
 mod ctl;
@@ -46,7 +47,7 @@ enum Command {
     Agent(Box<serve::AgentCmd>),
     /// Build an image from a Dockerfile and push it (docker build's flags):
     /// on an agent pool, or on this machine with --local.
-    Build(Box<build_cmd::BuildArgs>),
+    Build(Box<build_args::BuildArgs>),
     /// Save a server URL and API token for the other commands.
     Login(ctl::LoginArgs),
     /// Manage agent pools (admin token).
@@ -242,7 +243,11 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Image { command } => image_cmd::run(command).await,
         Command::Prune(args) => prune_cmd::run(args).await,
         Command::SandboxInit => sandbox_cmd::not_here(),
-        Command::Build(args) => build_cmd::run(*args).await,
+        // Checked in one place, then built here or on a pool.
+        Command::Build(args) => match args.check()? {
+            build_args::Build::Local(b) => build_cmd::run(*b).await,
+            build_args::Build::Pool(b) => remote::build(*b).await,
+        },
         Command::Registry {
             command:
                 RegistryCommand::Gc {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use builder::data_dir::DataDir;
 use builder::prune::{BuildLock, PruneOptions, prune};
 
 #[derive(clap::Args)]
@@ -23,15 +24,20 @@ pub struct PruneArgs {
 }
 
 pub async fn run(args: PruneArgs) -> Result<()> {
-    let data = args
-        .data
-        .clone()
-        .unwrap_or_else(crate::build_cmd::default_build_data);
+    // As it is: prune neither resolves nor marks the dir it empties.
+    let data = DataDir::new(
+        args.data
+            .clone()
+            .unwrap_or_else(crate::build_args::default_build_data),
+    );
     tokio::task::spawn_blocking(move || {
         let lock = match BuildLock::exclusive(&data, false)? {
             Some(l) => l,
             None => {
-                eprintln!("waiting for the builds using {} to finish…", data.display());
+                eprintln!(
+                    "waiting for the builds using {} to finish…",
+                    data.root().display()
+                );
                 BuildLock::exclusive(&data, true)?.context("locking the build data")?
             }
         };
@@ -39,8 +45,8 @@ pub async fn run(args: PruneArgs) -> Result<()> {
             keep: args.keep_duration,
             dry_run: args.dry_run,
         };
-        let r =
-            prune(&data, &opts, &lock).with_context(|| format!("pruning {}", data.display()))?;
+        let r = prune(&data, &opts, &lock)
+            .with_context(|| format!("pruning {}", data.root().display()))?;
         println!(
             "{}{} entries, {:.1} MiB{}; {} kept (used within {})",
             if args.dry_run {

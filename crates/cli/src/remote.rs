@@ -1,16 +1,18 @@
 //! `slipway build` on an agent pool: pack the context (honouring
 //! `.dockerignore`), upload it unless the server has that digest, queue the
-//! run, stream its log, and exit with the run's result.
+//! run, stream its log, and exit with the run's result. Takes a
+//! [`PoolBuild`] whose flags `build_args` has checked; the local path is
+//! `build_cmd.rs`, and neither knows the other.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use api::{BuildSpec, ContextSource, RunRequest, RunState};
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::build_cmd::BuildArgs;
 use crate::ctl;
 
 pub(crate) fn is_url(s: &str) -> bool {
@@ -110,147 +112,121 @@ pub(crate) async fn upload_context(
     Ok(digest)
 }
 
-pub async fn build(args: BuildArgs) -> Result<()> {
-    let json = args.format == "json" || args.output.as_deref() == Some("json");
-    let output = args.output.as_deref().filter(|o| *o != "json");
-    if output.is_some() || args.metadata_file.is_some() {
-        bail!(
-            "--output and --metadata-file apply to --local builds; a pool build pushes to its -t references"
-        );
-    }
-    // What the agent decides (its tier, its cache, its registries) or
-    // cannot reach (this machine's ssh agent) is refused, not dropped.
-    let local_only = [
-        (
-            !args.ssh.is_empty(),
-            "--ssh (the pool's agents cannot reach this machine's ssh agent; pass a deploy key with --secret)",
-        ),
-        (
-            !args.cache_from.is_empty() || args.cache_to.is_some(),
-            "--cache-from/--cache-to (a pool's agents share their cache)",
-        ),
-        (
-            args.memory.is_some() || args.cpus.is_some(),
-            "--memory/--cpus (a pool build gets its pool's tier)",
-        ),
-        (args.compression != "gzip", "--compression"),
-        (
-            !args.insecure_registries.is_empty(),
-            "--insecure-registry (set on the agent)",
-        ),
-        (!args.ca_certs.is_empty(), "--ca-cert (set on the agent)"),
-    ];
-    if let Some((_, flag)) = local_only.iter().find(|(given, _)| *given) {
-        bail!("{flag} applies to --local builds only");
-    }
-    if args.tags.is_empty() && !args.no_push {
-        bail!("give at least one -t REFERENCE to push to, or --no-push");
-    }
-    let c = ctl::client(args.server.as_deref())?;
+/// A pool build, every flag read and checked (the flags only a local
+/// build takes already refused).
+pub(crate) struct PoolBuild {
+    pub pool: String,
+    pub server: Option<String>,
+    pub no_wait: bool,
+    pub no_logs: bool,
+    /// Print the finished run as JSON (`--format json`, `-o json`).
+    pub json: bool,
+    pub timeout: Option<Duration>,
+    pub file: Option<PathBuf>,
+    /// As given: qualified with the server's registry here.
+    pub tags: Vec<String>,
+    pub build_args: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub secrets: BTreeMap<String, String>,
+    pub target: Option<String>,
+    pub platform: String,
+    pub no_cache: bool,
+    pub no_push: bool,
+    pub iidfile: Option<PathBuf>,
+    pub context: PathBuf,
+}
+
+pub(crate) async fn build(b: PoolBuild) -> Result<()> {
+    let c = ctl::client(b.server.as_deref())?;
     let registry = c.registry_host().to_owned();
-    let tags: Vec<String> = args
-        .tags
-        .iter()
-        .map(|t| qualify_tag(t, &registry))
-        .collect();
+    let tags: Vec<String> = b.tags.iter().map(|t| qualify_tag(t, &registry)).collect();
     for t in &tags {
         t.parse::<oci::Reference>()
             .with_context(|| format!("-t {t}"))?;
     }
-    let mut build_args = BTreeMap::new();
-    for kv in &args.build_args {
-        let (k, v) = kv
-            .split_once('=')
-            .with_context(|| format!("--build-arg {kv}: expected KEY=VALUE"))?;
-        build_args.insert(k.to_owned(), v.to_owned());
-    }
-    let mut labels = BTreeMap::new();
-    for kv in &args.labels {
-        let (k, v) = kv
-            .split_once('=')
-            .with_context(|| format!("--label {kv}: expected KEY=VALUE"))?;
-        labels.insert(k.to_owned(), v.to_owned());
-    }
-    let mut secrets = BTreeMap::new();
-    for spec in &args.secrets {
-        let (id, data) = crate::build_cmd::read_secret(spec)?;
-        let text = String::from_utf8(data)
-            .with_context(|| format!("--secret id={id}: pool builds carry text secrets only"))?;
-        secrets.insert(id, text);
-    }
-    for w in api::short_secret_warnings(&secrets) {
-        eprintln!("warning: {w}");
-    }
-
-    let ctx = args.context.to_string_lossy().into_owned();
-    let (context, dockerfile, inline) = if is_url(&ctx) {
-        let inline = match &args.file {
-            Some(f) if f.exists() => Some(
-                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
-            ),
-            _ => None,
-        };
-        let rel = args
-            .file
-            .as_ref()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "Dockerfile".into());
-        (ContextSource::Url { url: ctx.clone() }, rel, inline)
-    } else {
-        let dir = &args.context;
-        let file: PathBuf = args.file.clone().unwrap_or_else(|| dir.join("Dockerfile"));
-        let text = std::fs::read_to_string(&file)
-            .with_context(|| format!("reading the Dockerfile {}", file.display()))?;
-        // Check it here: a broken Dockerfile fails before any upload.
-        let opts = dockerfile::BuildOptions {
-            build_args: build_args.clone(),
-            ..Default::default()
-        };
-        if let Err(errs) = dockerfile::check(&text, &opts, args.target.as_deref()) {
-            bail!("{}: {errs}", file.display());
-        }
-        let rel = file
-            .strip_prefix(dir)
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_else(|_| "Dockerfile".into());
-        let digest = upload_context(&c, dir, &rel).await?;
-        (ContextSource::Upload { digest }, rel, Some(text))
-    };
+    let (context, dockerfile, inline) = context_source(&c, &b).await?;
     let req = RunRequest {
-        pool: args.pool.clone(),
+        pool: b.pool.clone(),
         build: BuildSpec {
             context,
             dockerfile,
             dockerfile_inline: inline,
             tags,
-            build_args,
-            labels,
-            target: args.target.clone(),
-            platform: Some(args.platform.clone()),
-            no_cache: args.no_cache,
-            no_push: args.no_push,
+            build_args: b.build_args.clone(),
+            labels: b.labels.clone(),
+            target: b.target.clone(),
+            platform: Some(b.platform.clone()),
+            no_cache: b.no_cache,
+            no_push: b.no_push,
             task: None,
             registry: None,
         },
-        secrets,
-        timeout_secs: args.timeout.map(|d| d.as_secs().max(1)),
+        secrets: b.secrets.clone(),
+        timeout_secs: b.timeout.map(|d| d.as_secs().max(1)),
     };
     let run = c.submit_run(&req).await.context("queueing the build")?;
-    if args.no_wait {
+    if b.no_wait {
         println!("{}", run.id);
         return Ok(());
     }
     eprintln!("run {} queued on pool {}", run.id, run.pool);
-    let run = ctl::follow(&c, &run.id, true, !args.no_logs).await?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&run)?);
+    let run = ctl::follow(&c, &run.id, true, !b.no_logs).await?;
+    finish(&b, &run)
+}
+
+/// Where the agent gets the context (a URL, or the local directory packed
+/// and uploaded), the Dockerfile's path in it and its text when known.
+async fn context_source(
+    c: &api::Client,
+    b: &PoolBuild,
+) -> Result<(ContextSource, String, Option<String>)> {
+    let ctx = b.context.to_string_lossy().into_owned();
+    if is_url(&ctx) {
+        let inline = match &b.file {
+            Some(f) if f.exists() => Some(
+                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+            ),
+            _ => None,
+        };
+        let rel = b
+            .file
+            .as_ref()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "Dockerfile".into());
+        return Ok((ContextSource::Url { url: ctx.clone() }, rel, inline));
+    }
+    let dir = &b.context;
+    let file: PathBuf = b.file.clone().unwrap_or_else(|| dir.join("Dockerfile"));
+    let text = std::fs::read_to_string(&file)
+        .with_context(|| format!("reading the Dockerfile {}", file.display()))?;
+    // Check it here: a broken Dockerfile fails before any upload.
+    let opts = dockerfile::BuildOptions {
+        build_args: b.build_args.clone(),
+        ..Default::default()
+    };
+    if let Err(errs) = dockerfile::check(&text, &opts, b.target.as_deref()) {
+        bail!("{}: {errs}", file.display());
+    }
+    let rel = file
+        .strip_prefix(dir)
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "Dockerfile".into());
+    let digest = upload_context(c, dir, &rel).await?;
+    Ok((ContextSource::Upload { digest }, rel, Some(text)))
+}
+
+/// The finished run: `--iidfile` and the pushed references (or the run as
+/// JSON); a failed run exits with its build's exit code.
+fn finish(b: &PoolBuild, run: &api::Run) -> Result<()> {
+    if b.json {
+        println!("{}", serde_json::to_string_pretty(run)?);
     }
     match run.state {
         RunState::Succeeded => {
-            if let (Some(path), Some(d)) = (&args.iidfile, &run.image_digest) {
+            if let (Some(path), Some(d)) = (&b.iidfile, &run.image_digest) {
                 std::fs::write(path, d).with_context(|| format!("--iidfile {}", path.display()))?;
             }
-            if !json {
+            if !b.json {
                 for t in &run.build.tags {
                     match &run.image_digest {
                         Some(d) => println!("{t}@{d}"),

@@ -39,5 +39,5 @@ impl UnpackLimitArgs {
 }
 
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    crate::build_cmd::parse_bytes(s).ok_or_else(|| format!("{s:?}: expected bytes or 8g, 512m …"))
+    crate::build_args::parse_bytes(s).ok_or_else(|| format!("{s:?}: expected bytes or 8g, 512m …"))
 }

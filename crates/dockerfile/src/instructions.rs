@@ -168,18 +168,100 @@ pub struct Run {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<Mount>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub network: Option<String>,
+    pub network: Option<NetworkMode>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub security: Option<String>,
+    pub security: Option<SecurityMode>,
     #[serde(flatten)]
     pub command: CommandLine,
+}
+
+/// Declares a closed set of flag values: an enum written in lowercase
+/// (as the Dockerfile and the snapshots spell it), its parse from the
+/// exact word, and its text.
+macro_rules! flag_values {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vdoc])* #[serde(rename = $text)] $variant),+
+        }
+
+        impl $name {
+            /// The value as a Dockerfile writes it.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+
+            /// The value for `word` (exact, lowercase), if it is one.
+            pub fn parse(word: &str) -> Option<$name> {
+                match word {
+                    $($text => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+flag_values! {
+    /// `RUN --network=…`.
+    NetworkMode {
+        Default = "default",
+        /// No network but loopback.
+        None = "none",
+        Host = "host",
+    }
+}
+
+flag_values! {
+    /// `RUN --security=…`.
+    SecurityMode {
+        Sandbox = "sandbox",
+        /// Every capability, no seccomp filter (BuildKit's entitlement).
+        Insecure = "insecure",
+    }
+}
+
+flag_values! {
+    /// `RUN --mount=type=…`.
+    MountKind {
+        Bind = "bind",
+        Cache = "cache",
+        Tmpfs = "tmpfs",
+        Secret = "secret",
+        Ssh = "ssh",
+    }
+}
+
+flag_values! {
+    /// `RUN --mount=type=cache,sharing=…`.
+    CacheSharing {
+        Shared = "shared",
+        Private = "private",
+        Locked = "locked",
+    }
 }
 
 /// `RUN --mount=…`.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Mount {
+    /// Meaningful once expanded: before, a `type=` holding a variable is
+    /// in `unexpanded_kind` and this is the default.
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: MountKind,
+    /// A `type=` value holding a variable, as written: the kind is only
+    /// known (and the mount only checked) after [`Dockerfile::expand`],
+    /// as BuildKit does. `None` in an expanded Dockerfile.
+    #[serde(rename = "type_unexpanded", skip_serializing_if = "Option::is_none")]
+    pub unexpanded_kind: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -190,7 +272,7 @@ pub struct Mount {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub sharing: Option<String>,
+    pub sharing: Option<CacheSharing>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub required: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -208,6 +290,21 @@ pub struct Mount {
     pub raw: String,
     #[serde(skip)]
     pub pos: Pos,
+}
+
+impl Mount {
+    /// `required` applies to secret and ssh mounts only (a kind still to
+    /// be expanded is neither yet).
+    fn takes_required(&self) -> bool {
+        self.unexpanded_kind.is_none() && matches!(self.kind, MountKind::Secret | MountKind::Ssh)
+    }
+
+    /// The kind for a message: as written while it holds a variable.
+    fn kind_as_written(&self) -> &str {
+        self.unexpanded_kind
+            .as_deref()
+            .unwrap_or(self.kind.as_str())
+    }
 }
 
 /// `ADD`.
@@ -645,24 +742,18 @@ fn lower_instruction(node: &mut Node) -> Result<Instruction, Error> {
             for (raw, pos) in flags.strings("mount") {
                 mounts.push(parse_mount(&raw, pos, None)?);
             }
-            let network = flags.string("network");
-            if let Some(n) = &network
-                && !matches!(n.as_str(), "default" | "none" | "host")
-            {
-                return Err(Error::new(
-                    flag_pos(node, "network"),
-                    ErrorKind::InvalidNetwork(n.clone()),
-                ));
-            }
-            let security = flags.string("security");
-            if let Some(s) = &security
-                && !matches!(s.as_str(), "sandbox" | "insecure")
-            {
-                return Err(Error::new(
-                    flag_pos(node, "security"),
-                    ErrorKind::InvalidSecurity(s.clone()),
-                ));
-            }
+            let network = match flags.string("network") {
+                None => None,
+                Some(n) => Some(NetworkMode::parse(&n).ok_or_else(|| {
+                    Error::new(flag_pos(node, "network"), ErrorKind::InvalidNetwork(n))
+                })?),
+            };
+            let security = match flags.string("security") {
+                None => None,
+                Some(v) => Some(SecurityMode::parse(&v).ok_or_else(|| {
+                    Error::new(flag_pos(node, "security"), ErrorKind::InvalidSecurity(v))
+                })?),
+            };
             Command::Run(Run {
                 mounts,
                 network,
@@ -1050,7 +1141,8 @@ fn parse_mount(raw: &str, pos: Pos, expander: Option<Expander<'_>>) -> Result<Mo
     let err = |msg: String| Error::new(pos, ErrorKind::Mount(msg));
     let fields = csv_fields(raw).map_err(|m| err(format!("failed to parse csv mounts: {m}")))?;
     let mut m = Mount {
-        kind: "bind".to_string(),
+        kind: MountKind::Bind,
+        unexpanded_kind: None,
         from: None,
         source: None,
         target: None,
@@ -1091,12 +1183,12 @@ fn parse_mount(raw: &str, pos: Pos, expander: Option<Expander<'_>>) -> Result<Mo
                     ro_auto = false;
                 }
                 "required" => {
-                    if m.kind == "secret" || m.kind == "ssh" {
+                    if m.takes_required() {
                         m.required = true;
                     } else {
                         return Err(err(format!(
                             "unexpected key '{key}' for mount type '{}'",
-                            m.kind
+                            m.kind_as_written()
                         )));
                     }
                 }
@@ -1125,16 +1217,15 @@ fn parse_mount(raw: &str, pos: Pos, expander: Option<Expander<'_>>) -> Result<Mo
             "type" => {
                 if deferred {
                     deferred_type = true;
-                    m.kind = value;
+                    m.unexpanded_kind = Some(value);
                     continue;
                 }
-                let v = value.to_ascii_lowercase();
-                if !matches!(v.as_str(), "bind" | "cache" | "tmpfs" | "secret" | "ssh") {
-                    return Err(err(format!(
+                m.kind = MountKind::parse(&value.to_ascii_lowercase()).ok_or_else(|| {
+                    err(format!(
                         "unsupported mount type \"{value}\" (expected bind, cache, tmpfs, secret or ssh)"
-                    )));
-                }
-                m.kind = v;
+                    ))
+                })?;
+                m.unexpanded_kind = None;
             }
             "from" => m.from = Some(value),
             "source" | "src" => m.source = Some(value),
@@ -1151,17 +1242,17 @@ fn parse_mount(raw: &str, pos: Pos, expander: Option<Expander<'_>>) -> Result<Mo
                 ro_auto = false;
             }
             "required" => {
-                if m.kind == "secret" || m.kind == "ssh" {
+                if m.takes_required() {
                     m.required = parse_bool(&key, &value)?;
                 } else {
                     return Err(err(format!(
                         "unexpected key '{key}' for mount type '{}'",
-                        m.kind
+                        m.kind_as_written()
                     )));
                 }
             }
             "size" => {
-                if m.kind == "tmpfs" {
+                if m.kind == MountKind::Tmpfs && m.unexpanded_kind.is_none() {
                     m.size = Some(
                         parse_ram_bytes(&value)
                             .ok_or_else(|| err(format!("invalid value for size: {value}")))?,
@@ -1169,18 +1260,18 @@ fn parse_mount(raw: &str, pos: Pos, expander: Option<Expander<'_>>) -> Result<Mo
                 } else {
                     return Err(err(format!(
                         "unexpected key 'size' for mount type '{}'",
-                        m.kind
+                        m.kind_as_written()
                     )));
                 }
             }
             "sharing" => {
-                let v = value.to_ascii_lowercase();
-                if !matches!(v.as_str(), "shared" | "private" | "locked") {
-                    return Err(err(format!(
-                        "unsupported sharing value \"{value}\" (expected shared, private or locked)"
-                    )));
-                }
-                m.sharing = Some(v);
+                m.sharing = Some(
+                    CacheSharing::parse(&value.to_ascii_lowercase()).ok_or_else(|| {
+                        err(format!(
+                            "unsupported sharing value \"{value}\" (expected shared, private or locked)"
+                        ))
+                    })?,
+                );
             }
             "mode" => {
                 m.mode = Some(
@@ -1234,7 +1325,10 @@ fn parse_mount(raw: &str, pos: Pos, expander: Option<Expander<'_>>) -> Result<Mo
     if deferred_type {
         return Ok(m);
     }
-    let file_info = matches!(m.kind.as_str(), "secret" | "ssh" | "cache");
+    let file_info = matches!(
+        m.kind,
+        MountKind::Secret | MountKind::Ssh | MountKind::Cache
+    );
     if !file_info {
         for (name, set) in [
             ("mode", m.mode.is_some()),
@@ -1250,9 +1344,9 @@ fn parse_mount(raw: &str, pos: Pos, expander: Option<Expander<'_>>) -> Result<Mo
         }
     }
     if ro_auto {
-        m.readonly = !matches!(m.kind.as_str(), "cache" | "tmpfs");
+        m.readonly = !matches!(m.kind, MountKind::Cache | MountKind::Tmpfs);
     }
-    if m.kind == "secret" {
+    if m.kind == MountKind::Secret {
         if m.from.is_some() {
             return Err(err("secret mount should not have a from".into()));
         }
@@ -1268,7 +1362,7 @@ fn parse_mount(raw: &str, pos: Pos, expander: Option<Expander<'_>>) -> Result<Mo
             return Err(err("both source and id can't be set".into()));
         }
     }
-    if m.sharing.is_some() && m.kind != "cache" {
+    if m.sharing.is_some() && m.kind != MountKind::Cache {
         return Err(err(format!(
             "invalid cache sharing set for {} mount",
             m.kind

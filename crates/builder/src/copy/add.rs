@@ -6,13 +6,15 @@ use std::path::{Path, PathBuf};
 
 use super::{Owner, clean_rel, make_dirs, make_dirs_mode, new_dir_mode};
 use crate::chmod::Chmod;
+use crate::fault::{Fault, StepError};
 use crate::layered::{is_dir_in_layers, resolve_in_layers};
 
 /// ADD of a local tar archive (plain, gzip, zstd, bzip2 or xz): extracted
 /// into `dest`, keeping the archive's modes, and its owners unless
 /// `--chown` gives one (`owner`), which every entry of the archive then
 /// has, as BuildKit's untar does. Returns `false` for anything that is not
-/// an archive, which ADD then copies like COPY.
+/// an archive, which ADD then copies like COPY. An archive that does not
+/// decompress or extract is the user's; reading and writing, the machine's.
 pub(crate) fn add_archive(
     context: &Path,
     source: &str,
@@ -21,7 +23,7 @@ pub(crate) fn add_archive(
     upper: &Path,
     lowers: &[PathBuf],
     limits: crate::unpack::Limits,
-) -> Result<bool, String> {
+) -> Result<bool, StepError> {
     use std::io::{Read, Seek};
     let Some(rel) = clean_rel(source) else {
         return Ok(false);
@@ -33,7 +35,7 @@ pub(crate) fn add_archive(
     if !std::fs::symlink_metadata(&real).is_ok_and(|m| m.is_file()) {
         return Ok(false);
     }
-    let io = |e: std::io::Error| e.to_string();
+    let io = StepError::machine;
     let mut f = std::fs::File::open(&real).map_err(io)?;
     let mut magic = [0u8; 6];
     let n = f.read(&mut magic).map_err(io)?;
@@ -47,13 +49,13 @@ pub(crate) fn add_archive(
             &mut bzip2::read::BzDecoder::new(std::io::BufReader::new(f)),
             &mut tmp,
         )
-        .map_err(|e| format!("decompressing bzip2: {e}"))?;
+        .map_err(|e| StepError::user(format!("decompressing bzip2: {e}")))?;
         tmp.rewind().map_err(io)?;
         tmp
     } else if magic.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
         let mut tmp = tempfile::tempfile().map_err(io)?;
         lzma_rs::xz_decompress(&mut std::io::BufReader::new(f), &mut tmp)
-            .map_err(|e| format!("decompressing xz: {e:?}"))?;
+            .map_err(|e| StepError::user(format!("decompressing xz: {e:?}")))?;
         tmp.rewind().map_err(io)?;
         tmp
     } else {
@@ -91,8 +93,8 @@ pub(crate) fn add_archive(
     };
     f.rewind().map_err(io)?;
     let dest_rel = resolve_in_layers(Some(upper), lowers, &crate::sources::clean(dest))
-        .map_err(|e| e.to_string())?;
-    make_dirs(upper, &dest_rel, lowers, owner.unwrap_or((0, 0))).map_err(|e| e.to_string())?;
+        .map_err(StepError::io)?;
+    make_dirs(upper, &dest_rel, lowers, owner.unwrap_or((0, 0))).map_err(StepError::io)?;
     // The names --chown applies to: the archive's own entries (directories
     // it only implies stay as extracting makes them, as in BuildKit).
     let names = match owner {
@@ -100,12 +102,10 @@ pub(crate) fn add_archive(
         Some(_) => {
             let mut names = Vec::new();
             let mut archive = tar::Archive::new(tar_stream(magic, &mut f).map_err(io)?);
-            for e in archive
-                .entries()
-                .map_err(|e| format!("reading the archive: {e}"))?
-            {
-                let e = e.map_err(|e| format!("reading the archive: {e}"))?;
-                let name = e.path().map_err(|e| format!("reading the archive: {e}"))?;
+            let bad = |e: std::io::Error| StepError::user(format!("reading the archive: {e}"));
+            for e in archive.entries().map_err(bad)? {
+                let e = e.map_err(bad)?;
+                let name = e.path().map_err(bad)?;
                 let mut rel = PathBuf::new();
                 for c in name.components() {
                     match c {
@@ -137,9 +137,17 @@ pub(crate) fn add_archive(
             limits,
         },
     )
-    .map_err(|e| format!("extracting: {e}"))?;
+    .map_err(|e| {
+        // What the archive holds is the user's; the step dir it goes into, ours.
+        let fault = match e {
+            crate::unpack::UnpackError::Target { .. } => Fault::Machine,
+            _ => Fault::User,
+        };
+        StepError::new(fault, format!("extracting: {e}"))
+    })?;
     if let Some(owner) = owner {
-        chown_beneath(&target, &names, owner).map_err(|e| format!("--chown: {e}"))?;
+        chown_beneath(&target, &names, owner)
+            .map_err(|e| StepError::machine(format!("--chown: {e}")))?;
     }
     Ok(true)
 }
@@ -206,6 +214,8 @@ fn chown_beneath(dir: &Path, names: &[PathBuf], owner: Owner) -> std::io::Result
 
 /// ADD of a URL: downloaded (verified against `--checksum` when given) to
 /// `dest`, or into it under the URL's last path segment; mode 0600 as in Docker.
+/// A URL that does not answer, or answers with an error, is the network's
+/// fault; content other than `--checksum` says, the user's.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn add_url(
     http: &reqwest::Client,
@@ -217,35 +227,38 @@ pub(crate) async fn add_url(
     mode: Option<&Chmod>,
     upper: &Path,
     lowers: &[PathBuf],
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     let expected: Option<oci::Digest> = checksum
-        .map(|c| c.parse().map_err(|e| format!("--checksum: {e}")))
+        .map(|c| {
+            c.parse()
+                .map_err(|e| StepError::user(format!("--checksum: {e}")))
+        })
         .transpose()?;
     let host = url
         .split("://")
         .nth(1)
         .and_then(|r| r.split(['/', '?', '#']).next())
         .unwrap_or(url);
-    let resp = http
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| format!("downloading: {}", regclient::explain(host, &e)))?;
+    let resp = http.get(url).send().await.map_err(|e| {
+        StepError::network(format!("downloading: {}", regclient::explain(host, &e)))
+    })?;
     if !resp.status().is_success() {
-        return Err(format!(
+        return Err(StepError::network(format!(
             "downloading: {host} answered HTTP {}",
             resp.status()
-        ));
+        )));
     }
 
     let bytes = resp
         .bytes()
         .await
-        .map_err(|e| format!("downloading: {e}"))?;
+        .map_err(|e| StepError::network(format!("downloading: {e}")))?;
     if let Some(e) = &expected {
         let actual = oci::Digest::of(e.algorithm(), &bytes);
         if &actual != e {
-            return Err(format!("checksum is {actual}, not the {e} given"));
+            return Err(StepError::user(format!(
+                "checksum is {actual}, not the {e} given"
+            )));
         }
     }
     let name = url
@@ -255,7 +268,7 @@ pub(crate) async fn add_url(
         .filter(|n| !n.is_empty())
         .unwrap_or("download");
     let dest_rel = resolve_in_layers(Some(upper), lowers, &crate::sources::clean(dest))
-        .map_err(|e| e.to_string())?;
+        .map_err(StepError::io)?;
     let target = if into_dir || is_dir_in_layers(Some(upper), lowers, &dest_rel) {
         dest_rel.join(name)
     } else {
@@ -268,13 +281,13 @@ pub(crate) async fn add_url(
         owner,
         new_dir_mode(mode),
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(StepError::io)?;
     let at = upper.join(&target);
-    std::fs::write(&at, &bytes).map_err(|e| e.to_string())?;
+    std::fs::write(&at, &bytes).map_err(StepError::machine)?;
     use std::os::unix::fs::PermissionsExt;
     let mode = mode.map_or(0o600, |m| m.apply(0o600, false));
     std::fs::set_permissions(&at, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| e.to_string())?;
-    std::os::unix::fs::chown(&at, Some(owner.0), Some(owner.1)).map_err(|e| e.to_string())?;
+        .map_err(StepError::machine)?;
+    std::os::unix::fs::chown(&at, Some(owner.0), Some(owner.1)).map_err(StepError::machine)?;
     Ok(())
 }

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::chmod::Chmod;
+use crate::fault::StepError;
 use crate::image::NewImage;
 use crate::layered::{is_dir_in_layers, lookup_layers, resolve_in_layers};
 
@@ -23,15 +24,22 @@ pub(crate) use owner::{Owner, chown_ids, new_dir_mode, ownership};
 
 /// `--exclude` patterns as one matcher (the `.dockerignore` syntax,
 /// `!` exceptions included, as BuildKit's patternmatcher reads them).
+/// Errors, here and in the other steps of a COPY, come with the path (or
+/// flag) they are about.
 pub(crate) fn exclude_matcher(
     excludes: &[String],
-) -> Result<Option<dockerfile::IgnoreMatcher>, (String, String)> {
+) -> Result<Option<dockerfile::IgnoreMatcher>, (String, StepError)> {
     if excludes.is_empty() {
         return Ok(None);
     }
     dockerfile::IgnoreMatcher::parse(&excludes.join("\n"))
         .map(Some)
-        .map_err(|e| (format!("--exclude={}", excludes.join(",")), e.to_string()))
+        .map_err(|e| {
+            (
+                format!("--exclude={}", excludes.join(",")),
+                StepError::user(e),
+            )
+        })
 }
 
 /// COPY/ADD heredocs written out as files named after their delimiter
@@ -39,16 +47,16 @@ pub(crate) fn exclude_matcher(
 pub(crate) fn write_inline(
     dir: &Path,
     inline: &[dockerfile::instructions::InlineFile],
-) -> Result<(), (String, String)> {
+) -> Result<(), (String, StepError)> {
     let _ = std::fs::remove_dir_all(dir);
     if inline.is_empty() {
         return Ok(());
     }
-    let fail = |name: &str, e: std::io::Error| (format!("<<{name}"), e.to_string());
+    let fail = |name: &str, e: std::io::Error| (format!("<<{name}"), StepError::machine(e));
     std::fs::create_dir_all(dir).map_err(|e| fail("", e))?;
     for h in inline {
         if h.name.contains('/') || h.name == "." || h.name == ".." {
-            return Err((format!("<<{}", h.name), "not a file name".into()));
+            return Err((format!("<<{}", h.name), StepError::user("not a file name")));
         }
         let at = dir.join(&h.name);
         std::fs::write(&at, &h.content).map_err(|e| fail(&h.name, e))?;
@@ -71,7 +79,7 @@ pub(crate) fn copy_inline(
     planned: &[Planned],
     upper: &Path,
     lowers: &[PathBuf],
-) -> Result<(), (String, String)> {
+) -> Result<(), (String, StepError)> {
     let into_dir = dest_as_written.ends_with('/') || planned.len() + inline.len() > 1;
     let spec = CopySpec {
         root: dir,
@@ -105,7 +113,7 @@ pub(crate) fn plan_sources(
     parents: bool,
     ignore: Option<&dockerfile::IgnoreMatcher>,
     extra: usize,
-) -> Result<Vec<Planned>, (String, String)> {
+) -> Result<Vec<Planned>, (String, StepError)> {
     use crate::sources::{expand, has_wildcards, kept_rel, split_parents};
     let ignored = |m: &str| {
         let is_dir = root.join(m).is_dir();
@@ -117,27 +125,26 @@ pub(crate) fn plan_sources(
     };
     let mut found: Vec<(String, Option<PathBuf>)> = Vec::new();
     for s in sources {
-        let fail = |e: String| (s.clone(), e);
+        let leaves = || (s.clone(), StepError::user("the source leaves the context"));
         if parents {
             let (pivot, kept) = split_parents(s);
-            let pivot_rel =
-                kept_rel(&pivot).ok_or_else(|| fail("the source leaves the context".into()))?;
+            let pivot_rel = kept_rel(&pivot).ok_or_else(leaves)?;
             let joined = if pivot.is_empty() {
                 kept.clone()
             } else {
                 format!("{pivot}/{kept}")
             };
-            for m in expand(root, &joined).map_err(fail)? {
+            for m in expand(root, &joined) {
                 if has_wildcards(&joined) && ignored(&m) {
                     continue;
                 }
                 let below = clean_rel(&m)
                     .and_then(|p| p.strip_prefix(&pivot_rel).ok().map(Path::to_path_buf))
-                    .ok_or_else(|| fail("the source leaves the context".into()))?;
+                    .ok_or_else(leaves)?;
                 found.push((m, Some(below)));
             }
         } else {
-            for m in expand(root, s).map_err(fail)? {
+            for m in expand(root, s) {
                 if has_wildcards(s) && ignored(&m) {
                     continue;
                 }
@@ -149,8 +156,9 @@ pub(crate) fn plan_sources(
     if total > 1 && !dest_is_dir && !parents {
         return Err((
             sources.join(" "),
-            "with more than one source, the destination must be a directory and end with a /"
-                .into(),
+            StepError::user(
+                "with more than one source, the destination must be a directory and end with a /",
+            ),
         ));
     }
     let into_dir = dest_is_dir || total > 1;
@@ -274,29 +282,30 @@ pub(crate) fn copy_source(
     into_dir: bool,
     upper: &Path,
     lowers: &[PathBuf],
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     let (context, ignore) = (how.root, how.ignore);
-    let rel = clean_rel(source).ok_or("the source is outside the build context")?;
+    let rel = clean_rel(source)
+        .ok_or_else(|| StepError::user("the source is outside the build context"))?;
     // Symlinks on the way are followed inside the context (or stage), as
     // BuildKit does: an absolute target or `..` never leaves it.
-    let real_rel = crate::sources::resolve_in_root(context, &rel).map_err(|e| e.to_string())?;
+    let real_rel = crate::sources::resolve_in_root(context, &rel).map_err(StepError::io)?;
     let real = context.join(&real_rel);
     let meta = std::fs::symlink_metadata(&real)
-        .map_err(|_| "no such file or directory in the copy source".to_string())?;
+        .map_err(|_| StepError::user("no such file or directory in the copy source"))?;
     // Neither the path named nor the one a link leads to may be ignored
     // (BuildKit never sends an ignored file, so a link to one dangles).
     let rel_str = rel.to_string_lossy().into_owned();
     let real_str = real_rel.to_string_lossy().into_owned();
     let ignored = |p: &str| ignore.is_some_and(|i| !p.is_empty() && i.matches(p, meta.is_dir()));
     if (ignored(&rel_str) || ignored(&real_str)) && !meta.is_dir() {
-        return Err("excluded by .dockerignore".into());
+        return Err(StepError::user("excluded by .dockerignore"));
     }
     let rel_str = real_str;
     let from = real;
     // The destination follows symlinks of the image inside its root, as
     // BuildKit's copy does (`COPY f /link-to-dir/` writes into the dir).
     let dest_rel = resolve_in_layers(Some(upper), lowers, &crate::sources::clean(dest))
-        .map_err(|e| format!("resolving the destination: {e}"))?;
+        .map_err(|e| StepError::io(e).context("resolving the destination"))?;
     let target_rel = if meta.is_dir() {
         dest_rel.clone()
     } else if into_dir || is_dir_in_layers(Some(upper), lowers, &dest_rel) {
@@ -319,7 +328,7 @@ pub(crate) fn copy_source(
         how.owner.unwrap_or((0, 0)),
         new_dir_mode(how.mode),
     )
-    .map_err(|e| format!("creating {}: {e}", parent.display()))?;
+    .map_err(|e| StepError::io(e).context(format!("creating {}", parent.display())))?;
     let links = std::cell::RefCell::new(HashMap::new());
     let filter = Filter {
         ignore,
@@ -330,7 +339,7 @@ pub(crate) fn copy_source(
         links: Some(&links),
         mode: how.mode,
     };
-    copy_tree(&from, &upper.join(&target_rel), meta.is_dir(), &filter).map_err(|e| e.to_string())
+    copy_tree(&from, &upper.join(&target_rel), meta.is_dir(), &filter).map_err(StepError::io)
 }
 
 /// Which paths COPY may take: `.dockerignore` (paths relative to the

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use sandbox::RootFs;
 
 use crate::chmod::Chmod;
+use crate::fault::StepError;
 
 /// A uid and gid.
 pub(crate) type Owner = (u32, u32);
@@ -18,7 +19,7 @@ pub(crate) fn ownership(
     chmod: Option<&str>,
     lowers: &[PathBuf],
     step: &Path,
-) -> Result<(Option<Owner>, Option<Chmod>), String> {
+) -> Result<(Option<Owner>, Option<Chmod>), StepError> {
     let owner = match chown {
         None => None,
         Some(spec) => {
@@ -40,7 +41,7 @@ pub(crate) fn ownership(
 /// `root`) is the uid and, without a group, the gid too, whatever passwd
 /// says; a group, a name from `/etc/group` or a number, replaces the gid.
 /// Names the image does not have are refused (BuildKit would use 0).
-pub(crate) fn chown_ids(view: &RootFs, spec: &str) -> Result<Owner, String> {
+pub(crate) fn chown_ids(view: &RootFs, spec: &str) -> Result<Owner, StepError> {
     let (user, group) = spec
         .split_once(':')
         .map_or((spec, None), |(u, g)| (u, Some(g)));
@@ -50,7 +51,8 @@ pub(crate) fn chown_ids(view: &RootFs, spec: &str) -> Result<Owner, String> {
         Some(g) => format!("{user}:{}", if g == "root" { "0" } else { g }),
         None => user.to_owned(),
     };
-    let (uid, gid, _) = sandbox::resolve_user(view, &full).map_err(|e| e.to_string())?;
+    // A name the image does not have is the Dockerfile's to fix.
+    let (uid, gid, _) = sandbox::resolve_user(view, &full).map_err(StepError::user)?;
     Ok(match group {
         None if by_id => (uid, uid),
         _ => (uid, gid),

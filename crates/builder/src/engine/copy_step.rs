@@ -17,6 +17,7 @@ use crate::copy::{
     CopySpec, Owner, absolute_dest, add_archive, add_url, copy_inline, copy_source,
     exclude_matcher, ownership, plan_sources, write_inline,
 };
+use crate::fault::StepError;
 use crate::file_hashes::FileHashes;
 use crate::git::GitRef;
 
@@ -35,7 +36,12 @@ impl Kind {
         }
     }
 
-    fn err(self, file: &str, line: u32, path: &str) -> impl FnOnce(String) -> BuildError + use<> {
+    fn err(
+        self,
+        file: &str,
+        line: u32,
+        path: &str,
+    ) -> impl FnOnce(StepError) -> BuildError + use<> {
         let file = file.to_owned();
         let path = path.to_owned();
         move |problem| match self {
@@ -269,9 +275,9 @@ fn refuse_link_owner_names(
             .any(|part| !part.is_empty() && part.parse::<u32>().is_err())
     {
         return Err(
-            Kind::Copy.err(cx.file, s.line, &format!("--chown={chown}"))(
-                "with --link, --chown takes numeric ids only (as in BuildKit)".into(),
-            ),
+            Kind::Copy.err(cx.file, s.line, &format!("--chown={chown}"))(StepError::user(
+                "with --link, --chown takes numeric ids only (as in BuildKit)",
+            )),
         );
     }
     Ok(())
@@ -337,7 +343,8 @@ async fn transfer<E: AsyncWrite + Unpin + Send>(
     err: &mut E,
 ) -> Result<Step, BuildError> {
     let (req, file, line) = (cx.req, cx.file, s.line);
-    let copy_err = |(path, problem): (String, String)| Kind::Copy.err(file, line, &path)(problem);
+    let copy_err =
+        |(path, problem): (String, StepError)| Kind::Copy.err(file, line, &path)(problem);
     let exclude = exclude_matcher(t.c.excludes).map_err(copy_err)?;
     let inline_dir = req.work_dir.join(format!("inline-{}", s.step_no));
     write_inline(&inline_dir, t.c.inline).map_err(copy_err)?;

@@ -1,4 +1,7 @@
-//! What a build can fail with.
+//! What a build can fail with: each error names its Dockerfile line where
+//! it has one, and [`BuildError::fault`] says who can fix it.
+
+use crate::fault::{Fault, StepError};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -27,7 +30,7 @@ pub enum BuildError {
         file: String,
         line: u32,
         path: String,
-        problem: String,
+        problem: StepError,
     },
     /// ADD's own sources (URLs, git, archives); `path` is shown without a
     /// URL's query, which may be a credential (a SAS token).
@@ -36,27 +39,58 @@ pub enum BuildError {
         file: String,
         line: u32,
         path: String,
-        problem: String,
+        problem: StepError,
     },
     #[error("{file}:{line}: RUN: {problem}")]
     Run {
         file: String,
         line: u32,
-        problem: String,
+        problem: StepError,
     },
+    /// A failure around the steps (pulling, pushing, the data dir), with
+    /// what was being done.
     #[error("{context}: {source}")]
     Step {
         context: String,
+        fault: Fault,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
+impl BuildError {
+    /// Who can fix it: a user's Dockerfile, context or flags; the network
+    /// (a registry, git server or URL); or this machine. A failed RUN
+    /// command is the user's: it ran as written.
+    pub fn fault(&self) -> Fault {
+        match self {
+            BuildError::Dockerfile { .. }
+            | BuildError::Unsupported { .. }
+            | BuildError::RunFailed { .. } => Fault::User,
+            BuildError::Copy { problem, .. }
+            | BuildError::Add { problem, .. }
+            | BuildError::Run { problem, .. } => problem.fault(),
+            BuildError::Step { fault, .. } => *fault,
+        }
+    }
+}
+
+/// `context: error`, the machine's fault (creating, writing, reading our
+/// own files); see [`step_err_as`] for the others.
 pub(super) fn step_err<E: std::error::Error + Send + Sync + 'static>(
+    context: impl Into<String>,
+) -> impl FnOnce(E) -> BuildError {
+    step_err_as(Fault::Machine, context)
+}
+
+/// `context: error`, blamed on `fault`.
+pub(super) fn step_err_as<E: std::error::Error + Send + Sync + 'static>(
+    fault: Fault,
     context: impl Into<String>,
 ) -> impl FnOnce(E) -> BuildError {
     move |e| BuildError::Step {
         context: context.into(),
+        fault,
         source: Box::new(e),
     }
 }

@@ -9,8 +9,10 @@ use regclient::Client;
 use serde_json::json;
 use tokio::io::AsyncWrite;
 
+use super::error::step_err_as;
 use super::{BuildError, BuildResult, StageCtx, StageState, say, step_err};
 use crate::diff::NewLayer;
+use crate::fault::Fault;
 use crate::image::BuiltImage;
 
 /// Finish the target stage `st` and send it where the request says.
@@ -63,7 +65,7 @@ pub(super) async fn finish<W: AsyncWrite + Unpin + Send>(
         say(out, tty, &format!("exporting cache to {to}")).await;
         crate::remote_cache::export(client, to, done_steps)
             .await
-            .map_err(step_err(format!("--cache-to {to}")))?;
+            .map_err(step_err_as(Fault::Network, format!("--cache-to {to}")))?;
     }
     say(out, tty, &format!("built {}", built.manifest_digest)).await;
     Ok(BuildResult {
@@ -84,6 +86,7 @@ async fn push(
     tag: &Reference,
 ) -> Result<(), BuildError> {
     let host = tag.api_host().to_owned();
+    // A push fails at the registry (or on the way to it).
     let ctx = || format!("pushing {tag}");
     // Base blobs (mounted or copied) and new layers all at once, a few at
     // a time, as `docker push` does.
@@ -112,7 +115,7 @@ async fn push(
             .buffer_unordered(client.parallelism())
             .try_collect::<Vec<_>>()
             .await
-            .map_err(step_err(ctx()))?;
+            .map_err(step_err_as(Fault::Network, ctx()))?;
     }
     let cfg = bytes::Bytes::from(built.config.clone());
     client
@@ -124,7 +127,7 @@ async fn push(
             || reqwest::Body::from(cfg.clone()),
         )
         .await
-        .map_err(step_err(ctx()))?;
+        .map_err(step_err_as(Fault::Network, ctx()))?;
     client
         .put_manifest(
             tag,
@@ -132,6 +135,6 @@ async fn push(
             built.manifest.clone().into(),
         )
         .await
-        .map_err(step_err(ctx()))?;
+        .map_err(step_err_as(Fault::Network, ctx()))?;
     Ok(())
 }

@@ -63,12 +63,13 @@ use sandbox::Sandbox;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::diff::{LayerOptions, NewLayer};
+use crate::fault::Fault;
 use crate::file_hashes::FileHashes;
 use crate::image::NewImage;
 use crate::layers::{LayerStore, PulledImage};
 use crate::remote_cache::RemoteCache;
 pub use error::BuildError;
-use error::{step_err, unsupported};
+use error::{step_err, step_err_as, unsupported};
 use platform::{host_platform, stage_platform};
 
 /// What to build and where to put it.
@@ -221,7 +222,9 @@ async fn build_inner<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
 ) -> Result<BuildResult, BuildError> {
     let file = req.dockerfile.display().to_string();
     let tty = req.progress == Progress::Tty;
-    let src = std::fs::read(&req.dockerfile).map_err(step_err(format!("reading {file}")))?;
+    // The Dockerfile is the user's: missing or unreadable, theirs to fix.
+    let src = std::fs::read(&req.dockerfile)
+        .map_err(step_err_as(Fault::User, format!("reading {file}")))?;
     let opts = dockerfile::BuildOptions {
         build_args: req.build_args.clone(),
         build_platform: host_platform(),
@@ -342,16 +345,16 @@ async fn pull_bases<W: AsyncWrite + Unpin + Send>(
             unsupported(file, stage.pos.line, "FROM", &e.to_string())
         })?;
         let platform = stage_platform(stage, req)
-            .map_err(|e| unsupported(file, stage.pos.line, "FROM", &e))?;
+            .map_err(|e| unsupported(file, stage.pos.line, "FROM", &e.to_string()))?;
         say(out, tty, &format!("pulling {base} ({platform})")).await;
         let pulled = store
             .pull(client, &base, &platform)
             .await
-            .map_err(step_err(format!("pulling {base}")))?;
+            .map_err(step_err_as(Fault::Network, format!("pulling {base}")))?;
         let manifest = client
             .resolve_image(&base, &platform)
             .await
-            .map_err(step_err(format!("pulling {base}")))?;
+            .map_err(step_err_as(Fault::Network, format!("pulling {base}")))?;
         base_env.insert(si, config_env(&pulled.config));
         bases.insert(si, (base, pulled, manifest));
     }
@@ -415,7 +418,7 @@ async fn start_stage<W: AsyncWrite + Unpin + Send>(
             .cloned()
             .ok_or_else(|| refuse("a stage that is not built before it"));
     }
-    let platform = stage_platform(stage, cx.req).map_err(|e| refuse(&e))?;
+    let platform = stage_platform(stage, cx.req).map_err(|e| refuse(&e.to_string()))?;
     let steps = stage.instructions.len() + 1;
     if is_scratch(&stage.base) {
         say(out, cx.tty, &format!("[1/{steps}] FROM scratch")).await;
@@ -552,6 +555,7 @@ fn load_ignore(
         .map(Some)
         .map_err(|e| BuildError::Step {
             context: format!("{}", origin.display()),
+            fault: Fault::User,
             source: Box::new(std::io::Error::other(e.to_string())),
         })
 }

@@ -6,6 +6,7 @@ use std::path::Path;
 use regclient::Platform;
 
 use super::BuildRequest;
+use crate::fault::StepError;
 
 /// The platform this machine runs, as BuildKit's `BUILDPLATFORM` names it.
 pub(super) fn host_platform() -> dockerfile::Platform {
@@ -27,7 +28,8 @@ pub(super) fn host_platform() -> dockerfile::Platform {
 /// Whether this machine can run `p`'s programs: its own platform, or one
 /// with an emulator registered in `binfmt` (`/proc/sys/fs/binfmt_misc`,
 /// where qemu-user-static puts `qemu-aarch64` …), as BuildKit checks.
-pub(super) fn can_run(p: &Platform, binfmt: &Path) -> Result<(), String> {
+/// Without one, the machine is at fault: an emulator would make it run.
+pub(super) fn can_run(p: &Platform, binfmt: &Path) -> Result<(), StepError> {
     let host = host_platform();
     if p.os == host.os && p.architecture == host.arch {
         return Ok(());
@@ -43,11 +45,11 @@ pub(super) fn can_run(p: &Platform, binfmt: &Path) -> Result<(), String> {
     if binfmt.join(format!("qemu-{qemu}")).exists() {
         return Ok(());
     }
-    Err(format!(
+    Err(StepError::machine(format!(
         "this {host} machine cannot run {p} programs (no qemu-{qemu} in {}); \
          run build steps on this machine with FROM --platform=$BUILDPLATFORM",
         binfmt.display()
-    ))
+    )))
 }
 
 /// A stage's platform: `FROM --platform=…` (already expanded) or the
@@ -55,11 +57,11 @@ pub(super) fn can_run(p: &Platform, binfmt: &Path) -> Result<(), String> {
 pub(super) fn stage_platform(
     stage: &dockerfile::Stage,
     req: &BuildRequest,
-) -> Result<Platform, String> {
+) -> Result<Platform, StepError> {
     match stage.platform.as_deref().filter(|p| !p.is_empty()) {
         Some(p) => p
             .parse()
-            .map_err(|e: regclient::RegClientError| e.to_string()),
+            .map_err(|e: regclient::RegClientError| StepError::user(e)),
         None => Ok(req.platform.clone()),
     }
 }
@@ -88,6 +90,8 @@ mod tests {
             ..here
         };
         let err = can_run(&foreign, binfmt.path()).unwrap_err();
+        assert_eq!(err.fault(), crate::Fault::Machine);
+        let err = err.to_string();
         assert!(
             err.contains(&foreign.to_string()) && err.contains("--platform=$BUILDPLATFORM"),
             "{err}"

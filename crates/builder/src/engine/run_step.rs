@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use dockerfile::instructions::{MountKind, NetworkMode, SecurityMode};
 use regclient::Platform;
 use sandbox::{ImageRun, RootFs, RunSpec};
 use serde_json::json;
@@ -15,6 +16,7 @@ use super::cache::{StepLayer, finish_step, hash_sources, new_step_dir, next_key}
 use super::platform::can_run;
 use super::stage::{Step, StepIn, from_root};
 use super::{BuildError, StageCtx, StageState, say, step_err, unsupported};
+use crate::fault::StepError;
 use crate::file_hashes::FileHashes;
 
 /// `RUN`: from the cache when its key is there, else executed.
@@ -27,11 +29,11 @@ pub(super) async fn run<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Se
     err: &mut E,
 ) -> Result<Step, BuildError> {
     let (req, line) = (cx.req, s.line);
-    if run.security.as_deref() == Some("insecure") {
+    if run.security == Some(SecurityMode::Insecure) {
         return Err(unsupported(cx.file, line, "RUN", "--security=insecure"));
     }
     let (argv, script) = run_argv(&run.command, &st.shell)
-        .map_err(|what| unsupported(cx.file, line, "RUN", &what))?;
+        .map_err(|what| unsupported(cx.file, line, "RUN", &what.to_string()))?;
     let shown = argv.join(" ");
     let shown = match shown.split_once('\n') {
         Some((first, _)) => format!("{first} …"),
@@ -42,7 +44,7 @@ pub(super) async fn run<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Se
     let mut roots = Vec::with_capacity(run.mounts.len());
     let mut mount_hashes = Vec::new();
     for m in &run.mounts {
-        if m.kind != "bind" {
+        if m.kind != MountKind::Bind {
             roots.push(None);
             continue;
         }
@@ -93,7 +95,7 @@ pub(super) async fn run<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Se
 fn run_argv(
     cl: &dockerfile::instructions::CommandLine,
     shell: &[String],
-) -> Result<(Vec<String>, Option<(String, String)>), String> {
+) -> Result<(Vec<String>, Option<(String, String)>), StepError> {
     let with_shell = |cmd: String| shell.iter().cloned().chain([cmd]).collect::<Vec<_>>();
     if cl.heredocs.is_empty() {
         return Ok((
@@ -106,7 +108,7 @@ fn run_argv(
         ));
     }
     if !cl.shell_form || cl.args.len() != 1 {
-        return Err("heredocs in the exec form".into());
+        return Err(StepError::user("heredocs in the exec form"));
     }
     let cmd = cl.args[0].trim();
     let first = &cl.heredocs[0];
@@ -173,7 +175,7 @@ async fn execute_run<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
     err: &mut E,
 ) -> Result<StepLayer, BuildError> {
     let req = cx.req;
-    let run_err = |problem: String| BuildError::Run {
+    let run_err = |problem: StepError| BuildError::Run {
         file: cx.file.to_owned(),
         line: r.line,
         problem,
@@ -201,13 +203,13 @@ async fn execute_run<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
     if let Some((name, body)) = r.script {
         prepared
             .mounts
-            .push(script_mount(&scratch, name, body).map_err(|e| run_err(e.to_string()))?);
+            .push(script_mount(&scratch, name, body).map_err(|e| run_err(StepError::machine(e)))?);
     }
     let mut lower: Vec<PathBuf> = r.lowers.iter().rev().cloned().collect();
     if lower.is_empty() {
         // FROM scratch: overlayfs needs a lower dir; an empty one.
         let empty = scratch.join("empty");
-        std::fs::create_dir_all(&empty).map_err(|e| run_err(e.to_string()))?;
+        std::fs::create_dir_all(&empty).map_err(|e| run_err(StepError::machine(e)))?;
         lower.push(empty);
     }
     let rootfs = RootFs {
@@ -221,7 +223,7 @@ async fn execute_run<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
     spec.mounts = prepared.mounts;
     spec.secrets = prepared.secrets;
     spec.limits = req.run_limits.clone();
-    if r.run.network.as_deref() == Some("none") {
+    if r.run.network == Some(NetworkMode::None) {
         spec.network = sandbox::Network::None;
     }
     // Served while the RUN lasts: stopped when this goes, whatever happens.
@@ -229,7 +231,7 @@ async fn execute_run<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
     for (listener, agent) in prepared.ssh {
         proxies
             .serve(listener, agent)
-            .map_err(|e| run_err(format!("ssh agent: {e}")))?;
+            .map_err(|e| run_err(StepError::machine(format!("ssh agent: {e}"))))?;
     }
     let outcome = cx
         .sandbox

@@ -15,9 +15,11 @@ use tokio::io::AsyncWrite;
 
 use super::cache::{StepLayer, finish_step, new_step_dir, next_key};
 use super::copy_step::{CopyOrAdd, copy_or_add};
+use super::error::step_err_as;
 use super::{BuildError, StageCtx, StageState, find_stage, say, step_err, unsupported};
 use crate::copy::{clean_rel, make_dirs};
 use crate::diff::NewLayer;
+use crate::fault::Fault;
 use crate::layered::{is_dir_in_layers, merge_layers, resolve_in_layers};
 
 /// What an instruction did.
@@ -258,8 +260,7 @@ async fn workdir<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
                 work: step.join("work"),
             };
             crate::copy::chown_ids(&view, &u)
-                .map_err(std::io::Error::other)
-                .map_err(step_err(format!("{file}:{line}: WORKDIR")))?
+                .map_err(|e| step_err_as(e.fault(), format!("{file}:{line}: WORKDIR"))(e))?
         }
     };
     let rel = resolve_in_layers(Some(&upper), lowers, &rel)
@@ -312,7 +313,7 @@ pub(super) async fn from_root(
                 .store
                 .pull(cx.client, &r, &req.platform)
                 .await
-                .map_err(step_err(format!("pulling {r}")))?;
+                .map_err(step_err_as(Fault::Network, format!("pulling {r}")))?;
             (
                 format!("image-{}", pulled.manifest_digest.hex()),
                 pulled.layers,
