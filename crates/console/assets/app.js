@@ -219,7 +219,7 @@ function runsPage(params) {
   const q = new URLSearchParams(params);
   const poolSel = h("select", { id: "f-pool", name: "pool" }, h("option", { value: "" }, "all"));
   const stateSel = h("select", { id: "f-state", name: "state" },
-    ["", "queued", "running", "succeeded", "failed", "canceled", "timed_out", "error"]
+    ["", "queued", "running", "succeeded", "failed", "canceled", "timed-out", "error"]
       .map((s) => h("option", { value: s }, s || "all")));
   const text = h("input", { id: "f-text", name: "q", type: "search", placeholder: "id, tag, message, who" });
   stateSel.value = q.get("state") || "";
@@ -402,7 +402,7 @@ async function runPage(id) {
     const rows = [
       ["Pool", h("a", { href: `#/runs?pool=${encodeURIComponent(r.pool)}` }, r.pool)],
       ["Tags", h("span", { class: "mono" }, (r.build.tags || []).join(" ") || "(none)")],
-      ["Image", h("span", { class: "mono" }, r.image_digest || "")],
+      ["Image", r.image_digest ? h("span", { class: "mono" }, r.image_digest) : ""],
       ["Started by", r.submitted_by || ""],
       ["Created", when(r.created_at)],
       ["Duration", duration(r.started_at, r.finished_at)],
@@ -410,8 +410,10 @@ async function runPage(id) {
       ["Message", r.message || ""],
     ];
     if (r.revision) rows.push(["Revision", h("span", { class: "mono" }, `${r.revision.commit}${r.revision.branch ? ` (${r.revision.branch})` : ""}`)]);
-    facts.replaceChildren(...rows.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
-    cancel.hidden = ["succeeded", "failed", "canceled", "timed_out", "error"].includes(r.state);
+    facts.replaceChildren(...rows
+      .filter(([, v]) => v !== "" && v !== null && v !== undefined)
+      .flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
+    cancel.hidden = ["succeeded", "failed", "canceled", "timed-out", "error"].includes(r.state);
     stepsBox.replaceChildren(stepsTable(r, log));
   };
   paint(run);
@@ -569,6 +571,6 @@ async function route() {
   }
 }
 
-window.addEventListener("hashchange", () => { route(); main.focus(); });
+window.addEventListener("hashchange", () => { route(); main.focus({ preventScroll: true }); });
 applyTheme();
 route();

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod build_features;
+mod console;
 mod control;
 mod crash;
 mod deploy;
