@@ -450,6 +450,43 @@ async function runPage(id) {
   }
 }
 
+async function tasksPage() {
+  const list = await api("/tasks");
+  show(h("section", {}, h("h1", {}, "Tasks"),
+    table(["Task", "Pool", "Status", "Context", "Updated"],
+      list.map((t) => h("tr", {},
+        h("td", {}, h("a", { href: `#/tasks/${encodeURIComponent(t.name)}` }, t.name)),
+        h("td", {}, t.pool),
+        h("td", {}, badge(t.status === "Enabled" ? "enabled" : "disabled")),
+        h("td", { class: "mono" }, t.context || ""),
+        h("td", {}, when(t.updated_at)))),
+      "No task (slipway task create NAME -f acb.yaml).")));
+}
+
+async function taskPage(name) {
+  const t = await api(`/tasks/${encodeURIComponent(name)}`);
+  const runs = h("div", {});
+  show(h("section", {}, h("h1", {}, `Task ${t.name} `, badge(t.status === "Enabled" ? "enabled" : "disabled")),
+    h("dl", { class: "facts" },
+      h("dt", {}, "Pool"), h("dd", {}, t.pool),
+      h("dt", {}, "Context"), h("dd", { class: "mono" }, t.context || "(given at run)"),
+      h("dt", {}, "Timeout"), h("dd", {}, t.timeout_secs ? `${t.timeout_secs}s` : "the server's")),
+    h("p", { class: "muted" }, "Run it with ", h("code", {}, `slipway task run ${t.name}`)),
+    h("h2", {}, "Runs"), runs,
+    h("h2", {}, `Task file (${t.task.origin || "acb.yaml"})`),
+    h("pre", { class: "log mono", tabindex: "0" }, t.task.file)));
+  every(5000, async () => {
+    const list = await api(`/tasks/${encodeURIComponent(name)}/runs?limit=50`);
+    runs.replaceChildren(table(["Run", "State", "Created", "Duration"],
+      list.map((r) => h("tr", {},
+        h("td", {}, h("a", { href: `#/runs/${r.id}` }, r.id)),
+        h("td", {}, badge(r.state)),
+        h("td", {}, when(r.created_at)),
+        h("td", {}, duration(r.started_at, r.finished_at)))),
+      "No runs yet."));
+  });
+}
+
 async function repositories() {
   const repos = await api("/repositories");
   show(h("section", {}, h("h1", {}, "Repositories"),
@@ -562,6 +599,8 @@ async function route() {
     if (parts[0] === "pools" && parts.length === 1) return every(5000, pools);
     if (parts[0] === "runs" && parts.length === 1) return runsPage(query || "");
     if (parts[0] === "runs" && parts.length === 2) return await runPage(parts[1]);
+    if (parts[0] === "tasks" && parts.length === 1) return await tasksPage();
+    if (parts[0] === "tasks" && parts.length === 2) return await taskPage(parts[1]);
     if (parts[0] === "repositories" && parts.length === 1) return await repositories();
     if (parts[0] === "repositories") return await repository(parts.slice(1).join("/"));
     if (parts[0] === "tokens") return await tokens();

@@ -186,9 +186,24 @@ try {
   check(true, "an unknown run id shows a not-found page");
   await shot("not-found");
 
-  // Tokens (admin), then a narrow window in the dark theme.
+  // Tasks: the stored task and its file.
+  await page.goto(`${URL_}/#/tasks`);
+  await page.click("a:has-text('nightly')");
+  await page.waitForSelector("pre:has-text('version: v1.1.0')");
+  check(true, "a stored task shows with its file");
+  await shot("task");
+
+  // Tokens (admin): create one with a grant; its secret shows once.
   await page.goto(`${URL_}/#/tokens`);
   await page.waitForSelector("td:has-text('viewer')");
+  await page.fill("#t-name", "made-in-console");
+  await page.fill("#t-grants", "pool:other:build");
+  await page.click("button:has-text('Create')");
+  await page.waitForSelector("text=it is shown only now");
+  await page.waitForSelector("td:has-text('made-in-console')");
+  const secret = await page.textContent(".notice code");
+  const listed = await api("/runs?limit=1", secret);
+  check(secret.startsWith("slw_") && Array.isArray(listed), "a token created in the console works");
   await shot("tokens");
   await page.setViewportSize({ width: 420, height: 800 });
   await page.click("#theme");

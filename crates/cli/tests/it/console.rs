@@ -2,8 +2,8 @@
 //! playwright-core from npm (`tests/console/console.mjs`), against a real
 //! `slipway up` with two agents. The script signs in, watches a build's log
 //! live, cancels it from the page, checks a failed run's step, the
-//! registry pages, a 100,000-line log, a not-found page and a pool-scoped
-//! token; it saves a screenshot of each page under `target/artifacts/console`
+//! registry pages, a 100,000-line log, a not-found page, a stored task, a
+//! token made in the console and a pool-scoped token; it saves a screenshot of each page under `target/artifacts/console`
 //! (or `$SLIPWAY_ARTIFACTS/console`).
 
 use std::path::{Path, PathBuf};
@@ -54,6 +54,22 @@ fn console_in_a_browser_against_slipway_up() {
             count: 0,
             network: None,
             local: false,
+        })
+        .await
+        .unwrap();
+        c.create_task(&api::TaskDef {
+            name: "nightly".into(),
+            pool: "default".into(),
+            task: api::TaskSpec {
+                file: "version: v1.1.0\nsteps:\n  - cmd: busybox echo hello\n".into(),
+                origin: "acb.yaml".into(),
+                ..Default::default()
+            },
+            context: None,
+            timeout_secs: None,
+            status: "Enabled".into(),
+            created_at: 0,
+            updated_at: 0,
         })
         .await
         .unwrap();
@@ -123,6 +139,7 @@ fn console_in_a_browser_against_slipway_up() {
         "repository",
         "run-100k-lines",
         "not-found",
+        "task",
         "tokens",
         "run-narrow-dark",
         "scoped",
@@ -135,5 +152,5 @@ fn console_in_a_browser_against_slipway_up() {
             png.display()
         );
     }
-    assert_eq!(stdout.matches("ok - ").count(), 21, "{stdout}");
+    assert_eq!(stdout.matches("ok - ").count(), 23, "{stdout}");
 }
