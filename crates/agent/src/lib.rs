@@ -411,6 +411,9 @@ async fn build(
         .arg(lease.limits.memory_bytes.to_string())
         .arg("--cpus")
         .arg(lease.limits.cpus.to_string());
+    if lease.allow_insecure {
+        cmd.arg("--allow").arg("security.insecure");
+    }
     // Tags name the server as the submitter reached it; this agent pushes
     // to the server as it was given it (another name for the same place).
     let own = lease.registry.as_ref().map(|r| r.host.as_str());

@@ -443,8 +443,10 @@ fn render(env: &TaskEnv, task: &api::TaskSpec) -> Result<tasks::Plan, String> {
     for kv in &task.set {
         ctx.set(kv).map_err(|e| format!("--set {kv}: {e}"))?;
     }
-    tasks::load(&task.file, &task.origin, &ctx, &tasks::Policy::default())
-        .map_err(|e| e.to_string())
+    let policy = tasks::Policy {
+        allow_privileged: env.lease.allow_insecure,
+    };
+    tasks::load(&task.file, &task.origin, &ctx, &policy).map_err(|e| e.to_string())
 }
 
 /// One step: its start delay, then `repeat + 1` runs, each retried up to
@@ -661,6 +663,9 @@ async fn attempt_step(
                 .arg(env.lease.limits.memory_bytes.to_string())
                 .arg("--cpus")
                 .arg(env.lease.limits.cpus.to_string());
+            if env.lease.allow_insecure {
+                cmd.arg("--allow").arg("security.insecure");
+            }
             if let Some(f) = &b.dockerfile {
                 cmd.arg("-f").arg(inside(&env.ctx, &workdir, f, "-f")?);
             } else {
@@ -826,6 +831,9 @@ async fn attempt_step(
             }
             if let Some(u) = &step.user {
                 cmd.arg("-u").arg(u);
+            }
+            if step.privileged {
+                cmd.arg("--privileged");
             }
             if step.network.as_deref() == Some("none") {
                 cmd.arg("--network").arg("none");

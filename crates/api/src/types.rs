@@ -75,6 +75,11 @@ pub struct PoolSpec {
     /// The server itself keeps `count` agent processes of this pool alive.
     #[serde(default)]
     pub local: bool,
+    /// Builds may use `RUN --security=insecure` and tasks `privileged:
+    /// true` steps (no seccomp filter, no device cgroup): for pools whose
+    /// machines are dedicated to trusted builds only.
+    #[serde(default)]
+    pub allow_insecure: bool,
 }
 
 fn one() -> u32 {
@@ -88,6 +93,8 @@ pub struct PoolUpdate {
     pub count: Option<u32>,
     #[serde(default)]
     pub tier: Option<Tier>,
+    #[serde(default)]
+    pub allow_insecure: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -97,6 +104,9 @@ pub struct Pool {
     pub count: u32,
     pub network: Option<String>,
     pub local: bool,
+    /// See [`PoolSpec::allow_insecure`].
+    #[serde(default)]
+    pub allow_insecure: bool,
     pub created_at: i64,
     /// Runs waiting for an agent.
     pub queued: u64,
@@ -641,6 +651,9 @@ pub struct Lease {
     /// in clear for this lease only.
     #[serde(default)]
     pub credentials: Vec<CredentialSpec>,
+    /// The pool allows `RUN --security=insecure` and privileged task steps.
+    #[serde(default)]
+    pub allow_insecure: bool,
 }
 
 /// `POST /agent/runs/{id}/heartbeat`.

@@ -116,6 +116,12 @@ pub struct BuildArgs {
     /// Push this build's steps as a registry cache: REF or type=registry,ref=REF[,mode=max].
     #[arg(long = "cache-to")]
     pub(crate) cache_to: Option<String>,
+    /// An entitlement, as buildx names it: `security.insecure` lets
+    /// `RUN --security=insecure` run without the seccomp filter and the
+    /// device cgroup (--local; a pool's agents pass it when the pool
+    /// allows it).
+    #[arg(long = "allow", value_name = "ENTITLEMENT")]
+    pub(crate) allow: Vec<String>,
     /// Build context directory.
     pub(crate) context: PathBuf,
 }
@@ -179,7 +185,9 @@ impl BuildArgs {
             .map(|spec| ssh_socket(spec))
             .collect::<Result<_>>()?;
         let (cache_from, cache_to) = self.cache_refs()?;
+        let allow_insecure = self.entitlements()?;
         Ok(LocalBuild {
+            allow_insecure,
             oci_archive: oci_dest.map(|dest| OciArchive {
                 dest,
                 name: tags.first().cloned(),
@@ -208,6 +216,18 @@ impl BuildArgs {
             iidfile: self.iidfile,
             metadata_file: self.metadata_file,
         })
+    }
+
+    /// `--allow`: whether `security.insecure` is granted.
+    fn entitlements(&self) -> Result<bool> {
+        let mut insecure = false;
+        for e in &self.allow {
+            match e.as_str() {
+                "security.insecure" => insecure = true,
+                other => bail!("--allow {other}: the only entitlement is security.insecure"),
+            }
+        }
+        Ok(insecure)
     }
 
     /// `--cache-from` and `--cache-to`.
@@ -344,6 +364,10 @@ impl BuildArgs {
                 "--insecure-registry (set on the agent)",
             ),
             (!self.ca_certs.is_empty(), "--ca-cert (set on the agent)"),
+            (
+                !self.allow.is_empty(),
+                "--allow (a pool's policy decides: slipway pool update POOL --allow-insecure true)",
+            ),
         ];
         if let Some((_, flag)) = local_only.iter().find(|(given, _)| *given) {
             bail!("{flag} applies to --local builds only");

@@ -35,6 +35,7 @@ pub(crate) struct LocalBuild {
     pub progress: Progress,
     /// `--memory`/`--cpus` of every RUN.
     pub run_limits: sandbox::Limits,
+    pub allow_insecure: bool,
     pub unpack: builder::unpack::Limits,
     pub oci_archive: Option<OciArchive>,
     /// The data dir as given (`--data` or the default); opened by [`run`].
@@ -120,6 +121,7 @@ fn request(b: &LocalBuild, data: &DataDir, context: PathBuf) -> BuildRequest {
         secrets: b.secrets.clone(),
         labels: b.labels.clone(),
         run_limits: b.run_limits.clone(),
+        allow_insecure: b.allow_insecure,
         cache_mounts_dir: data.cache_mounts(),
         oci_archive: b.oci_archive.clone(),
         ssh: b.ssh.clone(),

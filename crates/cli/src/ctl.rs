@@ -159,14 +159,23 @@ pub enum PoolCommand {
         /// The server runs the agents itself, on its own machine.
         #[arg(long)]
         local: bool,
+        /// Allow `RUN --security=insecure` and privileged task steps (no
+        /// seccomp filter, no device cgroup): only for pools whose
+        /// machines run trusted builds alone.
+        #[arg(long)]
+        allow_insecure: bool,
     },
-    /// Scale a pool or change its tier.
+    /// Scale a pool, change its tier or its policy.
     Update {
         name: String,
         #[arg(long)]
         count: Option<u32>,
         #[arg(long)]
         tier: Option<Tier>,
+        /// Allow (true) or refuse (false) `RUN --security=insecure` and
+        /// privileged task steps.
+        #[arg(long, value_name = "true|false")]
+        allow_insecure: Option<bool>,
     },
     /// A pool's agents (status, last heartbeat, current run) and queue.
     Show { name: String },
@@ -192,6 +201,7 @@ pub async fn pool(args: &ClientArgs, cmd: PoolCommand) -> Result<()> {
             count,
             network,
             local,
+            allow_insecure,
         } => {
             let p = c
                 .create_pool(&PoolSpec {
@@ -200,6 +210,7 @@ pub async fn pool(args: &ClientArgs, cmd: PoolCommand) -> Result<()> {
                     count,
                     network,
                     local,
+                    allow_insecure,
                 })
                 .await?;
             if json {
@@ -219,12 +230,32 @@ pub async fn pool(args: &ClientArgs, cmd: PoolCommand) -> Result<()> {
                 );
             }
         }
-        PoolCommand::Update { name, count, tier } => {
-            let p = c.update_pool(&name, &PoolUpdate { count, tier }).await?;
+        PoolCommand::Update {
+            name,
+            count,
+            tier,
+            allow_insecure,
+        } => {
+            let up = PoolUpdate {
+                count,
+                tier,
+                allow_insecure,
+            };
+            let p = c.update_pool(&name, &up).await?;
             if json {
                 return print_json(&p);
             }
-            println!("pool {}: tier {}, {} agents", p.name, p.tier, p.count);
+            println!(
+                "pool {}: tier {}, {} agents{}",
+                p.name,
+                p.tier,
+                p.count,
+                if p.allow_insecure {
+                    ", insecure RUN steps allowed"
+                } else {
+                    ""
+                }
+            );
         }
         PoolCommand::Show { name } => {
             let s = c.pool(&name).await?;

@@ -105,6 +105,11 @@ pub struct RunArgs {
     /// The builder's data dir (layer store), as `build --local --data`.
     #[arg(long, env = "SLIPWAY_DATA")]
     data: Option<PathBuf>,
+    /// Run without the seccomp filter and the device cgroup (`docker run
+    /// --privileged`'s looser confinement; a task's `privileged: true`
+    /// step, where the pool allows it).
+    #[arg(long)]
+    privileged: bool,
     #[command(flatten)]
     registry: RegistryArgs,
     #[command(flatten)]
@@ -204,6 +209,9 @@ async fn run_pulled(
         other => bail!("--network {other}: use host or none"),
     };
     spec.limits.timeout = args.timeout;
+    if args.privileged {
+        spec.security = sandbox::Security::Insecure;
+    }
     for s in &args.secrets {
         let (id, data) = crate::build_args::read_secret(s)?;
         spec.secrets.push(sandbox::Secret::new(id, data));

@@ -305,12 +305,19 @@ pub async fn up(args: UpArgs) -> Result<()> {
                 count: agents,
                 network: Some("local".into()),
                 local: true,
+                allow_insecure: false,
             };
             let db = srv.db();
             let made = db.create_pool(&spec).await;
             let updated = match made {
                 Ok(true) => Ok(true),
-                Ok(false) => db.update_pool("default", Some(agents), None).await,
+                Ok(false) => {
+                    let up = api::PoolUpdate {
+                        count: Some(agents),
+                        ..Default::default()
+                    };
+                    db.update_pool("default", &up).await
+                }
                 Err(e) => Err(e),
             };
             if let Err(e) = updated {

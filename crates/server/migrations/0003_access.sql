@@ -10,5 +10,9 @@ CREATE TABLE context_uploads (
 -- The uploaded context a run builds, for the agent's read check. From now
 -- on runs.submitter holds the submitting token's unique id, not its name.
 ALTER TABLE runs ADD COLUMN context TEXT;
+-- A pool's policy: whether its builds may use RUN --security=insecure and
+-- its tasks privileged steps (off: refused, as on every pool before).
+ALTER TABLE pools ADD COLUMN allow_insecure BIGINT NOT NULL DEFAULT 0;
+
 -- The submitting token's name at submit time, for display only.
 ALTER TABLE runs ADD COLUMN submitter_name TEXT;

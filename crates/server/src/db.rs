@@ -12,7 +12,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use api::{AgentInfo, Attempt, BuildSpec, LogChunk, Pool, PoolSpec, Run, RunState, Tier};
+use api::{AgentInfo, Attempt, BuildSpec, LogChunk, Pool, PoolSpec, Run, RunState};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 use tokio::sync::{Mutex, MutexGuard};
@@ -197,7 +197,7 @@ impl Db {
     pub async fn create_pool(&self, spec: &PoolSpec) -> Result<bool> {
         let _w = self.write_lock().await;
         let r = sqlx::query(
-            "INSERT INTO pools (name, tier, count, network, local, created_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING",
+            "INSERT INTO pools (name, tier, count, network, local, created_at, allow_insecure) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO NOTHING",
         )
         .bind(&spec.name)
         .bind(spec.tier.as_str())
@@ -205,6 +205,7 @@ impl Db {
         .bind(spec.network.clone())
         .bind(i64::from(spec.local))
         .bind(now_ms())
+        .bind(i64::from(spec.allow_insecure))
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected() == 1)
@@ -224,6 +225,7 @@ impl Db {
             count: u32::try_from(row.try_get::<i64, _>("count")?).unwrap_or(0),
             network: row.try_get("network")?,
             local: row.try_get::<i64, _>("local")? != 0,
+            allow_insecure: row.try_get::<i64, _>("allow_insecure")? != 0,
             created_at: row.try_get("created_at")?,
             queued: count("queued"),
             running: count("running"),
@@ -267,19 +269,15 @@ impl Db {
         row.map(|r| Self::pool_from_row(&r, &counts)).transpose()
     }
 
-    pub async fn update_pool(
-        &self,
-        name: &str,
-        count: Option<u32>,
-        tier: Option<Tier>,
-    ) -> Result<bool> {
+    pub async fn update_pool(&self, name: &str, up: &api::PoolUpdate) -> Result<bool> {
         let _w = self.write_lock().await;
         let r = sqlx::query(
-            "UPDATE pools SET count = COALESCE($2, count), tier = COALESCE($3, tier) WHERE name = $1",
+            "UPDATE pools SET count = COALESCE($2, count), tier = COALESCE($3, tier), allow_insecure = COALESCE($4, allow_insecure) WHERE name = $1",
         )
         .bind(name)
-        .bind(count.map(i64::from))
-        .bind(tier.map(|t| t.as_str().to_owned()))
+        .bind(up.count.map(i64::from))
+        .bind(up.tier.map(|t| t.as_str().to_owned()))
+        .bind(up.allow_insecure.map(i64::from))
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected() == 1)

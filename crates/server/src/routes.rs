@@ -563,7 +563,7 @@ async fn update_pool(
     if up.count.is_some_and(|c| c > 100) {
         return Err(bad("count: at most 100 agents per pool"));
     }
-    if !s.db.update_pool(&name, up.count, up.tier).await? {
+    if !s.db.update_pool(&name, &up).await? {
         return Err(not_found(format!("pool {name} does not exist")));
     }
     let pool =
@@ -827,12 +827,12 @@ pub(crate) async fn queue_run(
 ) -> R<api::Run> {
     let who = &c.who;
     may_build(who, &req.pool)?;
-    if s.db.pool(&req.pool).await?.is_none() {
+    let Some(pool) = s.db.pool(&req.pool).await? else {
         return Err(not_found(format!("pool {} does not exist", req.pool)));
-    }
+    };
     let own = own.to_owned();
     if let Some(task) = &mut req.build.task {
-        crate::task_routes::check_task(s, who, task, &req.secrets).await?;
+        crate::task_routes::check_task(s, who, task, &req.secrets, &pool).await?;
         req.build.no_push = true;
     }
     let b = &mut req.build;
@@ -1192,7 +1192,7 @@ async fn lease(State(s): S, headers: HeaderMap, Json(req): Json<LeaseRequest>) -
                 attempt = c.attempt,
                 "leased"
             );
-            let lease = complete_lease(&s, c, token, pool.tier).await?;
+            let lease = complete_lease(&s, c, token, &pool).await?;
             return Ok(Json(lease).into_response());
         }
         if tokio::time::Instant::now() >= deadline {
@@ -1211,8 +1211,9 @@ async fn complete_lease(
     s: &Server,
     c: crate::db::Claimed,
     token: String,
-    tier: api::Tier,
+    pool: &api::Pool,
 ) -> R<Lease> {
+    let tier = pool.tier;
     let (submitter, sealed) =
         s.db.run_private(&c.run.id)
             .await?
@@ -1286,6 +1287,7 @@ async fn complete_lease(
             memory_bytes: tier.memory_bytes(),
         },
         credentials: lease_credentials(s, &c.run.pool).await?,
+        allow_insecure: pool.allow_insecure,
         run: c.run,
     })
 }

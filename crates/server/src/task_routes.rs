@@ -126,6 +126,7 @@ pub(crate) async fn check_task(
     who: &Principal,
     task: &mut TaskSpec,
     given: &BTreeMap<String, String>,
+    pool: &api::Pool,
 ) -> R<()> {
     if task.file.len() > 1024 * 1024 {
         return Err(bad("task file: at most 1 MiB"));
@@ -148,8 +149,11 @@ pub(crate) async fn check_task(
     for kv in &task.set {
         ctx.set(kv).map_err(|e| bad(format!("--set {kv}: {e}")))?;
     }
-    let plan = tasks::load(&task.file, &task.origin, &ctx, &tasks::Policy::default())
-        .map_err(|e| bad(e.to_string()))?;
+    let policy = tasks::Policy {
+        allow_privileged: pool.allow_insecure,
+    };
+    let plan =
+        tasks::load(&task.file, &task.origin, &ctx, &policy).map_err(|e| bad(e.to_string()))?;
     let stored = s.db.secrets().await?;
     task.stored_secrets.clear();
     for sec in &plan.secrets {
@@ -205,11 +209,11 @@ async fn store_task(
 ) -> R<Response> {
     let who = admin(s, headers)?;
     check_def(&def)?;
-    if s.db.pool(&def.pool).await?.is_none() {
+    let Some(pool) = s.db.pool(&def.pool).await? else {
         return Err(not_found(format!("pool {} does not exist", def.pool)));
-    }
+    };
     // The file is checked now, so `task create` fails where the file is wrong.
-    check_task(s, &who, &mut def.task, &BTreeMap::new()).await?;
+    check_task(s, &who, &mut def.task, &BTreeMap::new(), &pool).await?;
     if !s.db.put_task(&def, replace).await? {
         return Err(if replace {
             not_found(format!("no task {}", def.name))

@@ -94,6 +94,9 @@ pub struct BuildRequest {
     pub labels: BTreeMap<String, String>,
     /// Limits of every RUN step (`--memory`, `--cpus`).
     pub run_limits: sandbox::Limits,
+    /// `RUN --security=insecure` may run (`--allow security.insecure`):
+    /// without the seccomp filter and the device cgroup. Refused otherwise.
+    pub allow_insecure: bool,
     /// Where `RUN --mount=type=cache` directories live (kept between builds,
     /// also with `--no-cache`, as BuildKit keeps them).
     pub cache_mounts_dir: PathBuf,

@@ -29,8 +29,13 @@ pub(super) async fn run<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Se
     err: &mut E,
 ) -> Result<Step, BuildError> {
     let (req, line) = (cx.req, s.line);
-    if run.security == Some(SecurityMode::Insecure) {
-        return Err(unsupported(cx.file, line, "RUN", "--security=insecure"));
+    if run.security == Some(SecurityMode::Insecure) && !req.allow_insecure {
+        return Err(unsupported(
+            cx.file,
+            line,
+            "RUN",
+            "--security=insecure without --allow security.insecure (on a pool: slipway pool update POOL --allow-insecure true)",
+        ));
     }
     let (argv, script) = run_argv(&run.command, &st.shell)
         .map_err(|what| unsupported(cx.file, line, "RUN", &what.to_string()))?;
@@ -223,6 +228,9 @@ async fn execute_run<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
     spec.mounts = prepared.mounts;
     spec.secrets = prepared.secrets;
     spec.limits = req.run_limits.clone();
+    if r.run.security == Some(SecurityMode::Insecure) {
+        spec.security = sandbox::Security::Insecure;
+    }
     if r.run.network == Some(NetworkMode::None) {
         spec.network = sandbox::Network::None;
     }

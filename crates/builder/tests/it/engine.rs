@@ -73,6 +73,7 @@ fn write(path: &Path, text: &str, mode: u32) {
 
 async fn build(dir: &Path, archive: &Path) -> (builder::BuildResult, String) {
     let request = BuildRequest {
+        allow_insecure: false,
         context: dir.join("ctx"),
         dockerfile: dir.join("ctx/Dockerfile"),
         tags: Vec::new(),

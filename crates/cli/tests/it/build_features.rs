@@ -1314,3 +1314,41 @@ fn a_run_step_is_confined_as_docker_confines_it() {
         assert!(l.ends_with(" 0"), "not empty: {l}");
     }
 }
+
+/// `RUN --security=insecure` is refused unless the build is given the
+/// `security.insecure` entitlement; with it, that step runs without the
+/// seccomp filter while the others keep it.
+#[test]
+fn insecure_run_steps_need_the_entitlement() {
+    let Some(fx) = fixture() else { return };
+    let host = fx.srv.addr.clone();
+    let ctx = fx.tmp.path().join("insecure");
+    std::fs::create_dir_all(&ctx).unwrap();
+    let df = format!(
+        "{}RUN --security=insecure grep Seccomp: /proc/self/status | sed 's/^/insecure-/'\n\
+         RUN grep Seccomp: /proc/self/status | sed 's/^/default-/'\n",
+        base(&host)
+    );
+    let out = build(&fx, &ctx, &df, &["--no-push"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("--allow security.insecure"), "{err}");
+    assert!(err.contains("Dockerfile:3"), "names the line: {err}");
+    let out = must(build(
+        &fx,
+        &ctx,
+        &df,
+        &["--no-push", "--allow", "security.insecure"],
+    ));
+    let mode = |prefix: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(|v| v.trim().to_owned())
+    };
+    assert_eq!(mode("insecure-Seccomp:").as_deref(), Some("0"), "{out}");
+    assert_eq!(mode("default-Seccomp:").as_deref(), Some("2"), "{out}");
+    let bad = build(&fx, &ctx, &df, &["--no-push", "--allow", "network.host"]);
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("the only entitlement is security.insecure")
+    );
+}

@@ -54,6 +54,7 @@ fn console_in_a_browser_against_slipway_up() {
             count: 0,
             network: None,
             local: false,
+            allow_insecure: false,
         })
         .await
         .unwrap();

@@ -310,6 +310,7 @@ async fn make_pool(c: &api::Client, name: &str, count: u32) -> String {
         count,
         network: None,
         local: false,
+        allow_insecure: false,
     })
     .await
     .unwrap();
@@ -905,6 +906,7 @@ fn tokens_and_secrets_are_scoped_and_never_stored_in_clear() {
                 count: 0,
                 network: None,
                 local: false,
+                allow_insecure: false,
             })
             .await
             .unwrap();
