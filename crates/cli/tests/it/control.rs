@@ -387,7 +387,7 @@ fn up_builds_examples_hello_and_reports_failures() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let (up, plane) = Plane::up(tmp.path(), 2);
-    let (data, url) = (plane.data.clone(), plane.url.clone());
+    let data = plane.data.clone();
     let base = plane.import_busybox();
     let hello = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello");
     let out = plane
