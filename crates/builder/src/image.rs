@@ -5,10 +5,9 @@
 //! that fields of the base config we do not model survive unchanged, as
 //! BuildKit keeps them.
 
+use layer::diff::LayerInfo;
 use oci::{Descriptor, Digest, media_type};
 use serde_json::{Value, json};
-
-use crate::diff::LayerInfo;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

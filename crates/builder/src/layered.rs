@@ -59,7 +59,7 @@ pub(crate) fn merge_dir(
             continue;
         }
         if ft.is_dir() {
-            let opaque = crate::diff::is_opaque(&e.path());
+            let opaque = layer::diff::is_opaque(&e.path());
             match existing {
                 Some(m) if m.is_dir() && !opaque => {}
                 Some(m) => {

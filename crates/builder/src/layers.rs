@@ -17,10 +17,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures_util::{StreamExt, TryStreamExt};
+use layer::unpack::{Limits, Unpack, UnpackError, WhiteoutMode, apply_archive};
 use oci::{Digest, Reference};
 use regclient::{Client, Platform};
-
-use crate::unpack::{Limits, Unpack, UnpackError, WhiteoutMode, apply_archive};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

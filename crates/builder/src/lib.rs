@@ -13,8 +13,6 @@
 mod chmod;
 mod config_step;
 mod copy;
-pub mod data_dir;
-pub mod diff;
 pub mod engine;
 pub mod fault;
 pub mod file_hashes;
@@ -28,7 +26,11 @@ pub mod prune;
 pub mod remote_cache;
 mod run_mounts;
 mod sources;
-pub mod unpack;
+
+/// The layer unpacker, differ and data-dir layout live in the `layer` crate
+/// (so `context` unpacks without the engine); re-exported under their old
+/// paths.
+pub use layer::{data_dir, diff, unpack};
 
 pub use diff::{Compression, DiffError, LayerInfo, LayerOptions, write_layer};
 pub use engine::{BuildError, BuildRequest, BuildResult, OciArchive, Progress, build};

@@ -11,11 +11,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use layer::diff::NewLayer;
 use oci::Reference;
 use regclient::Client;
 use serde_json::json;
 
-use crate::diff::NewLayer;
 use crate::image::BuiltImage;
 
 #[derive(Debug, thiserror::Error)]

@@ -14,7 +14,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use crate::data_dir::DataDir;
+use layer::data_dir::DataDir;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PruneError {

@@ -19,14 +19,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use layer::diff::{LayerInfo, NewLayer};
+use layer::unpack::WhiteoutMode;
 use oci::{Digest, Reference};
 use regclient::Client;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-
-use crate::diff::LayerInfo;
-use crate::diff::NewLayer;
-use crate::unpack::WhiteoutMode;
 
 /// Media type of the cache's config blob.
 pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.slipway.buildcache.config.v1+json";
@@ -106,7 +104,7 @@ impl RemoteCache {
         cache_dir: &Path,
         mode: WhiteoutMode,
         lowers: &[PathBuf],
-        limits: crate::unpack::Limits,
+        limits: layer::unpack::Limits,
     ) -> Result<bool, RemoteCacheError> {
         let Some((from, step)) = self.steps.get(key) else {
             return Ok(false);
@@ -144,14 +142,14 @@ impl RemoteCache {
         tokio::task::spawn_blocking(move || -> Result<(), RemoteCacheError> {
             let f = std::fs::File::open(&layer_path)
                 .map_err(io(format!("opening {}", layer_path.display())))?;
-            crate::unpack::apply_archive(
+            layer::unpack::apply_archive(
                 std::io::BufReader::with_capacity(1 << 20, f),
                 &d,
                 Some(&di),
                 &upper,
                 mode,
                 &lowers_owned,
-                crate::unpack::Unpack {
+                layer::unpack::Unpack {
                     limits,
                     ..Default::default()
                 },

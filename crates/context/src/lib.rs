@@ -2,7 +2,7 @@
 //! [`pack`] walks a directory in sorted order, leaves out what
 //! `.dockerignore` excludes, and writes a tar compressed with zstd, hashing
 //! it as it goes; [`unpack`] extracts one into an empty directory with the
-//! builder's hardened layer code (nothing lands outside the target).
+//! `layer` crate's hardened unpacker (nothing lands outside the target).
 //!
 //! Packing the same unchanged tree twice gives the same bytes, so the
 //! digest tells the server whether it has the context already.
@@ -15,7 +15,7 @@ use dockerfile::ignore::{Decision, IgnoreMatcher};
 use oci::{Algorithm, Digest, Digester};
 
 /// Which directories are Slipway's own data, never part of a context.
-pub use builder::data_dir;
+pub use layer::data_dir;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContextError {
@@ -30,7 +30,7 @@ pub enum ContextError {
     #[error("context {0} is not a directory")]
     NotADirectory(PathBuf),
     #[error("unpacking the context: {0}")]
-    Unpack(#[from] builder::UnpackError),
+    Unpack(#[from] layer::UnpackError),
 }
 
 type Result<T, E = ContextError> = std::result::Result<T, E>;
@@ -210,25 +210,25 @@ impl<R: Read> Read for CountingRead<'_, R> {
 /// Extract a context archive (zstd, gzip or plain tar) whose bytes must
 /// hash to `digest` into `target`, which must be empty or absent, within
 /// `limits` (a small upload can claim terabytes unpacked).
-pub use builder::unpack::Limits as UnpackLimits;
+pub use layer::unpack::Limits as UnpackLimits;
 
 pub fn unpack(
     archive: impl Read,
     digest: &Digest,
     target: &Path,
-    limits: builder::unpack::Limits,
+    limits: layer::unpack::Limits,
 ) -> Result<u64> {
     std::fs::create_dir_all(target).map_err(io_at(target))?;
     // A context creates no device node, whatever its tar says.
-    let applied = builder::unpack::apply_archive(
+    let applied = layer::unpack::apply_archive(
         archive,
         digest,
         None,
         target,
-        builder::WhiteoutMode::Flatten,
+        layer::WhiteoutMode::Flatten,
         &[],
-        builder::unpack::Unpack {
-            origin: builder::unpack::Origin::Context,
+        layer::unpack::Unpack {
+            origin: layer::unpack::Origin::Context,
             limits,
         },
     )?;

@@ -22,7 +22,7 @@ pub(crate) fn add_archive(
     owner: Option<Owner>,
     upper: &Path,
     lowers: &[PathBuf],
-    limits: crate::unpack::Limits,
+    limits: layer::unpack::Limits,
 ) -> Result<bool, StepError> {
     use std::io::{Read, Seek};
     let Some(rel) = clean_rel(source) else {
@@ -125,22 +125,22 @@ pub(crate) fn add_archive(
     };
     let target = upper.join(&dest_rel);
     // An archive from the context: no device node comes out of it.
-    crate::unpack::apply_archive(
+    layer::unpack::apply_archive(
         f,
         &digest,
         None,
         &target,
-        crate::unpack::WhiteoutMode::Flatten,
+        layer::unpack::WhiteoutMode::Flatten,
         &[],
-        crate::unpack::Unpack {
-            origin: crate::unpack::Origin::Context,
+        layer::unpack::Unpack {
+            origin: layer::unpack::Origin::Context,
             limits,
         },
     )
     .map_err(|e| {
         // What the archive holds is the user's; the step dir it goes into, ours.
         let fault = match e {
-            crate::unpack::UnpackError::Target { .. } => Fault::Machine,
+            layer::unpack::UnpackError::Target { .. } => Fault::Machine,
             _ => Fault::User,
         };
         StepError::new(fault, format!("extracting: {e}"))

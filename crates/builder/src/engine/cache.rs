@@ -9,11 +9,11 @@
 
 use std::path::{Path, PathBuf};
 
+use layer::diff::{LayerInfo, NewLayer, write_layer};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::{BuildError, BuildRequest, StageCtx, step_err};
 use crate::copy::{Filter, clean_rel};
-use crate::diff::{LayerInfo, NewLayer, write_layer};
 use crate::file_hashes::FileHashes;
 
 /// A finished step: its upper dir (an overlay lower for later steps) and

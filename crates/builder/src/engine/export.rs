@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use layer::diff::NewLayer;
 use oci::Reference;
 use regclient::Client;
 use serde_json::json;
@@ -11,7 +12,6 @@ use tokio::io::AsyncWrite;
 
 use super::error::step_err_as;
 use super::{BuildError, BuildResult, StageCtx, StageState, say, step_err};
-use crate::diff::NewLayer;
 use crate::fault::Fault;
 use crate::image::BuiltImage;
 

@@ -57,12 +57,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use dockerfile::Command;
+use layer::diff::{LayerOptions, NewLayer};
 use oci::Reference;
 use regclient::{Client, Platform};
 use sandbox::Sandbox;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::diff::{LayerOptions, NewLayer};
 use crate::fault::Fault;
 use crate::file_hashes::FileHashes;
 use crate::image::NewImage;
@@ -110,7 +110,7 @@ pub struct BuildRequest {
     /// Where to push this build's steps as a cache (`--cache-to`).
     pub cache_to: Option<Reference>,
     /// Paths of the context (relative) that are never part of it, whatever
-    /// `.dockerignore` says: Slipway's own data dirs ([`crate::data_dir`]).
+    /// `.dockerignore` says: Slipway's own data dirs ([`layer::data_dir`]).
     pub context_excludes: Vec<PathBuf>,
     /// SSH agent sockets for `RUN --mount=type=ssh`, by id (`--ssh`).
     pub ssh: BTreeMap<String, PathBuf>,
@@ -553,7 +553,7 @@ fn load_ignore(
         return Ok(None);
     }
     let mut text = text.unwrap_or_default();
-    text.push_str(&crate::data_dir::ignore_lines(excludes));
+    text.push_str(&layer::data_dir::ignore_lines(excludes));
     dockerfile::IgnoreMatcher::parse(&text)
         .map(Some)
         .map_err(|e| BuildError::Step {

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use dockerfile::Command;
+use layer::diff::NewLayer;
 use oci::Reference;
 use sandbox::RootFs;
 use serde_json::json;
@@ -18,7 +19,6 @@ use super::copy_step::{CopyOrAdd, copy_or_add};
 use super::error::step_err_as;
 use super::{BuildError, StageCtx, StageState, find_stage, say, step_err, unsupported};
 use crate::copy::{clean_rel, make_dirs};
-use crate::diff::NewLayer;
 use crate::fault::Fault;
 use crate::layered::{is_dir_in_layers, merge_layers, resolve_in_layers};
 

@@ -6,7 +6,9 @@
 //!
 //! [`DataDir`] owns a builder data dir's layout (`build --local --data`,
 //! `image run --data`, `prune --data`): every subdirectory is named here
-//! once, so the CLI, the builder and prune agree on where things live.
+//! once, so the CLI, the builder and prune agree on where things live. It
+//! names paths only (no builder type), so it lives beside the unpacker,
+//! where `context` reads the marker without depending on the builder.
 
 use std::path::{Path, PathBuf};
 
@@ -56,7 +58,7 @@ impl DataDir {
         &self.root
     }
 
-    /// The [`LayerStore`](crate::LayerStore)'s root: pulled layers under
+    /// The builder's `LayerStore` root: pulled layers under
     /// `layers/snapshots`, pulls in progress under `layers/tmp`.
     pub fn layers(&self) -> PathBuf {
         self.root.join("layers")
@@ -89,7 +91,7 @@ impl DataDir {
         self.root.join("sandbox")
     }
 
-    /// Held shared by builds and exclusive by prune ([`crate::prune::BuildLock`]).
+    /// Held shared by builds and exclusive by prune (the builder's `prune::BuildLock`).
     pub fn prune_lock(&self) -> PathBuf {
         self.root.join("prune.lock")
     }

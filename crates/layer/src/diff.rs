@@ -63,8 +63,8 @@ pub struct LayerInfo {
 }
 
 /// A layer a build made: what [`write_layer`] wrote and the file holding it.
-#[derive(Clone)]
-pub(crate) struct NewLayer {
+#[derive(Debug, Clone)]
+pub struct NewLayer {
     pub info: LayerInfo,
     pub file: PathBuf,
 }
@@ -102,7 +102,7 @@ impl<W: Write> Write for HashWriter<W> {
 const OPAQUE_KEYS: [&str; 2] = ["trusted.overlay.opaque", "user.overlay.opaque"];
 
 /// Whether overlayfs marked directory `path` opaque (either xattr namespace).
-pub(crate) fn is_opaque(path: &Path) -> bool {
+pub fn is_opaque(path: &Path) -> bool {
     OPAQUE_KEYS.iter().any(|k| {
         let mut v = [0u8; 4];
         matches!(rustix::fs::lgetxattr(path, *k, &mut v), Ok(1) if v[0] == b'y')
