@@ -127,6 +127,7 @@ async fn main() -> Result<()> {
         count: agents as u32,
         network: None,
         local: false,
+        allow_insecure: false,
     })
     .await?;
     let agent_token = c.pool_token("bench").await?.token;
@@ -286,6 +287,7 @@ async fn main() -> Result<()> {
         count: 1,
         network: None,
         local: false,
+        allow_insecure: false,
     })
     .await?;
     let t = c.pool_token("cached").await?.token;
