@@ -1192,7 +1192,10 @@ async fn lease(State(s): S, headers: HeaderMap, Json(req): Json<LeaseRequest>) -
                 attempt = c.attempt,
                 "leased"
             );
-            let lease = complete_lease(&s, c, token, &pool).await?;
+            // The pool as it is now: the long poll may have begun before
+            // an admin changed its tier or policy.
+            let now = s.db.pool(&pool_name).await?.unwrap_or(pool);
+            let lease = complete_lease(&s, c, token, &now).await?;
             return Ok(Json(lease).into_response());
         }
         if tokio::time::Instant::now() >= deadline {

@@ -2181,3 +2181,47 @@ fn a_huge_log_line_is_cut_and_does_not_grow_the_agent() {
         "the agent's peak memory was {peak_kib} KiB for a 100 MB line"
     );
 }
+
+/// A pool's policy decides whether `RUN --security=insecure` runs: refused
+/// (with the line and how to allow it) until an admin allows it on the pool,
+/// then run without the seccomp filter.
+#[test]
+fn a_pool_policy_allows_insecure_run_steps() {
+    if !need_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut plane = Plane::start(tmp.path(), &[]);
+    let rt = rt();
+    let c = plane.client();
+    let token = rt.block_on(make_pool(&c, "p", 1));
+    let base = plane.import_busybox();
+    plane.start_agent("p", &token, "a1");
+    let df = format!("FROM {base}\nRUN --security=insecure grep Seccomp: /proc/self/status\n");
+    let dir = context(&tmp.path().join("ctx"), &df);
+    let tag = format!("{}/insecure:1", plane.host());
+    let attempt = |want: RunState| {
+        let run = rt.block_on(async {
+            let d = upload(&c, &dir).await;
+            submit(&c, "p", spec(&d, &df, &tag)).await
+        });
+        let done = rt.block_on(wait_state(&c, &run.id, RunState::is_final, 120));
+        assert_eq!(done.state, want, "{done:?}");
+        rt.block_on(full_log(&c, &run.id))
+            .into_iter()
+            .map(|c| c.data)
+            .collect::<String>()
+    };
+    let refused = attempt(RunState::Failed);
+    assert!(refused.contains("--allow-insecure true"), "{refused}");
+    let shown = ok(plane
+        .cli()
+        .args(["pool", "update", "p", "--allow-insecure", "true"]));
+    assert!(shown.contains("insecure RUN steps allowed"), "{shown}");
+    let log = attempt(RunState::Succeeded);
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("Seccomp:") && l.trim_end().ends_with('0')),
+        "{log}"
+    );
+}
