@@ -87,6 +87,14 @@ if ! "$CACHE/venv/bin/python3" -c "import sys, azure.storage.blob as b; sys.exit
   [ -x "$CACHE/venv/bin/pip" ] || python3 -m venv "$CACHE/venv"
   "$CACHE/venv/bin/pip" install -q "azure-storage-blob==$AZURE_STORAGE_BLOB_VERSION"
 fi
+# S3 for the object-storage tests (crates/cli/tests/it/object_store.rs):
+# moto's server, from PyPI, in the same venv.
+MOTO_VERSION=5.1.18
+if [ "$("$CACHE/venv/bin/python3" -c 'import moto; print(moto.__version__)' 2>/dev/null)" != "$MOTO_VERSION" ] || [ ! -x "$CACHE/venv/bin/moto_server" ]; then
+  log "installing moto[server] $MOTO_VERSION into $CACHE/venv"
+  [ -x "$CACHE/venv/bin/pip" ] || python3 -m venv "$CACHE/venv"
+  "$CACHE/venv/bin/pip" install -q "moto[server]==$MOTO_VERSION"
+fi
 # The console's browser tests (crates/cli/tests/it/console.rs) drive Debian's
 # chromium through playwright-core from npm (no browser download).
 PLAYWRIGHT_VERSION=1.65.2

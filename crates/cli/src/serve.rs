@@ -44,6 +44,18 @@ pub struct ServerArgs {
     /// Start the agents of pools created with --local (as `slipway up` does).
     #[arg(long)]
     local_agents: bool,
+    /// Where registry blobs and build contexts live: file:///DIR (default:
+    /// DATA), azure://ACCOUNT/CONTAINER[/PREFIX] (Azure Blob Storage; keys
+    /// from AZURE_STORAGE_* or --blob-store-option), s3://BUCKET[/PREFIX]
+    /// (S3 or compatible; AWS_* or --blob-store-option). Replicas of one
+    /// server share it.
+    #[arg(long, env = "SLIPWAY_BLOB_STORE", value_name = "URL")]
+    blob_store: Option<String>,
+    /// A setting of the object store, KEY=VALUE (account_key, sas_key,
+    /// endpoint, region, access_key_id, secret_access_key,
+    /// allow_http, use_emulator…); repeatable.
+    #[arg(long = "blob-store-option", value_name = "KEY=VALUE")]
+    blob_store_options: Vec<String>,
     /// Largest blob the registry accepts (413 past it): bytes or 8g, 512m…
     #[arg(long, default_value = "8g", value_parser = parse_size)]
     max_blob_size: u64,
@@ -168,6 +180,7 @@ pub async fn open_registry(
     data: &Path,
     public_url: Option<String>,
     max_blob_bytes: u64,
+    blobs: Option<Arc<dyn store::BlobStore>>,
 ) -> Result<Arc<Registry>> {
     std::fs::create_dir_all(data)
         .with_context(|| format!("creating data directory {}", data.display()))?;
@@ -175,9 +188,11 @@ pub async fn open_registry(
     let mut config = RegistryConfig::new(data);
     config.auth.public_url = public_url;
     config.max_blob_bytes = max_blob_bytes;
-    Registry::open(config)
-        .await
-        .with_context(|| format!("opening the registry in {}", data.display()))
+    let opened = match blobs {
+        Some(b) => Registry::open_with(config, b),
+        None => Registry::open(config).await,
+    };
+    opened.with_context(|| format!("opening the registry in {}", data.display()))
 }
 
 /// What `serve` started, for `up` to print.
@@ -186,7 +201,24 @@ struct Running {
 }
 
 async fn serve(args: ServerArgs, on_ready: impl FnOnce(&Running, &Arc<Server>)) -> Result<()> {
-    let reg = open_registry(&args.data, args.public_url.clone(), args.max_blob_size).await?;
+    let location = match &args.blob_store {
+        Some(url) => Some(store::Location::parse(url, &args.blob_store_options)?),
+        None => None,
+    };
+    let (blobs, contexts) = match &location {
+        Some(l) => (
+            Some(l.open("store").await?),
+            Some(l.open("contexts").await?),
+        ),
+        None => (None, None),
+    };
+    let reg = open_registry(
+        &args.data,
+        args.public_url.clone(),
+        args.max_blob_size,
+        blobs,
+    )
+    .await?;
     let token_path = server::admin_token_path(&args.data);
     if reg
         .auth()
@@ -235,9 +267,12 @@ async fn serve(args: ServerArgs, on_ready: impl FnOnce(&Running, &Arc<Server>)) 
             env: Vec::new(),
         });
     }
-    let srv = Server::open(config, reg.clone())
-        .await
-        .with_context(|| format!("opening the control plane in {}", args.data.display()))?;
+    let opened = match contexts {
+        Some(c) => Server::open_with(config, reg.clone(), c).await,
+        None => Server::open(config, reg.clone()).await,
+    };
+    let srv =
+        opened.with_context(|| format!("opening the control plane in {}", args.data.display()))?;
     let app = reg.router().merge(srv.router()).merge(console::router());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let background = {
@@ -289,6 +324,8 @@ pub async fn up(args: UpArgs) -> Result<()> {
         max_blob_size: registry::DEFAULT_MAX_BLOB_BYTES,
         max_context_size: 2 << 30,
         image_aliases: Vec::new(),
+        blob_store: None,
+        blob_store_options: Vec::new(),
         header_timeout: Duration::from_secs(30),
         body_timeout: Duration::from_secs(60),
     };

@@ -74,10 +74,20 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// A registry with its blobs in `<data>/store` on the filesystem.
     pub async fn open(config: RegistryConfig) -> Result<Arc<Registry>, OpenError> {
         let store = FsStore::open(config.data.join("store")).await?;
+        Self::open_with(config, Arc::new(store))
+    }
+
+    /// A registry with its blobs in `store` (an object store, say); its
+    /// metadata and tokens stay under `config.data`.
+    pub fn open_with(
+        config: RegistryConfig,
+        store: Arc<dyn BlobStore>,
+    ) -> Result<Arc<Registry>, OpenError> {
         Ok(Arc::new(Registry {
-            store: Arc::new(store),
+            store,
             meta: meta::Meta::new(&config.data),
             auth: Auth::open(&config.data, config.auth.clone())?,
             lock: lock::GcLock::new(&config.data),

@@ -133,13 +133,23 @@ impl Server {
         config: ServerConfig,
         registry: Arc<Registry>,
     ) -> Result<Arc<Server>, ServerError> {
+        let contexts: Arc<dyn store::BlobStore> =
+            Arc::new(store::FsStore::open(config.data.join("contexts")).await?);
+        Self::open_with(config, registry, contexts).await
+    }
+
+    /// [`Server::open`] with build contexts kept in `contexts` (an object
+    /// store shared by replicas, say).
+    pub async fn open_with(
+        config: ServerConfig,
+        registry: Arc<Registry>,
+        contexts: Arc<dyn store::BlobStore>,
+    ) -> Result<Arc<Server>, ServerError> {
         std::fs::create_dir_all(&config.data).map_err(|source| ServerError::Io {
             context: format!("creating {}", config.data.display()),
             source,
         })?;
         let db = Db::open(config.database_url.as_deref(), &config.data).await?;
-        let contexts: Arc<dyn store::BlobStore> =
-            Arc::new(store::FsStore::open(config.data.join("contexts")).await?);
         let sealer = seal::Sealer::open(&config.data.join("secret.key"))?;
         let extended = db.extend_all_leases(config.lease_ttl).await?;
         if extended > 0 {

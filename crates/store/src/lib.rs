@@ -13,6 +13,8 @@
 mod fs;
 pub mod layout;
 pub mod limit;
+mod location;
+mod object;
 
 use std::io;
 use std::pin::Pin;
@@ -24,6 +26,8 @@ use futures_util::Stream;
 use oci::{Algorithm, Digest};
 
 pub use fs::{FsStore, READ_BUF};
+pub use location::Location;
+pub use object::ObjectBlobStore;
 
 /// A body streaming into an upload.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, io::Error>> + Send>>;

@@ -16,11 +16,18 @@ impl Server {
     /// Start a server on a port the kernel picks, over `data` (created if
     /// needed); its address is read from the line the server logs.
     pub fn start(data: &Path) -> Server {
+        Self::start_with(data, &[], &[])
+    }
+
+    /// [`Server::start`] with more flags and environment variables.
+    pub fn start_with(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         let log_path = data.with_extension(format!("{}.log", std::process::id()));
         let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_slipway"))
             .args(["server", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)
+            .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -15,6 +15,7 @@ mod dockerfile;
 mod harness;
 mod netns;
 mod newcomer;
+mod object_store;
 mod packages;
 mod peers;
 mod private_deps;

@@ -270,8 +270,14 @@ fn crane_copies_and_validates() {
 fn distribution_spec_conformance_suite_passes() {
     let tmp = tempfile::tempdir().unwrap();
     let srv = Server::start(&tmp.path().join("data"));
+    conformance(&srv, tmp.path());
+}
+
+/// Run the OCI distribution-spec conformance suite against `srv` (its
+/// results under `dir`) and require every test to pass.
+pub(crate) fn conformance(srv: &Server, dir: &Path) {
     let out = run(Command::new(tool("conformance"))
-        .current_dir(tmp.path())
+        .current_dir(dir)
         .env("OCI_REGISTRY", &srv.addr)
         .env("OCI_TLS", "disabled")
         .env("OCI_USERNAME", "ci")
@@ -284,14 +290,14 @@ fn distribution_spec_conformance_suite_passes() {
         .env("OCI_API_TAGS_DELETE", "true")
         .env("OCI_API_BLOBS_UPLOAD_CANCEL", "true")
         .env("OCI_API_MANIFESTS_TAG_PARAM", "true")
-        .env("OCI_RESULTS_DIR", tmp.path().join("results")));
+        .env("OCI_RESULTS_DIR", dir.join("results")));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "the conformance suite failed");
     assert!(stdout.contains("OCI Conformance Test: Pass"));
     for bad in [": Fail", ": Skip", ": Error"] {
         assert!(!stdout.contains(bad), "conformance output has {bad:?}");
     }
-    assert!(tmp.path().join("results/junit.xml").is_file());
+    assert!(dir.join("results/junit.xml").is_file());
 }
 
 #[test]

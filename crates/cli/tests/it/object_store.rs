@@ -1,0 +1,210 @@
+//! The server with its blobs in object storage: Azurite (Azure Blob
+//! Storage, from npm) and moto (S3, from PyPI), each on a loopback port the
+//! test picks. The OCI conformance suite passes on each; a wrong key or a
+//! missing container is one clear error at start.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::Server;
+use crate::netns::{azurite_bin, venv_python};
+
+/// Azurite's well-known development account.
+const ACCOUNT: &str = "devstoreaccount1";
+const KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+struct Service {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+fn wait_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn azurite(dir: &Path) -> Service {
+    let port = free_port();
+    let child = Command::new(azurite_bin())
+        .args([
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            &port.to_string(),
+            "--location",
+        ])
+        .arg(dir)
+        .args([
+            "--skipApiVersionCheck",
+            "--loose",
+            "--silent",
+            "--disableTelemetry",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let s = Service { child, port };
+    wait_port(port, "azurite");
+    s
+}
+
+fn create_container(port: u16, name: &str) {
+    let endpoint = format!("http://127.0.0.1:{port}/{ACCOUNT}");
+    let st = Command::new(venv_python())
+        .args([
+            "-c",
+            "import sys; from azure.storage.blob import BlobServiceClient as S; \
+             S(account_url=sys.argv[1], credential={'account_name': sys.argv[2], 'account_key': sys.argv[3]}).create_container(sys.argv[4])",
+            &endpoint,
+            ACCOUNT,
+            KEY,
+            name,
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success(), "creating container {name}");
+}
+
+fn moto() -> Service {
+    let port = free_port();
+    let server = venv_python().with_file_name("moto_server");
+    assert!(
+        server.is_file(),
+        "{} is missing: run ./scripts/test.sh, which installs moto[server] from PyPI",
+        server.display()
+    );
+    let child = Command::new(server)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let s = Service { child, port };
+    wait_port(port, "moto");
+    s
+}
+
+/// `PUT /BUCKET`: moto takes unsigned requests.
+fn create_bucket(port: u16, bucket: &str) {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        c,
+        "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    assert!(
+        out.starts_with("HTTP/1.1 200"),
+        "creating bucket {bucket}: {out}"
+    );
+}
+
+fn azure_args(port: u16, container: &str) -> (Vec<String>, Vec<(String, String)>) {
+    (
+        vec![
+            "--blob-store".into(),
+            format!("azure://{ACCOUNT}/{container}/slipway"),
+            "--blob-store-option".into(),
+            "use_emulator=true".into(),
+        ],
+        vec![(
+            "AZURITE_BLOB_STORAGE_URL".into(),
+            format!("http://127.0.0.1:{port}"),
+        )],
+    )
+}
+
+fn s3_args(port: u16, bucket: &str) -> Vec<String> {
+    let mut a = vec!["--blob-store".to_owned(), format!("s3://{bucket}/slipway")];
+    for o in [
+        format!("endpoint=http://127.0.0.1:{port}"),
+        "allow_http=true".into(),
+        "region=us-east-1".into(),
+        "access_key_id=test".into(),
+        "secret_access_key=test".into(),
+    ] {
+        a.push("--blob-store-option".into());
+        a.push(o);
+    }
+    a
+}
+
+fn start(data: &Path, args: &[String], env: &[(String, String)]) -> Server {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    Server::start_with(data, &args, &env)
+}
+
+/// A server start that must fail: its one-line error.
+fn refused(data: &Path, args: &[String], env: &[(String, String)]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_slipway"))
+        .args(["server", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the server started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn conformance_suite_passes_with_blobs_in_azurite() {
+    let tmp = tempfile::tempdir().unwrap();
+    let az = azurite(&tmp.path().join("azurite"));
+    create_container(az.port, "registry");
+    let (args, env) = azure_args(az.port, "registry");
+    let srv = start(&tmp.path().join("data"), &args, &env);
+    crate::peers::conformance(&srv, tmp.path());
+    // The blobs are in the container, not under the data dir.
+    assert!(!tmp.path().join("data/store/blobs").exists());
+
+    // A container that does not exist, and a wrong key: one clear error.
+    let (args, env) = azure_args(az.port, "missing");
+    let err = refused(&tmp.path().join("d2"), &args, &env);
+    assert!(err.contains("azure://devstoreaccount1/missing"), "{err}");
+    assert!(err.contains("ContainerNotFound"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    let (mut args, env) = azure_args(az.port, "registry");
+    args.extend([
+        "--blob-store-option".into(),
+        format!("access_key={}", "A".repeat(88)),
+    ]);
+    let err = refused(&tmp.path().join("d3"), &args, &env);
+    assert!(err.contains("reaching the blob store"), "{err}");
+}
+
+#[test]
+fn conformance_suite_passes_with_blobs_in_s3() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s3 = moto();
+    create_bucket(s3.port, "registry");
+    let srv = start(&tmp.path().join("data"), &s3_args(s3.port, "registry"), &[]);
+    crate::peers::conformance(&srv, tmp.path());
+    assert!(!tmp.path().join("data/store/blobs").exists());
+    let err = refused(&tmp.path().join("d2"), &s3_args(s3.port, "missing"), &[]);
+    assert!(err.contains("s3://missing"), "{err}");
+    assert!(err.contains("NoSuchBucket"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+}
