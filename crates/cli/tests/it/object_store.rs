@@ -208,3 +208,91 @@ fn conformance_suite_passes_with_blobs_in_s3() {
     assert!(err.contains("NoSuchBucket"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 }
+
+/// The store itself on S3, as two replicas see it: an upload begun through
+/// one store is continued and committed through another; a 20 MiB blob
+/// crosses several multipart parts and reads back whole and by range; a
+/// wrong digest leaves nothing visible; a cancel leaves no part behind.
+#[test]
+fn uploads_move_between_replicas_and_only_verified_blobs_appear() {
+    use tokio::io::AsyncReadExt;
+    let s3 = moto();
+    create_bucket(s3.port, "blobs");
+    let args = s3_args(s3.port, "blobs");
+    let options: Vec<String> = args
+        .chunks(2)
+        .filter(|p| p[0] == "--blob-store-option")
+        .map(|p| p[1].clone())
+        .collect();
+    let location = store::Location::parse("s3://blobs/test", &options).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let a = location.open("store").await.unwrap();
+        let b = location.open("store").await.unwrap();
+        let data: Vec<u8> = (0..20u32 << 20).map(|i| (i % 251) as u8).collect();
+        let digest = oci::Digest::sha256(&data);
+        let body = |range: std::ops::Range<usize>| -> store::ByteStream {
+            let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = data[range]
+                .chunks(1 << 20)
+                .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+                .collect();
+            Box::pin(futures_util::stream::iter(chunks))
+        };
+        let id = a.upload_create().await.unwrap();
+        assert_eq!(
+            a.upload_append(&id, 0, body(0..9 << 20)).await.unwrap(),
+            9 << 20
+        );
+        // Replica B picks the upload up where A left it.
+        assert_eq!(b.upload_size(&id).await.unwrap(), 9 << 20);
+        let wrong = b.upload_append(&id, 1, body(9 << 20..10 << 20)).await;
+        assert!(matches!(
+            wrong,
+            Err(store::StoreError::OffsetMismatch { .. })
+        ));
+        b.upload_append(&id, 9 << 20, body(9 << 20..20 << 20))
+            .await
+            .unwrap();
+        // A wrong digest: refused, nothing visible, the upload kept.
+        let other = oci::Digest::sha256(b"something else");
+        let e = b.upload_commit(&id, &other).await.unwrap_err();
+        assert!(matches!(e, store::StoreError::DigestMismatch { .. }), "{e}");
+        assert!(a.stat(&other).await.unwrap().is_none());
+        assert_eq!(b.upload_commit(&id, &digest).await.unwrap(), 20 << 20);
+        let info = a.stat(&digest).await.unwrap().unwrap();
+        assert_eq!(info.size, 20 << 20);
+        let mut whole = Vec::new();
+        a.open(&digest, None)
+            .await
+            .unwrap()
+            .reader
+            .read_to_end(&mut whole)
+            .await
+            .unwrap();
+        assert!(whole == data, "the blob reads back whole");
+        let mut part = Vec::new();
+        let r = a
+            .open(&digest, Some((10 << 20, Some((12 << 20) - 1))))
+            .await
+            .unwrap();
+        assert_eq!(r.len, 2 << 20);
+        r.reader
+            .take(u64::MAX)
+            .read_to_end(&mut part)
+            .await
+            .unwrap();
+        assert!(part[..] == data[10 << 20..12 << 20], "a range reads back");
+        assert!(a.list().await.unwrap().iter().any(|i| i.digest == digest));
+        // The committed upload is gone; a cancelled one leaves nothing.
+        assert!(a.upload_size(&id).await.is_err());
+        let id2 = a.upload_create().await.unwrap();
+        a.upload_append(&id2, 0, body(0..1 << 20)).await.unwrap();
+        a.upload_cancel(&id2).await.unwrap();
+        assert!(b.upload_size(&id2).await.is_err());
+        assert!(a.delete(&digest).await.unwrap());
+        assert!(b.stat(&digest).await.unwrap().is_none());
+    });
+}
