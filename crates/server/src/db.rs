@@ -27,6 +27,11 @@ pub enum DbError {
     Corrupt { what: &'static str, detail: String },
     #[error("sealing the run's secrets: {0}")]
     Seal(String),
+    #[error(
+        "the database schema is version {db}, newer than this server knows (version {ours}): \
+         a newer slipway migrated it; run that version (or newer) here too"
+    )]
+    TooNew { db: i64, ours: i64 },
 }
 
 /// A run to queue.
@@ -165,6 +170,20 @@ impl Db {
             })
             .connect_with(opts)
             .await?;
+        // A newer server may have migrated the schema past what this one
+        // knows: refuse to run against it rather than misread it.
+        let ours = MIGRATIONS.iter().map(|m| m.0).max().unwrap_or(0);
+        let applied: Option<i64> = sqlx::query("SELECT MAX(version) FROM _sqlx_migrations")
+            .fetch_optional(&pool)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|row| row.try_get::<Option<i64>, _>(0).ok().flatten());
+        if let Some(db) = applied
+            && db > ours
+        {
+            return Err(DbError::TooNew { db, ours });
+        }
         sqlx::migrate::Migrator::new(Embedded)
             .await?
             .run(&pool)
@@ -1290,5 +1309,30 @@ impl Db {
             .fetch_optional(&self.pool)
             .await?;
         Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_schema_newer_than_this_server_is_refused_naming_both_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(None, dir.path()).await.unwrap();
+        // What a newer server would have left behind.
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (99, 'from the future', TRUE, X'00', 0)",
+        )
+        .execute(&db.pool)
+        .await
+        .unwrap();
+        drop(db);
+        let e = Db::open(None, dir.path()).await.err().unwrap();
+        let ours = MIGRATIONS.iter().map(|m| m.0).max().unwrap();
+        assert!(matches!(e, DbError::TooNew { db: 99, ours: o } if o == ours), "{e}");
+        let msg = e.to_string();
+        assert!(msg.contains("version 99") && msg.contains(&format!("version {ours}")), "{msg}");
     }
 }
