@@ -1331,8 +1331,14 @@ mod tests {
         drop(db);
         let e = Db::open(None, dir.path()).await.err().unwrap();
         let ours = MIGRATIONS.iter().map(|m| m.0).max().unwrap();
-        assert!(matches!(e, DbError::TooNew { db: 99, ours: o } if o == ours), "{e}");
+        assert!(
+            matches!(e, DbError::TooNew { db: 99, ours: o } if o == ours),
+            "{e}"
+        );
         let msg = e.to_string();
-        assert!(msg.contains("version 99") && msg.contains(&format!("version {ours}")), "{msg}");
+        assert!(
+            msg.contains("version 99") && msg.contains(&format!("version {ours}")),
+            "{msg}"
+        );
     }
 }

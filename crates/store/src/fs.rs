@@ -172,18 +172,7 @@ impl BlobStore for FsStore {
             .await
             .map_err(StoreError::io(format!("stat {}", path.display())))?
             .len();
-        let (start, len) = match range {
-            None => (0, size),
-            Some((start, end)) => {
-                let end = end
-                    .unwrap_or(size.saturating_sub(1))
-                    .min(size.saturating_sub(1));
-                if start >= size || end < start {
-                    return Err(StoreError::RangeNotSatisfiable { start, end, size });
-                }
-                (start, end - start + 1)
-            }
-        };
+        let (start, len) = crate::resolve_range(range, size)?;
         if start > 0 {
             file.seek(SeekFrom::Start(start))
                 .await

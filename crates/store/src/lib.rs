@@ -81,6 +81,23 @@ impl StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// `(start, len)` of `range` (an inclusive end, or to the end) in a blob of
+/// `size` bytes, as every back end serves it.
+pub(crate) fn resolve_range(range: Option<(u64, Option<u64>)>, size: u64) -> Result<(u64, u64)> {
+    match range {
+        None => Ok((0, size)),
+        Some((start, end)) => {
+            let end = end
+                .unwrap_or(size.saturating_sub(1))
+                .min(size.saturating_sub(1));
+            if start >= size || end < start {
+                return Err(StoreError::RangeNotSatisfiable { start, end, size });
+            }
+            Ok((start, end - start + 1))
+        }
+    }
+}
+
 #[async_trait]
 pub trait BlobStore: Send + Sync + 'static {
     /// Size and age of a blob, or `None` if absent.

@@ -199,18 +199,7 @@ impl BlobStore for ObjectBlobStore {
             return Err(StoreError::BlobUnknown(digest.clone()));
         };
         let size = info.size;
-        let (start, len) = match range {
-            None => (0, size),
-            Some((start, end)) => {
-                let end = end
-                    .unwrap_or(size.saturating_sub(1))
-                    .min(size.saturating_sub(1));
-                if start >= size || end < start {
-                    return Err(StoreError::RangeNotSatisfiable { start, end, size });
-                }
-                (start, end - start + 1)
-            }
-        };
+        let (start, len) = crate::resolve_range(range, size)?;
         let stream = if len == 0 {
             Box::pin(futures_util::stream::empty()) as ByteStream
         } else {

@@ -48,16 +48,7 @@ fn console_in_a_browser_against_slipway_up() {
         .build()
         .unwrap();
     let scoped = rt.block_on(async {
-        c.create_pool(&api::PoolSpec {
-            name: "other".into(),
-            tier: api::Tier::S1,
-            count: 0,
-            network: None,
-            local: false,
-            allow_insecure: false,
-        })
-        .await
-        .unwrap();
+        crate::control::make_pool(&c, "other", 0).await;
         c.create_task(&api::TaskDef {
             name: "nightly".into(),
             pool: "default".into(),

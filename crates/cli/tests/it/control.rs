@@ -303,7 +303,7 @@ fn spec(digest: &str, dockerfile: &str, tag: &str) -> BuildSpec {
 }
 
 /// A pool of `count` agents (external: the test starts them) and its token.
-async fn make_pool(c: &api::Client, name: &str, count: u32) -> String {
+pub(crate) async fn make_pool(c: &api::Client, name: &str, count: u32) -> String {
     c.create_pool(&api::PoolSpec {
         name: name.into(),
         tier: api::Tier::S1,
