@@ -66,6 +66,7 @@ fn corrupt(what: &'static str, detail: impl ToString) -> DbError {
 
 pub struct Db {
     pool: AnyPool,
+    url: String,
     /// Some for SQLite: the one-writer queue (see the module comment).
     writer: Option<Mutex<()>>,
 }
@@ -190,6 +191,7 @@ impl Db {
             .await?;
         Ok(Db {
             pool,
+            url,
             writer: sqlite.then(|| Mutex::new(())),
         })
     }
@@ -1095,13 +1097,38 @@ impl Db {
 
     /// After a server restart: give every running lease a full period, since
     /// agents could not heartbeat while we were down.
-    pub async fn extend_all_leases(&self, ttl: Duration) -> Result<u64> {
+    /// Give a fresh period to the leases that expired with nobody to reap
+    /// them (every server was down, so their agents could not heartbeat).
+    /// A lease still running out is left alone: another replica is serving
+    /// its agent.
+    pub async fn extend_expired_leases(&self, ttl: Duration) -> Result<u64> {
         let _w = self.write_lock().await;
-        let r = sqlx::query("UPDATE runs SET lease_expires = $1 WHERE state = 'running'")
-            .bind(now_ms() + ttl.as_millis() as i64)
+        let now = now_ms();
+        let r = sqlx::query(
+            "UPDATE runs SET lease_expires = $1 WHERE state = 'running' AND lease_expires < $2",
+        )
+        .bind(now + ttl.as_millis() as i64)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    /// The PostgreSQL URL, when the database is PostgreSQL (several server
+    /// replicas may share it).
+    pub fn postgres_url(&self) -> Option<&str> {
+        self.url
+            .starts_with("postgres")
+            .then_some(self.url.as_str())
+    }
+
+    /// Tell every replica listening on PostgreSQL (`LISTEN slipway`).
+    pub async fn notify(&self, payload: &str) -> Result<()> {
+        sqlx::query("SELECT pg_notify('slipway', $1)")
+            .bind(payload)
             .execute(&self.pool)
             .await?;
-        Ok(r.rows_affected())
+        Ok(())
     }
 
     /// Expire leases whose agent went quiet (re-queue, or give up after the

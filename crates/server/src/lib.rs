@@ -86,22 +86,46 @@ pub enum ServerError {
 }
 
 /// Wake-ups keyed by pool (new runs) or run (new log lines, state changes).
-#[derive(Default)]
+/// On PostgreSQL each wake-up also goes to the other replicas (`NOTIFY
+/// slipway, 'KIND:KEY'`), whose listener wakes their waiters the same way.
 struct Signals {
     map: Mutex<HashMap<String, Arc<Notify>>>,
+    /// `pool` or `run`: the kind named in notifications.
+    kind: &'static str,
+    out: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
 impl Signals {
+    fn new(kind: &'static str) -> Signals {
+        Signals {
+            map: Mutex::default(),
+            kind,
+            out: std::sync::OnceLock::new(),
+        }
+    }
+
     fn get(&self, key: &str) -> Arc<Notify> {
         let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
         m.entry(key.to_owned()).or_default().clone()
     }
 
-    fn wake(&self, key: &str) {
+    fn publish(&self, key: &str) {
+        if let Some(tx) = self.out.get() {
+            let _ = tx.send(format!("{}:{key}", self.kind));
+        }
+    }
+
+    /// Wake this replica's waiters only (a notification from another).
+    fn wake_local(&self, key: &str) {
         let m = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = m.get(key) {
             n.notify_waiters();
         }
+    }
+
+    fn wake(&self, key: &str) {
+        self.wake_local(key);
+        self.publish(key);
     }
 
     fn wake_and_forget(&self, key: &str) {
@@ -109,6 +133,8 @@ impl Signals {
         if let Some(n) = m.remove(key) {
             n.notify_waiters();
         }
+        drop(m);
+        self.publish(key);
     }
 }
 
@@ -123,12 +149,15 @@ pub struct Server {
     /// `run:<id>:<attempt>` of every live lease: the registry honours a
     /// per-run credential only while its attempt is in this set.
     leases: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// When this replica granted each recent lease: a refresh from the
+    /// database that began before the grant committed must not drop it.
+    granted: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl Server {
     /// Open the database (migrating it), the contexts store and the secret
-    /// key, and give running leases a fresh period (agents could not
-    /// heartbeat while the server was down).
+    /// key, and give a fresh period to leases that expired while no server
+    /// ran (their agents could not heartbeat).
     pub async fn open(
         config: ServerConfig,
         registry: Arc<Registry>,
@@ -151,10 +180,10 @@ impl Server {
         })?;
         let db = Db::open(config.database_url.as_deref(), &config.data).await?;
         let sealer = seal::Sealer::open(&config.data.join("secret.key"))?;
-        let extended = db.extend_all_leases(config.lease_ttl).await?;
+        let extended = db.extend_expired_leases(config.lease_ttl).await?;
         if extended > 0 {
             tracing::info!(
-                "{extended} runs were running at the last stop; their leases restart now"
+                "{extended} runs lost their lease while no server ran; their leases restart now"
             );
         }
         let leases: Arc<Mutex<std::collections::HashSet<String>>> = Arc::new(Mutex::new(
@@ -182,10 +211,84 @@ impl Server {
             registry,
             contexts,
             sealer,
-            pools: Signals::default(),
-            runs: Signals::default(),
+            pools: Signals::new("pool"),
+            runs: Signals::new("run"),
             leases,
+            granted: Mutex::default(),
         }))
+        .inspect(|s: &Arc<Server>| s.clone().share_with_replicas())
+    }
+
+    /// On PostgreSQL, other replicas may serve the same runs: send and
+    /// receive wake-ups through `LISTEN/NOTIFY`, and keep the set of live
+    /// leases (what per-run registry credentials are checked against) in
+    /// step with the database, where other replicas grant and end them.
+    fn share_with_replicas(self: Arc<Self>) {
+        let Some(url) = self.db.postgres_url().map(str::to_owned) else {
+            return;
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let _ = self.pools.out.set(tx.clone());
+        let _ = self.runs.out.set(tx);
+        let weak = Arc::downgrade(&self);
+        tokio::spawn(async move {
+            while let Some(payload) = rx.recv().await {
+                let Some(s) = weak.upgrade() else { return };
+                if let Err(e) = s.db.notify(&payload).await {
+                    tracing::warn!("notifying other replicas: {e}");
+                }
+            }
+        });
+        let weak = Arc::downgrade(&self);
+        tokio::spawn(async move {
+            loop {
+                match sqlx::postgres::PgListener::connect(&url).await {
+                    Ok(mut l) => {
+                        if let Err(e) = l.listen("slipway").await {
+                            tracing::warn!("LISTEN slipway: {e}");
+                        }
+                        while let Ok(n) = l.recv().await {
+                            let Some(s) = weak.upgrade() else { return };
+                            match n.payload().split_once(':') {
+                                Some(("pool", p)) => s.pools.wake_local(p),
+                                Some(("run", r)) => s.runs.wake_local(r),
+                                _ => {}
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!("listening for other replicas: {e}"),
+                }
+                if weak.strong_count() == 0 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        let weak = Arc::downgrade(&self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let Some(s) = weak.upgrade() else { return };
+                let started = std::time::Instant::now();
+                match s.db.live_leases().await {
+                    Ok(live) => {
+                        let mut live: std::collections::HashSet<String> =
+                            live.into_iter().map(|(r, a)| run_subject(&r, a)).collect();
+                        let mut granted = s.granted.lock().unwrap_or_else(|p| p.into_inner());
+                        granted.retain(|_, at| at.elapsed() < Duration::from_secs(10));
+                        live.extend(
+                            granted
+                                .iter()
+                                .filter(|(_, at)| **at >= started)
+                                .map(|(k, _)| k.clone()),
+                        );
+                        drop(granted);
+                        *s.leases.lock().unwrap_or_else(|p| p.into_inner()) = live;
+                    }
+                    Err(e) => tracing::warn!("reading live leases: {e}"),
+                }
+            }
+        });
     }
 
     pub fn db(&self) -> &Db {
@@ -297,6 +400,10 @@ impl Server {
 
     fn grant_run_credentials(&self, run: &str, attempt: u32) -> String {
         let s = run_subject(run, attempt);
+        self.granted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(s.clone(), std::time::Instant::now());
         self.leases
             .lock()
             .unwrap_or_else(|p| p.into_inner())

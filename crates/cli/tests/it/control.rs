@@ -2225,3 +2225,142 @@ fn a_pool_policy_allows_insecure_run_steps() {
         "{log}"
     );
 }
+
+/// Two server replicas on one PostgreSQL (their `auth/` copied from the
+/// first, until tokens and keys move into the database): a run submitted
+/// through A is leased through B at once (LISTEN/NOTIFY, not the long
+/// poll's deadline); the log an agent sends to B reaches a follower on A;
+/// the run's registry credential, granted by B, works on A while the lease
+/// lives and stops when the run ends.
+#[test]
+fn two_replicas_share_runs_logs_and_leases_through_postgresql() {
+    if !need_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let pg = Postgres::start(tmp.path());
+    let url = pg.url();
+    std::fs::create_dir_all(tmp.path().join("a")).unwrap();
+    let a = Plane::start(&tmp.path().join("a"), &["--database", &url]);
+    let b_data = tmp.path().join("b/data");
+    std::fs::create_dir_all(&b_data).unwrap();
+    for f in ["auth/tokens.json", "auth/jwt-key", "admin-token"] {
+        std::fs::create_dir_all(b_data.join("auth")).unwrap();
+        std::fs::copy(a.data.join(f), b_data.join(f)).unwrap();
+    }
+    let b = Plane::start(&tmp.path().join("b"), &["--database", &url]);
+    let rt = rt();
+    let ca = a.client();
+    let cb = api::Client::new(&b.url, Some(a.token.clone())).unwrap();
+    rt.block_on(async {
+        let agent_token = make_pool(&ca, "p", 0).await;
+        // The pool made through A is B's too.
+        assert!(cb.list_pools().await.unwrap().iter().any(|p| p.name == "p"));
+        let agent_b = api::Client::new(&b.url, Some(agent_token)).unwrap();
+
+        // B's agent waits first; A gets the run.
+        let waiting = tokio::spawn(async move {
+            let started = Instant::now();
+            let lease = agent_b
+                .lease(&api::LeaseRequest {
+                    agent: "b1".into(),
+                    wait_secs: 60,
+                })
+                .await
+                .unwrap();
+            (agent_b, lease, started.elapsed())
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let dir = context(&tmp.path().join("ctx"), "FROM scratch\n");
+        let d = upload(&ca, &dir).await;
+        let run = submit(
+            &ca,
+            "p",
+            spec(&d, "FROM scratch\n", &format!("{}/app:1", a.host())),
+        )
+        .await;
+        let (agent_b, lease, waited) = waiting.await.unwrap();
+        let lease = lease.expect("B's agent leases the run submitted through A");
+        assert_eq!(lease.run.id, run.id);
+        assert!(
+            waited < Duration::from_secs(30),
+            "B's long poll was not woken by A's submit (it ran to its deadline: {waited:?})"
+        );
+
+        // A follower on A, past the lines already there, sees what the
+        // agent sends to B.
+        let after = ca.logs(&run.id, 0, Duration::ZERO).await.unwrap().next;
+        let follow = {
+            let ca = ca.clone();
+            let id = run.id.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let page = ca.logs(&id, after, Duration::from_secs(60)).await.unwrap();
+                (page, started.elapsed())
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        agent_b
+            .upload_logs(
+                &run.id,
+                &api::LogUpload {
+                    token: lease.token.clone(),
+                    chunks: vec![api::AgentChunk {
+                        seq: 1,
+                        data: "hello from b\n".into(),
+                    }],
+                },
+            )
+            .await
+            .unwrap();
+        let (page, waited) = follow.await.unwrap();
+        let text: String = page.chunks.iter().map(|c| c.data.as_str()).collect();
+        assert!(text.contains("hello from b"), "{text}");
+        assert!(
+            waited < Duration::from_secs(30),
+            "A's follower waited {waited:?}"
+        );
+
+        // The run credential B granted opens A's registry, until the run ends.
+        let pw = lease.registry.clone().unwrap().password;
+        let http = reqwest::Client::new();
+        let tags = format!("{}/v2/app/tags/list", a.url);
+        let status = || {
+            http.get(&tags)
+                .basic_auth("slipway-run", Some(pw.clone()))
+                .send()
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while status().await.unwrap().status() == 401 {
+            assert!(
+                Instant::now() < deadline,
+                "A never accepted B's run credential"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        agent_b
+            .report(
+                &run.id,
+                &api::RunResult {
+                    token: lease.token.clone(),
+                    outcome: api::Outcome::Succeeded,
+                    exit_code: Some(0),
+                    image_digest: None,
+                    message: None,
+                    revision: None,
+                    steps: Vec::new(),
+                },
+            )
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while status().await.unwrap().status() != 401 {
+            assert!(
+                Instant::now() < deadline,
+                "A kept accepting a finished run's credential"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(ca.run(&run.id).await.unwrap().state, RunState::Succeeded);
+    });
+}
