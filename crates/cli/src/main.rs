@@ -266,7 +266,8 @@ async fn gc(data: &Path, grace: Duration, dry_run: bool) -> Result<()> {
             data.display()
         );
     }
-    let reg = serve::open_registry(data, None, registry::DEFAULT_MAX_BLOB_BYTES, None).await?;
+    let reg =
+        serve::open_registry(data, None, registry::DEFAULT_MAX_BLOB_BYTES, None, None).await?;
     let opts = registry::gc::GcOptions {
         grace,
         dry_run,

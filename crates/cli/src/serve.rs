@@ -44,6 +44,12 @@ pub struct ServerArgs {
     /// Start the agents of pools created with --local (as `slipway up` does).
     #[arg(long)]
     local_agents: bool,
+    /// A file of at least 32 random bytes every replica is given: the
+    /// bearer-token signing key and the sealing key of secrets and
+    /// credentials are derived from it (default: keys of this data dir's
+    /// own, under DATA/auth/jwt-key and DATA/secret.key).
+    #[arg(long, env = "SLIPWAY_SECRET_KEY_FILE", value_name = "FILE")]
+    secret_key_file: Option<PathBuf>,
     /// Where registry blobs and build contexts live: file:///DIR (default:
     /// DATA), azure://ACCOUNT/CONTAINER[/PREFIX] (Azure Blob Storage; keys
     /// from AZURE_STORAGE_* or --blob-store-option), s3://BUCKET[/PREFIX]
@@ -181,6 +187,7 @@ pub async fn open_registry(
     public_url: Option<String>,
     max_blob_bytes: u64,
     blobs: Option<Arc<dyn store::BlobStore>>,
+    signing_key: Option<Vec<u8>>,
 ) -> Result<Arc<Registry>> {
     std::fs::create_dir_all(data)
         .with_context(|| format!("creating data directory {}", data.display()))?;
@@ -188,6 +195,7 @@ pub async fn open_registry(
     let mut config = RegistryConfig::new(data);
     config.auth.public_url = public_url;
     config.max_blob_bytes = max_blob_bytes;
+    config.auth.signing_key = signing_key.map(registry::auth::SigningKey);
     let opened = match blobs {
         Some(b) => Registry::open_with(config, b),
         None => Registry::open(config).await,
@@ -212,21 +220,30 @@ async fn serve(args: ServerArgs, on_ready: impl FnOnce(&Running, &Arc<Server>)) 
         ),
         None => (None, None),
     };
+    let secret = match &args.secret_key_file {
+        Some(f) => {
+            let s =
+                std::fs::read(f).with_context(|| format!("--secret-key-file {}", f.display()))?;
+            if s.len() < 32 {
+                anyhow::bail!(
+                    "--secret-key-file {}: give at least 32 random bytes (head -c 32 /dev/urandom > FILE)",
+                    f.display()
+                );
+            }
+            Some(s)
+        }
+        None => None,
+    };
     let reg = open_registry(
         &args.data,
         args.public_url.clone(),
         args.max_blob_size,
         blobs,
+        secret
+            .as_ref()
+            .map(|s| server::derive_key(s, "jwt").to_vec()),
     )
     .await?;
-    let token_path = server::admin_token_path(&args.data);
-    if reg
-        .auth()
-        .ensure_admin_token(&token_path)
-        .context("creating the admin token")?
-    {
-        eprintln!("created an admin API token in {}", token_path.display());
-    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
@@ -242,6 +259,7 @@ async fn serve(args: ServerArgs, on_ready: impl FnOnce(&Running, &Arc<Server>)) 
     config.max_attempts = args.max_attempts.max(1);
     config.retention = args.retention;
     config.max_context_bytes = args.max_context_size;
+    config.seal_key = secret.as_ref().map(|s| server::derive_key(s, "seal"));
     for a in &args.image_aliases {
         let (name, image) = a
             .split_once('=')
@@ -273,6 +291,19 @@ async fn serve(args: ServerArgs, on_ready: impl FnOnce(&Running, &Arc<Server>)) 
     };
     let srv =
         opened.with_context(|| format!("opening the control plane in {}", args.data.display()))?;
+    // After the control plane: on a shared database, a replica that joins
+    // finds the admin token there and makes none of its own.
+    let token_path = server::admin_token_path(&args.data);
+    if reg
+        .auth()
+        .ensure_admin_token(&token_path)
+        .context("creating the admin token")?
+    {
+        eprintln!("created an admin API token in {}", token_path.display());
+        srv.publish_tokens()
+            .await
+            .context("storing the admin token in the database")?;
+    }
     let app = reg.router().merge(srv.router()).merge(console::router());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let background = {
@@ -326,6 +357,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
         image_aliases: Vec::new(),
         blob_store: None,
         blob_store_options: Vec::new(),
+        secret_key_file: None,
         header_timeout: Duration::from_secs(30),
         body_timeout: Duration::from_secs(60),
     };

@@ -194,16 +194,18 @@ pub struct TokenInfo {
     pub created: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct TokenRecord {
-    id: String,
-    name: String,
+/// An API token as stored (its secret only as a hash): what replicas share
+/// through the database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: String,
+    pub name: String,
     /// Hex SHA-256 of the secret.
-    sha256: String,
-    admin: bool,
+    pub sha256: String,
+    pub admin: bool,
     #[serde(default)]
-    grants: Vec<Access>,
-    created: u64,
+    pub grants: Vec<Access>,
+    pub created: u64,
 }
 
 impl TokenRecord {
@@ -277,6 +279,19 @@ pub struct AuthConfig {
     pub public_url: Option<String>,
     /// Lifetime of issued bearer tokens, in seconds.
     pub token_ttl: u64,
+    /// The bearer-token signing key, when every replica is given the same
+    /// one; `None`: `<data>/auth/jwt-key`, made on first start.
+    pub signing_key: Option<SigningKey>,
+}
+
+/// Key bytes that never show in `Debug` output.
+#[derive(Clone)]
+pub struct SigningKey(pub Vec<u8>);
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SigningKey(…)")
+    }
 }
 
 impl Default for AuthConfig {
@@ -285,6 +300,7 @@ impl Default for AuthConfig {
             service: "slipway".into(),
             public_url: None,
             token_ttl: 300,
+            signing_key: None,
         }
     }
 }
@@ -294,6 +310,9 @@ pub struct Auth {
     config: AuthConfig,
     tokens_path: PathBuf,
     tokens: RwLock<HashMap<String, TokenRecord>>,
+    /// Bumped by every local create and delete: a replacement read from a
+    /// shared database before one of them would undo it.
+    generation: std::sync::atomic::AtomicU64,
     encoding: jsonwebtoken::EncodingKey,
     decoding: jsonwebtoken::DecodingKey,
     /// Decides whether a bearer token's subject is still valid (the control
@@ -347,9 +366,16 @@ impl Auth {
         // A new key only on first start: a key that is there but unreadable
         // or short is an error, since a fresh one would silently void every
         // token issued so far.
-        let key = match std::fs::read(&key_path) {
-            Ok(k) if k.len() >= 32 => k,
-            Ok(_) => {
+        let key = match (&config.signing_key, std::fs::read(&key_path)) {
+            (Some(k), _) if k.0.len() >= 32 => k.0.clone(),
+            (Some(_), _) => {
+                return Err(AuthError::Io {
+                    context: "the signing key given holds fewer than 32 bytes".into(),
+                    source: std::io::Error::from(std::io::ErrorKind::InvalidData),
+                });
+            }
+            (None, Ok(k)) if k.len() >= 32 => k,
+            (None, Ok(_)) => {
                 return Err(AuthError::Io {
                     context: format!(
                         "{} holds fewer than 32 bytes: restore it, or delete it to make a new one \
@@ -359,12 +385,12 @@ impl Auth {
                     source: std::io::Error::from(std::io::ErrorKind::InvalidData),
                 });
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            (None, Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
                 let k = random_bytes::<32>()?.to_vec();
                 write_private(&key_path, &k)?;
                 k
             }
-            Err(e) => return Err(io(format!("reading {}", key_path.display()))(e)),
+            (None, Err(e)) => return Err(io(format!("reading {}", key_path.display()))(e)),
         };
         let tokens_path = dir.join("tokens.json");
         let tokens: Vec<TokenRecord> = match std::fs::read(&tokens_path) {
@@ -382,6 +408,7 @@ impl Auth {
             encoding: jsonwebtoken::EncodingKey::from_secret(&key),
             decoding: jsonwebtoken::DecodingKey::from_secret(&key),
             subject_check: RwLock::new(None),
+            generation: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -442,6 +469,8 @@ impl Auth {
         }
         let key = record.sha256.clone();
         tokens.insert(key.clone(), record);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if let Err(e) = self.save(&tokens) {
             // Not on disk: not valid either, so a restart changes nothing.
             tokens.remove(&key);
@@ -483,6 +512,8 @@ impl Auth {
             return Err(AuthError::LastAdmin);
         }
         let removed = tokens.remove(&key);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if let Err(e) = self.save(&tokens) {
             // Not saved: keep it, so memory and disk agree.
             if let Some(r) = removed {
@@ -490,6 +521,39 @@ impl Auth {
             }
             return Err(e);
         }
+        Ok(true)
+    }
+
+    /// Every token as stored, for sharing with other replicas, with the
+    /// generation to pass to [`Auth::replace_records`].
+    pub fn records(&self) -> (Vec<TokenRecord>, u64) {
+        let tokens = self.tokens.read().unwrap_or_else(|p| p.into_inner());
+        let mut list: Vec<TokenRecord> = tokens.values().cloned().collect();
+        list.sort_by(|a, b| a.id.cmp(&b.id));
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
+        (list, generation)
+    }
+
+    /// Take `records` as the token set (what the shared database holds),
+    /// and keep the file in step, unless a token was made or deleted here
+    /// since `generation` was read (the records may predate it: the next
+    /// read brings it). Returns whether anything changed.
+    pub fn replace_records(
+        &self,
+        records: Vec<TokenRecord>,
+        generation: u64,
+    ) -> Result<bool, AuthError> {
+        let mut tokens = self.tokens.write().unwrap_or_else(|p| p.into_inner());
+        if self.generation.load(std::sync::atomic::Ordering::SeqCst) != generation {
+            return Ok(false);
+        }
+        let new: HashMap<String, TokenRecord> =
+            records.into_iter().map(|t| (t.sha256.clone(), t)).collect();
+        if *tokens == new {
+            return Ok(false);
+        }
+        self.save(&new)?;
+        *tokens = new;
         Ok(true)
     }
 

@@ -14,5 +14,15 @@ ALTER TABLE runs ADD COLUMN context TEXT;
 -- its tasks privileged steps (off: refused, as on every pool before).
 ALTER TABLE pools ADD COLUMN allow_insecure BIGINT NOT NULL DEFAULT 0;
 
+-- API tokens (hashed), shared by every replica on this database.
+CREATE TABLE api_tokens (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    sha256 TEXT NOT NULL UNIQUE,
+    admin BIGINT NOT NULL,
+    grants TEXT NOT NULL,
+    created BIGINT NOT NULL
+);
+
 -- The submitting token's name at submit time, for display only.
 ALTER TABLE runs ADD COLUMN submitter_name TEXT;

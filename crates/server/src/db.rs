@@ -1122,6 +1122,54 @@ impl Db {
             .then_some(self.url.as_str())
     }
 
+    /// Store an API token; `Ok(false)` when its id, name or hash is taken.
+    pub async fn insert_token(&self, t: &registry::auth::TokenRecord) -> Result<bool> {
+        let grants =
+            serde_json::to_string(&t.grants).map_err(|e| corrupt("api_tokens.grants", e))?;
+        let _w = self.write_lock().await;
+        let r = sqlx::query(
+            "INSERT INTO api_tokens (id, name, sha256, admin, grants, created) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(&t.id)
+        .bind(&t.name)
+        .bind(&t.sha256)
+        .bind(i64::from(t.admin))
+        .bind(grants)
+        .bind(i64::try_from(t.created).unwrap_or(i64::MAX))
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    pub async fn delete_token(&self, id: &str) -> Result<()> {
+        let _w = self.write_lock().await;
+        sqlx::query("DELETE FROM api_tokens WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn tokens(&self) -> Result<Vec<registry::auth::TokenRecord>> {
+        let rows = sqlx::query("SELECT id, name, sha256, admin, grants, created FROM api_tokens")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let grants: String = r.try_get("grants")?;
+                Ok(registry::auth::TokenRecord {
+                    id: r.try_get("id")?,
+                    name: r.try_get("name")?,
+                    sha256: r.try_get("sha256")?,
+                    admin: r.try_get::<i64, _>("admin")? != 0,
+                    grants: serde_json::from_str(&grants)
+                        .map_err(|e| corrupt("api_tokens.grants", e))?,
+                    created: u64::try_from(r.try_get::<i64, _>("created")?).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
     /// Tell every replica listening on PostgreSQL (`LISTEN slipway`).
     pub async fn notify(&self, payload: &str) -> Result<()> {
         sqlx::query("SELECT pg_notify('slipway', $1)")

@@ -14,6 +14,7 @@ pub mod db;
 mod local;
 mod routes;
 mod seal;
+pub use seal::derive_key;
 mod task_routes;
 
 use std::collections::HashMap;
@@ -52,6 +53,9 @@ pub struct ServerConfig {
     pub image_aliases: std::collections::BTreeMap<String, String>,
     /// Largest context upload accepted (`413` past it).
     pub max_context_bytes: u64,
+    /// The sealing key, when every replica is given the same secret
+    /// (`--secret-key-file`); `None`: `<data>/secret.key`.
+    pub seal_key: Option<[u8; 32]>,
 }
 
 impl ServerConfig {
@@ -67,6 +71,7 @@ impl ServerConfig {
             retention: Duration::from_secs(30 * 24 * 3600),
             image_aliases: Default::default(),
             max_context_bytes: 2 << 30,
+            seal_key: None,
         }
     }
 }
@@ -179,7 +184,13 @@ impl Server {
             source,
         })?;
         let db = Db::open(config.database_url.as_deref(), &config.data).await?;
-        let sealer = seal::Sealer::open(&config.data.join("secret.key"))?;
+        let sealer = match config.seal_key {
+            Some(k) => seal::Sealer::from_key(k),
+            None => seal::Sealer::open(&config.data.join("secret.key"))?,
+        };
+        if db.postgres_url().is_some() {
+            sync_tokens(&db, &registry, true).await?;
+        }
         let extended = db.extend_expired_leases(config.lease_ttl).await?;
         if extended > 0 {
             tracing::info!(
@@ -252,6 +263,13 @@ impl Server {
                             match n.payload().split_once(':') {
                                 Some(("pool", p)) => s.pools.wake_local(p),
                                 Some(("run", r)) => s.runs.wake_local(r),
+                                // Another replica made or deleted a token:
+                                // read them now, not at the next refresh.
+                                Some(("tokens", _)) => {
+                                    if let Err(e) = sync_tokens(&s.db, &s.registry, false).await {
+                                        tracing::warn!("reading API tokens: {e}");
+                                    }
+                                }
                                 _ => {}
                             }
                         }
@@ -269,6 +287,9 @@ impl Server {
             loop {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 let Some(s) = weak.upgrade() else { return };
+                if let Err(e) = sync_tokens(&s.db, &s.registry, false).await {
+                    tracing::warn!("reading API tokens: {e}");
+                }
                 let started = std::time::Instant::now();
                 match s.db.live_leases().await {
                     Ok(live) => {
@@ -293,6 +314,15 @@ impl Server {
 
     pub fn db(&self) -> &Db {
         &self.db
+    }
+
+    /// Store in the shared database the tokens made outside the API (the
+    /// first admin token), so other replicas know them.
+    pub async fn publish_tokens(&self) -> Result<(), ServerError> {
+        if self.db.postgres_url().is_some() {
+            sync_tokens(&self.db, &self.registry, true).await?;
+        }
+        Ok(())
     }
 
     pub fn config(&self) -> &ServerConfig {
@@ -410,6 +440,29 @@ impl Server {
             .insert(s.clone());
         s
     }
+}
+
+/// Keep the registry's API tokens in step with the database other
+/// replicas write to. With `publish`, first store the tokens this replica
+/// has that the database lacks (its first start seeds it). A token made or
+/// deleted here while the database was read is not undone: that round is
+/// skipped.
+async fn sync_tokens(db: &Db, registry: &Registry, publish: bool) -> Result<(), ServerError> {
+    let (local, generation) = registry.auth().records();
+    if publish {
+        for t in &local {
+            db.insert_token(t).await?;
+        }
+    }
+    let shared = db.tokens().await?;
+    registry
+        .auth()
+        .replace_records(shared, generation)
+        .map_err(|e| ServerError::Io {
+            context: "saving the API tokens".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    Ok(())
 }
 
 fn run_subject(run: &str, attempt: u32) -> String {

@@ -1121,6 +1121,24 @@ async fn create_token(
             registry::auth::AuthError::NameTaken(_) => conflict(e.to_string()),
             e => internal(e),
         })?;
+    // Shared with the other replicas before it is handed out; a name
+    // another replica took meanwhile is refused here too.
+    if s.db.postgres_url().is_some()
+        && let Some(rec) = s
+            .registry
+            .auth()
+            .records()
+            .0
+            .into_iter()
+            .find(|r| r.id == info.id)
+        && !s.db.insert_token(&rec).await?
+    {
+        let _ = s.registry.auth().delete_token(&info.id);
+        return Err(conflict(format!("a token named {} exists", req.name)));
+    }
+    if s.db.postgres_url().is_some() {
+        s.db.notify("tokens:").await?;
+    }
     tracing::info!(token = info.id, name = info.name, "API token created");
     let created = api::CreatedToken {
         info: token_json(info),
@@ -1138,7 +1156,13 @@ async fn list_tokens(State(s): S, headers: HeaderMap) -> R<Json<Vec<api::ApiToke
 async fn delete_token(State(s): S, headers: HeaderMap, Path(id): Path<String>) -> R<StatusCode> {
     admin(&s, &headers)?;
     match s.registry.auth().delete_token(&id) {
-        Ok(true) => Ok(StatusCode::NO_CONTENT),
+        Ok(true) => {
+            if s.db.postgres_url().is_some() {
+                s.db.delete_token(&id).await?;
+                s.db.notify("tokens:").await?;
+            }
+            Ok(StatusCode::NO_CONTENT)
+        }
         Ok(false) => Err(not_found(format!("token {id} does not exist"))),
         Err(registry::auth::AuthError::LastAdmin) => Err(conflict(
             "the last admin token cannot be deleted: nobody could manage the server",

@@ -13,6 +13,19 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
 use crate::ServerError;
 
+/// A 32-byte key for `purpose` (`seal`, `jwt`) from the secret key every
+/// replica is given (`--secret-key-file`): one secret to distribute, a
+/// separate key for each use.
+pub fn derive_key(secret: &[u8], purpose: &str) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"slipway key\0");
+    h.update(purpose.as_bytes());
+    h.update(b"\0");
+    h.update(secret);
+    h.finalize().into()
+}
+
 pub struct Sealer {
     cipher: XChaCha20Poly1305,
 }
@@ -67,6 +80,14 @@ impl Sealer {
             source: std::io::Error::from(std::io::ErrorKind::InvalidData),
         })?;
         Ok(Sealer { cipher })
+    }
+
+    /// A sealer with `key` (derived from the secret key every replica is
+    /// given: see [`derive_key`]).
+    pub fn from_key(key: [u8; 32]) -> Sealer {
+        Sealer {
+            cipher: XChaCha20Poly1305::new(&key.into()),
+        }
     }
 
     /// base64(nonce ‖ ciphertext) of the JSON map, bound to `owner`

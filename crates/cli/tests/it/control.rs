@@ -2226,12 +2226,13 @@ fn a_pool_policy_allows_insecure_run_steps() {
     );
 }
 
-/// Two server replicas on one PostgreSQL (their `auth/` copied from the
-/// first, until tokens and keys move into the database): a run submitted
-/// through A is leased through B at once (LISTEN/NOTIFY, not the long
-/// poll's deadline); the log an agent sends to B reaches a follower on A;
-/// the run's registry credential, granted by B, works on A while the lease
-/// lives and stops when the run ends.
+/// Two server replicas on one PostgreSQL, given the same secret key file:
+/// API tokens live in the database (one made on A works on B as soon as
+/// B hears of it, one deleted on B stops on A); a run submitted through A with a secret is
+/// leased through B at once (LISTEN/NOTIFY, not the long poll's deadline)
+/// and B opens the secret A sealed; the log an agent sends to B reaches a
+/// follower on A; the run's registry credential, granted by B, works on A
+/// while the lease lives and stops when the run ends.
 #[test]
 fn two_replicas_share_runs_logs_and_leases_through_postgresql() {
     if !need_root() {
@@ -2240,15 +2241,24 @@ fn two_replicas_share_runs_logs_and_leases_through_postgresql() {
     let tmp = tempfile::tempdir().unwrap();
     let pg = Postgres::start(tmp.path());
     let url = pg.url();
+    let key = tmp.path().join("secret.key");
+    std::fs::write(&key, (0..48u8).collect::<Vec<u8>>()).unwrap();
+    let key = key.to_str().unwrap().to_owned();
+    let flags = [
+        "--database",
+        url.as_str(),
+        "--secret-key-file",
+        key.as_str(),
+    ];
     std::fs::create_dir_all(tmp.path().join("a")).unwrap();
-    let a = Plane::start(&tmp.path().join("a"), &["--database", &url]);
+    let a = Plane::start(&tmp.path().join("a"), &flags);
+    // B finds the admin token in the database and makes none of its own:
+    // its operator uses A's.
     let b_data = tmp.path().join("b/data");
     std::fs::create_dir_all(&b_data).unwrap();
-    for f in ["auth/tokens.json", "auth/jwt-key", "admin-token"] {
-        std::fs::create_dir_all(b_data.join("auth")).unwrap();
-        std::fs::copy(a.data.join(f), b_data.join(f)).unwrap();
-    }
-    let b = Plane::start(&tmp.path().join("b"), &["--database", &url]);
+    std::fs::copy(a.data.join("admin-token"), b_data.join("admin-token")).unwrap();
+    let b = Plane::start(&tmp.path().join("b"), &flags);
+    assert_eq!(b.token, a.token);
     let rt = rt();
     let ca = a.client();
     let cb = api::Client::new(&b.url, Some(a.token.clone())).unwrap();
@@ -2256,6 +2266,33 @@ fn two_replicas_share_runs_logs_and_leases_through_postgresql() {
         let agent_token = make_pool(&ca, "p", 0).await;
         // The pool made through A is B's too.
         assert!(cb.list_pools().await.unwrap().iter().any(|p| p.name == "p"));
+        // A token made on A works on B at once; its name is taken on B
+        // too; deleted on B, it stops on A.
+        let ci = api::TokenRequest {
+            name: "ci".into(),
+            admin: false,
+            grants: vec!["pool:p:build".into()],
+        };
+        let made = ca.create_token(&ci).await.unwrap();
+        let on_b = api::Client::new(&b.url, Some(made.token.clone())).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let pools = loop {
+            match on_b.list_pools().await {
+                Ok(p) => break p,
+                Err(e) => assert!(Instant::now() < deadline, "B never knew A's token: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(pools.len(), 1);
+        let taken = cb.create_token(&ci).await.unwrap_err();
+        assert_eq!(taken.status(), Some(409), "{taken}");
+        cb.delete_token(&made.info.id).await.unwrap();
+        let on_a = api::Client::new(&a.url, Some(made.token.clone())).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while on_a.list_pools().await.is_ok() {
+            assert!(Instant::now() < deadline, "A kept a token deleted on B");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let agent_b = api::Client::new(&b.url, Some(agent_token)).unwrap();
 
         // B's agent waits first; A gets the run.
@@ -2273,15 +2310,22 @@ fn two_replicas_share_runs_logs_and_leases_through_postgresql() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let dir = context(&tmp.path().join("ctx"), "FROM scratch\n");
         let d = upload(&ca, &dir).await;
-        let run = submit(
-            &ca,
-            "p",
-            spec(&d, "FROM scratch\n", &format!("{}/app:1", a.host())),
-        )
-        .await;
+        let run = ca
+            .submit_run(&RunRequest {
+                pool: "p".into(),
+                build: spec(&d, "FROM scratch\n", &format!("{}/app:1", a.host())),
+                secrets: BTreeMap::from([("npm".to_owned(), "sealed-on-a-opened-on-b".to_owned())]),
+                timeout_secs: None,
+            })
+            .await
+            .unwrap();
         let (agent_b, lease, waited) = waiting.await.unwrap();
         let lease = lease.expect("B's agent leases the run submitted through A");
         assert_eq!(lease.run.id, run.id);
+        assert_eq!(
+            lease.secrets.get("npm").map(String::as_str),
+            Some("sealed-on-a-opened-on-b")
+        );
         assert!(
             waited < Duration::from_secs(30),
             "B's long poll was not woken by A's submit (it ran to its deadline: {waited:?})"
