@@ -186,7 +186,7 @@ pub async fn open_registry(
     data: &Path,
     public_url: Option<String>,
     max_blob_bytes: u64,
-    blobs: Option<Arc<dyn store::BlobStore>>,
+    blobs: Option<(Arc<dyn store::BlobStore>, Arc<dyn store::kv::Kv>)>,
     signing_key: Option<Vec<u8>>,
 ) -> Result<Arc<Registry>> {
     std::fs::create_dir_all(data)
@@ -197,7 +197,7 @@ pub async fn open_registry(
     config.max_blob_bytes = max_blob_bytes;
     config.auth.signing_key = signing_key.map(registry::auth::SigningKey);
     let opened = match blobs {
-        Some(b) => Registry::open_with(config, b),
+        Some((b, meta)) => Registry::open_with(config, b, registry::meta::Meta::with_kv(meta)),
         None => Registry::open(config).await,
     };
     opened.with_context(|| format!("opening the registry in {}", data.display()))
@@ -215,7 +215,7 @@ async fn serve(args: ServerArgs, on_ready: impl FnOnce(&Running, &Arc<Server>)) 
     };
     let (blobs, contexts) = match &location {
         Some(l) => (
-            Some(l.open("store").await?),
+            Some((l.open("store").await?, l.open_kv("repos"))),
             Some(l.open("contexts").await?),
         ),
         None => (None, None),

@@ -77,18 +77,21 @@ impl Registry {
     /// A registry with its blobs in `<data>/store` on the filesystem.
     pub async fn open(config: RegistryConfig) -> Result<Arc<Registry>, OpenError> {
         let store = FsStore::open(config.data.join("store")).await?;
-        Self::open_with(config, Arc::new(store))
+        let meta = meta::Meta::new(&config.data);
+        Self::open_with(config, Arc::new(store), meta)
     }
 
-    /// A registry with its blobs in `store` (an object store, say); its
-    /// metadata and tokens stay under `config.data`.
+    /// A registry with its blobs in `store` and its repository metadata in
+    /// `meta` (object storage shared by replicas, say); tokens and keys
+    /// stay under `config.data` (or in the control plane's database).
     pub fn open_with(
         config: RegistryConfig,
         store: Arc<dyn BlobStore>,
+        meta: meta::Meta,
     ) -> Result<Arc<Registry>, OpenError> {
         Ok(Arc::new(Registry {
             store,
-            meta: meta::Meta::new(&config.data),
+            meta,
             auth: Auth::open(&config.data, config.auth.clone())?,
             lock: lock::GcLock::new(&config.data),
             config,

@@ -11,6 +11,7 @@
 //! partial blob.
 
 mod fs;
+pub mod kv;
 pub mod layout;
 pub mod limit;
 mod location;

@@ -123,6 +123,22 @@ impl Location {
         })
     }
 
+    /// The small-value store of area `sub` (`repos`: repository metadata)
+    /// at this location.
+    pub fn open_kv(&self, sub: &str) -> Arc<dyn crate::kv::Kv> {
+        match self {
+            Location::File(dir) => Arc::new(crate::kv::FsKv::new(dir.join(sub))),
+            Location::Object { store, prefix, .. } => {
+                let p = if prefix.is_empty() {
+                    sub.to_owned()
+                } else {
+                    format!("{prefix}/{sub}")
+                };
+                Arc::new(crate::kv::ObjectKv::new(store.clone(), &p))
+            }
+        }
+    }
+
     /// The blob store of area `sub` (`store`, `contexts`) at this location,
     /// checked to answer.
     pub async fn open(&self, sub: &str) -> Result<Arc<dyn BlobStore>> {

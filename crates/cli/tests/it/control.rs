@@ -1152,14 +1152,14 @@ fn tokens_and_secrets_are_scoped_and_never_stored_in_clear() {
 
 /// A PostgreSQL cluster of Debian's `postgresql` package in a temp dir,
 /// owned by the `postgres` user, on a loopback port; stopped on drop.
-struct Postgres {
+pub(crate) struct Postgres {
     bin: PathBuf,
     dir: PathBuf,
     port: u16,
 }
 
 impl Postgres {
-    fn start(dir: &Path) -> Postgres {
+    pub(crate) fn start(dir: &Path) -> Postgres {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .expect("Debian's postgresql is not installed: run ./scripts/test.sh")
             .flatten()
@@ -1206,7 +1206,7 @@ impl Postgres {
         Postgres { bin, dir: pg, port }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/slipway", self.port)
     }
 }

@@ -296,3 +296,72 @@ fn uploads_move_between_replicas_and_only_verified_blobs_appear() {
         assert!(b.stat(&digest).await.unwrap().is_none());
     });
 }
+
+/// Two replicas on one PostgreSQL and one Azurite container, no load
+/// balancer: an image pushed through A pulls through B with the same
+/// digest (blobs and repository metadata are in the container), with a
+/// token made on A.
+#[test]
+fn an_image_pushed_through_one_replica_pulls_through_another() {
+    if !crate::control::need_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let pg = crate::control::Postgres::start(tmp.path());
+    let az = azurite(&tmp.path().join("azurite"));
+    create_container(az.port, "shared");
+    let key = tmp.path().join("secret.key");
+    std::fs::write(&key, [7u8; 40]).unwrap();
+    let (mut args, env) = azure_args(az.port, "shared");
+    args.extend([
+        "--database".into(),
+        pg.url(),
+        "--secret-key-file".into(),
+        key.display().to_string(),
+    ]);
+    let a = start(&tmp.path().join("a"), &args, &env);
+    let b_data = tmp.path().join("b");
+    std::fs::create_dir_all(&b_data).unwrap();
+    std::fs::copy(a.data.join("admin-token"), b_data.join("admin-token")).unwrap();
+    let b = start(&b_data, &args, &env);
+    let layout = crate::harness::make_image(tmp.path());
+    let skopeo = || {
+        let mut c = Command::new(crate::harness::tool("skopeo"));
+        c.env("REGISTRY_AUTH_FILE", tmp.path().join("auth.json"));
+        c
+    };
+    std::fs::write(tmp.path().join("auth.json"), r#"{"auths":{}}"#).unwrap();
+    let digestfile = tmp.path().join("pushed");
+    crate::harness::ok(
+        skopeo()
+            .args([
+                "copy",
+                "--dest-tls-verify=false",
+                "--dest-creds",
+                &a.creds(),
+            ])
+            .arg("--digestfile")
+            .arg(&digestfile)
+            .arg(format!("oci:{}:v1", layout.display()))
+            .arg(format!("docker://{}/shared/app:1", a.addr)),
+    );
+    let pushed = std::fs::read_to_string(&digestfile).unwrap();
+    let inspect = crate::harness::ok(
+        skopeo()
+            .args(["inspect", "--tls-verify=false", "--creds", &b.creds()])
+            .arg(format!("docker://{}/shared/app:1", b.addr)),
+    );
+    let v: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    assert_eq!(v["Digest"], pushed.trim(), "B serves A's push");
+    let dest = tmp.path().join("pulled");
+    crate::harness::ok(
+        skopeo()
+            .args(["copy", "--src-tls-verify=false", "--src-creds", &b.creds()])
+            .arg(format!("docker://{}/shared/app:1", b.addr))
+            .arg(format!("oci:{}:v1", dest.display())),
+    );
+    // Nothing of it is under either data dir.
+    for d in [&a.data, &b.data] {
+        assert!(!d.join("repos").exists() && !d.join("store/blobs").exists());
+    }
+}
