@@ -34,6 +34,51 @@ pub enum DbError {
     TooNew { db: i64, ours: i64 },
 }
 
+/// A read-only handle on the database for checks that cannot wait for an
+/// async context (the registry's credential check).
+#[derive(Clone)]
+pub struct DbReader {
+    pool: AnyPool,
+}
+
+impl DbReader {
+    /// Whether `run:<id>:<attempt>` names a lease that is live now. Blocks
+    /// the calling worker thread briefly; `false` off a multi-threaded
+    /// runtime, where blocking is not allowed.
+    pub fn lease_is_live_now(&self, subject: &str) -> bool {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        let mut parts = subject.splitn(3, ':').skip(1);
+        let (Some(run), Some(attempt)) = (parts.next(), parts.next()) else {
+            return false;
+        };
+        let Ok(attempt) = attempt.parse::<i64>() else {
+            return false;
+        };
+        let Ok(handle) = Handle::try_current() else {
+            return false;
+        };
+        if handle.runtime_flavor() != RuntimeFlavor::MultiThread {
+            return false;
+        }
+        let pool = self.pool.clone();
+        let (run, now) = (run.to_owned(), now_ms());
+        tokio::task::block_in_place(|| {
+            handle.block_on(async move {
+                sqlx::query(
+                    "SELECT 1 FROM runs WHERE id = $1 AND attempt = $2 AND state = 'running' AND lease_expires > $3",
+                )
+                .bind(run)
+                .bind(attempt)
+                .bind(now)
+                .fetch_optional(&pool)
+                .await
+                .map(|r| r.is_some())
+                .unwrap_or(false)
+            })
+        })
+    }
+}
+
 /// A run to queue.
 pub struct NewRun<'a> {
     pub pool: &'a str,
@@ -1112,6 +1157,12 @@ impl Db {
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected())
+    }
+
+    pub fn reader(&self) -> DbReader {
+        DbReader {
+            pool: self.pool.clone(),
+        }
     }
 
     /// The PostgreSQL URL, when the database is PostgreSQL (several server

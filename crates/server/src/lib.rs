@@ -206,14 +206,30 @@ impl Server {
         ));
         {
             let leases = leases.clone();
+            // With replicas, a lease granted by another since the last
+            // refresh is asked of the database (and remembered).
+            let shared = db.postgres_url().is_some().then(|| db.reader());
             registry
                 .auth()
                 .set_subject_check(Arc::new(move |sub: &str| {
-                    !sub.starts_with("run:")
-                        || leases
+                    if !sub.starts_with("run:") {
+                        return true;
+                    }
+                    if leases
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .contains(sub)
+                    {
+                        return true;
+                    }
+                    let live = shared.as_ref().is_some_and(|r| r.lease_is_live_now(sub));
+                    if live {
+                        leases
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
-                            .contains(sub)
+                            .insert(sub.to_owned());
+                    }
+                    live
                 }));
         }
         Ok(Arc::new(Server {

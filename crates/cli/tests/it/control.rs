@@ -258,13 +258,13 @@ fn base64(s: &str) -> String {
 }
 
 /// A context dir with a Dockerfile.
-fn context(dir: &Path, dockerfile: &str) -> PathBuf {
+pub(crate) fn context(dir: &Path, dockerfile: &str) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("Dockerfile"), dockerfile).unwrap();
     dir.to_owned()
 }
 
-fn rt() -> tokio::runtime::Runtime {
+pub(crate) fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -273,7 +273,7 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 /// Pack and upload a context through the library the CLI uses.
-async fn upload(c: &api::Client, dir: &Path) -> String {
+pub(crate) async fn upload(c: &api::Client, dir: &Path) -> String {
     let out = dir.with_extension("tar.zst");
     let packed = context::pack(dir, "Dockerfile", &out, &mut |_| {}).unwrap();
     let bytes = std::fs::read(&out).unwrap();
@@ -283,7 +283,7 @@ async fn upload(c: &api::Client, dir: &Path) -> String {
     packed.digest.to_string()
 }
 
-fn spec(digest: &str, dockerfile: &str, tag: &str) -> BuildSpec {
+pub(crate) fn spec(digest: &str, dockerfile: &str, tag: &str) -> BuildSpec {
     BuildSpec {
         context: ContextSource::Upload {
             digest: digest.into(),
@@ -318,7 +318,7 @@ pub(crate) async fn make_pool(c: &api::Client, name: &str, count: u32) -> String
 }
 
 /// Queue `build` on `pool` with no secrets and the default timeout.
-async fn submit(c: &api::Client, pool: &str, build: BuildSpec) -> api::Run {
+pub(crate) async fn submit(c: &api::Client, pool: &str, build: BuildSpec) -> api::Run {
     c.submit_run(&RunRequest {
         pool: pool.into(),
         build,
@@ -329,7 +329,7 @@ async fn submit(c: &api::Client, pool: &str, build: BuildSpec) -> api::Run {
     .unwrap()
 }
 
-async fn wait_state(
+pub(crate) async fn wait_state(
     c: &api::Client,
     id: &str,
     want: impl Fn(RunState) -> bool,
@@ -350,7 +350,7 @@ async fn wait_state(
     }
 }
 
-async fn full_log(c: &api::Client, id: &str) -> Vec<api::LogChunk> {
+pub(crate) async fn full_log(c: &api::Client, id: &str) -> Vec<api::LogChunk> {
     let mut all = Vec::new();
     let mut after = 0;
     loop {

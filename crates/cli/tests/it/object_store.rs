@@ -365,3 +365,125 @@ fn an_image_pushed_through_one_replica_pulls_through_another() {
         assert!(!d.join("repos").exists() && !d.join("store/blobs").exists());
     }
 }
+
+/// Two replicas on one PostgreSQL and one S3 bucket, two agents on each:
+/// 50 builds submitted half through each all succeed, each run once (no
+/// fence granted twice, no agent holding two runs at once), their images
+/// pushed through the replica their agent talks to and all listed by both.
+#[test]
+fn fifty_builds_through_two_replicas_on_four_agents() {
+    use crate::control::{
+        Plane, context, full_log, make_pool, need_root, rt, spec, submit, wait_state,
+    };
+    use api::RunState;
+    use std::collections::{BTreeMap, HashSet};
+    if !need_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let pg = crate::control::Postgres::start(tmp.path());
+    let s3 = moto();
+    create_bucket(s3.port, "cluster");
+    let key = tmp.path().join("secret.key");
+    std::fs::write(&key, [9u8; 32]).unwrap();
+    let mut args = s3_args(s3.port, "cluster");
+    args.extend([
+        "--database".into(),
+        pg.url(),
+        "--secret-key-file".into(),
+        key.display().to_string(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (dir_a, dir_b) = (tmp.path().join("a"), tmp.path().join("b"));
+    std::fs::create_dir_all(&dir_a).unwrap();
+    let mut a = Plane::start(&dir_a, &args);
+    std::fs::create_dir_all(dir_b.join("data")).unwrap();
+    std::fs::copy(a.data.join("admin-token"), dir_b.join("data/admin-token")).unwrap();
+    let mut b = Plane::start(&dir_b, &args);
+    let rt = rt();
+    let (ca, cb) = (a.client(), b.client());
+    let token = rt.block_on(make_pool(&ca, "ci", 4));
+    a.import_busybox();
+    for i in 0..2 {
+        a.start_agent("ci", &token, &format!("a{i}"));
+        b.start_agent("ci", &token, &format!("b{i}"));
+    }
+    // Each run names the registry (its base and its tag) by the replica it
+    // is submitted through: without a load balancer, that is the name its
+    // submitter knows.
+    let df = |host: &str| {
+        format!("FROM {host}/base/busybox:1\nARG N\nRUN echo build-$N > /n.txt && cat /n.txt\n")
+    };
+    let dir = context(&tmp.path().join("ctx"), &df(&a.host()));
+    let hosts = [a.host(), b.host()];
+    let runs = rt.block_on(async {
+        let d = crate::control::upload(&ca, &dir).await;
+        // B must know the context too: its own token uploads the bytes.
+        crate::control::upload(&cb, &dir).await;
+        let submits = (0..50).map(|n| {
+            let c = if n % 2 == 0 { ca.clone() } else { cb.clone() };
+            let host = &hosts[n % 2];
+            let mut s = spec(&d, &df(host), &format!("{host}/many:{n}"));
+            s.build_args.insert("N".into(), n.to_string());
+            async move { submit(&c, "ci", s).await }
+        });
+        futures_util::future::join_all(submits).await
+    });
+    let mut fences = HashSet::new();
+    let mut by_agent: BTreeMap<String, Vec<(i64, i64)>> = BTreeMap::new();
+    for (n, r) in runs.iter().enumerate() {
+        let r = rt.block_on(wait_state(&ca, &r.id, RunState::is_final, 600));
+        if r.state != RunState::Succeeded {
+            let log: String = rt
+                .block_on(full_log(&ca, &r.id))
+                .into_iter()
+                .map(|c| c.data)
+                .collect();
+            panic!("{} {:?} on {:?}:\n{log}", r.id, r.state, r.attempts);
+        }
+        assert_eq!(r.attempts.len(), 1, "{r:?}");
+        let at = &r.attempts[0];
+        assert!(fences.insert(at.fence), "fence {} granted twice", at.fence);
+        by_agent
+            .entry(at.agent.clone())
+            .or_default()
+            .push((at.started_at, at.ended_at.unwrap()));
+        let log: String = rt
+            .block_on(full_log(&cb, &r.id))
+            .into_iter()
+            .map(|c| c.data)
+            .collect();
+        assert!(log.contains(&format!("build-{n}")), "{log}");
+    }
+    assert!(
+        by_agent.keys().any(|k| k.starts_with('a')) && by_agent.keys().any(|k| k.starts_with('b')),
+        "agents of both replicas built: {by_agent:?}"
+    );
+    for (agent, mut spans) in by_agent {
+        spans.sort();
+        for w in spans.windows(2) {
+            assert!(w[0].1 <= w[1].0, "{agent} held two runs at once: {w:?}");
+        }
+    }
+    // Every image is in the shared registry, whichever replica took it.
+    let tags: Vec<serde_json::Value> = rt.block_on(async {
+        let http = reqwest::Client::new();
+        let mut out = Vec::new();
+        for p in [&a, &b] {
+            let v: serde_json::Value = http
+                .get(format!("{}/v2/many/tags/list", p.url))
+                .basic_auth("admin", Some(&p.token))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            out.push(v);
+        }
+        out
+    });
+    for t in &tags {
+        assert_eq!(t["tags"].as_array().map(Vec::len), Some(50), "{t}");
+    }
+}
