@@ -24,5 +24,13 @@ CREATE TABLE api_tokens (
     created BIGINT NOT NULL
 );
 
+-- Periodic work only one replica should do at a time (retention): who
+-- holds it, until when.
+CREATE TABLE jobs (
+    name TEXT PRIMARY KEY,
+    until_ms BIGINT NOT NULL
+);
+INSERT INTO jobs (name, until_ms) VALUES ('retention', 0);
+
 -- The submitting token's name at submit time, for display only.
 ALTER TABLE runs ADD COLUMN submitter_name TEXT;

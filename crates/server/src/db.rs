@@ -859,16 +859,28 @@ impl Db {
         let _w = self.write_lock().await;
         let mut tx = self.pool.begin().await?;
         let now = now_ms();
-        let fence = Self::next_counter(&mut tx, "fence").await?;
-        // The outer `state = 'queued'` makes this a compare-and-set: under
-        // PostgreSQL's READ COMMITTED a concurrent claimer re-checks the row
-        // after the first one's commit and updates nothing.
-        let row = sqlx::query(
+        let postgres = self.postgres_url().is_some();
+        // SQLite has one writer (the lock above), so the fence can come
+        // first. On PostgreSQL, replicas claim at once: each skips the runs
+        // another is claiming (SKIP LOCKED) and takes its fence after, so
+        // the counter row is not held while runs are picked.
+        let early_fence = if postgres {
+            None
+        } else {
+            Some(Self::next_counter(&mut tx, "fence").await?)
+        };
+        // The outer `state = 'queued'` makes this a compare-and-set.
+        let pick = if postgres {
+            "SELECT id FROM runs WHERE pool = $6 AND state = 'queued' ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED"
+        } else {
+            "SELECT id FROM runs WHERE pool = $6 AND state = 'queued' ORDER BY seq LIMIT 1"
+        };
+        let row = sqlx::query(&format!(
             "UPDATE runs SET state = 'running', attempt = attempt + 1, fence = $1, lease_hash = $2, lease_expires = $3, agent = $4, started_at = COALESCE(started_at, $5) \
-             WHERE id = (SELECT id FROM runs WHERE pool = $6 AND state = 'queued' ORDER BY seq LIMIT 1) AND state = 'queued' \
-             RETURNING id, attempt",
-        )
-        .bind(fence)
+             WHERE id = ({pick}) AND state = 'queued' \
+             RETURNING id, attempt"
+        ))
+        .bind(early_fence.unwrap_or(0))
         .bind(lease_hash)
         .bind(now + ttl.as_millis() as i64)
         .bind(agent)
@@ -883,6 +895,18 @@ impl Db {
         };
         let id: String = row.try_get(0)?;
         let attempt: i64 = row.try_get(1)?;
+        let fence = match early_fence {
+            Some(f) => f,
+            None => {
+                let f = Self::next_counter(&mut tx, "fence").await?;
+                sqlx::query("UPDATE runs SET fence = $1 WHERE id = $2")
+                    .bind(f)
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await?;
+                f
+            }
+        };
         sqlx::query(
             "INSERT INTO attempts (run_id, attempt, agent, fence, started_at) VALUES ($1, $2, $3, $4, $5)",
         )
@@ -1157,6 +1181,20 @@ impl Db {
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected())
+    }
+
+    /// Take periodic job `name` for `period` unless another replica holds
+    /// it: `true` means this replica runs it now.
+    pub async fn take_job(&self, name: &str, period: Duration) -> Result<bool> {
+        let _w = self.write_lock().await;
+        let now = now_ms();
+        let r = sqlx::query("UPDATE jobs SET until_ms = $1 WHERE name = $2 AND until_ms <= $3")
+            .bind(now + period.as_millis() as i64)
+            .bind(name)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
     }
 
     pub fn reader(&self) -> DbReader {
@@ -1442,6 +1480,19 @@ impl Db {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_periodic_job_goes_to_one_taker_per_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(None, dir.path()).await.unwrap();
+        let hour = Duration::from_secs(3600);
+        assert!(db.take_job("retention", hour).await.unwrap());
+        assert!(
+            !db.take_job("retention", hour).await.unwrap(),
+            "taken twice"
+        );
+        assert!(!db.take_job("no-such-job", hour).await.unwrap());
+    }
 
     #[tokio::test]
     async fn a_schema_newer_than_this_server_is_refused_naming_both_versions() {

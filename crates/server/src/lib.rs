@@ -366,10 +366,22 @@ impl Server {
             let s = self.clone();
             tokio::spawn(async move {
                 loop {
-                    if let Err(e) = s.clean_up().await {
-                        tracing::error!("retention clean-up: {e}");
+                    // One replica at a time: the first to take the hour.
+                    let hour = Duration::from_secs(3600);
+                    match s
+                        .db
+                        .take_job("retention", hour - Duration::from_secs(60))
+                        .await
+                    {
+                        Ok(true) => {
+                            if let Err(e) = s.clean_up().await {
+                                tracing::error!("retention clean-up: {e}");
+                            }
+                        }
+                        Ok(false) => tracing::debug!("retention: another replica has it"),
+                        Err(e) => tracing::error!("retention clean-up: {e}"),
                     }
-                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    tokio::time::sleep(hour).await;
                 }
             })
         };
