@@ -1183,18 +1183,28 @@ impl Db {
         Ok(r.rows_affected())
     }
 
-    /// Take periodic job `name` for `period` unless another replica holds
-    /// it: `true` means this replica runs it now.
-    pub async fn take_job(&self, name: &str, period: Duration) -> Result<bool> {
+    /// Take job `name` for at most `limit` unless another replica is
+    /// running it: `true` means this replica runs it now, and releases it
+    /// with [`Db::release_job`] (a crashed holder's claim runs out).
+    pub async fn take_job(&self, name: &str, limit: Duration) -> Result<bool> {
         let _w = self.write_lock().await;
         let now = now_ms();
         let r = sqlx::query("UPDATE jobs SET until_ms = $1 WHERE name = $2 AND until_ms <= $3")
-            .bind(now + period.as_millis() as i64)
+            .bind(now + limit.as_millis() as i64)
             .bind(name)
             .bind(now)
             .execute(&self.pool)
             .await?;
         Ok(r.rows_affected() == 1)
+    }
+
+    pub async fn release_job(&self, name: &str) -> Result<()> {
+        let _w = self.write_lock().await;
+        sqlx::query("UPDATE jobs SET until_ms = 0 WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     pub fn reader(&self) -> DbReader {
@@ -1482,7 +1492,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_periodic_job_goes_to_one_taker_per_period() {
+    async fn a_job_runs_on_one_replica_at_a_time() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(None, dir.path()).await.unwrap();
         let hour = Duration::from_secs(3600);
@@ -1491,6 +1501,8 @@ mod tests {
             !db.take_job("retention", hour).await.unwrap(),
             "taken twice"
         );
+        db.release_job("retention").await.unwrap();
+        assert!(db.take_job("retention", hour).await.unwrap(), "free again");
         assert!(!db.take_job("no-such-job", hour).await.unwrap());
     }
 

@@ -366,16 +366,16 @@ impl Server {
             let s = self.clone();
             tokio::spawn(async move {
                 loop {
-                    // One replica at a time: the first to take the hour.
+                    // One replica at a time (a crashed one's claim runs
+                    // out after ten minutes).
                     let hour = Duration::from_secs(3600);
-                    match s
-                        .db
-                        .take_job("retention", hour - Duration::from_secs(60))
-                        .await
-                    {
+                    match s.db.take_job("retention", Duration::from_secs(600)).await {
                         Ok(true) => {
                             if let Err(e) = s.clean_up().await {
                                 tracing::error!("retention clean-up: {e}");
+                            }
+                            if let Err(e) = s.db.release_job("retention").await {
+                                tracing::warn!("retention: {e}");
                             }
                         }
                         Ok(false) => tracing::debug!("retention: another replica has it"),
