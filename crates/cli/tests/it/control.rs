@@ -47,7 +47,7 @@ impl Proc {
         }
     }
 
-    fn sigkill(&mut self) {
+    pub(crate) fn sigkill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -2407,4 +2407,78 @@ fn two_replicas_share_runs_logs_and_leases_through_postgresql() {
         }
         assert_eq!(ca.run(&run.id).await.unwrap().state, RunState::Succeeded);
     });
+}
+
+/// `kill -9` of one of two replicas mid-run: the run its agent held is
+/// re-queued by the other replica's reaper and finishes on an agent of
+/// that replica; the lines sent before the kill are kept, and the run ends
+/// with a whole second attempt.
+#[test]
+fn killing_a_replica_mid_run_loses_no_run() {
+    if !need_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let pg = Postgres::start(tmp.path());
+    let key = tmp.path().join("secret.key");
+    std::fs::write(&key, [3u8; 32]).unwrap();
+    let url = pg.url();
+    let key = key.to_str().unwrap().to_owned();
+    // Blobs, contexts and repository metadata on a filesystem both reach
+    // (as an NFS volume would be).
+    let shared = format!("file://{}", tmp.path().join("shared").display());
+    let flags = [
+        "--database",
+        url.as_str(),
+        "--secret-key-file",
+        key.as_str(),
+        "--lease-ttl",
+        "2s",
+        "--blob-store",
+        shared.as_str(),
+    ];
+    std::fs::create_dir_all(tmp.path().join("a")).unwrap();
+    let mut a = Plane::start(&tmp.path().join("a"), &flags);
+    std::fs::create_dir_all(tmp.path().join("b/data")).unwrap();
+    std::fs::copy(
+        a.data.join("admin-token"),
+        tmp.path().join("b/data/admin-token"),
+    )
+    .unwrap();
+    let mut b = Plane::start(&tmp.path().join("b"), &flags);
+    let rt = rt();
+    let cb = b.client();
+    let token = rt.block_on(make_pool(&a.client(), "p", 2));
+    // The base lives on B, the replica that stays.
+    let base = b.import_busybox();
+    a.start_agent("p", &token, "a0");
+    let df = format!("FROM {base}\nRUN echo slow-step-start && sleep 4 && echo slow-step-done\n");
+    let dir = context(&tmp.path().join("ctx"), &df);
+    // Submitted through B: the registry it names is B, which A's agent
+    // reaches with the run's credential too.
+    let tag = format!("{}/survivor:1", b.host());
+    let run = rt.block_on(async {
+        let d = upload(&cb, &dir).await;
+        submit(&cb, "p", spec(&d, &df, &tag)).await
+    });
+    rt.block_on(wait_log(&cb, &run.id, "slow-step-start"));
+    b.start_agent("p", &token, "b0");
+    if let Some(mut s) = a.server.take() {
+        s.sigkill();
+    }
+    let done = rt.block_on(wait_state(&cb, &run.id, RunState::is_final, 120));
+    assert_eq!(done.state, RunState::Succeeded, "{done:?}");
+    assert_eq!(done.attempts.len(), 2, "{done:?}");
+    assert_eq!(done.attempts[0].agent, "a0");
+    assert_eq!(done.attempts[1].agent, "b0");
+    let log: String = rt
+        .block_on(full_log(&cb, &run.id))
+        .into_iter()
+        .map(|c| c.data)
+        .collect();
+    assert!(log.contains("attempt 1 started on agent a0"), "{log}");
+    assert!(log.contains("attempt 2 started on agent b0"), "{log}");
+    let said = |l: &str| log.lines().filter(|x| *x == l).count();
+    assert_eq!(said("slow-step-start"), 2, "{log}");
+    assert_eq!(said("slow-step-done"), 1, "{log}");
 }
