@@ -472,3 +472,44 @@ fn broken_manifests_are_rejected(tmp: &Path) {
         );
     }
 }
+
+/// The replicas overlay: the server as three replicas on PostgreSQL and
+/// Azure Blob Storage, sharing one secret key, renders and validates.
+#[test]
+fn the_replicas_overlay_points_the_server_at_shared_state() {
+    let tmp = tempfile::tempdir().unwrap();
+    let render = kustomize_build(&deploy_dir().join("overlays/replicas"));
+    let out = validate(&render, tmp.path());
+    assert!(out.status.success(), "overlays/replicas does not validate");
+    let docs = documents(&render, tmp.path());
+    let sts = find(&docs, "StatefulSet", "slipway-server");
+    assert_eq!(sts["spec"]["replicas"], 3);
+    let spec = &sts["spec"]["template"]["spec"];
+    let server = container(&spec["containers"], "server");
+    assert_eq!(env_secret(server, "SLIPWAY_DATABASE")["name"], "slipway-db");
+    assert_eq!(
+        env_secret(server, "AZURE_STORAGE_ACCOUNT_KEY")["name"],
+        "slipway-azure"
+    );
+    let env = server["env"].as_array().unwrap();
+    let value = |var: &str| {
+        env.iter()
+            .find(|e| e["name"] == var)
+            .and_then(|e| e["value"].as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(value("SLIPWAY_BLOB_STORE").starts_with("azure://"));
+    assert_eq!(value("SLIPWAY_SECRET_KEY_FILE"), "/secrets/key");
+    assert!(
+        server["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["mountPath"] == "/secrets" && m["name"] == "secret-key")
+    );
+    assert_eq!(
+        spec["volumes"][0]["secret"]["secretName"],
+        "slipway-secret-key"
+    );
+}
