@@ -284,7 +284,7 @@ async fn get_blob(
 ) -> Result<Response> {
     let d = parse_digest(digest)?;
     let unknown = || RegistryError::new(Code::BlobUnknown, format!("blob {d} is not in {name}"));
-    if !reg.meta.has_blob(name, &d).await {
+    if !reg.meta.has_blob(name, &d).await? {
         return Err(unknown());
     }
     let Some(info) = reg.store.stat(&d).await? else {
@@ -368,7 +368,7 @@ async fn start_upload(
     if let Some(mount) = query_get(q, "mount") {
         let d = parse_digest(mount)?;
         let mountable = match query_get(q, "from") {
-            Some(from) => reg.meta.has_blob(from, &d).await,
+            Some(from) => reg.meta.has_blob(from, &d).await?,
             // Without a source, mount from any repository the caller may
             // pull, so a mount never reveals a blob the caller could not read.
             None => readable_anywhere(reg, principal, &d).await?,
@@ -398,7 +398,7 @@ async fn start_upload(
 async fn readable_anywhere(reg: &Reg, principal: &auth::Principal, d: &Digest) -> Result<bool> {
     for repo in reg.meta.repositories().await? {
         if principal.allows("repository", &repo, Action::Pull.as_str())
-            && reg.meta.has_blob(&repo, d).await
+            && reg.meta.has_blob(&repo, d).await?
         {
             return Ok(true);
         }
@@ -408,7 +408,7 @@ async fn readable_anywhere(reg: &Reg, principal: &auth::Principal, d: &Digest) -
 
 async fn owned_upload(reg: &Reg, name: &str, id: &str) -> Result<()> {
     if store::layout::upload_path(std::path::Path::new(""), id).is_some()
-        && reg.meta.owns_upload(name, id).await
+        && reg.meta.owns_upload(name, id).await?
     {
         Ok(())
     } else {
@@ -716,7 +716,8 @@ async fn put_manifest(
         .await
         .map_err(|e| RegistryError::internal("taking the gc lock", e))?;
     for b in manifest.required_blobs() {
-        if !reg.meta.has_blob(name, &b.digest).await || reg.store.stat(&b.digest).await?.is_none() {
+        if !reg.meta.has_blob(name, &b.digest).await? || reg.store.stat(&b.digest).await?.is_none()
+        {
             return Err(RegistryError::new(
                 Code::ManifestBlobUnknown,
                 format!("blob {} ({}) is not in {name}", b.digest, b.media_type),

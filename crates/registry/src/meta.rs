@@ -101,8 +101,13 @@ impl Meta {
             .map_err(io_err(format!("listing {dir}")))
     }
 
-    async fn exists(&self, key: &str) -> bool {
-        self.kv.exists(key).await.unwrap_or(false)
+    /// An unreachable store is an error (a `5xx`), never "absent" (a
+    /// `404` that would send a client on a wrong path).
+    async fn exists(&self, key: &str) -> Result<bool> {
+        self.kv
+            .exists(key)
+            .await
+            .map_err(io_err(format!("reading {key}")))
     }
 
     pub async fn repo_exists(&self, name: &str) -> bool {
@@ -122,13 +127,13 @@ impl Meta {
 
     pub async fn link_blob(&self, name: &str, d: &Digest) -> Result<()> {
         let k = Self::blob_link(name, d);
-        if self.exists(&k).await {
+        if self.exists(&k).await? {
             return Ok(());
         }
         self.write(&k, b"", false).await
     }
 
-    pub async fn has_blob(&self, name: &str, d: &Digest) -> bool {
+    pub async fn has_blob(&self, name: &str, d: &Digest) -> Result<bool> {
         self.exists(&Self::blob_link(name, d)).await
     }
 
@@ -235,7 +240,7 @@ impl Meta {
         self.write(&Self::upload_key(name, id), b"", false).await
     }
 
-    pub async fn owns_upload(&self, name: &str, id: &str) -> bool {
+    pub async fn owns_upload(&self, name: &str, id: &str) -> Result<bool> {
         self.exists(&Self::upload_key(name, id)).await
     }
 

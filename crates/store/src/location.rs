@@ -15,9 +15,9 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use object_store::ObjectStore;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+use object_store::{ObjectStore, RetryConfig};
 
 use crate::{BlobStore, FsStore, ObjectBlobStore, Result, StoreError};
 
@@ -31,6 +31,17 @@ pub enum Location {
         /// The URL as given, for errors.
         url: String,
     },
+}
+
+/// A store that stops answering fails a request within seconds (a `5xx`
+/// the registry client retries), not after object_store's default three
+/// minutes of retrying.
+fn retry() -> RetryConfig {
+    RetryConfig {
+        max_retries: 3,
+        retry_timeout: std::time::Duration::from_secs(15),
+        ..RetryConfig::default()
+    }
 }
 
 fn bad(url: &str, why: impl std::fmt::Display) -> StoreError {
@@ -77,7 +88,8 @@ impl Location {
                 }
                 let mut b = MicrosoftAzureBuilder::from_env()
                     .with_account(account)
-                    .with_container_name(container);
+                    .with_container_name(container)
+                    .with_retry(retry());
                 for (k, v) in &opts {
                     let key = AzureConfigKey::from_str(k)
                         .map_err(|e| bad(url, format!("--blob-store-option {k}: {e}")))?;
@@ -90,7 +102,9 @@ impl Location {
                 if bucket.is_empty() {
                     return Err(bad(url, "expected s3://BUCKET[/PREFIX]"));
                 }
-                let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+                let mut b = AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_retry(retry());
                 for (k, v) in &opts {
                     let key = AmazonS3ConfigKey::from_str(k)
                         .map_err(|e| bad(url, format!("--blob-store-option {k}: {e}")))?;

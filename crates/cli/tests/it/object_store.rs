@@ -43,7 +43,10 @@ fn wait_port(port: u16, what: &str) {
 }
 
 fn azurite(dir: &Path) -> Service {
-    let port = free_port();
+    azurite_on(dir, free_port())
+}
+
+fn azurite_on(dir: &Path, port: u16) -> Service {
     let child = Command::new(azurite_bin())
         .args([
             "--blobHost",
@@ -486,4 +489,89 @@ fn fifty_builds_through_two_replicas_on_four_agents() {
     for t in &tags {
         assert_eq!(t["tags"].as_array().map(Vec::len), Some(50), "{t}");
     }
+}
+
+/// Azurite stopped mid-upload: the chunk or the commit fails with a `5xx`
+/// (which clients retry) within seconds, nothing half-written becomes a
+/// blob, and once Azurite is back the same upload completes.
+#[test]
+fn a_store_that_stops_mid_upload_fails_with_5xx_and_shows_nothing_half_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("azurite");
+    let mut az = azurite(&dir);
+    let port = az.port;
+    create_container(port, "flaky");
+    let (args, env) = azure_args(port, "flaky");
+    let srv = start(&tmp.path().join("data"), &args, &env);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _in_rt = rt.enter();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let base = format!("{}/v2/flaky/app", srv.url());
+    let data: Vec<u8> = (0..3u32 << 20).map(|i| (i % 249) as u8).collect();
+    let digest = oci::Digest::sha256(&data);
+    let auth = |r: reqwest::RequestBuilder| r.basic_auth("ci", Some(&srv.token));
+    let at = |loc: &str| {
+        if loc.starts_with("http") {
+            loc.to_owned()
+        } else {
+            format!("{}{loc}", srv.url())
+        }
+    };
+    let send = |r: reqwest::RequestBuilder| rt.block_on(r.send()).unwrap();
+    let started = send(auth(http.post(format!("{base}/blobs/uploads/"))));
+    assert_eq!(started.status(), 202);
+    let location = started.headers()["location"].to_str().unwrap().to_owned();
+    let patched = send(
+        auth(http.patch(at(&location)))
+            .header("content-type", "application/octet-stream")
+            .body(data[..1 << 20].to_vec()),
+    );
+    assert_eq!(patched.status(), 202);
+    let location = patched.headers()["location"].to_str().unwrap().to_owned();
+
+    // Azurite stops (SIGTERM: it saves its own state, so it comes back
+    // with what it stored): the next chunk fails with a 5xx, in seconds.
+    let _ = Command::new("kill")
+        .args(["-TERM", &az.child.id().to_string()])
+        .status();
+    let _ = az.child.wait();
+    let t = Instant::now();
+    let failed = send(
+        auth(http.patch(at(&location)))
+            .header("content-type", "application/octet-stream")
+            .header("content-range", format!("{}-{}", 1 << 20, (2 << 20) - 1))
+            .body(data[1 << 20..2 << 20].to_vec()),
+    );
+    assert!(failed.status().is_server_error(), "{}", failed.status());
+    assert!(t.elapsed() < Duration::from_secs(50), "{:?}", t.elapsed());
+
+    // Back on the same port and data: no blob of the digest exists, and
+    // the upload goes on from what was stored.
+    az = azurite_on(&dir, port);
+    let head = send(auth(http.head(format!("{base}/blobs/{digest}"))));
+    assert_eq!(head.status(), 404, "a half-written blob is visible");
+    let status = send(auth(http.get(at(&location))));
+    assert_eq!(status.status(), 204);
+    let range = status.headers()["range"].to_str().unwrap().to_owned();
+    let have: usize = range.trim_start_matches("0-").parse::<usize>().unwrap() + 1;
+    let sep = if at(&location).contains('?') {
+        '&'
+    } else {
+        '?'
+    };
+    let done = send(
+        auth(http.put(format!("{}{sep}digest={digest}", at(&location))))
+            .header("content-type", "application/octet-stream")
+            .body(data[have..].to_vec()),
+    );
+    assert_eq!(done.status(), 201);
+    let head = send(auth(http.head(format!("{base}/blobs/{digest}"))));
+    assert_eq!(head.status(), 200);
+    drop(az);
 }
