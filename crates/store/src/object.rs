@@ -195,10 +195,13 @@ impl BlobStore for ObjectBlobStore {
     }
 
     async fn open(&self, digest: &Digest, range: Option<(u64, Option<u64>)>) -> Result<BlobRead> {
-        let Some(info) = self.stat(digest).await? else {
-            return Err(StoreError::BlobUnknown(digest.clone()));
+        // Only the size: not `stat`, whose extra request for the use
+        // marker every GET would pay.
+        let size = match self.store.head(&self.blob_key(digest)).await {
+            Ok(m) => m.size,
+            Err(e) if not_found(&e) => return Err(StoreError::BlobUnknown(digest.clone())),
+            Err(e) => return Err(err(format!("stat {digest}"))(e)),
         };
-        let size = info.size;
         let (start, len) = crate::resolve_range(range, size)?;
         let stream = if len == 0 {
             Box::pin(futures_util::stream::empty()) as ByteStream
