@@ -441,6 +441,7 @@ async fn build(
     if spec.no_cache {
         cmd.arg("--no-cache");
     }
+    cmd.args(pool_cache_args(lease, &server_host, spec.no_cache));
     if spec.no_push {
         cmd.arg("--no-push");
     }
@@ -553,3 +554,28 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .open(path)?;
     f.write_all(bytes)
 }
+
+/// `--cache-from`/`--cache-to` for the pool's layer cache in the server's
+/// registry, when the lease names one: every step of the build is exported
+/// (BuildKit's `mode=max`), so an agent of the pool on another machine, with
+/// empty build data, reuses what this one built. A cache that cannot be
+/// written is a warning (`ignore-error`): the pool's cache is the agent's
+/// business, not the build's. With `--no-cache` the cache is written, not read.
+pub(crate) fn pool_cache_args(lease: &Lease, server_host: &str, no_cache: bool) -> Vec<String> {
+    let (Some(repo), Some(_)) = (&lease.cache, &lease.registry) else {
+        return Vec::new();
+    };
+    let r = format!("{server_host}/{repo}:{POOL_CACHE_TAG}");
+    let mut args = Vec::new();
+    if !no_cache {
+        args.push("--cache-from".to_owned());
+        args.push(format!("type=registry,ref={r}"));
+    }
+    args.push("--cache-to".to_owned());
+    args.push(format!("type=registry,ref={r},mode=max,ignore-error=true"));
+    args
+}
+
+/// The tag of a pool's cache: one cache per pool, which every export
+/// extends (the builder keeps a bounded number of steps in it).
+pub const POOL_CACHE_TAG: &str = "steps";

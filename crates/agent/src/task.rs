@@ -698,9 +698,15 @@ async fn attempt_step(
             if let Some(p) = &b.platform {
                 cmd.arg("--platform").arg(p);
             }
-            if b.no_cache || step.cache == Some(tasks::Cache::Disabled) {
+            let no_cache = b.no_cache || step.cache == Some(tasks::Cache::Disabled);
+            if no_cache {
                 cmd.arg("--no-cache");
             }
+            cmd.args(crate::pool_cache_args(
+                &env.lease,
+                &env.server_host,
+                no_cache,
+            ));
             let mut secret_env = BTreeMap::new();
             for (i, s) in b.secrets.iter().enumerate() {
                 let value = match (&s.src, &s.env) {

@@ -654,6 +654,12 @@ pub struct Lease {
     /// The pool allows `RUN --security=insecure` and privileged task steps.
     #[serde(default)]
     pub allow_insecure: bool,
+    /// The pool's layer cache: a repository of the server's registry
+    /// (`registry.host`) that every build of the pool imports from and
+    /// exports to (`--cache-from`/`--cache-to`), so an agent on any
+    /// machine reuses the steps any other built.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<String>,
 }
 
 /// `POST /agent/runs/{id}/heartbeat`.

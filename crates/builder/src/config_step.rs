@@ -12,8 +12,8 @@ use crate::image::NewImage;
 pub(crate) struct Step<'a> {
     /// The instruction as written.
     pub created_by: &'a str,
-    /// RFC 3339.
-    pub created: &'a str,
+    /// RFC 3339 (`SOURCE_DATE_EPOCH`); `None`: a layer's, at the end.
+    pub created: Option<&'a str>,
 }
 
 /// WORKDIR `path` after the `current` one, as BuildKit writes it into the
@@ -234,7 +234,7 @@ mod tests {
         for ins in &df.stages[0].instructions {
             let step = Step {
                 created_by: "step",
-                created: WHEN,
+                created: Some(WHEN),
             };
             apply(&mut image, &ins.command, &mut shell, &mut cmd_set, &step);
         }

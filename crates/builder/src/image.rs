@@ -88,12 +88,18 @@ impl NewImage {
         }
     }
 
-    fn history(&mut self, created_by: &str, empty_layer: bool, created: &str) {
-        let entry = if empty_layer {
-            json!({"created": created, "created_by": created_by, "comment": "slipway", "empty_layer": true})
-        } else {
-            json!({"created": created, "created_by": created_by, "comment": "slipway"})
-        };
+    /// A history entry; `created: None` is filled in by [`NewImage::finish`].
+    fn history(&mut self, created_by: &str, empty_layer: bool, created: Option<&str>) {
+        let mut entry = serde_json::Map::new();
+        if let Some(c) = created {
+            entry.insert("created".into(), json!(c));
+        }
+        entry.insert("created_by".into(), json!(created_by));
+        entry.insert("comment".into(), json!("slipway"));
+        if empty_layer {
+            entry.insert("empty_layer".into(), json!(true));
+        }
+        let entry = Value::Object(entry);
         if let Some(obj) = self.config.as_object_mut() {
             let h = obj.entry("history").or_insert_with(|| json!([]));
             if let Some(list) = h.as_array_mut() {
@@ -104,6 +110,12 @@ impl NewImage {
 
     /// Append a layer the build produced.
     pub fn add_layer(&mut self, layer: &LayerInfo, created_by: &str, created: &str) {
+        self.add_layer_at(layer, created_by, Some(created));
+    }
+
+    /// [`NewImage::add_layer`] with the time the layer was first made (a
+    /// cached step keeps its own), or `None` to fill in at the end.
+    pub fn add_layer_at(&mut self, layer: &LayerInfo, created_by: &str, created: Option<&str>) {
         self.layers.push(Descriptor {
             media_type: layer.media_type.clone(),
             digest: layer.digest.clone(),
@@ -125,8 +137,9 @@ impl NewImage {
         self.history(created_by, false, created);
     }
 
-    /// Record a step that changed only the config (ENV, CMD, LABEL …).
-    pub fn add_empty_step(&mut self, created_by: &str, created: &str) {
+    /// Record a step that changed only the config (ENV, CMD, LABEL …);
+    /// `created: None` takes a layer's time at the end, as BuildKit does.
+    pub fn add_empty_step(&mut self, created_by: &str, created: Option<&str>) {
         self.history(created_by, true, created);
     }
 
@@ -135,9 +148,25 @@ impl NewImage {
         object_at(&mut self.config, "config")
     }
 
+    /// The image as of `created` (every history entry has its time).
     pub fn finish(&mut self, created: &str) -> Result<BuiltImage, ImageError> {
+        self.finish_with(created, true)
+    }
+
+    /// The config and manifest. With `fixed` (`SOURCE_DATE_EPOCH`), the
+    /// image's `created` is `created`. Otherwise it is BuildKit's: history
+    /// entries without a time take the first new layer's (or the layer's
+    /// before them), and the image is as old as its last history entry,
+    /// so a fully cached rebuild (whose layers keep the time they were
+    /// first made) gives the same digest. `created` when there is none.
+    pub fn finish_with(&mut self, created: &str, fixed: bool) -> Result<BuiltImage, ImageError> {
+        let last = if fixed {
+            None
+        } else {
+            fill_history_times(&mut self.config)
+        };
         if let Some(obj) = self.config.as_object_mut() {
-            obj.insert("created".into(), json!(created));
+            obj.insert("created".into(), json!(last.as_deref().unwrap_or(created)));
         }
         let config = serde_json::to_vec(&self.config).map_err(ImageError::Json)?;
         let config_digest = Digest::sha256(&config);
@@ -155,4 +184,40 @@ impl NewImage {
             manifest,
         })
     }
+}
+
+/// BuildKit's rule for history times (its exporter's layer and history
+/// normalisation): an entry without a time takes the first time that
+/// follows a gap, or the time of the entry before it. Returns the last
+/// entry's time.
+fn fill_history_times(config: &mut Value) -> Option<String> {
+    let list = config.get_mut("history")?.as_array_mut()?;
+    let time = |h: &Value| h.get("created").and_then(Value::as_str).map(str::to_owned);
+    let mut created = None;
+    let mut gap = false;
+    for h in list.iter() {
+        match time(h) {
+            Some(t) => {
+                created = Some(t);
+                if gap {
+                    break;
+                }
+            }
+            None => gap = true,
+        }
+    }
+    gap = false;
+    for h in list.iter_mut() {
+        match time(h) {
+            Some(t) if gap => created = Some(t),
+            Some(_) => {}
+            None => {
+                gap = true;
+                if let (Some(c), Some(obj)) = (&created, h.as_object_mut()) {
+                    obj.insert("created".into(), json!(c));
+                }
+            }
+        }
+    }
+    list.last().and_then(time)
 }

@@ -48,6 +48,15 @@ pub enum RemoteCacheError {
     Invalid(String),
 }
 
+/// A layer step a build made or reused: what `--cache-to` exports.
+#[derive(Debug, Clone)]
+pub(crate) struct DoneStep {
+    pub key: String,
+    pub layer: NewLayer,
+    /// When the step was first made (RFC 3339), kept through the cache.
+    pub created: Option<String>,
+}
+
 /// The config blob: one entry per cached step.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct CacheConfig {
@@ -61,13 +70,25 @@ struct CacheStep {
     diff_id: String,
     size: u64,
     media_type: String,
+    /// When the step was first made: its history time wherever reused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    created: Option<String>,
 }
 
 /// The steps every `--cache-from` offers, by cache key.
 #[derive(Default)]
 pub(crate) struct RemoteCache {
     steps: HashMap<String, (Reference, CacheStep)>,
+    /// Each cache's own entries, in its order, by reference: what an
+    /// export to the same reference keeps.
+    configs: HashMap<String, Vec<CacheStep>>,
 }
+
+/// At most this many steps stay in one cache: an export keeps its own
+/// build's steps and then the cache's newest others, so a pool's cache,
+/// shared by every project built on it, stays bounded; what falls out is
+/// pruned by the registry's gc.
+pub const MAX_CACHE_STEPS: usize = 2000;
 
 impl RemoteCache {
     /// Read the caches at `refs`; the first one offering a key wins.
@@ -78,6 +99,7 @@ impl RemoteCache {
         for r in refs {
             match read_config(client, r).await {
                 Ok(config) => {
+                    cache.configs.insert(r.to_string(), config.steps.clone());
                     for s in config.steps {
                         cache
                             .steps
@@ -168,6 +190,13 @@ impl RemoteCache {
         };
         let json =
             serde_json::to_vec(&info).map_err(|e| RemoteCacheError::Invalid(e.to_string()))?;
+        if let Some(c) = step
+            .created
+            .as_deref()
+            .filter(|c| humantime::parse_rfc3339(c).is_ok())
+        {
+            std::fs::write(tmp.join("created"), c).map_err(io("writing created".into()))?;
+        }
         std::fs::write(tmp.join("layer.json"), json).map_err(io("writing layer.json".into()))?;
         let dest = cache_dir.join(key);
         if std::fs::rename(&tmp, &dest).is_err() {
@@ -204,39 +233,113 @@ async fn read_config(client: &Arc<Client>, r: &Reference) -> Result<CacheConfig,
         .map_err(|e| RemoteCacheError::Invalid(format!("the cache config: {e}")))
 }
 
-/// Push every step of `steps` (cache key and layer) to `to` as a cache:
-/// the layers (skipped where the registry has them), the config, the
-/// manifest. Returns the manifest digest.
+/// Push every step of `steps` (cache key and layer) to `to` as a cache,
+/// followed by the entries `to` already held (read by `--cache-from`, so
+/// one reference can collect many builds' steps), up to
+/// [`MAX_CACHE_STEPS`]: the new layers (mounted from `mount_from`, a
+/// repository of the same registry the image was pushed to, or uploaded,
+/// skipped where the registry has them), the config, the manifest.
+/// Returns the manifest digest, or `None` when `to` already held every
+/// step (nothing to wait for).
 pub(crate) async fn export(
     client: &Arc<Client>,
     to: &Reference,
-    steps: &[(String, NewLayer)],
-) -> Result<Digest, RemoteCacheError> {
+    steps: &[DoneStep],
+    previous: &RemoteCache,
+    mount_from: Option<&Reference>,
+) -> Result<Option<Digest>, RemoteCacheError> {
     let host = to.api_host().to_owned();
     let reg = |what: String| move |source| RemoteCacheError::Registry { what, source };
+    // Read again now, not as the build began: another build of the pool
+    // may have exported meanwhile, and its steps are kept too (two exports
+    // at the same instant still race: the last one wins, costing misses).
+    let fresh = match read_config(client, to).await {
+        Ok(c) => Some(c.steps),
+        Err(_) => previous.configs.get(&to.to_string()).cloned(),
+    };
+    let held = fresh.as_ref();
+    if let Some(held) = held {
+        let have: std::collections::HashSet<(&str, &str)> = held
+            .iter()
+            .map(|s| (s.key.as_str(), s.digest.as_str()))
+            .collect();
+        let digests: Vec<String> = steps
+            .iter()
+            .map(|s| s.layer.info.digest.to_string())
+            .collect();
+        if steps
+            .iter()
+            .zip(&digests)
+            .all(|(s, d)| have.contains(&(s.key.as_str(), d.as_str())))
+        {
+            return Ok(None);
+        }
+    }
+    let mount_from = mount_from
+        .filter(|m| m.api_host() == to.api_host() && m.repository != to.repository)
+        .map(|m| m.repository.clone());
     let mut seen = std::collections::HashSet::new();
+    let mut keys = std::collections::HashSet::new();
     let mut layers = Vec::new();
     let mut entries = Vec::new();
-    for (key, l) in steps {
+    for s in steps {
+        if !keys.insert(s.key.clone()) {
+            continue;
+        }
+        let l = &s.layer;
         entries.push(CacheStep {
-            key: key.clone(),
+            key: s.key.clone(),
             digest: l.info.digest.to_string(),
             diff_id: l.info.diff_id.to_string(),
             size: l.info.size,
             media_type: l.info.media_type.clone(),
+            created: s.created.clone(),
         });
         if !seen.insert(l.info.digest.to_string()) {
             continue;
         }
-        client
-            .push_file(&host, &to.repository, &l.info.digest, l.info.size, &l.file)
+        let what = || format!("pushing cached layer {}", l.info.digest);
+        let present = client
+            .blob_exists(&host, &to.repository, &l.info.digest)
             .await
-            .map_err(reg(format!("pushing cached layer {}", l.info.digest)))?;
+            .map_err(reg(what()))?
+            .is_some();
+        let mounted = !present
+            && match &mount_from {
+                Some(from) => client
+                    .mount_blob(&host, &to.repository, &l.info.digest, from)
+                    .await
+                    .unwrap_or(false),
+                None => false,
+            };
+        if !present && !mounted {
+            client
+                .push_file(&host, &to.repository, &l.info.digest, l.info.size, &l.file)
+                .await
+                .map_err(reg(what()))?;
+        }
         layers.push(json!({
             "mediaType": l.info.media_type,
             "digest": l.info.digest.to_string(),
             "size": l.info.size,
         }));
+    }
+    // The cache's earlier entries: their layers are in `to` already.
+    for s in held.into_iter().flatten() {
+        if entries.len() >= MAX_CACHE_STEPS {
+            break;
+        }
+        if !keys.insert(s.key.clone()) {
+            continue;
+        }
+        if seen.insert(s.digest.clone()) {
+            layers.push(json!({
+                "mediaType": s.media_type,
+                "digest": s.digest,
+                "size": s.size,
+            }));
+        }
+        entries.push(s.clone());
     }
     let config = serde_json::to_vec(&CacheConfig { steps: entries })
         .map_err(|e| RemoteCacheError::Invalid(e.to_string()))?;
@@ -268,5 +371,6 @@ pub(crate) async fn export(
     client
         .put_manifest(to, oci::media_type::OCI_MANIFEST, bytes.into())
         .await
+        .map(Some)
         .map_err(reg("pushing the cache manifest".into()))
 }

@@ -113,7 +113,9 @@ pub struct BuildArgs {
     /// A registry cache to reuse steps from: REF or type=registry,ref=REF; repeatable.
     #[arg(long = "cache-from")]
     pub(crate) cache_from: Vec<String>,
-    /// Push this build's steps as a registry cache: REF or type=registry,ref=REF[,mode=max].
+    /// Push this build's steps as a registry cache: REF or
+    /// type=registry,ref=REF[,mode=max][,ignore-error=true] (a failed
+    /// export is then a warning, not a failed build).
     #[arg(long = "cache-to")]
     pub(crate) cache_to: Option<String>,
     /// An entitlement, as buildx names it: `security.insecure` lets
@@ -231,11 +233,11 @@ impl BuildArgs {
     }
 
     /// `--cache-from` and `--cache-to`.
-    fn cache_refs(&self) -> Result<(Vec<oci::Reference>, Option<oci::Reference>)> {
+    fn cache_refs(&self) -> Result<(Vec<oci::Reference>, Option<CacheTo>)> {
         let from = self
             .cache_from
             .iter()
-            .map(|c| cache_ref("--cache-from", c))
+            .map(|c| cache_ref("--cache-from", c).map(|(r, _)| r))
             .collect::<Result<_>>()?;
         let to = self
             .cache_to
@@ -506,14 +508,24 @@ fn ssh_socket(spec: &str) -> Result<(String, PathBuf)> {
     Ok((id.to_owned(), path))
 }
 
+/// `--cache-to`'s reference, and whether a failed export is only a warning.
+pub(crate) type CacheTo = (oci::Reference, bool);
+
 /// `--cache-from`/`--cache-to`: a bare reference, or buildx's
-/// `type=registry,ref=REF[,mode=min|max]` (every step is exported: `max`).
-fn cache_ref(flag: &str, spec: &str) -> Result<oci::Reference> {
+/// `type=registry,ref=REF[,mode=min|max][,ignore-error=true|false]` (every
+/// step is exported: `max`). Returns the reference and `ignore-error`.
+fn cache_ref(flag: &str, spec: &str) -> Result<(oci::Reference, bool)> {
+    let mut ignore_error = false;
     let reference = if spec.contains('=') {
         let mut r = None;
         for field in spec.split(',') {
             match field.split_once('=') {
                 Some(("ref", v)) => r = Some(v),
+                Some(("ignore-error", v)) => {
+                    ignore_error = v
+                        .parse()
+                        .with_context(|| format!("{flag} {spec}: ignore-error is true or false"))?
+                }
                 Some(("type", "registry")) | Some(("mode", "max" | "min")) => {}
                 _ => bail!("{flag} {spec}: expected REF or type=registry,ref=REF"),
             }
@@ -522,7 +534,10 @@ fn cache_ref(flag: &str, spec: &str) -> Result<oci::Reference> {
     } else {
         spec
     };
-    reference.parse().with_context(|| format!("{flag} {spec}"))
+    let r = reference
+        .parse()
+        .with_context(|| format!("{flag} {spec}"))?;
+    Ok((r, ignore_error))
 }
 
 /// RFC 3339 for `SOURCE_DATE_EPOCH` when set (reproducible builds), else now.

@@ -25,7 +25,8 @@ pub(crate) struct LocalBuild {
     /// `--ssh`: agent sockets by id.
     pub ssh: BTreeMap<String, PathBuf>,
     pub cache_from: Vec<oci::Reference>,
-    pub cache_to: Option<oci::Reference>,
+    /// Where to export the cache, and whether a failed export is only a warning.
+    pub cache_to: Option<crate::build_args::CacheTo>,
     pub compression: Compression,
     /// `SOURCE_DATE_EPOCH`, and the creation time it gives.
     pub epoch: Option<u64>,
@@ -126,7 +127,8 @@ fn request(b: &LocalBuild, data: &DataDir, context: PathBuf) -> BuildRequest {
         oci_archive: b.oci_archive.clone(),
         ssh: b.ssh.clone(),
         cache_from: b.cache_from.clone(),
-        cache_to: b.cache_to.clone(),
+        cache_to: b.cache_to.as_ref().map(|(r, _)| r.clone()),
+        cache_to_ignore_error: b.cache_to.as_ref().is_some_and(|(_, i)| *i),
         context_excludes,
         progress: b.progress,
     }

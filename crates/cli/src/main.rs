@@ -6,6 +6,7 @@ mod build_cmd;
 mod credential_cmd;
 mod ctl;
 mod dockerfile_cmd;
+mod gc_cmd;
 mod http_serve;
 mod image_cmd;
 mod image_run;
@@ -16,9 +17,7 @@ mod serve;
 mod task_cmd;
 mod unpack_limits;
 
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -129,19 +128,12 @@ enum Command {
 
 #[derive(Subcommand)]
 enum RegistryCommand {
-    /// Delete blobs that no manifest references. Safe while the server runs:
-    /// manifest pushes wait for the sweep, and blobs younger than --grace are kept.
-    Gc {
-        /// Data directory of the server.
-        #[arg(long, env = "SLIPWAY_DATA")]
-        data: PathBuf,
-        /// Keep unreferenced blobs younger than this (their manifest may be on its way).
-        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
-        grace: Duration,
-        /// Only report what would be deleted.
-        #[arg(long)]
-        dry_run: bool,
-    },
+    /// Delete blobs that no manifest references, and the pools' layer
+    /// caches' replaced manifests. Safe while the server runs: manifest
+    /// pushes wait for the sweep (on every replica, given --database), and
+    /// blobs younger than --grace are kept. `slipway server` also runs it
+    /// every --gc-every.
+    Gc(gc_cmd::GcArgs),
 }
 
 fn main() -> ExitCode {
@@ -249,43 +241,7 @@ async fn run(cli: Cli) -> Result<()> {
             build_args::Build::Pool(b) => remote::build(*b).await,
         },
         Command::Registry {
-            command:
-                RegistryCommand::Gc {
-                    data,
-                    grace,
-                    dry_run,
-                },
-        } => gc(&data, grace, dry_run).await,
+            command: RegistryCommand::Gc(args),
+        } => gc_cmd::run(args).await,
     }
-}
-
-async fn gc(data: &Path, grace: Duration, dry_run: bool) -> Result<()> {
-    if !registry::gc::is_data_dir(data) {
-        anyhow::bail!(
-            "{} is not a slipway data directory (no store/ in it)",
-            data.display()
-        );
-    }
-    let reg =
-        serve::open_registry(data, None, registry::DEFAULT_MAX_BLOB_BYTES, None, None).await?;
-    let opts = registry::gc::GcOptions {
-        grace,
-        dry_run,
-        ..Default::default()
-    };
-    let r = registry::gc::collect(&reg, &opts)
-        .await
-        .map_err(|e| anyhow::anyhow!("garbage collection failed: {}", e.message))?;
-    println!(
-        "{}{} repositories, {} manifests; {} blobs kept, {} deleted ({} bytes freed), {} links removed, {} stale uploads removed",
-        if dry_run { "dry run: " } else { "" },
-        r.repositories,
-        r.manifests,
-        r.blobs_kept,
-        r.blobs_deleted,
-        r.bytes_freed,
-        r.links_removed,
-        r.uploads_purged
-    );
-    Ok(())
 }

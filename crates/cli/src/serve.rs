@@ -41,6 +41,12 @@ pub struct ServerArgs {
     /// running build needs, are deleted after this long (checked hourly).
     #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
     retention: Duration,
+    /// The registry's garbage collection (blobs no manifest references,
+    /// and the pools' layer caches beyond their newest steps) runs this
+    /// often, on one replica at a time; 0 turns it off (then run
+    /// `slipway registry gc`).
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    gc_every: Duration,
     /// Start the agents of pools created with --local (as `slipway up` does).
     #[arg(long)]
     local_agents: bool,
@@ -258,6 +264,7 @@ async fn serve(args: ServerArgs, on_ready: impl FnOnce(&Running, &Arc<Server>)) 
     config.default_timeout = args.default_timeout;
     config.max_attempts = args.max_attempts.max(1);
     config.retention = args.retention;
+    config.gc_every = (!args.gc_every.is_zero()).then_some(args.gc_every);
     config.max_context_bytes = args.max_context_size;
     config.seal_key = secret.as_ref().map(|s| server::derive_key(s, "seal"));
     for a in &args.image_aliases {
@@ -351,6 +358,7 @@ pub async fn up(args: UpArgs) -> Result<()> {
         default_timeout: Duration::from_secs(3600),
         max_attempts: 3,
         retention: Duration::from_secs(30 * 24 * 3600),
+        gc_every: Duration::from_secs(24 * 3600),
         local_agents: true,
         max_blob_size: registry::DEFAULT_MAX_BLOB_BYTES,
         max_context_size: 2 << 30,

@@ -26,6 +26,10 @@ pub struct GcOptions {
     pub upload_max_age: Duration,
     /// Report what would be deleted without deleting it.
     pub dry_run: bool,
+    /// Repositories under these prefixes lose the manifests no tag points
+    /// at (older than `grace`) before marking: the pools' layer caches
+    /// (`slipway-cache/`), where every export replaces the tagged one.
+    pub prune_untagged_under: Vec<String>,
 }
 
 impl Default for GcOptions {
@@ -34,6 +38,7 @@ impl Default for GcOptions {
             grace: Duration::from_secs(3600),
             upload_max_age: Duration::from_secs(24 * 3600),
             dry_run: false,
+            prune_untagged_under: vec![CACHE_REPOSITORIES.to_owned()],
         }
     }
 }
@@ -47,7 +52,12 @@ pub struct GcReport {
     pub bytes_freed: u64,
     pub links_removed: usize,
     pub uploads_purged: usize,
+    /// Untagged manifests removed from caches (`prune_untagged_under`).
+    pub manifests_pruned: usize,
 }
+
+/// Where the pools' layer caches live (`slipway-cache/POOL`).
+pub const CACHE_REPOSITORIES: &str = "slipway-cache/";
 
 /// Mark every blob reachable from a linked manifest, then sweep the rest.
 pub async fn collect(reg: &Registry, opts: &GcOptions) -> Result<GcReport> {
@@ -61,6 +71,16 @@ pub async fn collect(reg: &Registry, opts: &GcOptions) -> Result<GcReport> {
     let mut marked: HashSet<Digest> = HashSet::new();
     let repos = reg.meta.repositories().await?;
     report.repositories = repos.len();
+    let cutoff = started
+        .checked_sub(opts.grace)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    for repo in repos.iter().filter(|r| {
+        opts.prune_untagged_under
+            .iter()
+            .any(|p| r.starts_with(p.as_str()))
+    }) {
+        report.manifests_pruned += prune_untagged(reg, repo, cutoff, opts.dry_run).await?;
+    }
     for repo in &repos {
         for d in reg.meta.manifests(repo).await? {
             report.manifests += 1;
@@ -86,9 +106,6 @@ pub async fn collect(reg: &Registry, opts: &GcOptions) -> Result<GcReport> {
             }
         }
     }
-    let cutoff = started
-        .checked_sub(opts.grace)
-        .unwrap_or(SystemTime::UNIX_EPOCH);
     let mut deleted: HashSet<Digest> = HashSet::new();
     for blob in reg.store.list().await? {
         if marked.contains(&blob.digest) || blob.modified >= cutoff {
@@ -119,6 +136,39 @@ pub async fn collect(reg: &Registry, opts: &GcOptions) -> Result<GcReport> {
         report.uploads_purged = reg.store.purge_uploads(before).await?;
     }
     Ok(report)
+}
+
+/// Unlink the manifests of `repo` that no tag points at and that were
+/// stored before `cutoff` (a younger one may be about to be tagged).
+async fn prune_untagged(
+    reg: &Registry,
+    repo: &str,
+    cutoff: SystemTime,
+    dry_run: bool,
+) -> Result<usize> {
+    let mut tagged = HashSet::new();
+    for t in reg.meta.tags(repo).await?.unwrap_or_default() {
+        if let Some(d) = reg.meta.tag(repo, &t).await? {
+            tagged.insert(d);
+        }
+    }
+    let mut pruned = 0;
+    for d in reg.meta.manifests(repo).await? {
+        if tagged.contains(&d) {
+            continue;
+        }
+        let old = match reg.store.stat(&d).await? {
+            Some(info) => info.modified < cutoff,
+            None => true,
+        };
+        if old {
+            if !dry_run {
+                reg.meta.unlink_manifest(repo, &d).await?;
+            }
+            pruned += 1;
+        }
+    }
+    Ok(pruned)
 }
 
 async fn read_all(reg: &Registry, d: &Digest) -> Result<Vec<u8>> {

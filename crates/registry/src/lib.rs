@@ -16,7 +16,7 @@ pub mod browse;
 pub mod error;
 pub mod gc;
 mod handlers;
-mod lock;
+pub mod lock;
 pub mod meta;
 pub mod names;
 
@@ -96,6 +96,12 @@ impl Registry {
             lock: lock::GcLock::new(&config.data),
             config,
         }))
+    }
+
+    /// Take the gc lock from `lock` (a database's, shared by replicas)
+    /// rather than a file under the data dir.
+    pub fn set_gc_lock(&self, lock: Arc<dyn lock::SharedLock>) {
+        self.lock.set_external(lock);
     }
 
     pub fn auth(&self) -> &Auth {

@@ -1,29 +1,59 @@
 //! The lock that makes garbage collection safe against concurrent pushes:
 //! manifest pushes hold it shared while they check and link what they
 //! reference; a collection holds it exclusively while it marks and sweeps.
-//! It is an `flock` on a file, so it also works between `slipway server` and
-//! a `slipway registry gc` run from another process.
+//! By default it is an `flock` on a file, so it also works between
+//! `slipway server` and a `slipway registry gc` run from another process.
+//! Replicas on one database share one instead ([`Registry::set_gc_lock`]:
+//! the control plane gives a PostgreSQL advisory lock), since a file lock
+//! reaches only one machine.
+//!
+//! [`Registry::set_gc_lock`]: crate::Registry::set_gc_lock
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
+use futures_util::future::BoxFuture;
 use rustix::fs::{FlockOperation, flock};
 
-#[derive(Debug, Clone)]
-pub struct GcLock {
-    path: PathBuf,
+/// A shared/exclusive lock held elsewhere (a database), for replicas.
+pub trait SharedLock: Send + Sync {
+    fn shared(&self) -> BoxFuture<'_, std::io::Result<LockGuard>>;
+    fn exclusive(&self) -> BoxFuture<'_, std::io::Result<LockGuard>>;
 }
 
-/// Held until dropped (closing the file releases the lock).
+#[derive(Clone)]
+pub struct GcLock {
+    path: PathBuf,
+    external: Arc<OnceLock<Arc<dyn SharedLock>>>,
+}
+
+/// Held until dropped (whatever it holds releases the lock when dropped).
 pub struct LockGuard {
-    _file: File,
+    _held: Box<dyn Send>,
+}
+
+impl LockGuard {
+    /// A guard that releases the lock when `held` is dropped.
+    pub fn new(held: impl Send + 'static) -> LockGuard {
+        LockGuard {
+            _held: Box::new(held),
+        }
+    }
 }
 
 impl GcLock {
     pub fn new(data: &Path) -> GcLock {
         GcLock {
             path: data.join("gc.lock"),
+            external: Arc::default(),
         }
+    }
+
+    /// Use `lock` from now on instead of the file (once; later calls are
+    /// ignored).
+    pub fn set_external(&self, lock: Arc<dyn SharedLock>) {
+        let _ = self.external.set(lock);
     }
 
     async fn take(&self, op: FlockOperation) -> std::io::Result<LockGuard> {
@@ -38,17 +68,23 @@ impl GcLock {
                 .write(true)
                 .open(&path)?;
             flock(&file, op)?;
-            Ok(LockGuard { _file: file })
+            Ok(LockGuard::new(file))
         })
         .await
         .map_err(std::io::Error::other)?
     }
 
     pub async fn shared(&self) -> std::io::Result<LockGuard> {
-        self.take(FlockOperation::LockShared).await
+        match self.external.get() {
+            Some(l) => l.shared().await,
+            None => self.take(FlockOperation::LockShared).await,
+        }
     }
 
     pub async fn exclusive(&self) -> std::io::Result<LockGuard> {
-        self.take(FlockOperation::LockExclusive).await
+        match self.external.get() {
+            Some(l) => l.exclusive().await,
+            None => self.take(FlockOperation::LockExclusive).await,
+        }
     }
 }

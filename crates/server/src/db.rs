@@ -159,6 +159,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "context uploaders",
         include_str!("../migrations/0003_access.sql"),
     ),
+    (
+        4,
+        "registry gc job",
+        include_str!("../migrations/0004_gc_job.sql"),
+    ),
 ];
 
 impl sqlx::migrate::MigrationSource<'static> for Embedded {
@@ -1205,6 +1210,12 @@ impl Db {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// The registry's gc lock shared by every replica on this database
+    /// (PostgreSQL).
+    pub fn gc_lock(&self) -> std::sync::Arc<dyn registry::lock::SharedLock> {
+        crate::gc_lock::PgGcLock::new(self.pool.clone())
     }
 
     pub fn reader(&self) -> DbReader {

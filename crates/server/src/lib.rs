@@ -11,6 +11,7 @@
 //! expired and flags runs past their timeout.
 
 pub mod db;
+mod gc_lock;
 mod local;
 mod routes;
 mod seal;
@@ -48,6 +49,9 @@ pub struct ServerConfig {
     /// Finished runs (with their logs) and unused contexts older than this
     /// are deleted.
     pub retention: Duration,
+    /// The registry's garbage collection runs this often (on one replica
+    /// at a time); `None`: only by `slipway registry gc`.
+    pub gc_every: Option<Duration>,
     /// Task files' image aliases (`bash`, `curl`, `az`, …) → images in a
     /// registry the pools reach (a private network reaches no public one).
     pub image_aliases: std::collections::BTreeMap<String, String>,
@@ -69,6 +73,7 @@ impl ServerConfig {
             registry_host: registry_host.into(),
             agent_command: None,
             retention: Duration::from_secs(30 * 24 * 3600),
+            gc_every: None,
             image_aliases: Default::default(),
             max_context_bytes: 2 << 30,
             seal_key: None,
@@ -190,6 +195,7 @@ impl Server {
         };
         if db.postgres_url().is_some() {
             sync_tokens(&db, &registry, true).await?;
+            registry.set_gc_lock(db.gc_lock());
         }
         let extended = db.extend_expired_leases(config.lease_ttl).await?;
         if extended > 0 {
@@ -385,6 +391,10 @@ impl Server {
                 }
             })
         };
+        let collector = self.config.gc_every.map(|every| {
+            let s = self.clone();
+            tokio::spawn(async move { s.collect_forever(every).await })
+        });
         let local = self
             .config
             .agent_command
@@ -396,6 +406,36 @@ impl Server {
         }
         reaper.abort();
         janitor.abort();
+        if let Some(c) = collector {
+            c.abort();
+        }
+    }
+
+    /// The registry's gc every `every`. The job claim is kept for the
+    /// whole period (never released), so of several replicas one collects
+    /// per period; the gc lock keeps pushes on every replica safe from it.
+    async fn collect_forever(self: Arc<Self>, every: Duration) {
+        loop {
+            match self.db.take_job("registry-gc", every).await {
+                Ok(true) => {
+                    let opts = registry::gc::GcOptions::default();
+                    match registry::gc::collect(&self.registry, &opts).await {
+                        Ok(r) => tracing::info!(
+                            blobs_deleted = r.blobs_deleted,
+                            bytes_freed = r.bytes_freed,
+                            cache_manifests_pruned = r.manifests_pruned,
+                            "registry gc"
+                        ),
+                        Err(e) => tracing::error!("registry gc: {}", e.message),
+                    }
+                }
+                Ok(false) => tracing::debug!("registry gc: not due, or another replica has it"),
+                Err(e) => tracing::error!("registry gc: {e}"),
+            }
+            // Checked often enough that a replica takes over soon after
+            // the one that collected last goes away.
+            tokio::time::sleep(every.min(Duration::from_secs(3600))).await;
+        }
     }
 
     /// Apply the retention period: delete finished runs with their logs,

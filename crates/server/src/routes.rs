@@ -1283,6 +1283,10 @@ async fn complete_lease(
             &[Action::Pull, Action::Push],
         ));
     }
+    let cache = pool_cache_repository(&c.run.pool);
+    if let Some(repo) = &cache {
+        grants.push(Access::repo(repo, &[Action::Pull, Action::Push]));
+    }
     if submitter_is_admin && c.run.build.task.is_some() {
         grants.push(Access::repo("*", &[Action::Pull, Action::Push]));
     } else if submitter_is_admin {
@@ -1315,8 +1319,21 @@ async fn complete_lease(
         },
         credentials: lease_credentials(s, &c.run.pool).await?,
         allow_insecure: pool.allow_insecure,
+        cache,
         run: c.run,
     })
+}
+
+/// The repository holding pool `pool`'s layer cache, or `None` for a name
+/// no repository can carry (one ending in a dash). Every run of the pool
+/// may read and write it: a pool is one trust domain, as a BuildKit
+/// instance shared by its users is.
+pub fn pool_cache_repository(pool: &str) -> Option<String> {
+    let repo = format!("slipway-cache/{pool}");
+    format!("localhost/{repo}:latest")
+        .parse::<oci::Reference>()
+        .is_ok_and(|r| r.repository == repo)
+        .then_some(repo)
 }
 
 async fn check_run_pool(s: &Server, pool: &str, run: &str) -> R<()> {

@@ -21,6 +21,14 @@ use crate::file_hashes::FileHashes;
 pub(super) struct StepLayer {
     pub upper: PathBuf,
     pub layer: NewLayer,
+    /// When the step was first made (RFC 3339): its history time, so a
+    /// cached step dates from its first build, as in BuildKit.
+    pub created: Option<String>,
+}
+
+/// Now, as a history time.
+pub(crate) fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 
 /// The cache key after one more instruction: a hash of the key so far and
@@ -142,8 +150,9 @@ impl StageCtx<'_> {
 }
 
 /// `<cache>/<key>/` holds a finished step: `upper/` (an overlay lower for
-/// later steps), `layer` (its blob) and `layer.json`, written last, so a
-/// step counts as cached only when all three are there.
+/// later steps), `layer` (its blob), `created` (when it was made) and
+/// `layer.json`, written last, so a step counts as cached only when the
+/// layer, its upper dir and `layer.json` are there.
 fn cache_lookup(req: &BuildRequest, key: &str) -> Option<StepLayer> {
     let dir = req.cache_dir.as_ref()?.join(key);
     let info: LayerInfo =
@@ -155,9 +164,14 @@ fn cache_lookup(req: &BuildRequest, key: &str) -> Option<StepLayer> {
         // Reused now: `slipway prune --keep-duration` keeps it.
         crate::prune::touch(&dir);
     }
+    let created = std::fs::read_to_string(dir.join("created"))
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| humantime::parse_rfc3339(s).is_ok());
     complete.then_some(StepLayer {
         upper,
         layer: NewLayer { info, file },
+        created,
     })
 }
 
@@ -180,9 +194,11 @@ pub(super) fn finish_step(
     key: &str,
 ) -> Result<StepLayer, BuildError> {
     let layer = write_step_layer(step, req)?;
+    let created = now_rfc3339();
     let uncached = |layer| StepLayer {
         upper: step.join("upper"),
         layer,
+        created: Some(created.clone()),
     };
     let Some(cache) = &req.cache_dir else {
         return Ok(uncached(layer));
@@ -195,6 +211,7 @@ pub(super) fn finish_step(
         return Ok(cache_lookup(req, key).unwrap_or_else(|| uncached(layer)));
     }
     let stored = std::fs::rename(step, &dir).and_then(|()| {
+        std::fs::write(dir.join("created"), &created)?;
         let json = serde_json::to_vec(&layer.info).map_err(std::io::Error::other)?;
         std::fs::write(dir.join("layer.json"), json)
     });
@@ -205,6 +222,7 @@ pub(super) fn finish_step(
                 info: layer.info,
                 file: dir.join("layer"),
             },
+            created: Some(created.clone()),
         }),
         // Caching is an optimisation: a step that cannot be stored still counts.
         Err(e) => {

@@ -14,12 +14,13 @@ use super::error::step_err_as;
 use super::{BuildError, BuildResult, StageCtx, StageState, say, step_err};
 use crate::fault::Fault;
 use crate::image::BuiltImage;
+use crate::remote_cache::DoneStep;
 
 /// Finish the target stage `st` and send it where the request says.
 pub(super) async fn finish<W: AsyncWrite + Unpin + Send>(
     cx: &StageCtx<'_>,
     mut st: StageState,
-    done_steps: &[(String, NewLayer)],
+    done_steps: &[DoneStep],
     out: &mut W,
 ) -> Result<BuildResult, BuildError> {
     let (req, client, tty) = (cx.req, cx.client, cx.tty);
@@ -38,7 +39,7 @@ pub(super) async fn finish<W: AsyncWrite + Unpin + Send>(
     }
     let built = st
         .image
-        .finish(&req.created)
+        .finish_with(&req.created, req.layer_options.source_date_epoch.is_some())
         .map_err(step_err("assembling the image"))?;
     let mut pushed = Vec::new();
     for tag in &req.tags {
@@ -62,10 +63,15 @@ pub(super) async fn finish<W: AsyncWrite + Unpin + Send>(
         .map_err(step_err(format!("writing {}", dest.display())))?;
     }
     if let Some(to) = &req.cache_to {
-        say(out, tty, &format!("exporting cache to {to}")).await;
-        crate::remote_cache::export(client, to, done_steps)
-            .await
-            .map_err(step_err_as(Fault::Network, format!("--cache-to {to}")))?;
+        let exported =
+            crate::remote_cache::export(client, to, done_steps, cx.remote, pushed.first()).await;
+        let line = match exported {
+            Ok(Some(d)) => format!("exported cache to {to} ({d})"),
+            Ok(None) => format!("cache at {to} is up to date"),
+            Err(e) if req.cache_to_ignore_error => format!("warning: --cache-to {to}: {e}"),
+            Err(e) => return Err(step_err_as(Fault::Network, format!("--cache-to {to}"))(e)),
+        };
+        say(out, tty, &line).await;
     }
     say(out, tty, &format!("built {}", built.manifest_digest)).await;
     Ok(BuildResult {

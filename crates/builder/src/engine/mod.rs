@@ -67,7 +67,7 @@ use crate::fault::Fault;
 use crate::file_hashes::FileHashes;
 use crate::image::NewImage;
 use crate::layers::{LayerStore, PulledImage};
-use crate::remote_cache::RemoteCache;
+use crate::remote_cache::{DoneStep, RemoteCache};
 pub use error::BuildError;
 use error::{step_err, step_err_as, unsupported};
 use platform::{host_platform, stage_platform};
@@ -109,6 +109,8 @@ pub struct BuildRequest {
     pub cache_from: Vec<Reference>,
     /// Where to push this build's steps as a cache (`--cache-to`).
     pub cache_to: Option<Reference>,
+    /// A failed `--cache-to` export is a warning (`ignore-error=true`).
+    pub cache_to_ignore_error: bool,
     /// Paths of the context (relative) that are never part of it, whatever
     /// `.dockerignore` says: Slipway's own data dirs ([`layer::data_dir`]).
     pub context_excludes: Vec<PathBuf>,
@@ -276,7 +278,7 @@ async fn build_inner<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
         Default::default()
     };
     // Every layer step of every stage, with its cache key, for --cache-to.
-    let mut done_steps: Vec<(String, NewLayer)> = Vec::new();
+    let mut done_steps: Vec<DoneStep> = Vec::new();
     let mut states: HashMap<usize, StageState> = HashMap::new();
     let platform_args = opts.platform_args();
     let cx = StageCtx {
@@ -469,7 +471,7 @@ async fn build_level<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>
     cx: &StageCtx<'_>,
     mut starts: Vec<(usize, StageState)>,
     states: &mut HashMap<usize, StageState>,
-    done_steps: &mut Vec<(String, NewLayer)>,
+    done_steps: &mut Vec<DoneStep>,
     out: &mut W,
     err: &mut E,
 ) -> Result<(), BuildError> {

@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use dockerfile::Command;
-use layer::diff::NewLayer;
 use oci::Reference;
 use sandbox::RootFs;
 use serde_json::json;
@@ -17,10 +16,13 @@ use tokio::io::AsyncWrite;
 use super::cache::{StepLayer, finish_step, new_step_dir, next_key};
 use super::copy_step::{CopyOrAdd, copy_or_add};
 use super::error::step_err_as;
-use super::{BuildError, StageCtx, StageState, find_stage, say, step_err, unsupported};
+use super::{
+    BuildError, BuildRequest, StageCtx, StageState, find_stage, say, step_err, unsupported,
+};
 use crate::copy::{clean_rel, make_dirs};
 use crate::fault::Fault;
 use crate::layered::{is_dir_in_layers, merge_layers, resolve_in_layers};
+use crate::remote_cache::DoneStep;
 
 /// What an instruction did.
 pub(super) enum Step {
@@ -56,12 +58,22 @@ impl StageState {
         &mut self,
         step: StepLayer,
         created_by: &str,
-        created: &str,
-        (done, key): (&mut Vec<(String, NewLayer)>, &str),
+        req: &BuildRequest,
+        (done, key): (&mut Vec<DoneStep>, &str),
     ) {
-        self.image.add_layer(&step.layer.info, created_by, created);
+        // With SOURCE_DATE_EPOCH every time is the epoch; else the step's own.
+        let created = match (&step.created, req.layer_options.source_date_epoch) {
+            (Some(c), None) => c.as_str(),
+            _ => req.created.as_str(),
+        };
+        self.image
+            .add_layer_at(&step.layer.info, created_by, Some(created));
         self.lowers.push(step.upper);
-        done.push((key.to_owned(), step.layer.clone()));
+        done.push(DoneStep {
+            key: key.to_owned(),
+            layer: step.layer.clone(),
+            created: step.created.clone(),
+        });
         self.new_layers.push(step.layer);
     }
 }
@@ -76,10 +88,10 @@ pub(super) async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Un
     states: &HashMap<usize, StageState>,
     out: &mut W,
     err: &mut E,
-) -> Result<(StageState, Vec<(String, NewLayer)>), BuildError> {
+) -> Result<(StageState, Vec<DoneStep>), BuildError> {
     let (req, tty) = (cx.req, cx.tty);
     let steps = stage_steps(cx, si, &mut st)?;
-    let mut done_steps: Vec<(String, NewLayer)> = Vec::new();
+    let mut done_steps: Vec<DoneStep> = Vec::new();
     // Whether this stage set CMD (an ENTRYPOINT after it keeps it).
     let mut cmd_set = false;
     for (n, (ins, trigger)) in steps.iter().enumerate() {
@@ -115,7 +127,7 @@ pub(super) async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Un
                 }
                 let step = crate::config_step::Step {
                     created_by: &s.created_by,
-                    created: &req.created,
+                    created: fixed_time(req),
                 };
                 crate::config_step::apply(&mut st.image, other, &mut st.shell, &mut cmd_set, &step);
                 Step::Config
@@ -126,10 +138,10 @@ pub(super) async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Un
             Step::Config => {}
             Step::Cached(hit) => {
                 say(out, tty, &format!("{} CACHED", s.label)).await;
-                st.stack(hit, &s.created_by, &req.created, done_steps);
+                st.stack(hit, &s.created_by, req, done_steps);
             }
             Step::Built(layer) => {
-                st.stack(layer, &s.created_by, &req.created, done_steps);
+                st.stack(layer, &s.created_by, req, done_steps);
                 if matches!(
                     ins.command,
                     Command::Run(_) | Command::Copy(_) | Command::Add(_)
@@ -235,7 +247,7 @@ async fn workdir<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
     let exists =
         resolve_in_layers(None, lowers, &rel).is_ok_and(|r| is_dir_in_layers(None, lowers, &r));
     if rel.as_os_str().is_empty() || exists {
-        image.add_empty_step(&s.created_by, &req.created);
+        image.add_empty_step(&s.created_by, fixed_time(req));
         return Ok(Step::Config);
     }
     if let Some(hit) = cx.find_cached(&s.key, lowers, err).await {
@@ -325,4 +337,12 @@ pub(super) async fn from_root(
         merge_layers(&layers, &root).map_err(step_err(format!("{file}:{line}: --from={from}")))?;
     }
     Ok(root)
+}
+
+/// The history time of a config-only step: the epoch when the build has
+/// one, else `None` (a layer's time, filled in as the image is finished).
+fn fixed_time(req: &BuildRequest) -> Option<&str> {
+    req.layer_options
+        .source_date_epoch
+        .map(|_| req.created.as_str())
 }

@@ -95,6 +95,7 @@ async fn build(dir: &Path, archive: &Path) -> (builder::BuildResult, String) {
         progress: Progress::Plain,
         cache_from: Vec::new(),
         cache_to: None,
+        cache_to_ignore_error: false,
         context_excludes: Vec::new(),
         ssh: BTreeMap::new(),
     };

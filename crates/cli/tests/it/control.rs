@@ -70,7 +70,9 @@ impl Drop for Proc {
 }
 
 /// A `slipway server` on a loopback port (fixed on restarts, so agents
-/// find it again).
+/// find it again), on the suite's back end (`SLIPWAY_TEST_BACKEND`:
+/// PostgreSQL and object storage, or SQLite and files), unless the test
+/// names its own `--database` or `--blob-store` (then it sets up both).
 pub struct Plane {
     pub dir: PathBuf,
     pub data: PathBuf,
@@ -79,6 +81,9 @@ pub struct Plane {
     pub token: String,
     pub agents: Vec<Proc>,
     starts: u32,
+    /// `--database`/`--blob-store` of the back end, on every start.
+    backend_args: Vec<String>,
+    pub backend: Option<testkit::services::Running>,
 }
 
 impl Plane {
@@ -91,7 +96,20 @@ impl Plane {
             token: String::new(),
             agents: Vec::new(),
             starts: 0,
+            backend_args: Vec::new(),
+            backend: None,
         };
+        let backend = testkit::services::Backend::from_env();
+        let own = extra.contains(&"--database") || extra.contains(&"--blob-store");
+        if backend != testkit::services::Backend::Local && !own {
+            let services = dir.join("backend");
+            std::fs::create_dir_all(&services).unwrap();
+            let running = testkit::services::Running::start(backend, &services);
+            p.backend_args.extend(running.database_args.iter().cloned());
+            p.backend_args
+                .extend(running.blob_store_args.iter().cloned());
+            p.backend = Some(running);
+        }
         p.boot("127.0.0.1:0", extra);
         p
     }
@@ -103,6 +121,7 @@ impl Plane {
                 .args(["server", "--listen", listen, "--data"])
                 .arg(&self.data)
                 .args(extra)
+                .args(&self.backend_args)
                 .env("SLIPWAY_LOG", "info"),
             self.dir.join(format!("server-{}.log", self.starts)),
         );
@@ -207,6 +226,8 @@ impl Plane {
                 .to_owned(),
             agents: Vec::new(),
             starts: 0,
+            backend_args: Vec::new(),
+            backend: None,
         };
         (up, plane)
     }
@@ -1150,78 +1171,7 @@ fn tokens_and_secrets_are_scoped_and_never_stored_in_clear() {
     });
 }
 
-/// A PostgreSQL cluster of Debian's `postgresql` package in a temp dir,
-/// owned by the `postgres` user, on a loopback port; stopped on drop.
-pub(crate) struct Postgres {
-    bin: PathBuf,
-    dir: PathBuf,
-    port: u16,
-}
-
-impl Postgres {
-    pub(crate) fn start(dir: &Path) -> Postgres {
-        let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .expect("Debian's postgresql is not installed: run ./scripts/test.sh")
-            .flatten()
-            .map(|e| e.path().join("bin"))
-            .find(|p| p.join("initdb").is_file())
-            .expect("no /usr/lib/postgresql/*/bin/initdb");
-        let pg = dir.join("pg");
-        std::fs::create_dir_all(&pg).unwrap();
-        ok(Command::new("chown")
-            .args(["postgres:postgres"])
-            .arg(&pg)
-            .arg(dir));
-        let as_pg = |prog: &str| {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(bin.join(prog));
-            c
-        };
-        ok(as_pg("initdb")
-            .args(["--auth=trust", "-U", "postgres", "-D"])
-            .arg(pg.join("data")));
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        ok(as_pg("pg_ctl")
-            .arg("-D")
-            .arg(pg.join("data"))
-            .arg("-l")
-            .arg(pg.join("log"))
-            .arg("-w")
-            .arg("-o")
-            .arg(format!("-p {port} -h 127.0.0.1 -k {}", pg.display()))
-            .arg("start"));
-        ok(Command::new(bin.join("psql")).args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-p",
-            &port.to_string(),
-            "-c",
-            "CREATE DATABASE slipway",
-        ]));
-        Postgres { bin, dir: pg, port }
-    }
-
-    pub(crate) fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/slipway", self.port)
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        let _ = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(self.bin.join("pg_ctl"))
-            .arg("-D")
-            .arg(self.dir.join("data"))
-            .args(["-m", "immediate", "stop"])
-            .output();
-    }
-}
+pub(crate) use testkit::services::Postgres;
 
 /// The lease protocol under contention, driven through the API by 8
 /// simulated agents racing for 120 runs: every run is leased exactly once,
@@ -2481,4 +2431,89 @@ fn killing_a_replica_mid_run_loses_no_run() {
     let said = |l: &str| log.lines().filter(|x| *x == l).count();
     assert_eq!(said("slow-step-start"), 2, "{log}");
     assert_eq!(said("slow-step-done"), 1, "{log}");
+}
+
+/// One layer cache per pool, whatever machine an agent runs on: a build on
+/// agent a1, then the same build on a2, whose build data is empty
+/// (another machine of the pool), reuses every step from the pool's cache
+/// in the server's registry (no step runs) and pushes the same image
+/// digest, without SOURCE_DATE_EPOCH (a cached step keeps its first
+/// build's time, as in BuildKit); it does not wait on an export (the
+/// cache is up to date). A changed build extends the cache; the
+/// registry's gc then prunes the replaced cache manifest and keeps every
+/// layer the cache still names: a third agent, empty too, reuses all of
+/// the changed build's steps.
+#[test]
+fn a_second_agent_reuses_every_step_from_the_pool_cache() {
+    if !need_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut plane = Plane::start(tmp.path(), &[]);
+    let rt = rt();
+    let c = plane.client();
+    let token = rt.block_on(make_pool(&c, "cached", 1));
+    let base = plane.import_busybox();
+    let df = format!(
+        "FROM {base}\nCOPY hello.txt /hello.txt\n\
+         RUN echo \"built $(cat /proc/sys/kernel/random/uuid)\" > /stamp\n\
+         ENV GREETING=hi\nRUN cat /stamp /hello.txt > /both\nWORKDIR /app\nCMD [\"cat\", \"/both\"]\n"
+    );
+    let dir = context(&tmp.path().join("ctx"), &df);
+    std::fs::write(dir.join("hello.txt"), "hello\n").unwrap();
+    let tag = format!("{}/cached/app:1", plane.host());
+    let build = |df: &str| {
+        rt.block_on(async {
+            let d = upload(&c, &dir).await;
+            let mut s = spec(&d, df, &tag);
+            s.no_cache = false;
+            let run = submit(&c, "cached", s).await;
+            let done = wait_state(&c, &run.id, RunState::is_final, 120).await;
+            let log: String = full_log(&c, &run.id)
+                .await
+                .into_iter()
+                .map(|c| c.data)
+                .collect();
+            assert_eq!(done.state, RunState::Succeeded, "{done:?}\n{log}");
+            (done.image_digest.clone().unwrap(), log)
+        })
+    };
+    let layer_steps = 4; // COPY, RUN, RUN, WORKDIR
+    plane.start_agent("cached", &token, "a1");
+    let (first, log1) = build(&df);
+    assert_eq!(log1.matches(" DONE ").count(), 3, "{log1}");
+    assert!(log1.contains("exported cache to"), "{log1}");
+    plane.agents[0].sigkill();
+
+    let a2 = tmp.path().join("agent-a2");
+    assert!(!a2.exists(), "a2 starts with no build data");
+    plane.start_agent("cached", &token, "a2");
+    let (second, log2) = build(&df);
+    assert_eq!(log2.matches(" CACHED").count(), layer_steps, "{log2}");
+    assert!(!log2.contains(" DONE "), "a step ran again:\n{log2}");
+    assert!(log2.contains("is up to date"), "{log2}");
+    assert_eq!(second, first, "the same image from the pool cache");
+
+    // A changed build: its new step joins the cache, beside the others.
+    let df2 = format!("{df}RUN echo more > /more\n");
+    let (_, log3) = build(&df2);
+    assert_eq!(log3.matches(" CACHED").count(), layer_steps, "{log3}");
+    assert!(log3.contains("exported cache to"), "{log3}");
+    plane.agents[1].sigkill();
+
+    // The first export's manifest is now replaced: gc prunes it.
+    let mut gc = Command::new(SLIPWAY);
+    gc.args(["registry", "gc", "--grace", "0s", "--data"])
+        .arg(&plane.data)
+        .args(&plane.backend_args);
+    let report = ok(&mut gc);
+    assert!(
+        report.contains(", 1 replaced cache manifests pruned"),
+        "{report}"
+    );
+
+    plane.start_agent("cached", &token, "a3");
+    let (_, log4) = build(&df2);
+    assert_eq!(log4.matches(" CACHED").count(), layer_steps + 1, "{log4}");
+    assert!(!log4.contains(" DONE "), "a step ran again:\n{log4}");
 }

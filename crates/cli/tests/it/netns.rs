@@ -111,56 +111,7 @@ pub fn need_root_and_tools() -> bool {
     true
 }
 
-/// `scripts/test.sh`'s cache directory.
-fn cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("SLIPWAY_CACHE") {
-        return d.into();
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(&std::env::var_os("HOME").unwrap_or_default()).join(".cache"));
-    base.join("slipway-test")
-}
-
-/// Azurite's blob service: `SLIPWAY_AZURITE` (the script, or the bin
-/// directory holding it) as scripts/test.sh exports it, else where
-/// test.sh installs it.
-pub fn azurite_bin() -> PathBuf {
-    let candidates: Vec<PathBuf> = match std::env::var_os("SLIPWAY_AZURITE") {
-        Some(p) => {
-            let p = PathBuf::from(p);
-            vec![p.join("azurite-blob"), p]
-        }
-        None => vec![cache_dir().join("npm/node_modules/.bin/azurite-blob")],
-    };
-    candidates
-        .into_iter()
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "Azurite is not installed (SLIPWAY_AZURITE={:?}): run ./scripts/test.sh, which installs it from npm",
-                std::env::var_os("SLIPWAY_AZURITE")
-            )
-        })
-}
-
-/// The Python of scripts/test.sh's venv, with the Azure SDK for blobs.
-pub fn venv_python() -> PathBuf {
-    let py = cache_dir().join("venv/bin/python3");
-    let ok = py.is_file()
-        && Command::new(&py)
-            .args(["-c", "import azure.storage.blob"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "{} with azure-storage-blob is missing: run ./scripts/test.sh, which installs it",
-        py.display()
-    );
-    py
-}
+pub use testkit::services::{azurite_bin, venv_python};
 
 /// Random bytes as hex (from the kernel).
 pub fn random_hex(bytes: usize) -> String {

@@ -3,131 +3,23 @@
 //! test picks. The OCI conformance suite passes on each; a wrong key or a
 //! missing container is one clear error at start.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use testkit::services::{
+    AZURITE_ACCOUNT, azurite, azurite_on, create_bucket, create_container, moto, s3_args,
+};
+
 use crate::harness::Server;
-use crate::netns::{azurite_bin, venv_python};
 
-/// Azurite's well-known development account.
-const ACCOUNT: &str = "devstoreaccount1";
-const KEY: &str =
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
-
-struct Service {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-fn wait_port(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn azurite(dir: &Path) -> Service {
-    azurite_on(dir, free_port())
-}
-
-fn azurite_on(dir: &Path, port: u16) -> Service {
-    let child = Command::new(azurite_bin())
-        .args([
-            "--blobHost",
-            "127.0.0.1",
-            "--blobPort",
-            &port.to_string(),
-            "--location",
-        ])
-        .arg(dir)
-        .args([
-            "--skipApiVersionCheck",
-            "--loose",
-            "--silent",
-            "--disableTelemetry",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let s = Service { child, port };
-    wait_port(port, "azurite");
-    s
-}
-
-fn create_container(port: u16, name: &str) {
-    let endpoint = format!("http://127.0.0.1:{port}/{ACCOUNT}");
-    let st = Command::new(venv_python())
-        .args([
-            "-c",
-            "import sys; from azure.storage.blob import BlobServiceClient as S; \
-             S(account_url=sys.argv[1], credential={'account_name': sys.argv[2], 'account_key': sys.argv[3]}).create_container(sys.argv[4])",
-            &endpoint,
-            ACCOUNT,
-            KEY,
-            name,
-        ])
-        .status()
-        .unwrap();
-    assert!(st.success(), "creating container {name}");
-}
-
-fn moto() -> Service {
-    let port = free_port();
-    let server = venv_python().with_file_name("moto_server");
-    assert!(
-        server.is_file(),
-        "{} is missing: run ./scripts/test.sh, which installs moto[server] from PyPI",
-        server.display()
-    );
-    let child = Command::new(server)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let s = Service { child, port };
-    wait_port(port, "moto");
-    s
-}
-
-/// `PUT /BUCKET`: moto takes unsigned requests.
-fn create_bucket(port: u16, bucket: &str) {
-    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        c,
-        "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    c.read_to_string(&mut out).unwrap();
-    assert!(
-        out.starts_with("HTTP/1.1 200"),
-        "creating bucket {bucket}: {out}"
-    );
-}
-
+/// Azurite as a user points at it: `use_emulator` and the emulator's URL
+/// in the environment (testkit's `azure_args` gives an endpoint instead).
 fn azure_args(port: u16, container: &str) -> (Vec<String>, Vec<(String, String)>) {
     (
         vec![
             "--blob-store".into(),
-            format!("azure://{ACCOUNT}/{container}/slipway"),
+            format!("azure://{AZURITE_ACCOUNT}/{container}/slipway"),
             "--blob-store-option".into(),
             "use_emulator=true".into(),
         ],
@@ -136,21 +28,6 @@ fn azure_args(port: u16, container: &str) -> (Vec<String>, Vec<(String, String)>
             format!("http://127.0.0.1:{port}"),
         )],
     )
-}
-
-fn s3_args(port: u16, bucket: &str) -> Vec<String> {
-    let mut a = vec!["--blob-store".to_owned(), format!("s3://{bucket}/slipway")];
-    for o in [
-        format!("endpoint=http://127.0.0.1:{port}"),
-        "allow_http=true".into(),
-        "region=us-east-1".into(),
-        "access_key_id=test".into(),
-        "secret_access_key=test".into(),
-    ] {
-        a.push("--blob-store-option".into());
-        a.push(o);
-    }
-    a
 }
 
 fn start(data: &Path, args: &[String], env: &[(String, String)]) -> Server {

@@ -28,6 +28,9 @@ pub struct Server {
     pub addr: SocketAddr,
     pub admin: Cred,
     http: reqwest::Client,
+    /// The blob store's service when the suite's back end is object
+    /// storage (`SLIPWAY_TEST_BACKEND`), stopped with the server.
+    _backend: (testkit::services::Running, tempfile::TempDir),
     _dir: tempfile::TempDir,
 }
 
@@ -41,7 +44,19 @@ impl Server {
         let dir = tempfile::tempdir().unwrap();
         let mut config = RegistryConfig::new(dir.path());
         tune(&mut config);
-        let reg = Registry::open(config).await.unwrap();
+        let backend = testkit::services::Backend::from_env();
+        // Apart from the data dir, which tests look into.
+        let services = tempfile::tempdir().unwrap();
+        let running = testkit::services::Running::start_store(backend, services.path());
+        let reg = match running.blob_store() {
+            Some((url, opts)) => {
+                let l = store::Location::parse(&url, &opts).unwrap();
+                let blobs = l.open("store").await.unwrap();
+                let meta = registry::meta::Meta::with_kv(l.open_kv("repos"));
+                Registry::open_with(config, blobs, meta).unwrap()
+            }
+            None => Registry::open(config).await.unwrap(),
+        };
         let admin = reg.auth().create_token("admin", true, vec![]).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -52,6 +67,7 @@ impl Server {
             addr,
             admin: Cred::Basic(admin),
             http: reqwest::Client::new(),
+            _backend: (running, services),
             _dir: dir,
         }
     }

@@ -247,6 +247,8 @@ async fn blobs_past_the_size_limit_get_413_and_leave_nothing() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let srv = Server::start_with(|c| c.max_blob_bytes = 1 << 20).await;
     let before = files_under(srv.data()).len();
+    // On object storage the data dir holds no blobs: ask the store too.
+    let blobs_before = srv.reg.store().list().await.unwrap().len();
 
     // A 10 GiB blob declared up front is refused before any byte is read.
     let crate::common::Cred::Basic(token) = &srv.admin else {
@@ -302,6 +304,11 @@ async fn blobs_past_the_size_limit_get_413_and_leave_nothing() {
         before,
         "nothing of the refused blobs stays: {:?}",
         files_under(srv.data())
+    );
+    assert_eq!(
+        srv.reg.store().list().await.unwrap().len(),
+        blobs_before,
+        "no refused blob is in the store"
     );
 
     // Within the limit, uploads work as before.
