@@ -5,7 +5,9 @@
 # in scripts/apt-packages), Go peers built from their
 # modules (crane, the OCI distribution-spec conformance suite, BuildKit's
 # buildkitd and buildctl) cached under
-# $SLIPWAY_CACHE, and cargo-nextest. Then: fmt, clippy, every test.
+# $SLIPWAY_CACHE, and cargo-nextest. Then: fmt, clippy, every test, and
+# the registry's and control plane's tests again on PostgreSQL + Azurite
+# and PostgreSQL + S3 (SLIPWAY_TEST_BACKEND).
 # Tests start and stop their own servers, on loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -129,5 +131,15 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
-log "tests"
-cargo nextest run --workspace --no-fail-fast "$@"
+status=0
+log "tests (SQLite and files)"
+cargo nextest run --workspace --no-fail-fast "$@" || status=1
+# The back-end matrix: the registry's integration tests and the control
+# plane's end-to-end tests again on PostgreSQL + Azurite and on
+# PostgreSQL + S3 (moto), each test starting its own (testkit::services).
+for backend in pg-azurite pg-s3; do
+  log "tests on $backend"
+  SLIPWAY_TEST_BACKEND=$backend cargo nextest run --no-fail-fast -p registry -p cli \
+    -E 'package(registry) | test(/^control::/)' "$@" || status=1
+done
+exit $status

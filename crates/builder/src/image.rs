@@ -221,3 +221,80 @@ fn fill_history_times(config: &mut Value) -> Option<String> {
     }
     list.last().and_then(time)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn times(config: &Value) -> Vec<&str> {
+        config["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["created"].as_str().unwrap_or("-"))
+            .collect()
+    }
+
+    /// BuildKit's rule: config-only steps before the first new layer take
+    /// its time, later ones the layer's before them; the image is as old
+    /// as its last entry.
+    #[test]
+    fn history_times_are_filled_as_buildkit_fills_them() {
+        let mut config = json!({"history": [
+            {"created": "2020-01-01T00:00:00Z", "created_by": "base"},
+            {"created_by": "ENV a=1", "empty_layer": true},
+            {"created": "2024-01-01T00:00:00Z", "created_by": "RUN x"},
+            {"created_by": "LABEL l=1", "empty_layer": true},
+            {"created": "2024-02-01T00:00:00Z", "created_by": "RUN y"},
+            {"created_by": "CMD z", "empty_layer": true},
+        ]});
+        let last = fill_history_times(&mut config);
+        assert_eq!(
+            times(&config),
+            [
+                "2020-01-01T00:00:00Z",
+                "2024-01-01T00:00:00Z",
+                "2024-01-01T00:00:00Z",
+                "2024-01-01T00:00:00Z",
+                "2024-02-01T00:00:00Z",
+                "2024-02-01T00:00:00Z",
+            ]
+        );
+        assert_eq!(last.as_deref(), Some("2024-02-01T00:00:00Z"));
+    }
+
+    #[test]
+    fn without_an_epoch_the_image_is_as_old_as_its_last_step() {
+        let base = json!({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}, "history": []});
+        let manifest = oci::Manifest::parse(
+            br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#,
+            Some(media_type::OCI_MANIFEST),
+        )
+        .unwrap();
+        let image = |step_time: &str| {
+            let mut i = NewImage::from_base(&manifest, base.to_string().as_bytes()).unwrap();
+            let layer = LayerInfo {
+                digest: Digest::sha256(b"layer"),
+                diff_id: Digest::sha256(b"diff"),
+                size: 5,
+                media_type: media_type::OCI_LAYER_GZIP.into(),
+                entries: 1,
+            };
+            i.add_empty_step("ENV a=1", None);
+            i.add_layer_at(&layer, "RUN x", Some(step_time));
+            i.finish_with("2030-01-01T00:00:00Z", false).unwrap()
+        };
+        let a = image("2024-01-01T00:00:00Z");
+        let config: Value = serde_json::from_slice(&a.config).unwrap();
+        assert_eq!(config["created"], "2024-01-01T00:00:00Z");
+        // A rebuild at another time, every step cached: the same image.
+        assert_eq!(
+            image("2024-01-01T00:00:00Z").manifest_digest,
+            a.manifest_digest
+        );
+        assert_ne!(
+            image("2024-01-02T00:00:00Z").manifest_digest,
+            a.manifest_digest
+        );
+    }
+}

@@ -1415,6 +1415,16 @@ async fn agent_result(
 
 #[cfg(test)]
 mod tests {
+    /// A pool's cache repository is a valid repository name, or none.
+    #[test]
+    fn pool_cache_repositories() {
+        assert_eq!(
+            super::pool_cache_repository("private-1").as_deref(),
+            Some("slipway-cache/private-1")
+        );
+        assert_eq!(super::pool_cache_repository("trailing-"), None);
+    }
+
     fn ssh_spec(key: &str, known_hosts: Option<&str>) -> api::CredentialSpec {
         api::CredentialSpec {
             kind: api::CredentialKind::GitSsh,

@@ -81,7 +81,11 @@ async fn build(dir: &Path, archive: &Path) -> (builder::BuildResult, String) {
         target: None,
         platform: Platform::default(),
         work_dir: dir.join("work"),
-        layer_options: LayerOptions::default(),
+        // SOURCE_DATE_EPOCH of `created`: every time in the image is it.
+        layer_options: LayerOptions {
+            source_date_epoch: Some(1_714_521_600),
+            ..LayerOptions::default()
+        },
         cache_dir: Some(dir.join("cache")),
         created: "2024-05-01T00:00:00Z".into(),
         secrets: BTreeMap::new(),

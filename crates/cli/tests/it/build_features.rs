@@ -884,7 +884,7 @@ RUN echo step-three-ran && cat /input.txt > /copy\n",
         "{first}"
     );
     assert!(
-        first.contains(&format!("exporting cache to {cache}")),
+        first.contains(&format!("exported cache to {cache}")),
         "{first}"
     );
 

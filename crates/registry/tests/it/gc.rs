@@ -70,3 +70,37 @@ async fn collect_removes_only_unreferenced_blobs() {
         assert_eq!(blob.status(), StatusCode::OK);
     }
 }
+
+/// A pool's layer cache (`slipway-cache/…`) keeps only what its tag names:
+/// a manifest the tag moved off is pruned with the blobs only it used;
+/// elsewhere an untagged manifest stays (it is pulled by digest).
+#[tokio::test]
+async fn caches_lose_replaced_manifests_other_repositories_keep_them() {
+    let srv = Server::start().await;
+    let old = srv.push_image("slipway-cache/p", "steps", "old").await;
+    let new = srv.push_image("slipway-cache/p", "steps", "new").await;
+    let kept = srv.push_image("app", "v1", "kept").await;
+    srv.push_image("app", "v1", "current").await;
+    let report = collect(
+        &srv.reg,
+        &GcOptions {
+            grace: Duration::ZERO,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.manifests_pruned, 1, "{report:?}");
+    for d in old.blobs.iter().chain([&old.digest]) {
+        assert!(!stored(&srv, d).await, "{d} of the replaced cache survived");
+    }
+    for d in new.blobs.iter().chain([&new.digest]) {
+        assert!(stored(&srv, d).await, "{d} of the current cache deleted");
+    }
+    for d in kept.blobs.iter().chain([&kept.digest]) {
+        assert!(
+            stored(&srv, d).await,
+            "{d} of an untagged app manifest deleted"
+        );
+    }
+}
