@@ -1,9 +1,14 @@
 //! Registry throughput benchmark: the same push/pull workload against
-//! `slipway server` and Debian's `docker-registry` (CNCF Distribution),
-//! started here on loopback, in the same run. Prints MB/s for each, the
-//! ratio, and each server's peak RSS.
+//! `slipway server` with its blobs on the filesystem, in Azure Blob
+//! Storage (Azurite) and in S3 (moto), and Debian's `docker-registry`
+//! (CNCF Distribution), all started here on loopback, in the same run.
+//! Prints MB/s for each, the ratio to Distribution, and each server's peak
+//! RSS. Azurite (Node.js) and moto (Python) are emulators: their figures
+//! say what Slipway costs on top of a store, not what Azure or S3 give.
 //!
-//! Run: `cargo run --release -p bench-registry -- --slipway target/release/slipway`
+//! Run: `cargo run --release -p bench-registry -- --slipway target/release/slipway
+//! [--backends files,azurite,s3]` (Azurite and moto as `scripts/test.sh`
+//! installs them).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,6 +23,7 @@ struct Args {
     slipway: PathBuf,
     distribution: PathBuf,
     clients: usize,
+    backends: Vec<String>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -25,6 +31,7 @@ fn parse_args() -> Result<Args> {
         slipway: PathBuf::from("target/release/slipway"),
         distribution: PathBuf::from("/usr/bin/docker-registry"),
         clients: 8,
+        backends: vec!["files".into(), "azurite".into(), "s3".into()],
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -33,9 +40,12 @@ fn parse_args() -> Result<Args> {
             "--slipway" => args.slipway = val()?.into(),
             "--distribution" => args.distribution = val()?.into(),
             "--clients" => args.clients = val()?.parse()?,
+            "--backends" => {
+                args.backends = val()?.split(',').map(str::to_owned).collect();
+            }
             "-h" | "--help" => {
                 println!(
-                    "usage: bench-registry [--slipway PATH] [--distribution PATH] [--clients N]"
+                    "usage: bench-registry [--slipway PATH] [--distribution PATH] [--clients N] [--backends files,azurite,s3]"
                 );
                 std::process::exit(0);
             }
@@ -47,10 +57,12 @@ fn parse_args() -> Result<Args> {
 
 /// A registry under test: its process, base URL and credentials.
 struct Target {
-    name: &'static str,
+    name: String,
     child: Child,
     base: String,
     auth: Option<(String, String)>,
+    /// The blob store's emulator, stopped with the server.
+    _store: Option<testkit::services::Service>,
 }
 
 impl Drop for Target {
@@ -104,12 +116,32 @@ fn wait_for_line(log: &Path, needle: &str) -> Result<String> {
     }
 }
 
-fn start_slipway(bin: &Path, dir: &Path) -> Result<Target> {
-    let data = dir.join("slipway");
-    let log = dir.join("slipway.log");
+/// `slipway server` with its blobs in `backend`: `files`, `azurite` or `s3`.
+fn start_slipway(bin: &Path, dir: &Path, backend: &str) -> Result<Target> {
+    let data = dir.join(format!("slipway-{backend}"));
+    let log = dir.join(format!("slipway-{backend}.log"));
+    let (store, args) = match backend {
+        "files" => (None, Vec::new()),
+        "azurite" => {
+            let az_dir = dir.join("azurite");
+            std::fs::create_dir_all(&az_dir)?;
+            let az = testkit::services::azurite(&az_dir);
+            testkit::services::create_container(az.port, "bench");
+            let args = testkit::services::azure_args(az.port, "bench");
+            (Some(az), args)
+        }
+        "s3" => {
+            let s3 = testkit::services::moto();
+            testkit::services::create_bucket(s3.port, "bench");
+            let args = testkit::services::s3_args(s3.port, "bench");
+            (Some(s3), args)
+        }
+        other => bail!("--backends: {other} is not files, azurite or s3"),
+    };
     let child = Command::new(bin)
         .args(["server", "--listen", "127.0.0.1:0", "--data"])
         .arg(&data)
+        .args(&args)
         .env("SLIPWAY_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log)?)
@@ -120,10 +152,11 @@ fn start_slipway(bin: &Path, dir: &Path) -> Result<Target> {
         .trim()
         .to_owned();
     Ok(Target {
-        name: "slipway",
+        name: format!("slipway/{backend}"),
         child,
         base: format!("http://{addr}"),
         auth: Some(("bench".into(), token)),
+        _store: store,
     })
 }
 
@@ -154,10 +187,11 @@ fn start_distribution(bin: &Path, dir: &Path) -> Result<Target> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(Target {
-        name: "distribution",
+        name: "distribution".into(),
         child,
         base: format!("http://127.0.0.1:{port}"),
         auth: None,
+        _store: None,
     })
 }
 
@@ -299,12 +333,13 @@ async fn main() -> Result<()> {
             Arc::new(make_blobs(2000, 16 << 10, 0xbeef)),
         ),
     ];
-    let targets = [
-        Arc::new(start_slipway(&args.slipway, &dir)?),
-        Arc::new(start_distribution(&args.distribution, &dir)?),
-    ];
+    let mut targets = Vec::new();
+    for b in &args.backends {
+        targets.push(Arc::new(start_slipway(&args.slipway, &dir, b)?));
+    }
+    targets.push(Arc::new(start_distribution(&args.distribution, &dir)?));
     println!(
-        "{:<15} {:<13} {:>10} {:>10} {:>14} {:>14}",
+        "{:<15} {:<17} {:>10} {:>10} {:>14} {:>14}",
         "workload", "server", "push MB/s", "pull MB/s", "push cpu s/GB", "pull cpu s/GB"
     );
     let mut results = Vec::new();
@@ -314,17 +349,21 @@ async fn main() -> Result<()> {
             let (push, push_cpu) = phase(t, blobs, args.clients, &repo, true).await?;
             let (pull, pull_cpu) = phase(t, blobs, args.clients, &repo, false).await?;
             println!(
-                "{label:<15} {:<13} {push:>10.1} {pull:>10.1} {push_cpu:>14.2} {pull_cpu:>14.2}",
+                "{label:<15} {:<17} {push:>10.1} {pull:>10.1} {push_cpu:>14.2} {pull_cpu:>14.2}",
                 t.name
             );
-            results.push((label, t.name, push, pull));
+            results.push((label, t.name.clone(), push, pull));
         }
     }
     println!();
-    for pair in results.chunks(2) {
-        if let [(label, _, sp, sl), (_, _, dp, dl)] = pair {
+    // Each workload's rows end with Distribution's: every other row over it.
+    for rows in results.chunks(targets.len()) {
+        let Some((_, _, dp, dl)) = rows.last() else {
+            continue;
+        };
+        for (label, name, sp, sl) in &rows[..rows.len() - 1] {
             println!(
-                "{label:<15} slipway/distribution: push {:.2}x, pull {:.2}x",
+                "{label:<15} {name}/distribution: push {:.2}x, pull {:.2}x",
                 sp / dp,
                 sl / dl
             );

@@ -1,7 +1,10 @@
 //! The HTTP accept loop of `slipway server`: every connection served by
 //! hyper with a header-read timeout (a client trickling its request line
 //! holds no connection open past it), every request body with an idle
-//! timeout (tower-http), and a bounded graceful stop.
+//! timeout (tower-http), and a bounded graceful stop. Each connection's
+//! socket is a `registry::zero_copy::ZeroCopyIo`, and its requests carry
+//! its `Outbox`, so blob GETs on the filesystem store go out by
+//! `sendfile(2)`.
 //!
 //! Written over hyper-util rather than `axum::serve` because that sets no
 //! timer on hyper's builder, and without one hyper cannot time a request's
@@ -66,9 +69,17 @@ pub async fn serve(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::warn!("TCP_NODELAY: {e}");
         }
-        let service = TowerToHyperService::new(app.clone());
+        let outbox = registry::zero_copy::Outbox::default();
+        let service = TowerToHyperService::new(tower::ServiceExt::map_request(app.clone(), {
+            let outbox = outbox.clone();
+            move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(outbox.clone());
+                req
+            }
+        }));
+        let io = registry::zero_copy::ZeroCopyIo::new(tcp, outbox);
         let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {

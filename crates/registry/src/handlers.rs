@@ -130,10 +130,16 @@ async fn dispatch(
     State(reg): State<Reg>,
     method: Method,
     uri: Uri,
+    version: axum::http::Version,
+    outbox: Option<axum::Extension<crate::zero_copy::Outbox>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let mut resp = match handle(&reg, &method, &uri, &headers, body).await {
+    // Zero-copy blob bodies only on HTTP/1 connections the server wrapped.
+    let zero_copy = outbox
+        .filter(|_| version <= axum::http::Version::HTTP_11)
+        .map(|axum::Extension(o)| o);
+    let mut resp = match handle(&reg, &method, &uri, &headers, body, zero_copy.as_ref()).await {
         Ok(r) => r,
         Err(e) => {
             if e.code == Code::Internal {
@@ -155,6 +161,7 @@ async fn handle(
     uri: &Uri,
     headers: &HeaderMap,
     body: Body,
+    zero_copy: Option<&crate::zero_copy::Outbox>,
 ) -> Result<Response> {
     // Clients may percent-encode the `:` of a digest; nothing else in a
     // valid path needs escaping, so that is the only decoding done.
@@ -184,7 +191,7 @@ async fn handle(
         }
         (Route::Manifest(name, r), Method::DELETE) => delete_manifest(reg, name, r).await,
         (Route::Blob(name, d), Method::GET | Method::HEAD) => {
-            get_blob(reg, name, d, headers, method == Method::HEAD).await
+            get_blob(reg, name, d, headers, method == Method::HEAD, zero_copy).await
         }
         (Route::Blob(name, d), Method::DELETE) => delete_blob(reg, name, d).await,
         (Route::Uploads(name), Method::POST) => {
@@ -281,6 +288,7 @@ async fn get_blob(
     digest: &str,
     h: &HeaderMap,
     head: bool,
+    zero_copy: Option<&crate::zero_copy::Outbox>,
 ) -> Result<Response> {
     let d = parse_digest(digest)?;
     let unknown = || RegistryError::new(Code::BlobUnknown, format!("blob {d} is not in {name}"));
@@ -299,10 +307,16 @@ async fn get_blob(
         set(&mut r, header::CONTENT_LENGTH, &info.size.to_string());
         r
     } else {
-        let read = reg.store.open(&d, range).await?;
-        let (size, len) = (read.size, read.len);
-        let stream = tokio_util::io::ReaderStream::with_capacity(read.reader, store::READ_BUF);
-        let mut r = Response::new(Body::from_stream(stream));
+        let (body, size, len) = match local_blob(reg, &d, range, zero_copy).await? {
+            Some(b) => b,
+            None => {
+                let read = reg.store.open(&d, range).await?;
+                let stream =
+                    tokio_util::io::ReaderStream::with_capacity(read.reader, store::READ_BUF);
+                (Body::from_stream(stream), read.size, read.len)
+            }
+        };
+        let mut r = Response::new(body);
         set(&mut r, header::CONTENT_LENGTH, &len.to_string());
         if let Some((start, _)) = range {
             *r.status_mut() = StatusCode::PARTIAL_CONTENT;
@@ -319,6 +333,34 @@ async fn get_blob(
     set(&mut resp, header::ACCEPT_RANGES, "bytes");
     set(&mut resp, DOCKER_CONTENT_DIGEST, &d.to_string());
     Ok(resp)
+}
+
+/// A blob's body sent by `sendfile(2)` (see `zero_copy`), with its size
+/// and the length served, when the connection and the store allow it.
+async fn local_blob(
+    reg: &Reg,
+    d: &Digest,
+    range: Option<(u64, Option<u64>)>,
+    zero_copy: Option<&crate::zero_copy::Outbox>,
+) -> Result<Option<(Body, u64, u64)>> {
+    let (Some(outbox), Some(path)) = (zero_copy, reg.store.local_file(d)) else {
+        return Ok(None);
+    };
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f.into_std().await,
+        // Deleted meanwhile (gc): the store's own path says so.
+        Err(_) => return Ok(None),
+    };
+    let size = file
+        .metadata()
+        .map_err(|e| RegistryError::internal("stat of a blob", e))?
+        .len();
+    let (start, len) = store::resolve_range(range, size)?;
+    Ok(Some((
+        crate::zero_copy::body(file, start, len, outbox.clone()),
+        size,
+        len,
+    )))
 }
 
 async fn delete_blob(reg: &Reg, name: &str, digest: &str) -> Result<Response> {

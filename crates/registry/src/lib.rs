@@ -19,6 +19,7 @@ mod handlers;
 pub mod lock;
 pub mod meta;
 pub mod names;
+pub mod zero_copy;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

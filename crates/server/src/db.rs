@@ -112,6 +112,9 @@ fn corrupt(what: &'static str, detail: impl ToString) -> DbError {
 pub struct Db {
     pool: AnyPool,
     url: String,
+    /// This process among the replicas: its notifications carry it, so it
+    /// skips its own when they come back through `LISTEN`.
+    replica: String,
     /// Some for SQLite: the one-writer queue (see the module comment).
     writer: Option<Mutex<()>>,
 }
@@ -239,9 +242,14 @@ impl Db {
             .await?
             .run(&pool)
             .await?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
         Ok(Db {
             pool,
             url,
+            replica: format!("{:x}.{nanos:x}", std::process::id()),
             writer: sqlite.then(|| Mutex::new(())),
         })
     }
@@ -338,6 +346,17 @@ impl Db {
             .fetch_optional(&self.pool)
             .await?;
         row.map(|r| Self::pool_from_row(&r, &counts)).transpose()
+    }
+
+    /// A pool's settings without its queue counts (which cost a count
+    /// over the runs): what the hot paths (submit, lease) need.
+    pub async fn pool_settings(&self, name: &str) -> Result<Option<Pool>> {
+        let row = sqlx::query("SELECT * FROM pools WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Self::pool_from_row(&r, &BTreeMap::new()))
+            .transpose()
     }
 
     pub async fn update_pool(&self, name: &str, up: &api::PoolUpdate) -> Result<bool> {
@@ -1218,6 +1237,15 @@ impl Db {
         crate::gc_lock::PgGcLock::new(self.pool.clone())
     }
 
+    /// A notification's payload, unless this replica sent it.
+    pub fn from_others<'a>(&self, notification: &'a str) -> Option<&'a str> {
+        match notification.split_once(' ') {
+            Some((from, payload)) if from != self.replica => Some(payload),
+            Some(_) => None,
+            None => Some(notification),
+        }
+    }
+
     pub fn reader(&self) -> DbReader {
         DbReader {
             pool: self.pool.clone(),
@@ -1281,9 +1309,10 @@ impl Db {
     }
 
     /// Tell every replica listening on PostgreSQL (`LISTEN slipway`).
+    /// `NOTIFY slipway` with `payload`, marked as this replica's.
     pub async fn notify(&self, payload: &str) -> Result<()> {
         sqlx::query("SELECT pg_notify('slipway', $1)")
-            .bind(payload)
+            .bind(format!("{} {payload}", self.replica))
             .execute(&self.pool)
             .await?;
         Ok(())

@@ -126,10 +126,19 @@ impl Signals {
     }
 
     /// Wake this replica's waiters only (a notification from another).
+    /// A pool wakes one waiting agent per event: each event is one run to
+    /// claim, and waking every agent of the pool made each of them try a
+    /// claim that all but one lose (a transaction each on PostgreSQL). An
+    /// agent back from a run claims before it waits, so none is left
+    /// queued. A run wakes every follower of its log.
     fn wake_local(&self, key: &str) {
         let m = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = m.get(key) {
-            n.notify_waiters();
+            if self.kind == "pool" {
+                n.notify_one();
+            } else {
+                n.notify_waiters();
+            }
         }
     }
 
@@ -162,6 +171,9 @@ pub struct Server {
     /// When this replica granted each recent lease: a refresh from the
     /// database that began before the grant committed must not drop it.
     granted: Mutex<HashMap<String, std::time::Instant>>,
+    /// Agents this replica wrote as seen within the last second (a lease
+    /// request right after a claim need not write again).
+    seen: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl Server {
@@ -248,6 +260,7 @@ impl Server {
             runs: Signals::new("run"),
             leases,
             granted: Mutex::default(),
+            seen: Mutex::default(),
         }))
         .inspect(|s: &Arc<Server>| s.clone().share_with_replicas())
     }
@@ -282,7 +295,11 @@ impl Server {
                         }
                         while let Ok(n) = l.recv().await {
                             let Some(s) = weak.upgrade() else { return };
-                            match n.payload().split_once(':') {
+                            // Its own wake-ups this replica has acted on.
+                            let Some(payload) = s.db.from_others(n.payload()) else {
+                                continue;
+                            };
+                            match payload.split_once(':') {
                                 Some(("pool", p)) => s.pools.wake_local(p),
                                 Some(("run", r)) => s.runs.wake_local(r),
                                 // Another replica made or deleted a token:
@@ -345,6 +362,19 @@ impl Server {
             sync_tokens(&self.db, &self.registry, true).await?;
         }
         Ok(())
+    }
+
+    pub(crate) fn mark_seen(&self, agent: &str) {
+        let mut m = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        m.retain(|_, t| now.duration_since(*t) < Duration::from_secs(1));
+        m.insert(agent.to_owned(), now);
+    }
+
+    pub(crate) fn seen_recently(&self, agent: &str) -> bool {
+        let m = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(agent)
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
     }
 
     pub fn config(&self) -> &ServerConfig {

@@ -827,7 +827,7 @@ pub(crate) async fn queue_run(
 ) -> R<api::Run> {
     let who = &c.who;
     may_build(who, &req.pool)?;
-    let Some(pool) = s.db.pool(&req.pool).await? else {
+    let Some(pool) = s.db.pool_settings(&req.pool).await? else {
         return Err(not_found(format!("pool {} does not exist", req.pool)));
     };
     let own = own.to_owned();
@@ -1188,10 +1188,13 @@ async fn lease(State(s): S, headers: HeaderMap, Json(req): Json<LeaseRequest>) -
     if req.agent.is_empty() || req.agent.len() > 200 {
         return Err(bad("agent: give an id of 1-200 characters"));
     }
-    let Some(pool) = s.db.pool(&pool_name).await? else {
+    let Some(pool) = s.db.pool_settings(&pool_name).await? else {
         return Err(not_found(format!("pool {pool_name} no longer exists")));
     };
-    s.db.agent_seen(&req.agent, &pool_name).await?;
+    // An agent back from a run was just written as idle by its report.
+    if !s.seen_recently(&req.agent) {
+        s.db.agent_seen(&req.agent, &pool_name).await?;
+    }
     let wait = Duration::from_secs(req.wait_secs.min(60));
     let deadline = tokio::time::Instant::now() + wait;
     loop {
@@ -1218,7 +1221,8 @@ async fn lease(State(s): S, headers: HeaderMap, Json(req): Json<LeaseRequest>) -
             );
             // The pool as it is now: the long poll may have begun before
             // an admin changed its tier or policy.
-            let now = s.db.pool(&pool_name).await?.unwrap_or(pool);
+            let now = s.db.pool_settings(&pool_name).await?.unwrap_or(pool);
+            s.mark_seen(&req.agent);
             let lease = complete_lease(&s, c, token, &now).await?;
             return Ok(Json(lease).into_response());
         }

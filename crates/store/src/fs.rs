@@ -145,6 +145,10 @@ fn modified(meta: &std::fs::Metadata) -> SystemTime {
 
 #[async_trait]
 impl BlobStore for FsStore {
+    fn local_file(&self, digest: &Digest) -> Option<PathBuf> {
+        Some(layout::blob_path(&self.root, digest))
+    }
+
     async fn stat(&self, digest: &Digest) -> Result<Option<BlobInfo>> {
         let path = layout::blob_path(&self.root, digest);
         match tokio::fs::metadata(&path).await {

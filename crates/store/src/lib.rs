@@ -84,7 +84,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// `(start, len)` of `range` (an inclusive end, or to the end) in a blob of
 /// `size` bytes, as every back end serves it.
-pub(crate) fn resolve_range(range: Option<(u64, Option<u64>)>, size: u64) -> Result<(u64, u64)> {
+pub fn resolve_range(range: Option<(u64, Option<u64>)>, size: u64) -> Result<(u64, u64)> {
     match range {
         None => Ok((0, size)),
         Some((start, end)) => {
@@ -112,6 +112,11 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn touch(&self, digest: &Digest) -> Result<()>;
     /// Every blob, for garbage collection.
     async fn list(&self) -> Result<Vec<BlobInfo>>;
+    /// The file holding a committed blob, when blobs are local files (for
+    /// `sendfile(2)`); a committed blob's file is never written again.
+    fn local_file(&self, _digest: &Digest) -> Option<std::path::PathBuf> {
+        None
+    }
 
     /// Start a resumable upload and return its id.
     async fn upload_create(&self) -> Result<String>;

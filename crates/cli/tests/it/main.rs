@@ -19,5 +19,6 @@ mod object_store;
 mod packages;
 mod peers;
 mod private_deps;
+mod serving;
 mod slice;
 mod tasks;
