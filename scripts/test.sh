@@ -120,6 +120,36 @@ build_buildkit() { # name
 build_buildkit buildkitd
 build_buildkit buildctl
 
+# A real Kubernetes API for the pool-scaling test (crates/cli/tests/it/kube.rs):
+# kube-apiserver built from k8s.io/kubernetes, on Debian's etcd. That module
+# points its k8s.io/* dependencies at in-repo staging copies the module proxy
+# does not carry, so a wrapper module names their published v0.X releases.
+KUBERNETES_VERSION=v1.37.2
+build_kube_apiserver() {
+  local stamp="$PEERS/.kube-apiserver.version" dir="$CACHE/kube-apiserver-src"
+  if [ -x "$PEERS/kube-apiserver" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$KUBERNETES_VERSION" ]; then return; fi
+  log "building kube-apiserver $KUBERNETES_VERSION from the Go module proxy (ten minutes or more)"
+  mkdir -p "$dir"
+  go mod download k8s.io/kubernetes@"$KUBERNETES_VERSION"
+  python3 - "$(go env GOMODCACHE)/k8s.io/kubernetes@$KUBERNETES_VERSION/go.mod" "$KUBERNETES_VERSION" >"$dir/go.mod" <<'PY'
+import re, sys
+gomod, version = open(sys.argv[1]).read(), sys.argv[2]
+staging = re.findall(r"\t(k8s.io/[\w-]+) => ./staging", gomod)
+go = re.search(r"^go (\S+)", gomod, re.M).group(1)
+print(f"module kube-apiserver-build\n\ngo {go}\n\nrequire k8s.io/kubernetes {version}\n")
+for block in re.findall(r"require \((.*?)\)", gomod, re.S):
+    print(f"require ({block})")
+minor = "v0." + version.split(".", 1)[1]
+print("replace (")
+for m in staging:
+    print(f"\t{m} => {m} {minor}")
+print(")")
+PY
+  (cd "$dir" && GOFLAGS=-mod=mod go build -o "$PEERS/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver)
+  echo "$KUBERNETES_VERSION" >"$stamp"
+}
+build_kube_apiserver
+
 if ! cargo nextest --version >/dev/null 2>&1; then
   log "installing cargo-nextest"
   cargo install --locked cargo-nextest

@@ -47,6 +47,20 @@ pub struct ServerArgs {
     /// `slipway registry gc`).
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     gc_every: Duration,
+    /// A kubeconfig (or `in-cluster`, the pod's service account): each
+    /// pool's `count` then sets the replicas of its agent Deployment (label
+    /// slipway.dev/pool=NAME) in --kube-namespace, on every pool change and
+    /// every --kube-resync. Without it, scale agents with `kubectl scale`.
+    #[arg(long, env = "SLIPWAY_KUBECONFIG", value_name = "FILE|in-cluster")]
+    kubeconfig: Option<String>,
+    /// The namespace of the pools' agent Deployments (default: the
+    /// kubeconfig's).
+    #[arg(long, env = "SLIPWAY_KUBE_NAMESPACE", requires = "kubeconfig")]
+    kube_namespace: Option<String>,
+    /// How often pool counts are checked against the Deployments (a
+    /// `kubectl scale` by hand is undone then).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    kube_resync: Duration,
     /// Start the agents of pools created with --local (as `slipway up` does).
     #[arg(long)]
     local_agents: bool,
@@ -265,6 +279,7 @@ async fn serve(args: ServerArgs, on_ready: impl FnOnce(&Running, &Arc<Server>)) 
     config.max_attempts = args.max_attempts.max(1);
     config.retention = args.retention;
     config.gc_every = (!args.gc_every.is_zero()).then_some(args.gc_every);
+    config.scale_every = args.kube_resync.max(Duration::from_secs(1));
     config.max_context_bytes = args.max_context_size;
     config.seal_key = secret.as_ref().map(|s| server::derive_key(s, "seal"));
     for a in &args.image_aliases {
@@ -298,6 +313,16 @@ async fn serve(args: ServerArgs, on_ready: impl FnOnce(&Running, &Arc<Server>)) 
     };
     let srv =
         opened.with_context(|| format!("opening the control plane in {}", args.data.display()))?;
+    if let Some(kubeconfig) = &args.kubeconfig {
+        let scaler = kube_pools::Scaler::connect(kubeconfig, args.kube_namespace.as_deref())
+            .await
+            .context("--kubeconfig")?;
+        eprintln!(
+            "pools' agent Deployments in namespace {} follow their count",
+            scaler.namespace()
+        );
+        srv.set_scaler(Arc::new(KubeScaler(scaler)));
+    }
     // After the control plane: on a shared database, a replica that joins
     // finds the admin token there and makes none of its own.
     let token_path = server::admin_token_path(&args.data);
@@ -359,6 +384,9 @@ pub async fn up(args: UpArgs) -> Result<()> {
         max_attempts: 3,
         retention: Duration::from_secs(30 * 24 * 3600),
         gc_every: Duration::from_secs(24 * 3600),
+        kubeconfig: None,
+        kube_namespace: None,
+        kube_resync: Duration::from_secs(30),
         local_agents: true,
         max_blob_size: registry::DEFAULT_MAX_BLOB_BYTES,
         max_context_size: 2 << 30,
@@ -505,4 +533,27 @@ pub async fn shutdown() {
         _ = term.recv() => {},
     }
     tracing::info!("shutting down");
+}
+
+/// The control plane's pool scaling, done by `kube_pools` on Kubernetes.
+struct KubeScaler(kube_pools::Scaler);
+
+impl server::PoolScaler for KubeScaler {
+    fn reconcile(
+        &self,
+        pools: std::collections::BTreeMap<String, u32>,
+    ) -> futures_util::future::BoxFuture<'_, Result<Vec<String>, String>> {
+        Box::pin(async move {
+            let changed = self.0.reconcile(&pools).await.map_err(|e| e.to_string())?;
+            Ok(changed
+                .into_iter()
+                .map(|c| {
+                    format!(
+                        "pool {}: Deployment {} scaled from {} to {} replicas",
+                        c.pool, c.deployment, c.from, c.to
+                    )
+                })
+                .collect())
+        })
+    }
 }

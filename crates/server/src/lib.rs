@@ -52,6 +52,8 @@ pub struct ServerConfig {
     /// The registry's garbage collection runs this often (on one replica
     /// at a time); `None`: only by `slipway registry gc`.
     pub gc_every: Option<Duration>,
+    /// How often pool counts are reconciled besides on every pool change.
+    pub scale_every: Duration,
     /// Task files' image aliases (`bash`, `curl`, `az`, …) → images in a
     /// registry the pools reach (a private network reaches no public one).
     pub image_aliases: std::collections::BTreeMap<String, String>,
@@ -74,6 +76,7 @@ impl ServerConfig {
             agent_command: None,
             retention: Duration::from_secs(30 * 24 * 3600),
             gc_every: None,
+            scale_every: Duration::from_secs(30),
             image_aliases: Default::default(),
             max_context_bytes: 2 << 30,
             seal_key: None,
@@ -174,6 +177,20 @@ pub struct Server {
     /// Agents this replica wrote as seen within the last second (a lease
     /// request right after a claim need not write again).
     seen: Mutex<HashMap<String, std::time::Instant>>,
+    /// What keeps pools' agent workloads at their count (Kubernetes).
+    scaler: std::sync::OnceLock<Arc<dyn PoolScaler>>,
+    /// A pool was created, changed or deleted: reconcile now.
+    pools_changed: Notify,
+}
+
+/// Keeps each pool's agents at its `count` outside the server (the
+/// replicas of its Kubernetes Deployment, say): given every non-local
+/// pool's count, returns a line per change made.
+pub trait PoolScaler: Send + Sync {
+    fn reconcile(
+        &self,
+        pools: std::collections::BTreeMap<String, u32>,
+    ) -> futures_util::future::BoxFuture<'_, Result<Vec<String>, String>>;
 }
 
 impl Server {
@@ -261,6 +278,8 @@ impl Server {
             leases,
             granted: Mutex::default(),
             seen: Mutex::default(),
+            scaler: std::sync::OnceLock::new(),
+            pools_changed: Notify::new(),
         }))
         .inspect(|s: &Arc<Server>| s.clone().share_with_replicas())
     }
@@ -364,6 +383,51 @@ impl Server {
         Ok(())
     }
 
+    /// Keep pools' agent workloads at their count with `scaler` (once).
+    pub fn set_scaler(&self, scaler: Arc<dyn PoolScaler>) {
+        let _ = self.scaler.set(scaler);
+    }
+
+    /// Reconcile pool counts on every pool change and every `every`
+    /// (which undoes a scale made by hand). Every replica may run it: a
+    /// reconcile sets, it never adds.
+    async fn scale_forever(self: Arc<Self>, scaler: Arc<dyn PoolScaler>, every: Duration) {
+        let mut failing = false;
+        loop {
+            let pools = self.db.list_pools().await.map(|ps| {
+                ps.into_iter()
+                    .filter(|p| !p.local)
+                    .map(|p| (p.name, p.count))
+                    .collect()
+            });
+            let done = match pools {
+                Ok(pools) => scaler.reconcile(pools).await,
+                Err(e) => Err(e.to_string()),
+            };
+            match done {
+                Ok(changes) => {
+                    if failing {
+                        tracing::info!("pool scaling works again");
+                    }
+                    failing = false;
+                    for c in changes {
+                        tracing::info!("{c}");
+                    }
+                }
+                // Once per outage, not every period.
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!("scaling pools: {e}");
+                }
+                Err(e) => tracing::debug!("scaling pools: {e}"),
+            }
+            tokio::select! {
+                () = self.pools_changed.notified() => {}
+                () = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+
     pub(crate) fn mark_seen(&self, agent: &str) {
         let mut m = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         let now = std::time::Instant::now();
@@ -421,6 +485,11 @@ impl Server {
                 }
             })
         };
+        let scaling = self.scaler.get().cloned().map(|scaler| {
+            let s = self.clone();
+            let every = s.config.scale_every;
+            tokio::spawn(async move { s.scale_forever(scaler, every).await })
+        });
         let collector = self.config.gc_every.map(|every| {
             let s = self.clone();
             tokio::spawn(async move { s.collect_forever(every).await })
@@ -436,8 +505,8 @@ impl Server {
         }
         reaper.abort();
         janitor.abort();
-        if let Some(c) = collector {
-            c.abort();
+        for t in [collector, scaling].into_iter().flatten() {
+            t.abort();
         }
     }
 

@@ -531,6 +531,7 @@ async fn create_pool(State(s): S, headers: HeaderMap, Json(spec): Json<PoolSpec>
         s.db.pool(&spec.name)
             .await?
             .ok_or_else(|| internal("pool vanished"))?;
+    s.pools_changed.notify_one();
     Ok((StatusCode::CREATED, Json(pool)).into_response())
 }
 
@@ -570,6 +571,7 @@ async fn update_pool(
         s.db.pool(&name)
             .await?
             .ok_or_else(|| internal("pool vanished"))?;
+    s.pools_changed.notify_one();
     Ok(Json(pool).into_response())
 }
 
@@ -595,6 +597,7 @@ async fn delete_pool(
                 s.revoke_run_credentials(run);
                 s.runs.wake_and_forget(run);
             }
+            s.pools_changed.notify_one();
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         Err(n) => Err(conflict(format!(

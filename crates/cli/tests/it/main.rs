@@ -13,6 +13,7 @@ mod deploy;
 mod differential;
 mod dockerfile;
 mod harness;
+mod kube;
 mod netns;
 mod newcomer;
 mod object_store;
