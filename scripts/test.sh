@@ -167,9 +167,10 @@ cargo nextest run --workspace --no-fail-fast "$@" || status=1
 # The back-end matrix: the registry's integration tests and the control
 # plane's end-to-end tests again on PostgreSQL + Azurite and on
 # PostgreSQL + S3 (moto), each test starting its own (testkit::services).
+# (--workspace, as above, so nothing is rebuilt with other features.)
 for backend in pg-azurite pg-s3; do
   log "tests on $backend"
-  SLIPWAY_TEST_BACKEND=$backend cargo nextest run --no-fail-fast -p registry -p cli \
+  SLIPWAY_TEST_BACKEND=$backend cargo nextest run --workspace --no-fail-fast \
     -E 'package(registry) | test(/^control::/)' "$@" || status=1
 done
 exit $status

@@ -32,6 +32,22 @@ pub enum DbError {
          a newer slipway migrated it; run that version (or newer) here too"
     )]
     TooNew { db: i64, ours: i64 },
+    #[error("database {url}: {why}")]
+    Unreachable { url: String, why: String },
+}
+
+/// `url` without its password, for errors.
+fn shown_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
 }
 
 /// A read-only handle on the database for checks that cannot wait for an
@@ -206,6 +222,22 @@ impl Db {
         };
         let sqlite = url.starts_with("sqlite:");
         let opts = AnyConnectOptions::from_str(&url)?;
+        if !sqlite {
+            // One connection first: a wrong address, password or database
+            // name is then its own error at once, not the pool's timeout.
+            let unreachable = |why: String| DbError::Unreachable {
+                url: shown_url(&url),
+                why,
+            };
+            let first = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                <sqlx::AnyConnection as sqlx::Connection>::connect_with(&opts),
+            )
+            .await
+            .map_err(|_| unreachable("no answer within 10 s".into()))?
+            .map_err(|e| unreachable(e.to_string()))?;
+            let _ = sqlx::Connection::close(first).await;
+        }
         let pool = AnyPoolOptions::new()
             .max_connections(if sqlite { 8 } else { 16 })
             .after_connect(move |conn, _| {
@@ -1529,6 +1561,18 @@ impl Db {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    #[test]
+    fn passwords_are_not_shown() {
+        assert_eq!(
+            super::shown_url("postgres://app:s3cret@db:5432/slipway"),
+            "postgres://app:***@db:5432/slipway"
+        );
+        assert_eq!(
+            super::shown_url("postgres://app@db/slipway"),
+            "postgres://app@db/slipway"
+        );
+    }
+
     use super::*;
 
     #[tokio::test]

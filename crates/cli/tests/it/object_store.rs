@@ -246,7 +246,7 @@ fn an_image_pushed_through_one_replica_pulls_through_another() {
     }
 }
 
-/// Two replicas on one PostgreSQL and one S3 bucket, two agents on each:
+/// Two replicas on one PostgreSQL and one Azurite container, two agents on each:
 /// 50 builds submitted half through each all succeed, each run once (no
 /// fence granted twice, no agent holding two runs at once), their images
 /// pushed through the replica their agent talks to and all listed by both.
@@ -262,11 +262,13 @@ fn fifty_builds_through_two_replicas_on_four_agents() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let pg = crate::control::Postgres::start(tmp.path());
-    let s3 = moto();
-    create_bucket(s3.port, "cluster");
+    let az_dir = tmp.path().join("azurite");
+    std::fs::create_dir_all(&az_dir).unwrap();
+    let az = azurite(&az_dir);
+    create_container(az.port, "cluster");
     let key = tmp.path().join("secret.key");
     std::fs::write(&key, [9u8; 32]).unwrap();
-    let mut args = s3_args(s3.port, "cluster");
+    let mut args = testkit::services::azure_args(az.port, "cluster");
     args.extend([
         "--database".into(),
         pg.url(),
@@ -455,4 +457,37 @@ fn a_store_that_stops_mid_upload_fails_with_5xx_and_shows_nothing_half_written()
     let head = send(auth(http.head(format!("{base}/blobs/{digest}"))));
     assert_eq!(head.status(), 200);
     drop(az);
+}
+
+/// A wrong database URL stops the server at once with one line naming the
+/// database (without its password) and what is wrong: nothing listening,
+/// or no such database on a real PostgreSQL.
+#[test]
+fn a_wrong_database_is_one_error_at_start() {
+    if !crate::control::need_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let port = testkit::services::free_port();
+    let err = refused(
+        &tmp.path().join("d1"),
+        &[
+            "--database".into(),
+            format!("postgres://app:hunter22@127.0.0.1:{port}/slipway"),
+        ],
+        &[],
+    );
+    assert!(
+        err.contains(&format!(
+            "database postgres://app:***@127.0.0.1:{port}/slipway"
+        )) && err.contains("refused")
+            && !err.contains("hunter22"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let pg = crate::control::Postgres::start(tmp.path());
+    let wrong = pg.url().replace("/slipway", "/nosuch");
+    let err = refused(&tmp.path().join("d2"), &["--database".into(), wrong], &[]);
+    assert!(err.contains("\"nosuch\" does not exist"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
