@@ -1337,10 +1337,7 @@ async fn complete_lease(
 /// instance shared by its users is.
 pub fn pool_cache_repository(pool: &str) -> Option<String> {
     let repo = format!("slipway-cache/{pool}");
-    format!("localhost/{repo}:latest")
-        .parse::<oci::Reference>()
-        .is_ok_and(|r| r.repository == repo)
-        .then_some(repo)
+    oci::reference::is_valid_repository(&repo).then_some(repo)
 }
 
 async fn check_run_pool(s: &Server, pool: &str, run: &str) -> R<()> {
