@@ -79,9 +79,6 @@ struct CacheStep {
 #[derive(Default)]
 pub(crate) struct RemoteCache {
     steps: HashMap<String, (Reference, CacheStep)>,
-    /// Each cache's own entries, in its order, by reference: what an
-    /// export to the same reference keeps.
-    configs: HashMap<String, Vec<CacheStep>>,
 }
 
 /// At most this many steps stay in one cache: an export keeps its own
@@ -99,7 +96,6 @@ impl RemoteCache {
         for r in refs {
             match read_config(client, r).await {
                 Ok(config) => {
-                    cache.configs.insert(r.to_string(), config.steps.clone());
                     for s in config.steps {
                         cache
                             .steps
@@ -234,8 +230,10 @@ async fn read_config(client: &Arc<Client>, r: &Reference) -> Result<CacheConfig,
 }
 
 /// Push every step of `steps` (cache key and layer) to `to` as a cache,
-/// followed by the entries `to` already held (read by `--cache-from`, so
-/// one reference can collect many builds' steps), up to
+/// followed by the entries `to` already holds (read just before, so one
+/// reference collects many builds' steps, including those another build
+/// exported meanwhile; two exports at the same instant still race: the
+/// last one wins, costing misses only), up to
 /// [`MAX_CACHE_STEPS`]: the new layers (mounted from `mount_from`, a
 /// repository of the same registry the image was pushed to, or uploaded,
 /// skipped where the registry has them), the config, the manifest.
@@ -245,35 +243,32 @@ pub(crate) async fn export(
     client: &Arc<Client>,
     to: &Reference,
     steps: &[DoneStep],
-    previous: &RemoteCache,
     mount_from: Option<&Reference>,
 ) -> Result<Option<Digest>, RemoteCacheError> {
     let host = to.api_host().to_owned();
     let reg = |what: String| move |source| RemoteCacheError::Registry { what, source };
-    // Read again now, not as the build began: another build of the pool
-    // may have exported meanwhile, and its steps are kept too (two exports
-    // at the same instant still race: the last one wins, costing misses).
-    let fresh = match read_config(client, to).await {
-        Ok(c) => Some(c.steps),
-        Err(_) => previous.configs.get(&to.to_string()).cloned(),
+    let held = match read_config(client, to).await {
+        Ok(c) => c.steps,
+        // Nothing there yet, or not a cache (replaced, as before).
+        Err(RemoteCacheError::Registry {
+            source: regclient::RegClientError::Status { status: 404, .. },
+            ..
+        })
+        | Err(RemoteCacheError::Invalid(_)) => Vec::new(),
+        // A cache that cannot be read now is not overwritten with fewer steps.
+        Err(e) => return Err(e),
     };
-    let held = fresh.as_ref();
-    if let Some(held) = held {
-        let have: std::collections::HashSet<(&str, &str)> = held
-            .iter()
-            .map(|s| (s.key.as_str(), s.digest.as_str()))
-            .collect();
-        let digests: Vec<String> = steps
-            .iter()
-            .map(|s| s.layer.info.digest.to_string())
-            .collect();
-        if steps
-            .iter()
-            .zip(&digests)
-            .all(|(s, d)| have.contains(&(s.key.as_str(), d.as_str())))
-        {
-            return Ok(None);
-        }
+    let have: std::collections::HashSet<(&str, &str)> = held
+        .iter()
+        .map(|s| (s.key.as_str(), s.digest.as_str()))
+        .collect();
+    if !held.is_empty()
+        && steps.iter().all(|s| {
+            let digest = s.layer.info.digest.to_string();
+            have.contains(&(s.key.as_str(), digest.as_str()))
+        })
+    {
+        return Ok(None);
     }
     let mount_from = mount_from
         .filter(|m| m.api_host() == to.api_host() && m.repository != to.repository)
@@ -325,7 +320,7 @@ pub(crate) async fn export(
         }));
     }
     // The cache's earlier entries: their layers are in `to` already.
-    for s in held.into_iter().flatten() {
+    for s in &held {
         if entries.len() >= MAX_CACHE_STEPS {
             break;
         }

@@ -35,7 +35,7 @@ pub async fn run(a: GcArgs) -> Result<()> {
     let blobs = match &a.blob_store {
         Some(url) => {
             let l = store::Location::parse(url, &a.blob_store_options)?;
-            Some((l.open("store").await?, l.open_kv("repos")))
+            Some(crate::serve::registry_blobs(&l).await?)
         }
         None => {
             anyhow::ensure!(

@@ -223,6 +223,14 @@ pub async fn open_registry(
     opened.with_context(|| format!("opening the registry in {}", data.display()))
 }
 
+/// The registry's blobs and repository metadata at a `--blob-store`
+/// location (the server and `registry gc` open the same areas).
+pub async fn registry_blobs(
+    l: &store::Location,
+) -> Result<(Arc<dyn store::BlobStore>, Arc<dyn store::kv::Kv>)> {
+    Ok((l.open("store").await?, l.open_kv("repos")))
+}
+
 /// What `serve` started, for `up` to print.
 struct Running {
     url: String,
@@ -235,7 +243,7 @@ async fn serve(args: ServerArgs, on_ready: impl FnOnce(&Running, &Arc<Server>)) 
     };
     let (blobs, contexts) = match &location {
         Some(l) => (
-            Some((l.open("store").await?, l.open_kv("repos"))),
+            Some(registry_blobs(l).await?),
             Some(l.open("contexts").await?),
         ),
         None => (None, None),

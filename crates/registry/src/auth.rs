@@ -524,6 +524,12 @@ impl Auth {
         Ok(true)
     }
 
+    /// The token whose unique id is `id`, as stored.
+    pub fn record(&self, id: &str) -> Option<TokenRecord> {
+        let tokens = self.tokens.read().unwrap_or_else(|p| p.into_inner());
+        tokens.values().find(|t| t.id == id).cloned()
+    }
+
     /// Every token as stored, for sharing with other replicas, with the
     /// generation to pass to [`Auth::replace_records`].
     pub fn records(&self) -> (Vec<TokenRecord>, u64) {

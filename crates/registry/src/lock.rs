@@ -22,10 +22,9 @@ pub trait SharedLock: Send + Sync {
     fn exclusive(&self) -> BoxFuture<'_, std::io::Result<LockGuard>>;
 }
 
-#[derive(Clone)]
 pub struct GcLock {
     path: PathBuf,
-    external: Arc<OnceLock<Arc<dyn SharedLock>>>,
+    external: OnceLock<Arc<dyn SharedLock>>,
 }
 
 /// Held until dropped (whatever it holds releases the lock when dropped).
@@ -46,7 +45,7 @@ impl GcLock {
     pub fn new(data: &Path) -> GcLock {
         GcLock {
             path: data.join("gc.lock"),
-            external: Arc::default(),
+            external: OnceLock::new(),
         }
     }
 

@@ -1220,8 +1220,6 @@ impl Db {
         })
     }
 
-    /// After a server restart: give every running lease a full period, since
-    /// agents could not heartbeat while we were down.
     /// Give a fresh period to the leases that expired with nobody to reap
     /// them (every server was down, so their agents could not heartbeat).
     /// A lease still running out is left alone: another replica is serving
@@ -1340,7 +1338,7 @@ impl Db {
             .collect()
     }
 
-    /// Tell every replica listening on PostgreSQL (`LISTEN slipway`).
+    /// Tell every replica listening on PostgreSQL (`LISTEN slipway`):
     /// `NOTIFY slipway` with `payload`, marked as this replica's.
     pub async fn notify(&self, payload: &str) -> Result<()> {
         sqlx::query("SELECT pg_notify('slipway', $1)")
@@ -1561,6 +1559,8 @@ impl Db {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use super::*;
+
     #[test]
     fn passwords_are_not_shown() {
         assert_eq!(
@@ -1572,8 +1572,6 @@ mod tests {
             "postgres://app@db/slipway"
         );
     }
-
-    use super::*;
 
     #[tokio::test]
     async fn a_job_runs_on_one_replica_at_a_time() {

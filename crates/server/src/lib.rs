@@ -105,14 +105,17 @@ struct Signals {
     map: Mutex<HashMap<String, Arc<Notify>>>,
     /// `pool` or `run`: the kind named in notifications.
     kind: &'static str,
+    /// Wake one waiter per event, not all (see [`Signals::wake_local`]).
+    one_waiter: bool,
     out: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
 impl Signals {
-    fn new(kind: &'static str) -> Signals {
+    fn new(kind: &'static str, one_waiter: bool) -> Signals {
         Signals {
             map: Mutex::default(),
             kind,
+            one_waiter,
             out: std::sync::OnceLock::new(),
         }
     }
@@ -137,7 +140,7 @@ impl Signals {
     fn wake_local(&self, key: &str) {
         let m = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = m.get(key) {
-            if self.kind == "pool" {
+            if self.one_waiter {
                 n.notify_one();
             } else {
                 n.notify_waiters();
@@ -273,8 +276,8 @@ impl Server {
             registry,
             contexts,
             sealer,
-            pools: Signals::new("pool"),
-            runs: Signals::new("run"),
+            pools: Signals::new("pool", true),
+            runs: Signals::new("run", false),
             leases,
             granted: Mutex::default(),
             seen: Mutex::default(),

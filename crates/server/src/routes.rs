@@ -1127,13 +1127,7 @@ async fn create_token(
     // Shared with the other replicas before it is handed out; a name
     // another replica took meanwhile is refused here too.
     if s.db.postgres_url().is_some()
-        && let Some(rec) = s
-            .registry
-            .auth()
-            .records()
-            .0
-            .into_iter()
-            .find(|r| r.id == info.id)
+        && let Some(rec) = s.registry.auth().record(&info.id)
         && !s.db.insert_token(&rec).await?
     {
         let _ = s.registry.auth().delete_token(&info.id);
@@ -1200,6 +1194,7 @@ async fn lease(State(s): S, headers: HeaderMap, Json(req): Json<LeaseRequest>) -
     }
     let wait = Duration::from_secs(req.wait_secs.min(60));
     let deadline = tokio::time::Instant::now() + wait;
+    let mut waited = false;
     loop {
         let notify = s.pools.get(&pool_name);
         let notified = notify.notified();
@@ -1222,9 +1217,13 @@ async fn lease(State(s): S, headers: HeaderMap, Json(req): Json<LeaseRequest>) -
                 attempt = c.attempt,
                 "leased"
             );
-            // The pool as it is now: the long poll may have begun before
-            // an admin changed its tier or policy.
-            let now = s.db.pool_settings(&pool_name).await?.unwrap_or(pool);
+            // The pool as it is now: an admin may have changed its tier or
+            // policy while the long poll waited.
+            let now = if waited {
+                s.db.pool_settings(&pool_name).await?.unwrap_or(pool)
+            } else {
+                pool
+            };
             s.mark_seen(&req.agent);
             let lease = complete_lease(&s, c, token, &now).await?;
             return Ok(Json(lease).into_response());
@@ -1236,6 +1235,7 @@ async fn lease(State(s): S, headers: HeaderMap, Json(req): Json<LeaseRequest>) -
             _ = &mut notified => {}
             _ = tokio::time::sleep_until(deadline) => {}
         }
+        waited = true;
     }
 }
 
@@ -1336,7 +1336,7 @@ async fn complete_lease(
 /// may read and write it: a pool is one trust domain, as a BuildKit
 /// instance shared by its users is.
 pub fn pool_cache_repository(pool: &str) -> Option<String> {
-    let repo = format!("slipway-cache/{pool}");
+    let repo = format!("{}{pool}", registry::gc::CACHE_REPOSITORIES);
     oci::reference::is_valid_repository(&repo).then_some(repo)
 }
 

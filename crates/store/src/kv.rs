@@ -173,7 +173,7 @@ impl ObjectKv {
 }
 
 fn obj_err(e: object_store::Error) -> io::Error {
-    io::Error::other(e.to_string().lines().next().unwrap_or_default().to_owned())
+    io::Error::other(crate::object::brief(&e))
 }
 
 #[async_trait]

@@ -143,12 +143,7 @@ impl Location {
         match self {
             Location::File(dir) => Arc::new(crate::kv::FsKv::new(dir.join(sub))),
             Location::Object { store, prefix, .. } => {
-                let p = if prefix.is_empty() {
-                    sub.to_owned()
-                } else {
-                    format!("{prefix}/{sub}")
-                };
-                Arc::new(crate::kv::ObjectKv::new(store.clone(), &p))
+                Arc::new(crate::kv::ObjectKv::new(store.clone(), &area(prefix, sub)))
             }
         }
     }
@@ -159,16 +154,24 @@ impl Location {
         match self {
             Location::File(dir) => Ok(Arc::new(FsStore::open(dir.join(sub)).await?)),
             Location::Object { store, prefix, url } => {
-                let p = if prefix.is_empty() {
-                    sub.to_owned()
-                } else {
-                    format!("{prefix}/{sub}")
-                };
-                let s = ObjectBlobStore::new(store.clone(), &p, format!("{url} ({sub})"));
+                let s = ObjectBlobStore::new(
+                    store.clone(),
+                    &area(prefix, sub),
+                    format!("{url} ({sub})"),
+                );
                 s.check().await?;
                 Ok(Arc::new(s))
             }
         }
+    }
+}
+
+/// Area `sub` under the location's `prefix`.
+fn area(prefix: &str, sub: &str) -> String {
+    if prefix.is_empty() {
+        sub.to_owned()
+    } else {
+        format!("{prefix}/{sub}")
     }
 }
 

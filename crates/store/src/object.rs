@@ -50,7 +50,7 @@ fn err(what: impl Into<String>) -> impl FnOnce(object_store::Error) -> StoreErro
 /// One line of an object store error: its first line, with the service's
 /// error code when the body names one (Azure and S3 answer with an XML
 /// document, which would otherwise fill the screen).
-fn brief(e: &object_store::Error) -> String {
+pub(crate) fn brief(e: &object_store::Error) -> String {
     let text = e.to_string();
     let code = text
         .split_once("<Code>")
@@ -217,8 +217,10 @@ impl BlobStore for ObjectBlobStore {
     }
 
     async fn delete(&self, digest: &Digest) -> Result<bool> {
-        if self.stat(digest).await?.is_none() {
-            return Ok(false);
+        match self.store.head(&self.blob_key(digest)).await {
+            Ok(_) => {}
+            Err(e) if not_found(&e) => return Ok(false),
+            Err(e) => return Err(err(format!("stat {digest}"))(e)),
         }
         self.store
             .delete(&self.blob_key(digest))
@@ -236,7 +238,21 @@ impl BlobStore for ObjectBlobStore {
             .map_err(err(format!("marking {digest} used")))
     }
 
+    /// Every blob, as old as its last use: its `touched/` marker counts as
+    /// `stat` counts it, so gc keeps a blob a pusher has just checked.
     async fn list(&self) -> Result<Vec<BlobInfo>> {
+        let mut touched = std::collections::HashMap::new();
+        let mut markers = self.store.list(Some(&self.key("touched")));
+        while let Some(meta) = markers
+            .try_next()
+            .await
+            .map_err(err(format!("listing {}", self.name)))?
+        {
+            let parts: Vec<&str> = meta.location.as_ref().rsplit('/').take(2).collect();
+            if let [hex, alg] = parts[..] {
+                touched.insert(format!("{alg}:{hex}"), SystemTime::from(meta.last_modified));
+            }
+        }
         let mut out = Vec::new();
         let mut list = self.store.list(Some(&self.key("blobs")));
         while let Some(meta) = list
@@ -249,10 +265,12 @@ impl BlobStore for ObjectBlobStore {
             let Ok(digest) = format!("{alg}:{hex}").parse::<Digest>() else {
                 continue;
             };
+            let stored = SystemTime::from(meta.last_modified);
+            let used = touched.get(&digest.to_string()).copied();
             out.push(BlobInfo {
                 digest,
                 size: meta.size,
-                modified: meta.last_modified.into(),
+                modified: used.map_or(stored, |u| u.max(stored)),
             });
         }
         Ok(out)

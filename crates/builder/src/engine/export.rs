@@ -39,7 +39,7 @@ pub(super) async fn finish<W: AsyncWrite + Unpin + Send>(
     }
     let built = st
         .image
-        .finish_with(&req.created, req.layer_options.source_date_epoch.is_some())
+        .finish_with(&req.created, req.fixed_time().is_some())
         .map_err(step_err("assembling the image"))?;
     let mut pushed = Vec::new();
     for tag in &req.tags {
@@ -63,8 +63,7 @@ pub(super) async fn finish<W: AsyncWrite + Unpin + Send>(
         .map_err(step_err(format!("writing {}", dest.display())))?;
     }
     if let Some(to) = &req.cache_to {
-        let exported =
-            crate::remote_cache::export(client, to, done_steps, cx.remote, pushed.first()).await;
+        let exported = crate::remote_cache::export(client, to, done_steps, pushed.first()).await;
         let line = match exported {
             Ok(Some(d)) => format!("exported cache to {to} ({d})"),
             Ok(None) => format!("cache at {to} is up to date"),

@@ -118,6 +118,17 @@ pub struct BuildRequest {
     pub ssh: BTreeMap<String, PathBuf>,
 }
 
+impl BuildRequest {
+    /// The one time of every history entry and of the image when the build
+    /// has `SOURCE_DATE_EPOCH`; `None`: each step's own (a config-only
+    /// step's is filled in as the image is finished).
+    pub(crate) fn fixed_time(&self) -> Option<&str> {
+        self.layer_options
+            .source_date_epoch
+            .map(|_| self.created.as_str())
+    }
+}
+
 /// `--progress`: `Plain` for logs, `Tty` for a terminal. Both print a line
 /// per step and a `DONE` line with its time after each RUN/COPY/ADD.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -62,10 +62,10 @@ impl StageState {
         (done, key): (&mut Vec<DoneStep>, &str),
     ) {
         // With SOURCE_DATE_EPOCH every time is the epoch; else the step's own.
-        let created = match (&step.created, req.layer_options.source_date_epoch) {
-            (Some(c), None) => c.as_str(),
-            _ => req.created.as_str(),
-        };
+        let created = req
+            .fixed_time()
+            .or(step.created.as_deref())
+            .unwrap_or(&req.created);
         self.image
             .add_layer_at(&step.layer.info, created_by, Some(created));
         self.lowers.push(step.upper);
@@ -127,7 +127,7 @@ pub(super) async fn build_stage<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Un
                 }
                 let step = crate::config_step::Step {
                     created_by: &s.created_by,
-                    created: fixed_time(req),
+                    created: req.fixed_time(),
                 };
                 crate::config_step::apply(&mut st.image, other, &mut st.shell, &mut cmd_set, &step);
                 Step::Config
@@ -247,7 +247,7 @@ async fn workdir<W: AsyncWrite + Unpin + Send, E: AsyncWrite + Unpin + Send>(
     let exists =
         resolve_in_layers(None, lowers, &rel).is_ok_and(|r| is_dir_in_layers(None, lowers, &r));
     if rel.as_os_str().is_empty() || exists {
-        image.add_empty_step(&s.created_by, fixed_time(req));
+        image.add_empty_step(&s.created_by, req.fixed_time());
         return Ok(Step::Config);
     }
     if let Some(hit) = cx.find_cached(&s.key, lowers, err).await {
@@ -337,12 +337,4 @@ pub(super) async fn from_root(
         merge_layers(&layers, &root).map_err(step_err(format!("{file}:{line}: --from={from}")))?;
     }
     Ok(root)
-}
-
-/// The history time of a config-only step: the epoch when the build has
-/// one, else `None` (a layer's time, filled in as the image is finished).
-fn fixed_time(req: &BuildRequest) -> Option<&str> {
-    req.layer_options
-        .source_date_epoch
-        .map(|_| req.created.as_str())
 }

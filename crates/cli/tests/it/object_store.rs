@@ -165,7 +165,19 @@ fn uploads_move_between_replicas_and_only_verified_blobs_appear() {
             .await
             .unwrap();
         assert!(part[..] == data[10 << 20..12 << 20], "a range reads back");
-        assert!(a.list().await.unwrap().iter().any(|i| i.digest == digest));
+        let listed = |l: Vec<store::BlobInfo>| {
+            l.into_iter()
+                .find(|i| i.digest == digest)
+                .map(|i| i.modified)
+                .unwrap()
+        };
+        let first = listed(a.list().await.unwrap());
+        // A use (a pusher's HEAD) dates the blob for gc in `list` as in `stat`.
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        b.touch(&digest).await.unwrap();
+        let used = listed(a.list().await.unwrap());
+        assert!(used > first, "the use does not show in list");
+        assert_eq!(used, a.stat(&digest).await.unwrap().unwrap().modified);
         // The committed upload is gone; a cancelled one leaves nothing.
         assert!(a.upload_size(&id).await.is_err());
         let id2 = a.upload_create().await.unwrap();
