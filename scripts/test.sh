@@ -49,6 +49,11 @@ if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
   export PATH="/usr/local/go/bin:$PATH"
 fi
 command -v go >/dev/null 2>&1 || { echo "error: Go is needed to build the registry peers (crane, conformance)" >&2; exit 1; }
+# The peers are kept as binaries in $PEERS, so Go's build cache (gigabytes
+# for kube-apiserver) is worth nothing afterwards: build in a throw-away one.
+GO_BUILD_CACHE=$(mktemp -d)
+export GOCACHE="$GO_BUILD_CACHE"
+trap 'rm -rf "$GO_BUILD_CACHE"' EXIT
 
 build_peer() { # name package version
   local name=$1 pkg=$2 version=$3
@@ -149,6 +154,7 @@ PY
   echo "$KUBERNETES_VERSION" >"$stamp"
 }
 build_kube_apiserver
+rm -rf "$GO_BUILD_CACHE"
 
 if ! cargo nextest --version >/dev/null 2>&1; then
   log "installing cargo-nextest"
@@ -156,6 +162,20 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 
 export SLIPWAY_PEERS_BIN="$PEERS"
+
+# A fresh build of the suite takes about NEED_GB in the target directory;
+# running out mid-link fails with an LLVM I/O error that names no cause.
+NEED_GB=12
+target_dir=${CARGO_TARGET_DIR:-target}
+mkdir -p "$target_dir"
+free_gb=$(df -P -k "$target_dir" | awk 'NR == 2 { print int($4 / 1048576) }')
+built_gb=$(du -s -k "$target_dir" 2>/dev/null | awk '{ print int($1 / 1048576) }')
+if [ $((free_gb + built_gb)) -lt "$NEED_GB" ]; then
+  echo "error: $target_dir has ${free_gb} GB free and holds ${built_gb} GB; building the suite needs about $NEED_GB GB" >&2
+  exit 1
+fi
+# CI builds once from a clean clone: incremental data would only take disk.
+if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL=0; fi
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
