@@ -163,9 +163,10 @@ fi
 
 export SLIPWAY_PEERS_BIN="$PEERS"
 
-# A fresh build of the suite takes about NEED_GB in the target directory;
-# running out mid-link fails with an LLVM I/O error that names no cause.
-NEED_GB=12
+# A fresh build of the suite takes about 2 GB in the target directory
+# (measured 2026-12-07); running out mid-link fails with an LLVM I/O error
+# that names no cause, so say it before building.
+NEED_GB=4
 target_dir=${CARGO_TARGET_DIR:-target}
 mkdir -p "$target_dir"
 free_gb=$(df -P -k "$target_dir" | awk 'NR == 2 { print int($4 / 1048576) }')
