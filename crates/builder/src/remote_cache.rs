@@ -46,6 +46,8 @@ pub enum RemoteCacheError {
     },
     #[error("{0}")]
     Invalid(String),
+    #[error("{to} changed under {tries} exports in a row (other builds exporting to it)")]
+    Contended { to: String, tries: usize },
 }
 
 /// A layer step a build made or reused: what `--cache-to` exports.
@@ -204,39 +206,56 @@ impl RemoteCache {
 }
 
 async fn read_config(client: &Arc<Client>, r: &Reference) -> Result<CacheConfig, RemoteCacheError> {
+    read_cache(client, r).await?.1
+}
+
+/// The manifest digest at `r` and, if it is a cache, its config (else why
+/// not). The outer error is the manifest's: a 404 means no cache yet.
+async fn read_cache(
+    client: &Arc<Client>,
+    r: &Reference,
+) -> Result<(Digest, Result<CacheConfig, RemoteCacheError>), RemoteCacheError> {
     let reg = |what: String| move |source| RemoteCacheError::Registry { what, source };
     let m = client
         .get_manifest(r)
         .await
         .map_err(reg("reading the cache manifest".into()))?;
     let oci::ManifestKind::Image { config, .. } = &m.manifest.kind else {
-        return Err(RemoteCacheError::Invalid(
-            "not a build cache (an index)".into(),
-        ));
+        let not = RemoteCacheError::Invalid("not a build cache (an index)".into());
+        return Ok((m.digest, Err(not)));
     };
     if config.media_type != CONFIG_MEDIA_TYPE {
-        return Err(RemoteCacheError::Invalid(format!(
+        let not = RemoteCacheError::Invalid(format!(
             "not a build cache (config is {})",
             config.media_type
-        )));
+        ));
+        return Ok((m.digest, Err(not)));
     }
     let mut bytes = Vec::new();
-    client
+    let config = match client
         .get_blob(r.api_host(), &r.repository, &config.digest, &mut bytes)
         .await
-        .map_err(reg("reading the cache config".into()))?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| RemoteCacheError::Invalid(format!("the cache config: {e}")))
+    {
+        Ok(_) => serde_json::from_slice(&bytes)
+            .map_err(|e| RemoteCacheError::Invalid(format!("the cache config: {e}"))),
+        Err(e) => Err(reg("reading the cache config".into())(e)),
+    };
+    Ok((m.digest, config))
 }
 
+/// How many times an export merges again when other exports moved the
+/// cache between its read and its write. Each loss means another export
+/// won, so this many exports can meet at one cache and all land.
+const EXPORT_TRIES: usize = 16;
+
 /// Push every step of `steps` (cache key and layer) to `to` as a cache,
-/// followed by the entries `to` already holds (read just before, so one
-/// reference collects many builds' steps, including those another build
-/// exported meanwhile; two exports at the same instant still race: the
-/// last one wins, costing misses only), up to
-/// [`MAX_CACHE_STEPS`]: the new layers (mounted from `mount_from`, a
-/// repository of the same registry the image was pushed to, or uploaded,
-/// skipped where the registry has them), the config, the manifest.
+/// followed by the entries `to` already holds, up to [`MAX_CACHE_STEPS`]:
+/// the new layers (mounted from `mount_from`, a repository of the same
+/// registry the image was pushed to, or uploaded, skipped where the
+/// registry has them), the config, the manifest. The manifest is written
+/// only if `to` still is what was read (`If-Match`), else read and merged
+/// again, so concurrent exports to one cache (a pool's agents) all keep
+/// their steps. (A registry that ignores `If-Match` keeps the last one.)
 /// Returns the manifest digest, or `None` when `to` already held every
 /// step (nothing to wait for).
 pub(crate) async fn export(
@@ -245,18 +264,46 @@ pub(crate) async fn export(
     steps: &[DoneStep],
     mount_from: Option<&Reference>,
 ) -> Result<Option<Digest>, RemoteCacheError> {
+    let mount_from = mount_from
+        .filter(|m| m.api_host() == to.api_host() && m.repository != to.repository)
+        .map(|m| m.repository.clone());
+    // Layers known to be in `to`, across tries.
+    let mut sent = std::collections::HashSet::new();
+    for _ in 0..EXPORT_TRIES {
+        match export_once(client, to, steps, mount_from.as_deref(), &mut sent).await {
+            Err(RemoteCacheError::Registry { source, .. }) if source.is_precondition_failed() => {
+                tracing::debug!("{to} moved while exporting to it: merging again");
+            }
+            done => return done,
+        }
+    }
+    Err(RemoteCacheError::Contended {
+        to: to.to_string(),
+        tries: EXPORT_TRIES,
+    })
+}
+
+/// One try of [`export`]: read, merge, write if `to` did not move.
+async fn export_once(
+    client: &Arc<Client>,
+    to: &Reference,
+    steps: &[DoneStep],
+    mount_from: Option<&str>,
+    sent: &mut std::collections::HashSet<Digest>,
+) -> Result<Option<Digest>, RemoteCacheError> {
     let host = to.api_host().to_owned();
     let reg = |what: String| move |source| RemoteCacheError::Registry { what, source };
-    let held = match read_config(client, to).await {
-        Ok(c) => c.steps,
-        // Nothing there yet, or not a cache (replaced, as before).
+    let (expect, held) = match read_cache(client, to).await {
+        Ok((at, Ok(c))) => (regclient::TagExpect::At(at), c.steps),
+        // Not a cache: replaced, as before.
+        Ok((at, Err(RemoteCacheError::Invalid(_)))) => (regclient::TagExpect::At(at), Vec::new()),
+        // Nothing there yet.
         Err(RemoteCacheError::Registry {
             source: regclient::RegClientError::Status { status: 404, .. },
             ..
-        })
-        | Err(RemoteCacheError::Invalid(_)) => Vec::new(),
+        }) => (regclient::TagExpect::Absent, Vec::new()),
         // A cache that cannot be read now is not overwritten with fewer steps.
-        Err(e) => return Err(e),
+        Ok((_, Err(e))) | Err(e) => return Err(e),
     };
     let have: std::collections::HashSet<(&str, &str)> = held
         .iter()
@@ -270,9 +317,6 @@ pub(crate) async fn export(
     {
         return Ok(None);
     }
-    let mount_from = mount_from
-        .filter(|m| m.api_host() == to.api_host() && m.repository != to.repository)
-        .map(|m| m.repository.clone());
     let mut seen = std::collections::HashSet::new();
     let mut keys = std::collections::HashSet::new();
     let mut layers = Vec::new();
@@ -293,6 +337,14 @@ pub(crate) async fn export(
         if !seen.insert(l.info.digest.to_string()) {
             continue;
         }
+        layers.push(json!({
+            "mediaType": l.info.media_type,
+            "digest": l.info.digest.to_string(),
+            "size": l.info.size,
+        }));
+        if sent.contains(&l.info.digest) {
+            continue;
+        }
         let what = || format!("pushing cached layer {}", l.info.digest);
         let present = client
             .blob_exists(&host, &to.repository, &l.info.digest)
@@ -300,7 +352,7 @@ pub(crate) async fn export(
             .map_err(reg(what()))?
             .is_some();
         let mounted = !present
-            && match &mount_from {
+            && match mount_from {
                 Some(from) => client
                     .mount_blob(&host, &to.repository, &l.info.digest, from)
                     .await
@@ -313,11 +365,7 @@ pub(crate) async fn export(
                 .await
                 .map_err(reg(what()))?;
         }
-        layers.push(json!({
-            "mediaType": l.info.media_type,
-            "digest": l.info.digest.to_string(),
-            "size": l.info.size,
-        }));
+        sent.insert(l.info.digest.clone());
     }
     // The cache's earlier entries: their layers are in `to` already.
     for s in &held {
@@ -364,8 +412,84 @@ pub(crate) async fn export(
     let bytes =
         serde_json::to_vec(&manifest).map_err(|e| RemoteCacheError::Invalid(e.to_string()))?;
     client
-        .put_manifest(to, oci::media_type::OCI_MANIFEST, bytes.into())
+        .put_manifest_if(
+            to,
+            oci::media_type::OCI_MANIFEST,
+            bytes.into(),
+            Some(&expect),
+        )
         .await
         .map(Some)
         .map_err(reg("pushing the cache manifest".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A step whose "layer" is `bytes` in a file under `dir`.
+    fn step(dir: &Path, key: &str, bytes: &[u8]) -> DoneStep {
+        let file = dir.join(key);
+        std::fs::write(&file, bytes).unwrap();
+        DoneStep {
+            key: key.into(),
+            layer: NewLayer {
+                info: LayerInfo {
+                    digest: Digest::sha256(bytes),
+                    diff_id: Digest::sha256(key.as_bytes()),
+                    size: bytes.len() as u64,
+                    media_type: oci::media_type::OCI_LAYER_GZIP.into(),
+                    entries: 1,
+                },
+                file,
+            },
+            created: None,
+        }
+    }
+
+    /// Six builds export to one cache at the same instant (a pool's agents
+    /// finishing together): every one's step is in the cache afterwards.
+    /// Without the conditional write, each read the empty cache and the
+    /// last to write dropped the others' steps.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_exports_to_one_cache_keep_every_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = registry::Registry::open(registry::RegistryConfig::new(dir.path().join("reg")))
+            .await
+            .unwrap();
+        let token = reg.auth().create_token("t", true, vec![]).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        let router = reg.router();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let mut config = regclient::ClientConfig::default();
+        config
+            .credentials
+            .insert(&host, regclient::Credential::basic("ci", token));
+        let client = Arc::new(Client::new(config).unwrap());
+        let to: Reference = format!("{host}/slipway-cache/pool:steps").parse().unwrap();
+
+        let steps: Vec<DoneStep> = (0..6)
+            .map(|i| {
+                step(
+                    dir.path(),
+                    &format!("key-{i}"),
+                    format!("layer {i}").as_bytes(),
+                )
+            })
+            .collect();
+        let exports = steps.iter().map(|s| {
+            let (client, to) = (client.clone(), to.clone());
+            async move { export(&client, &to, std::slice::from_ref(s), None).await }
+        });
+        for done in futures_util::future::join_all(exports).await {
+            assert!(done.unwrap().is_some(), "each export had a step to add");
+        }
+        let held = read_config(&client, &to).await.unwrap();
+        let mut keys: Vec<&str> = held.steps.iter().map(|s| s.key.as_str()).collect();
+        keys.sort();
+        assert_eq!(keys, ["key-0", "key-1", "key-2", "key-3", "key-4", "key-5"]);
+        // Exported again, nothing is missing: nothing is written.
+        assert!(export(&client, &to, &steps, None).await.unwrap().is_none());
+    }
 }

@@ -110,6 +110,15 @@ impl Platform {
     }
 }
 
+/// What a tag must be for [`Client::put_manifest_if`] to move it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TagExpect {
+    /// The tag does not exist yet.
+    Absent,
+    /// The tag points at this manifest.
+    At(Digest),
+}
+
 /// A manifest as fetched: its bytes (verified against `digest`) and parsed form.
 #[derive(Debug, Clone)]
 pub struct FetchedManifest {
@@ -792,6 +801,21 @@ impl Client {
         media_type: &str,
         bytes: Bytes,
     ) -> Result<Digest> {
+        self.put_manifest_if(r, media_type, bytes, None).await
+    }
+
+    /// [`Client::put_manifest`] to a tag only if the tag is still as
+    /// `expect` says (`If-Match`/`If-None-Match`); otherwise a
+    /// [`RegClientError::is_precondition_failed`] error. A registry that
+    /// ignores those headers (they are not in the distribution spec; Slipway's
+    /// honours them) writes unconditionally.
+    pub async fn put_manifest_if(
+        &self,
+        r: &Reference,
+        media_type: &str,
+        bytes: Bytes,
+        expect: Option<&TagExpect>,
+    ) -> Result<Digest> {
         let host = r.api_host();
         let digest = Digest::of(
             r.digest
@@ -810,9 +834,17 @@ impl Client {
         self.retry(|| async {
             let resp = self
                 .send(host, &scope, &what, &|h| {
-                    h.request(Method::PUT, &url)
+                    let req = h
+                        .request(Method::PUT, &url)
                         .header(CONTENT_TYPE, media_type)
-                        .body(bytes.clone())
+                        .body(bytes.clone());
+                    match expect {
+                        None => req,
+                        Some(TagExpect::Absent) => req.header(reqwest::header::IF_NONE_MATCH, "*"),
+                        Some(TagExpect::At(d)) => {
+                            req.header(reqwest::header::IF_MATCH, format!("\"{d}\""))
+                        }
+                    }
                 })
                 .await?;
             if resp.status() != StatusCode::CREATED {

@@ -56,6 +56,11 @@ pub enum RegClientError {
 }
 
 impl RegClientError {
+    /// A conditional write found its tag moved ([`crate::Client::put_manifest_if`]).
+    pub fn is_precondition_failed(&self) -> bool {
+        matches!(self, RegClientError::Status { status: 412, .. })
+    }
+
     /// Worth trying again: server errors, throttling, dropped connections.
     pub fn is_transient(&self) -> bool {
         match self {

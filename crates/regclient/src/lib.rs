@@ -23,7 +23,7 @@ mod redact;
 
 pub use auth::{Credential, Credentials, DockerConfig};
 pub use client::{
-    Client, ClientConfig, FetchedManifest, Platform, Pushed, http_client, plain_http,
+    Client, ClientConfig, FetchedManifest, Platform, Pushed, TagExpect, http_client, plain_http,
 };
 pub use error::{RegClientError, explain, one_line};
 pub use redact::redact_url;

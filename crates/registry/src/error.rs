@@ -24,6 +24,10 @@ pub enum Code {
     RangeInvalid,
     /// Past a size limit: `413`.
     TooLarge,
+    /// A conditional manifest PUT (`If-Match`/`If-None-Match`) whose tag
+    /// moved: `412`. Not in the distribution spec, which has no
+    /// conditional requests; only Slipway's cache export sends them.
+    PreconditionFailed,
     Internal,
 }
 
@@ -43,6 +47,7 @@ impl Code {
             Code::Unauthorized => "UNAUTHORIZED",
             Code::Denied => "DENIED",
             Code::Unsupported => "UNSUPPORTED",
+            Code::PreconditionFailed => "PRECONDITION_FAILED",
             Code::Internal => "UNKNOWN",
         }
     }
@@ -58,6 +63,7 @@ impl Code {
             Code::Unsupported => StatusCode::METHOD_NOT_ALLOWED,
             Code::RangeInvalid => StatusCode::RANGE_NOT_SATISFIABLE,
             Code::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Code::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         }

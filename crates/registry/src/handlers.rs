@@ -694,7 +694,54 @@ async fn get_manifest(
     };
     set(&mut resp, header::CONTENT_TYPE, &media_type);
     set(&mut resp, DOCKER_CONTENT_DIGEST, &d.to_string());
+    // As Distribution: the digest is the manifest's entity tag, which a
+    // conditional PUT names in `If-Match`.
+    set(&mut resp, header::ETAG, &format!("\"{d}\""));
     Ok(resp)
+}
+
+/// What a conditional manifest PUT expects of its tag. Slipway's cache
+/// export uses it so that two exports to one cache merge instead of the
+/// last one dropping the other's steps.
+enum TagCondition {
+    /// `If-None-Match: *`: the tag does not exist yet.
+    Absent,
+    /// `If-Match: *`: the tag exists.
+    Present,
+    /// `If-Match: "sha256:…", …`: the tag points at one of these.
+    At(Vec<Digest>),
+}
+
+fn tag_condition(h: &HeaderMap) -> Result<Option<TagCondition>> {
+    let bad = |name: &HeaderName, v: &str, why: &str| {
+        RegistryError::new(Code::ManifestInvalid, format!("{name}: {v:?}: {why}"))
+    };
+    if let Some(v) = header_str(h, &header::IF_NONE_MATCH) {
+        return match v.trim() {
+            "*" => Ok(Some(TagCondition::Absent)),
+            _ => Err(bad(
+                &header::IF_NONE_MATCH,
+                v,
+                "a manifest PUT takes only `*`",
+            )),
+        };
+    }
+    let Some(v) = header_str(h, &header::IF_MATCH) else {
+        return Ok(None);
+    };
+    if v.trim() == "*" {
+        return Ok(Some(TagCondition::Present));
+    }
+    v.split(',')
+        .map(|t| {
+            t.trim()
+                .strip_prefix('"')
+                .and_then(|t| t.strip_suffix('"'))
+                .and_then(|t| t.parse::<Digest>().ok())
+                .ok_or_else(|| bad(&header::IF_MATCH, v, "expected quoted manifest digests"))
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(|ds| Some(TagCondition::At(ds)))
 }
 
 async fn put_manifest(
@@ -706,6 +753,13 @@ async fn put_manifest(
     body: Body,
 ) -> Result<Response> {
     let reference = names::parse_reference(r)?;
+    let condition = tag_condition(h)?;
+    if condition.is_some() && !matches!(reference, Reference::Tag(_)) {
+        return Err(RegistryError::new(
+            Code::ManifestInvalid,
+            format!("a conditional manifest PUT names a tag, not {r}"),
+        ));
+    }
     // `?tag=` parameters tag a manifest pushed by digest (distribution-spec 1.1 dev).
     let mut tags: Vec<String> = Vec::new();
     if let Reference::Tag(t) = &reference {
@@ -782,6 +836,31 @@ async fn put_manifest(
             ));
         }
     }
+    // Checking the tag and moving it are one step for conditional writers.
+    let _tag_guard = match (&condition, &reference) {
+        (Some(c), Reference::Tag(t)) => {
+            let guard = reg
+                .lock
+                .tag(name, t)
+                .await
+                .map_err(|e| RegistryError::internal("taking the tag lock", e))?;
+            let now = reg.meta.tag(name, t).await?;
+            let holds = match (c, &now) {
+                (TagCondition::Absent, None) | (TagCondition::Present, Some(_)) => true,
+                (TagCondition::At(ds), Some(d)) => ds.contains(d),
+                _ => false,
+            };
+            if !holds {
+                let now = now.map_or_else(|| "nothing".to_owned(), |d| d.to_string());
+                return Err(RegistryError::new(
+                    Code::PreconditionFailed,
+                    format!("{name}:{t} points at {now}, not what the request expected"),
+                ));
+            }
+            Some(guard)
+        }
+        _ => None,
+    };
     let size = bytes.len() as u64;
     reg.store.put(algorithm, bytes).await?;
     reg.meta

@@ -7,6 +7,12 @@
 //! the control plane gives a PostgreSQL advisory lock), since a file lock
 //! reaches only one machine.
 //!
+//!
+//! It also serializes conditional tag writes (a manifest PUT with
+//! `If-Match`), so that checking a tag and moving it is one step: in
+//! process by default (one server writes its tags), or the replicas'
+//! shared lock.
+//!
 //! [`Registry::set_gc_lock`]: crate::Registry::set_gc_lock
 
 use std::fs::File;
@@ -20,11 +26,16 @@ use rustix::fs::{FlockOperation, flock};
 pub trait SharedLock: Send + Sync {
     fn shared(&self) -> BoxFuture<'_, std::io::Result<LockGuard>>;
     fn exclusive(&self) -> BoxFuture<'_, std::io::Result<LockGuard>>;
+    /// Exclusive for conditional writes of the tag `key` (`repo:tag`).
+    fn tag(&self, key: &str) -> BoxFuture<'_, std::io::Result<LockGuard>>;
 }
 
 pub struct GcLock {
     path: PathBuf,
     external: OnceLock<Arc<dyn SharedLock>>,
+    /// Conditional tag writes without an external lock: they are rare
+    /// (cache exports), so one lock for every tag costs nothing.
+    tags: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Held until dropped (whatever it holds releases the lock when dropped).
@@ -46,6 +57,7 @@ impl GcLock {
         GcLock {
             path: data.join("gc.lock"),
             external: OnceLock::new(),
+            tags: Arc::default(),
         }
     }
 
@@ -84,6 +96,14 @@ impl GcLock {
         match self.external.get() {
             Some(l) => l.exclusive().await,
             None => self.take(FlockOperation::LockExclusive).await,
+        }
+    }
+
+    /// Held while a conditional PUT checks the tag `name:tag` and moves it.
+    pub async fn tag(&self, name: &str, tag: &str) -> std::io::Result<LockGuard> {
+        match self.external.get() {
+            Some(l) => l.tag(&format!("{name}:{tag}")).await,
+            None => Ok(LockGuard::new(self.tags.clone().lock_owned().await)),
         }
     }
 }

@@ -256,6 +256,50 @@ fn an_image_pushed_through_one_replica_pulls_through_another() {
     for d in [&a.data, &b.data] {
         assert!(!d.join("repos").exists() && !d.join("store/blobs").exists());
     }
+    conditional_writes_through_both_replicas_move_the_tag_once(&a, &b, pushed.trim());
+}
+
+/// Eight conditional PUTs (what a cache export sends), half through each
+/// replica, all expecting the tag at `at`: the database's tag lock lets
+/// exactly one move it.
+fn conditional_writes_through_both_replicas_move_the_tag_once(a: &Server, b: &Server, at: &str) {
+    let http = reqwest::Client::new();
+    let manifest_url = |s: &Server| format!("{}/v2/shared/app/manifests/1", s.url());
+    crate::control::rt().block_on(async {
+        let got = http
+            .get(manifest_url(a))
+            .basic_auth("ci", Some(&a.token))
+            .header("accept", "application/vnd.oci.image.manifest.v1+json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(got.headers()["etag"], format!("\"{at}\"").as_str());
+        let media_type = got.headers()["content-type"].to_str().unwrap().to_owned();
+        let manifest: serde_json::Value = got.json().await.unwrap();
+        let puts = (0..8).map(|i| {
+            let mut m = manifest.clone();
+            m["annotations"] = serde_json::json!({ "racer": i.to_string() });
+            let s = if i % 2 == 0 { a } else { b };
+            http.put(manifest_url(s))
+                .basic_auth("ci", Some(&s.token))
+                .header("content-type", &media_type)
+                .header("if-match", format!("\"{at}\""))
+                .body(serde_json::to_vec(&m).unwrap())
+                .send()
+        });
+        let answers: Vec<u16> = futures_util::future::join_all(puts)
+            .await
+            .into_iter()
+            .map(|r| r.unwrap().status().as_u16())
+            .collect();
+        let mut sorted = answers.clone();
+        sorted.sort();
+        assert_eq!(
+            sorted,
+            [201, 412, 412, 412, 412, 412, 412, 412],
+            "{answers:?}"
+        );
+    });
 }
 
 /// Two replicas on one PostgreSQL and one Azurite container, two agents on each:

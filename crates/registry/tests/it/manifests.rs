@@ -21,9 +21,114 @@ async fn assert_serves(srv: &Server, method: Method, repo: &str, reference: &str
         img.digest.to_string()
     );
     assert_eq!(header(&resp, "content-length"), img.bytes.len().to_string());
+    assert_eq!(header(&resp, "etag"), format!("\"{}\"", img.digest));
     if method == Method::GET {
         assert_eq!(resp.bytes().await.unwrap().as_ref(), img.bytes.as_slice());
     }
+}
+
+/// A PUT of `img` to `repo:reference` with one conditional header.
+async fn put_if(
+    srv: &Server,
+    reference: &str,
+    img: &Image,
+    condition: (&str, String),
+) -> reqwest::Response {
+    srv.req(
+        &srv.admin,
+        Method::PUT,
+        &format!("/v2/c/manifests/{reference}"),
+    )
+    .header("content-type", img.media_type)
+    .header(condition.0, condition.1)
+    .body(img.bytes.clone())
+    .send()
+    .await
+    .unwrap()
+}
+
+/// Conditional tag writes (what cache exports use so that concurrent
+/// exports merge): `If-None-Match: *` creates only, `If-Match` moves a
+/// tag only from the digest it names; a refused write leaves the tag as
+/// it was; of many writers expecting the same digest at once, exactly one
+/// moves the tag (on replicas too: the lock is the database's).
+#[tokio::test]
+async fn conditional_tag_writes_move_a_tag_only_from_what_they_expect() {
+    let srv = Server::start().await;
+    let one = srv.image("c", "one", OCI_MANIFEST).await;
+    let two = srv.image("c", "two", OCI_MANIFEST).await;
+    let quoted = |i: &Image| format!("\"{}\"", i.digest);
+    let none = ("if-none-match", "*".to_owned());
+
+    let resp = put_if(&srv, "t", &one, none.clone()).await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_error(
+        put_if(&srv, "t", &two, none.clone()).await,
+        StatusCode::PRECONDITION_FAILED,
+        "PRECONDITION_FAILED",
+    )
+    .await;
+    assert_error(
+        put_if(&srv, "t", &two, ("if-match", quoted(&two))).await,
+        StatusCode::PRECONDITION_FAILED,
+        "PRECONDITION_FAILED",
+    )
+    .await;
+    assert_serves(&srv, Method::GET, "c", "t", &one).await;
+    let resp = put_if(&srv, "t", &two, ("if-match", quoted(&one))).await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_serves(&srv, Method::HEAD, "c", "t", &two).await;
+    // A list of entity tags, one of them current.
+    let list = format!("{}, {}", quoted(&one), quoted(&two));
+    let resp = put_if(&srv, "t", &one, ("if-match", list)).await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_serves(&srv, Method::GET, "c", "t", &one).await;
+    // `If-Match: *` needs the tag to exist.
+    assert_error(
+        put_if(&srv, "missing", &one, ("if-match", "*".to_owned())).await,
+        StatusCode::PRECONDITION_FAILED,
+        "PRECONDITION_FAILED",
+    )
+    .await;
+    let resp = put_if(&srv, "t", &two, ("if-match", "*".to_owned())).await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    // What cannot be a condition on a tag is refused, naming the header.
+    for (reference, condition) in [
+        (one.digest.to_string(), none.clone()),
+        ("t".to_owned(), ("if-match", "sha256:unquoted".to_owned())),
+        ("t".to_owned(), ("if-none-match", quoted(&one))),
+    ] {
+        let resp = put_if(&srv, &reference, &one, condition.clone()).await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{condition:?}");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["errors"][0]["code"], "MANIFEST_INVALID", "{body}");
+    }
+    assert_serves(&srv, Method::GET, "c", "t", &two).await;
+
+    // Eight writers that all read `two`: one wins, seven are refused.
+    let mut imgs = Vec::new();
+    for i in 0..8 {
+        imgs.push(srv.image("c", &format!("racer {i}"), OCI_MANIFEST).await);
+    }
+    let answers = futures_util::future::join_all(
+        imgs.iter()
+            .map(|img| put_if(&srv, "t", img, ("if-match", quoted(&two)))),
+    )
+    .await;
+    let won: Vec<usize> = answers
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.status() == StatusCode::CREATED)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(won.len(), 1, "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .all(|r| [StatusCode::CREATED, StatusCode::PRECONDITION_FAILED].contains(&r.status())),
+        "{answers:?}"
+    );
+    assert_serves(&srv, Method::GET, "c", "t", &imgs[won[0]]).await;
 }
 
 #[tokio::test]
