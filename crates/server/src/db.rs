@@ -912,31 +912,21 @@ impl Db {
         lease_hash: &str,
         ttl: Duration,
     ) -> Result<Option<Claimed>> {
+        if self.postgres_url().is_some() {
+            return self.claim_postgres(pool, agent, lease_hash, ttl).await;
+        }
         let _w = self.write_lock().await;
         let mut tx = self.pool.begin().await?;
         let now = now_ms();
-        let postgres = self.postgres_url().is_some();
         // SQLite has one writer (the lock above), so the fence can come
-        // first. On PostgreSQL, replicas claim at once: each skips the runs
-        // another is claiming (SKIP LOCKED) and takes its fence after, so
-        // the counter row is not held while runs are picked.
-        let early_fence = if postgres {
-            None
-        } else {
-            Some(Self::next_counter(&mut tx, "fence").await?)
-        };
-        // The outer `state = 'queued'` makes this a compare-and-set.
-        let pick = if postgres {
-            "SELECT id FROM runs WHERE pool = $6 AND state = 'queued' ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED"
-        } else {
-            "SELECT id FROM runs WHERE pool = $6 AND state = 'queued' ORDER BY seq LIMIT 1"
-        };
-        let row = sqlx::query(&format!(
+        // first; the outer `state = 'queued'` makes this a compare-and-set.
+        let fence = Self::next_counter(&mut tx, "fence").await?;
+        let row = sqlx::query(
             "UPDATE runs SET state = 'running', attempt = attempt + 1, fence = $1, lease_hash = $2, lease_expires = $3, agent = $4, started_at = COALESCE(started_at, $5) \
-             WHERE id = ({pick}) AND state = 'queued' \
-             RETURNING id, attempt"
-        ))
-        .bind(early_fence.unwrap_or(0))
+             WHERE id = (SELECT id FROM runs WHERE pool = $6 AND state = 'queued' ORDER BY seq LIMIT 1) AND state = 'queued' \
+             RETURNING id, attempt",
+        )
+        .bind(fence)
         .bind(lease_hash)
         .bind(now + ttl.as_millis() as i64)
         .bind(agent)
@@ -951,18 +941,6 @@ impl Db {
         };
         let id: String = row.try_get(0)?;
         let attempt: i64 = row.try_get(1)?;
-        let fence = match early_fence {
-            Some(f) => f,
-            None => {
-                let f = Self::next_counter(&mut tx, "fence").await?;
-                sqlx::query("UPDATE runs SET fence = $1 WHERE id = $2")
-                    .bind(f)
-                    .bind(&id)
-                    .execute(&mut *tx)
-                    .await?;
-                f
-            }
-        };
         sqlx::query(
             "INSERT INTO attempts (run_id, attempt, agent, fence, started_at) VALUES ($1, $2, $3, $4, $5)",
         )
@@ -989,6 +967,64 @@ impl Db {
             .ok_or_else(|| corrupt("runs", format!("claimed run {id} vanished")))?;
         Ok(Some(Claimed {
             run,
+            attempt: attempt as u32,
+            fence,
+        }))
+    }
+
+    /// [`Db::claim`] on PostgreSQL: one statement, so one round trip
+    /// (then one for the run's attempts), where the SQLite path takes
+    /// nine. Replicas claim at once: each skips the runs another is
+    /// claiming (`SKIP LOCKED`), and the fence counter is taken only once
+    /// a run is picked. Same writes as the SQLite path: the run, its
+    /// attempt, the agent row and the log's attempt line.
+    async fn claim_postgres(
+        &self,
+        pool: &str,
+        agent: &str,
+        lease_hash: &str,
+        ttl: Duration,
+    ) -> Result<Option<Claimed>> {
+        let now = now_ms();
+        let row = sqlx::query(&format!(
+            "WITH picked AS MATERIALIZED ( \
+               SELECT id FROM runs WHERE pool = $1 AND state = 'queued' ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED \
+             ), fence AS ( \
+               UPDATE counters SET value = value + 1 WHERE name = 'fence' AND EXISTS (SELECT 1 FROM picked) RETURNING value \
+             ), claimed AS ( \
+               UPDATE runs SET state = 'running', attempt = attempt + 1, fence = (SELECT value FROM fence), \
+                 lease_hash = $2, lease_expires = $3, agent = $4, started_at = COALESCE(started_at, $5), log_next = log_next + 1 \
+               FROM picked WHERE runs.id = picked.id AND runs.state = 'queued' \
+               RETURNING runs.*, runs.attempt AS claimed_attempt, runs.fence AS claimed_fence \
+             ), attempt_row AS ( \
+               INSERT INTO attempts (run_id, attempt, agent, fence, started_at) \
+               SELECT id, attempt, $4, fence, $5 FROM claimed \
+             ), note AS ( \
+               INSERT INTO log_chunks (run_id, pos, attempt, seq, data) \
+               SELECT id, log_next, attempt, -1, '[slipway] attempt ' || attempt || ' started on agent ' || $4 || chr(10) FROM claimed \
+               ON CONFLICT (run_id, attempt, seq) DO NOTHING \
+             ), agent_row AS ( \
+               INSERT INTO agents (id, pool, last_seen, current_run) SELECT $4, $1, $5, id FROM claimed \
+               ON CONFLICT (id) DO UPDATE SET pool = excluded.pool, last_seen = excluded.last_seen, current_run = excluded.current_run \
+             ) \
+             SELECT {RUN_COLUMNS}, claimed_attempt, claimed_fence FROM claimed"
+        ))
+        .bind(pool)
+        .bind(lease_hash)
+        .bind(now + ttl.as_millis() as i64)
+        .bind(agent)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let id: String = row.try_get("id")?;
+        let attempt: i64 = row.try_get("claimed_attempt")?;
+        let fence: i64 = row.try_get("claimed_fence")?;
+        let attempts = self.attempts(&id).await?;
+        Ok(Some(Claimed {
+            run: Self::run_from_row(&row, attempts)?,
             attempt: attempt as u32,
             fence,
         }))
