@@ -806,11 +806,11 @@ async fn put_manifest(
             format!("manifest digest is {digest}, not {d}"),
         ));
     }
-    let _guard = reg
-        .lock
-        .shared()
-        .await
-        .map_err(|e| RegistryError::internal("taking the gc lock", e))?;
+    let _guard = match (&condition, &reference) {
+        (Some(_), Reference::Tag(t)) => reg.lock.shared_and_tag(name, t).await,
+        _ => reg.lock.shared().await,
+    }
+    .map_err(|e| RegistryError::internal("taking the gc lock", e))?;
     for b in manifest.required_blobs() {
         if !reg.meta.has_blob(name, &b.digest).await? || reg.store.stat(&b.digest).await?.is_none()
         {
@@ -836,31 +836,23 @@ async fn put_manifest(
             ));
         }
     }
-    // Checking the tag and moving it are one step for conditional writers.
-    let _tag_guard = match (&condition, &reference) {
-        (Some(c), Reference::Tag(t)) => {
-            let guard = reg
-                .lock
-                .tag(name, t)
-                .await
-                .map_err(|e| RegistryError::internal("taking the tag lock", e))?;
-            let now = reg.meta.tag(name, t).await?;
-            let holds = match (c, &now) {
-                (TagCondition::Absent, None) | (TagCondition::Present, Some(_)) => true,
-                (TagCondition::At(ds), Some(d)) => ds.contains(d),
-                _ => false,
-            };
-            if !holds {
-                let now = now.map_or_else(|| "nothing".to_owned(), |d| d.to_string());
-                return Err(RegistryError::new(
-                    Code::PreconditionFailed,
-                    format!("{name}:{t} points at {now}, not what the request expected"),
-                ));
-            }
-            Some(guard)
+    // Checking the tag and moving it are one step for conditional writers
+    // (the guard above holds the tag too).
+    if let (Some(c), Reference::Tag(t)) = (&condition, &reference) {
+        let now = reg.meta.tag(name, t).await?;
+        let holds = match (c, &now) {
+            (TagCondition::Absent, None) | (TagCondition::Present, Some(_)) => true,
+            (TagCondition::At(ds), Some(d)) => ds.contains(d),
+            _ => false,
+        };
+        if !holds {
+            let now = now.map_or_else(|| "nothing".to_owned(), |d| d.to_string());
+            return Err(RegistryError::new(
+                Code::PreconditionFailed,
+                format!("{name}:{t} points at {now}, not what the request expected"),
+            ));
         }
-        _ => None,
-    };
+    }
     let size = bytes.len() as u64;
     reg.store.put(algorithm, bytes).await?;
     reg.meta

@@ -7,11 +7,12 @@
 //! the control plane gives a PostgreSQL advisory lock), since a file lock
 //! reaches only one machine.
 //!
-//!
-//! It also serializes conditional tag writes (a manifest PUT with
-//! `If-Match`), so that checking a tag and moving it is one step: in
-//! process by default (one server writes its tags), or the replicas'
-//! shared lock.
+//! A conditional tag write (a manifest PUT with `If-Match`) holds it
+//! shared together with a lock on its tag, so that checking the tag and
+//! moving it are one step: in process by default (one server writes its
+//! tags), or the replicas' shared lock. Both are taken at once, on one
+//! database connection, so that writers waiting for a tag never hold
+//! every connection of the pool.
 //!
 //! [`Registry::set_gc_lock`]: crate::Registry::set_gc_lock
 
@@ -26,8 +27,9 @@ use rustix::fs::{FlockOperation, flock};
 pub trait SharedLock: Send + Sync {
     fn shared(&self) -> BoxFuture<'_, std::io::Result<LockGuard>>;
     fn exclusive(&self) -> BoxFuture<'_, std::io::Result<LockGuard>>;
-    /// Exclusive for conditional writes of the tag `key` (`repo:tag`).
-    fn tag(&self, key: &str) -> BoxFuture<'_, std::io::Result<LockGuard>>;
+    /// [`SharedLock::shared`], and exclusive for conditional writes of the
+    /// tag `key` (`repo:tag`), taken in that order in one guard.
+    fn shared_and_tag(&self, key: &str) -> BoxFuture<'_, std::io::Result<LockGuard>>;
 }
 
 pub struct GcLock {
@@ -99,11 +101,16 @@ impl GcLock {
         }
     }
 
-    /// Held while a conditional PUT checks the tag `name:tag` and moves it.
-    pub async fn tag(&self, name: &str, tag: &str) -> std::io::Result<LockGuard> {
+    /// [`GcLock::shared`], and the tag `name:tag` for a conditional PUT
+    /// that checks the tag and moves it.
+    pub async fn shared_and_tag(&self, name: &str, tag: &str) -> std::io::Result<LockGuard> {
         match self.external.get() {
-            Some(l) => l.tag(&format!("{name}:{tag}")).await,
-            None => Ok(LockGuard::new(self.tags.clone().lock_owned().await)),
+            Some(l) => l.shared_and_tag(&format!("{name}:{tag}")).await,
+            None => {
+                let shared = self.take(FlockOperation::LockShared).await?;
+                let tag = self.tags.clone().lock_owned().await;
+                Ok(LockGuard::new((shared, tag)))
+            }
         }
     }
 }

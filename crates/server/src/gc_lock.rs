@@ -26,38 +26,42 @@ impl PgGcLock {
         Arc::new(PgGcLock { pool })
     }
 
-    async fn take(&self, sql: &'static str) -> std::io::Result<LockGuard> {
-        self.hold(sqlx::query(sql).bind(KEY)).await
-    }
-
-    async fn hold(
-        &self,
-        query: sqlx::query::Query<'static, Any, sqlx::any::AnyArguments<'static>>,
-    ) -> std::io::Result<LockGuard> {
+    /// `sql` on `KEY`, then the lock of `tag` if given, in one transaction.
+    async fn take(&self, sql: &'static str, tag: Option<String>) -> std::io::Result<LockGuard> {
         let mut tx = self.pool.begin().await.map_err(std::io::Error::other)?;
-        query
+        sqlx::query(sql)
+            .bind(KEY)
             .execute(&mut *tx)
             .await
             .map_err(std::io::Error::other)?;
+        if let Some(tag) = tag {
+            sqlx::query("SELECT 1 FROM (SELECT pg_advisory_xact_lock($1, hashtext($2))) AS l")
+                .bind(TAG_CLASS)
+                .bind(tag)
+                .execute(&mut *tx)
+                .await
+                .map_err(std::io::Error::other)?;
+        }
         Ok(LockGuard::new(Held(Some(tx))))
     }
 }
 
+const SHARED: &str = "SELECT 1 FROM (SELECT pg_advisory_xact_lock_shared($1)) AS l";
+
 impl SharedLock for PgGcLock {
     fn shared(&self) -> BoxFuture<'_, std::io::Result<LockGuard>> {
-        Box::pin(self.take("SELECT 1 FROM (SELECT pg_advisory_xact_lock_shared($1)) AS l"))
+        Box::pin(self.take(SHARED, None))
     }
 
     fn exclusive(&self) -> BoxFuture<'_, std::io::Result<LockGuard>> {
-        Box::pin(self.take("SELECT 1 FROM (SELECT pg_advisory_xact_lock($1)) AS l"))
+        Box::pin(self.take(
+            "SELECT 1 FROM (SELECT pg_advisory_xact_lock($1)) AS l",
+            None,
+        ))
     }
 
-    fn tag(&self, key: &str) -> BoxFuture<'_, std::io::Result<LockGuard>> {
-        let query =
-            sqlx::query("SELECT 1 FROM (SELECT pg_advisory_xact_lock($1, hashtext($2))) AS l")
-                .bind(TAG_CLASS)
-                .bind(key.to_owned());
-        Box::pin(self.hold(query))
+    fn shared_and_tag(&self, key: &str) -> BoxFuture<'_, std::io::Result<LockGuard>> {
+        Box::pin(self.take(SHARED, Some(key.to_owned())))
     }
 }
 

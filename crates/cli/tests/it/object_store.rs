@@ -259,9 +259,11 @@ fn an_image_pushed_through_one_replica_pulls_through_another() {
     conditional_writes_through_both_replicas_move_the_tag_once(&a, &b, pushed.trim());
 }
 
-/// Eight conditional PUTs (what a cache export sends), half through each
+/// Forty conditional PUTs (what a cache export sends), half through each
 /// replica, all expecting the tag at `at`: the database's tag lock lets
-/// exactly one move it.
+/// exactly one move it. (Twenty at once on a replica are more than its 16
+/// database connections: writers waiting for the tag must not hold them
+/// all.)
 fn conditional_writes_through_both_replicas_move_the_tag_once(a: &Server, b: &Server, at: &str) {
     let http = reqwest::Client::new();
     let manifest_url = |s: &Server| format!("{}/v2/shared/app/manifests/1", s.url());
@@ -276,7 +278,7 @@ fn conditional_writes_through_both_replicas_move_the_tag_once(a: &Server, b: &Se
         assert_eq!(got.headers()["etag"], format!("\"{at}\"").as_str());
         let media_type = got.headers()["content-type"].to_str().unwrap().to_owned();
         let manifest: serde_json::Value = got.json().await.unwrap();
-        let puts = (0..8).map(|i| {
+        let puts = (0..40).map(|i| {
             let mut m = manifest.clone();
             m["annotations"] = serde_json::json!({ "racer": i.to_string() });
             let s = if i % 2 == 0 { a } else { b };
@@ -292,13 +294,9 @@ fn conditional_writes_through_both_replicas_move_the_tag_once(a: &Server, b: &Se
             .into_iter()
             .map(|r| r.unwrap().status().as_u16())
             .collect();
-        let mut sorted = answers.clone();
-        sorted.sort();
-        assert_eq!(
-            sorted,
-            [201, 412, 412, 412, 412, 412, 412, 412],
-            "{answers:?}"
-        );
+        let won = answers.iter().filter(|s| **s == 201).count();
+        let refused = answers.iter().filter(|s| **s == 412).count();
+        assert_eq!((won, refused), (1, 39), "{answers:?}");
     });
 }
 
