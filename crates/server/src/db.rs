@@ -183,6 +183,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "registry gc job",
         include_str!("../migrations/0004_gc_job.sql"),
     ),
+    (
+        5,
+        "API token generation",
+        include_str!("../migrations/0005_token_generation.sql"),
+    ),
 ];
 
 impl sqlx::migrate::MigrationSource<'static> for Embedded {
@@ -1331,6 +1336,7 @@ impl Db {
         let grants =
             serde_json::to_string(&t.grants).map_err(|e| corrupt("api_tokens.grants", e))?;
         let _w = self.write_lock().await;
+        let mut tx = self.pool.begin().await?;
         let r = sqlx::query(
             "INSERT INTO api_tokens (id, name, sha256, admin, grants, created) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
         )
@@ -1340,18 +1346,37 @@ impl Db {
         .bind(i64::from(t.admin))
         .bind(grants)
         .bind(i64::try_from(t.created).unwrap_or(i64::MAX))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(r.rows_affected() == 1)
+        let inserted = r.rows_affected() == 1;
+        if inserted {
+            Self::next_counter(&mut tx, "tokens").await?;
+        }
+        tx.commit().await?;
+        Ok(inserted)
     }
 
     pub async fn delete_token(&self, id: &str) -> Result<()> {
         let _w = self.write_lock().await;
-        sqlx::query("DELETE FROM api_tokens WHERE id = $1")
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query("DELETE FROM api_tokens WHERE id = $1")
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        if r.rows_affected() > 0 {
+            Self::next_counter(&mut tx, "tokens").await?;
+        }
+        tx.commit().await?;
         Ok(())
+    }
+
+    /// Moves on every token insert and delete: a replica reads the tokens
+    /// again only when it has moved (or now and then, to be sure).
+    pub async fn tokens_generation(&self) -> Result<i64> {
+        let row = sqlx::query("SELECT value FROM counters WHERE name = 'tokens'")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<i64, _>(0)?)
     }
 
     pub async fn tokens(&self) -> Result<Vec<registry::auth::TokenRecord>> {
@@ -1607,6 +1632,34 @@ mod tests {
             super::shown_url("postgres://app@db/slipway"),
             "postgres://app@db/slipway"
         );
+    }
+
+    /// Replicas read the tokens when this moves: on every insert and
+    /// delete that changed something, and on nothing else.
+    #[tokio::test]
+    async fn the_token_generation_moves_with_every_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(None, dir.path()).await.unwrap();
+        let t = registry::auth::TokenRecord {
+            id: "id-1".into(),
+            name: "ci".into(),
+            sha256: "ab".repeat(32),
+            admin: false,
+            grants: Vec::new(),
+            created: 1,
+        };
+        let g0 = db.tokens_generation().await.unwrap();
+        assert!(db.insert_token(&t).await.unwrap());
+        let g1 = db.tokens_generation().await.unwrap();
+        assert!(g1 > g0);
+        assert!(!db.insert_token(&t).await.unwrap(), "inserted twice");
+        assert_eq!(db.tokens_generation().await.unwrap(), g1);
+        db.delete_token("id-1").await.unwrap();
+        let g2 = db.tokens_generation().await.unwrap();
+        assert!(g2 > g1);
+        db.delete_token("id-1").await.unwrap();
+        assert_eq!(db.tokens_generation().await.unwrap(), g2);
+        assert!(db.tokens().await.unwrap().is_empty());
     }
 
     #[tokio::test]

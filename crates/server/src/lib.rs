@@ -345,11 +345,23 @@ impl Server {
         });
         let weak = Arc::downgrade(&self);
         tokio::spawn(async move {
+            // The tokens are read again when their generation moved (read
+            // before them, so a change meanwhile shows next round), and
+            // every 30 s whatever it says.
+            let mut synced: Option<(i64, std::time::Instant)> = None;
             loop {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 let Some(s) = weak.upgrade() else { return };
-                if let Err(e) = sync_tokens(&s.db, &s.registry, false).await {
-                    tracing::warn!("reading API tokens: {e}");
+                match s.db.tokens_generation().await {
+                    Ok(g)
+                        if synced.is_some_and(|(at, when)| {
+                            at == g && when.elapsed() < Duration::from_secs(30)
+                        }) => {}
+                    Ok(g) => match sync_tokens(&s.db, &s.registry, false).await {
+                        Ok(()) => synced = Some((g, std::time::Instant::now())),
+                        Err(e) => tracing::warn!("reading API tokens: {e}"),
+                    },
+                    Err(e) => tracing::warn!("reading the API tokens' generation: {e}"),
                 }
                 let started = std::time::Instant::now();
                 match s.db.live_leases().await {
