@@ -3,8 +3,8 @@
 #
 # Installs what the tests need when it is missing: Debian packages (the list
 # in scripts/apt-packages), Go peers built from their
-# modules (crane, the OCI distribution-spec conformance suite, BuildKit's
-# buildkitd and buildctl) cached under
+# modules (crane, the OCI distribution-spec conformance suite, kustomize,
+# BuildKit's buildkitd and buildctl, kube-apiserver) cached under
 # $SLIPWAY_CACHE, and cargo-nextest. Then: fmt, clippy, every test, and
 # the registry's and control plane's tests again on PostgreSQL + Azurite
 # and PostgreSQL + S3 (SLIPWAY_TEST_BACKEND).
@@ -155,6 +155,7 @@ PY
 }
 build_kube_apiserver
 rm -rf "$GO_BUILD_CACHE"
+unset GOCACHE
 
 if ! cargo nextest --version >/dev/null 2>&1; then
   log "installing cargo-nextest"

@@ -991,6 +991,8 @@ impl Db {
         ttl: Duration,
     ) -> Result<Option<Claimed>> {
         let now = now_ms();
+        // `note` writes the line `append_note` writes on SQLite (the
+        // control tests read it on both).
         let row = sqlx::query(&format!(
             "WITH picked AS MATERIALIZED ( \
                SELECT id FROM runs WHERE pool = $1 AND state = 'queued' ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED \

@@ -3,13 +3,22 @@
 use std::time::Duration;
 
 use oci::Digest;
-use registry::gc::{GcOptions, collect};
+use registry::gc::{GcOptions, GcReport, collect};
 use reqwest::{Method, StatusCode};
 
 use crate::common::Server;
 
 async fn stored(srv: &Server, d: &Digest) -> bool {
     srv.reg.store().stat(d).await.unwrap().is_some()
+}
+
+/// A collection with no grace period: whatever nothing references goes.
+async fn collect_now(srv: &Server) -> GcReport {
+    let now = GcOptions {
+        grace: Duration::ZERO,
+        ..Default::default()
+    };
+    collect(&srv.reg, &now).await.unwrap()
 }
 
 #[tokio::test]
@@ -31,15 +40,7 @@ async fn collect_removes_only_unreferenced_blobs() {
         assert!(stored(&srv, d).await, "{d} deleted within the grace period");
     }
 
-    let report = collect(
-        &srv.reg,
-        &GcOptions {
-            grace: Duration::ZERO,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let report = collect_now(&srv).await;
     // The dead image's config, layer and manifest.
     assert_eq!(report.blobs_deleted, 3, "{report:?}");
     assert_eq!(report.links_removed, 2, "{report:?}");
@@ -81,15 +82,7 @@ async fn caches_lose_replaced_manifests_other_repositories_keep_them() {
     let new = srv.push_image("slipway-cache/p", "steps", "new").await;
     let kept = srv.push_image("app", "v1", "kept").await;
     srv.push_image("app", "v1", "current").await;
-    let report = collect(
-        &srv.reg,
-        &GcOptions {
-            grace: Duration::ZERO,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let report = collect_now(&srv).await;
     assert_eq!(report.manifests_pruned, 1, "{report:?}");
     for d in old.blobs.iter().chain([&old.digest]) {
         assert!(!stored(&srv, d).await, "{d} of the replaced cache survived");
